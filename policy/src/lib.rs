@@ -7,3 +7,20 @@
 pub mod location;
 
 pub use location::{Location, NetworkModel};
+pub mod catalog;
+pub mod decision;
+pub mod error;
+pub mod ids;
+pub mod key;
+pub mod sets;
+pub mod spec;
+mod validate;
+
+pub use catalog::{Catalog, Model, ModelKind, Pool, PricingUnit, Region, Residency, Tenant};
+pub use decision::{
+    Candidate, CapacityClass, Exclusion, LiveStatus, ModelLoad, Refusal, RegionStatus,
+    RouteDecision, RouteError, RouteRequest, SlotPath,
+};
+pub use error::{ConfigError, ConfigErrors, ConfigWarning};
+pub use ids::{IdError, JurisdictionId, ModelId, PoolId, RegionId, TenantId};
+pub use spec::{CatalogSpec, ModelSpec, PoolSpec, RegionSpec, ResidencySpec, TenantSpec};
