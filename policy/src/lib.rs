@@ -4,6 +4,8 @@
 //! every write with it, the edge routes every request with it, and the simulator replays
 //! global traffic through it, so what is simulated is what runs (DESIGN.md §1–§3).
 
+pub mod geoip;
 pub mod location;
 
+pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
 pub use location::{Location, NetworkModel};
