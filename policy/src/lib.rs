@@ -4,8 +4,10 @@
 //! every write with it, the edge routes every request with it, and the simulator replays
 //! global traffic through it, so what is simulated is what runs (DESIGN.md §1–§3).
 
+pub mod geoip;
 pub mod location;
 
+pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
 pub use location::{Location, NetworkModel};
 pub mod catalog;
 pub mod decision;
