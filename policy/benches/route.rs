@@ -1,0 +1,63 @@
+//! The route decision over 50 regions and 200 models (DESIGN.md §11: ≤ 2 µs median).
+//!
+//! `cargo bench -p policy --bench route`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use policy::{Location, RouteDecision, RouteRequest};
+
+use support::{NOW_MS, world};
+
+fn route(c: &mut Criterion) {
+    let (catalog, live) = world(50, 200);
+    let mut group = c.benchmark_group("route_50_regions_200_models");
+    let clients = [
+        Location::new(51.51, -0.13),
+        Location::new(35.68, 139.69),
+        Location::new(-23.55, -46.63),
+    ];
+    for (name, tenant) in [("global_tenant", "global"), ("eu_tenant", "eu-only")] {
+        let mut i = 0usize;
+        group.bench_function(format!("{name}/route"), |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let model = format!("bench/model-{}", i % 200);
+                let request = RouteRequest {
+                    tenant,
+                    model: &model,
+                    client: clients[i % clients.len()],
+                    narrowing: None,
+                    units: 1.0,
+                    now_ms: NOW_MS,
+                };
+                black_box(catalog.route(&live, black_box(&request)).unwrap())
+            })
+        });
+        let models: Vec<String> = (0..200).map(|m| format!("bench/model-{m}")).collect();
+        let mut out = RouteDecision::default();
+        let mut i = 0usize;
+        group.bench_function(format!("{name}/route_into_reused"), |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let request = RouteRequest {
+                    tenant,
+                    model: &models[i % 200],
+                    client: clients[i % clients.len()],
+                    narrowing: None,
+                    units: 1.0,
+                    now_ms: NOW_MS,
+                };
+                catalog.route_into(&live, black_box(&request), &mut out).unwrap();
+                black_box(out.candidates.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, route);
+criterion_main!(benches);
