@@ -5,5 +5,6 @@
 //! global traffic through it, so what is simulated is what runs (DESIGN.md §1–§3).
 
 pub mod location;
+pub mod quota;
 
 pub use location::{Location, NetworkModel};
