@@ -6,6 +6,7 @@
 
 pub mod geoip;
 pub mod location;
+pub mod quota;
 
 pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
 pub use location::{Location, NetworkModel};
