@@ -21,14 +21,14 @@ fn route(c: &mut Criterion) {
         Location::new(-23.55, -46.63),
     ];
     for (name, tenant) in [("global_tenant", "global"), ("eu_tenant", "eu-only")] {
+        let models: Vec<String> = (0..200).map(|m| format!("bench/model-{m}")).collect();
         let mut i = 0usize;
         group.bench_function(format!("{name}/route"), |b| {
             b.iter(|| {
                 i = i.wrapping_add(1);
-                let model = format!("bench/model-{}", i % 200);
                 let request = RouteRequest {
                     tenant,
-                    model: &model,
+                    model: &models[i % 200],
                     client: clients[i % clients.len()],
                     narrowing: None,
                     units: 1.0,
@@ -37,7 +37,6 @@ fn route(c: &mut Criterion) {
                 black_box(catalog.route(&live, black_box(&request)).unwrap())
             })
         });
-        let models: Vec<String> = (0..200).map(|m| format!("bench/model-{m}")).collect();
         let mut out = RouteDecision::default();
         let mut i = 0usize;
         group.bench_function(format!("{name}/route_into_reused"), |b| {
@@ -51,7 +50,9 @@ fn route(c: &mut Criterion) {
                     units: 1.0,
                     now_ms: NOW_MS,
                 };
-                catalog.route_into(&live, black_box(&request), &mut out).unwrap();
+                catalog
+                    .route_into(&live, black_box(&request), &mut out)
+                    .unwrap();
                 black_box(out.candidates.len())
             })
         });

@@ -12,6 +12,7 @@ use std::fmt;
 use crate::error::ConfigWarning;
 use crate::ids::{JurisdictionId, ModelId, PoolId, RegionId, TenantId};
 use crate::location::{Location, NetworkModel, UnitVector};
+use crate::quota::{MonthlyBudget, RateLimit};
 use crate::sets::IndexSet;
 
 /// A validated configuration.
@@ -128,24 +129,45 @@ pub struct Region {
     pub endpoint: String,
     /// Its GPU pools (at least one).
     pub pools: Vec<Pool>,
+    pub(crate) totals: PoolTotals,
+}
+
+/// Sums over a region's pools, computed once at validation for the route decision.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct PoolTotals {
+    pub(crate) reserved: u32,
+    pub(crate) on_demand: u32,
+    /// Cheapest on-demand price per GPU-second, if the region has on-demand slots.
+    pub(crate) on_demand_per_gpu_second: Option<f64>,
+}
+
+impl PoolTotals {
+    pub(crate) fn of(pools: &[Pool]) -> Self {
+        Self {
+            reserved: pools.iter().map(|p| p.reserved).sum(),
+            on_demand: pools.iter().map(|p| p.on_demand_max).sum(),
+            on_demand_per_gpu_second: pools
+                .iter()
+                .filter(|p| p.on_demand_max > 0)
+                .filter_map(|p| p.on_demand_price_per_hour)
+                .min_by(f64::total_cmp)
+                .map(|per_hour| per_hour / 3600.0),
+        }
+    }
 }
 
 impl Region {
     /// Reserved GPUs over all pools.
     pub fn reserved_slots(&self) -> u32 {
-        self.pools.iter().map(|p| p.reserved).sum()
+        self.totals.reserved
     }
     /// On-demand GPUs that may run at once over all pools.
     pub fn on_demand_slots(&self) -> u32 {
-        self.pools.iter().map(|p| p.on_demand_max).sum()
+        self.totals.on_demand
     }
     /// The cheapest on-demand price per GPU-hour in the region, if it has on-demand slots.
     pub fn on_demand_price_per_hour(&self) -> Option<f64> {
-        self.pools
-            .iter()
-            .filter(|p| p.on_demand_max > 0)
-            .filter_map(|p| p.on_demand_price_per_hour)
-            .min_by(f64::total_cmp)
+        self.totals.on_demand_per_gpu_second.map(|p| p * 3600.0)
     }
     /// What the region's reservations cost per hour, used or not.
     pub fn reserved_cost_per_hour(&self) -> f64 {
@@ -306,26 +328,17 @@ pub enum Residency {
     },
 }
 
-/// A tenant's validated limits; `None` is unlimited.
+/// A tenant's validated limits; `None` is unlimited. The edge builds its per-tenant
+/// [`RateLimiter`](crate::quota::RateLimiter) and [`ConcurrencyGate`](crate::quota::ConcurrencyGate)
+/// from these; validation has already checked that both accept them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Quotas {
     /// Sustained requests per second and burst.
-    pub rate: Option<RateQuota>,
-    /// Jobs running or waiting at once.
+    pub rate: Option<RateLimit>,
+    /// Jobs running or waiting at once (≥ 1).
     pub max_concurrent: Option<u32>,
-    /// Money per calendar month.
-    pub monthly_budget: Option<f64>,
-    /// GPU-seconds per calendar month.
-    pub monthly_gpu_seconds: Option<f64>,
-}
-
-/// A sustained rate with a burst allowance.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateQuota {
-    /// Requests per second (> 0).
-    pub per_second: f64,
-    /// Requests allowed at once (≥ 1).
-    pub burst: u32,
+    /// Money and/or GPU-seconds per calendar month (UTC).
+    pub budget: MonthlyBudget,
 }
 
 /// A tenant and its policies.

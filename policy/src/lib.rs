@@ -3,27 +3,38 @@
 //! Pure and synchronous: no I/O, no clocks, no global state. The control plane validates
 //! every write with it, the edge routes every request with it, and the simulator replays
 //! global traffic through it, so what is simulated is what runs (DESIGN.md §1–§3).
+//!
+//! - [`spec`]: the configuration as written (TOML) and carried (JSON);
+//!   [`CatalogSpec::validate`] checks it, reporting every problem with its path and fix,
+//!   and builds a [`Catalog`].
+//! - [`decision`]: the route decision, [`Catalog::route`], over a [`LiveStatus`].
+//! - [`key`]: API keys; [`quota`]: rate, concurrency and budget limits with injected time;
+//!   [`geoip`]: client location from a MaxMind database.
+//! - [`location`]: great-circle distance and network latency.
 
-pub mod geoip;
-pub mod location;
-pub mod quota;
-
-pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
-pub use location::{Location, NetworkModel};
 pub mod catalog;
 pub mod decision;
 pub mod error;
+pub mod geoip;
 pub mod ids;
 pub mod key;
+pub mod location;
+pub mod quota;
 pub mod sets;
 pub mod spec;
 mod validate;
 
-pub use catalog::{Catalog, Model, ModelKind, Pool, PricingUnit, Region, Residency, Tenant};
+pub use catalog::{
+    Catalog, Model, ModelKind, Pool, PricingUnit, Quotas, Region, Residency, Tenant,
+};
 pub use decision::{
-    Candidate, CapacityClass, Exclusion, LiveStatus, ModelLoad, Refusal, RegionStatus,
-    RouteDecision, RouteError, RouteRequest, SlotPath,
+    Candidate, CapacityClass, Exclusion, LatencyEstimate, LiveStatus, ModelLoad, Refusal,
+    RegionStatus, RouteDecision, RouteError, RouteRequest, SlotPath,
 };
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
+pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
 pub use ids::{IdError, JurisdictionId, ModelId, PoolId, RegionId, TenantId};
+pub use key::{ApiKeyRecord, KeyError, KeyRing};
+pub use location::{Location, NetworkModel};
 pub use spec::{CatalogSpec, ModelSpec, PoolSpec, RegionSpec, ResidencySpec, TenantSpec};
+pub use validate::MAX_REGIONS;

@@ -6,16 +6,20 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::catalog::{
-    Catalog, Jurisdiction, Model, ModelKind, Pool, PricingUnit, Quotas, RateQuota, Region,
+    Catalog, Jurisdiction, Model, ModelKind, Pool, PoolTotals, PricingUnit, Quotas, Region,
     Residency, Routing, Tenant,
 };
 use crate::error::{ConfigError, ConfigErrors, ConfigWarning};
 use crate::ids::{IdError, JurisdictionId, ModelId, PoolId, RegionId, TenantId};
 use crate::location::{NetworkModel, UnitVector};
+use crate::quota::{MonthlyBudget, RateLimit, RateLimiter};
 use crate::sets::IndexSet;
 use crate::spec::{
     CatalogSpec, ModelSpec, PoolSpec, QuotaSpec, RegionSpec, ResidencySpec, RoutingSpec, TenantSpec,
 };
+
+/// Most regions one catalog may hold (the route decision ranks by a 16-bit region index).
+pub const MAX_REGIONS: usize = 1 << 16;
 
 /// Collects problems while a spec is checked.
 #[derive(Default)]
@@ -138,6 +142,16 @@ impl CatalogSpec {
             models: HashMap::new(),
         };
         let jurisdictions = check_jurisdictions(self, &mut names, &mut report);
+        if self.regions.len() > MAX_REGIONS {
+            report.error(
+                "regions",
+                format!(
+                    "{} regions are configured; at most {MAX_REGIONS} are supported",
+                    self.regions.len()
+                ),
+                "split the deployment into several Meridian installations",
+            );
+        }
         let mut regions: Vec<Region> = Vec::new();
         for (i, spec) in self.regions.iter().enumerate() {
             if names.regions.contains_key(&spec.id) {
@@ -402,6 +416,7 @@ fn check_region(i: usize, spec: &RegionSpec, names: &Names, report: &mut Report)
         location: spec.location,
         point: UnitVector::from(spec.location),
         endpoint: spec.endpoint.trim_end_matches('/').to_owned(),
+        totals: PoolTotals::of(&pools),
         pools,
     })
 }
@@ -744,10 +759,22 @@ fn check_quotas(path: &str, spec: &QuotaSpec, report: &mut Report) -> Option<Quo
                 // Default burst: one second's worth, at least one request.
                 None => rps.map(|r| r.ceil().clamp(1.0, f64::from(u32::MAX)) as u32),
             };
-            Some(Some(RateQuota {
+            let limit = RateLimit {
                 per_second: rps?,
                 burst: burst?,
-            }))
+            };
+            // The limiter has limits of its own (resolution, refill window): check them now.
+            match RateLimiter::new(limit) {
+                Ok(_) => Some(Some(limit)),
+                Err(e) => {
+                    report.error(
+                        format!("{path}.requests_per_second"),
+                        e.to_string(),
+                        "choose a rate and burst the limiter accepts, as the message says",
+                    );
+                    None
+                }
+            }
         }
     };
     let max_concurrent = match spec.max_concurrent {
@@ -783,8 +810,10 @@ fn check_quotas(path: &str, spec: &QuotaSpec, report: &mut Report) -> Option<Quo
     Some(Quotas {
         rate: rate?,
         max_concurrent: max_concurrent?,
-        monthly_budget: budget?,
-        monthly_gpu_seconds: gpu_seconds?,
+        budget: MonthlyBudget {
+            money: budget?,
+            gpu_seconds: gpu_seconds?,
+        },
     })
 }
 

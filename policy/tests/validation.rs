@@ -239,6 +239,21 @@ fn quota_defaults() {
         1,
     );
     let catalog = CatalogSpec::from_toml(&text).unwrap().validate().unwrap();
-    let rate = catalog.tenant("acme").unwrap().quotas.rate.unwrap();
+    let quotas = &catalog.tenant("acme").unwrap().quotas;
+    let rate = quotas.rate.unwrap();
     assert_eq!((rate.per_second, rate.burst), (2.5, 3));
+    assert_eq!((quotas.max_concurrent, quotas.budget.money), (None, None));
+}
+
+#[test]
+fn a_rate_the_limiter_cannot_hold_is_refused_at_its_path() {
+    let text = GOOD.replacen(
+        "latency_goal_ms = 1000",
+        "latency_goal_ms = 1000\nquotas = { requests_per_second = 2e9 }",
+        1,
+    );
+    let errs = errors(&text);
+    let e = errs.iter().next().unwrap();
+    assert_eq!(e.path, "tenants[0].quotas.requests_per_second");
+    assert!(e.problem.contains("1e9"), "{e}");
 }

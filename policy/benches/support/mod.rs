@@ -39,7 +39,10 @@ pub fn world(regions: usize, models: usize) -> (Catalog, LiveStatus) {
     let spec = CatalogSpec {
         jurisdictions: JURISDICTIONS
             .iter()
-            .map(|j| JurisdictionSpec { id: (*j).into(), name: None })
+            .map(|j| JurisdictionSpec {
+                id: (*j).into(),
+                name: None,
+            })
             .collect(),
         regions: (0..regions)
             .map(|i| RegionSpec {
@@ -87,7 +90,10 @@ pub fn world(regions: usize, models: usize) -> (Catalog, LiveStatus) {
             TenantSpec {
                 id: "eu-only".into(),
                 name: None,
-                residency: ResidencySpec::Only { jurisdictions: vec!["eu".into()], regions: vec![] },
+                residency: ResidencySpec::Only {
+                    jurisdictions: vec!["eu".into()],
+                    regions: vec![],
+                },
                 quotas: Default::default(),
                 allowed_models: None,
                 latency_goal_ms: Some(1500.0),
@@ -108,14 +114,17 @@ pub fn world(regions: usize, models: usize) -> (Catalog, LiveStatus) {
             ..RegionStatus::default()
         };
         for m in 0..catalog.models().len() {
-            st.set_model_load(m, ModelLoad {
-                queue_depth: rng.below(5) as u32,
-                queue_room: 32,
-                expected_wait_ms: rng.unit() * 400.0,
-                service_ms_per_unit: None,
-                loaded: rng.below(4) != 0,
-                cold_start_ms: 2000.0,
-            });
+            st.set_model_load(
+                m,
+                ModelLoad {
+                    queue_depth: rng.below(5) as u32,
+                    queue_room: 32,
+                    expected_wait_ms: rng.unit() * 400.0,
+                    service_ms_per_unit: None,
+                    loaded: rng.below(4) != 0,
+                    cold_start_ms: 2000.0,
+                },
+            );
         }
         *live.region_mut(r).unwrap() = st;
     }

@@ -145,28 +145,27 @@ pub struct Candidate {
     pub score: f64,
     /// Whether the latency meets the tenant's goal (true when it has none).
     pub meets_goal: bool,
+    /// Tier, score and latency packed so that one integer comparison ranks candidates.
+    rank: u128,
 }
 
 impl Candidate {
     /// Rank tier: 0 meets the goal on reserved capacity, 1 meets it on on-demand capacity,
     /// 2 misses it.
     pub fn tier(&self) -> u8 {
-        match (self.meets_goal, self.capacity) {
-            (true, CapacityClass::Reserved) => 0,
-            (true, CapacityClass::OnDemand) => 1,
-            (false, _) => 2,
-        }
+        (self.rank >> 112) as u8
     }
 
-    /// Sort key: tier, score, latency, region index — all ascending. Scores and latencies are
-    /// non-negative, so their IEEE bits order like the numbers.
-    fn rank_key(&self) -> (u8, u64, u64, usize) {
-        (
-            self.tier(),
-            self.score.to_bits(),
-            self.latency.total_ms().to_bits(),
-            self.region,
-        )
+    /// The sort key: tier, then score, then latency, then configuration order, ascending.
+    /// Scores and latencies are non-negative, so their IEEE bits order like the numbers;
+    /// latency only breaks ties, so single precision is enough. The region index makes every
+    /// key unique, so any sort gives the same order. Layout: tier (2 bits) | score (64) |
+    /// latency as f32 (32) | region (16; validation allows at most 65 536 regions).
+    fn rank_key(tier: u8, score: f64, latency_ms: f64, region: usize) -> u128 {
+        (u128::from(tier) << 112)
+            | (u128::from(score.to_bits()) << 48)
+            | (u128::from((latency_ms as f32).to_bits()) << 16)
+            | (region as u128 & 0xFFFF)
     }
 }
 
@@ -256,7 +255,7 @@ impl Refusal {
 }
 
 /// The answer for one request.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteDecision {
     /// Tenant index.
     pub tenant: usize,
@@ -266,6 +265,21 @@ pub struct RouteDecision {
     pub candidates: Vec<Candidate>,
     /// Every other region with the first reason it failed, in configuration order.
     pub excluded: Vec<(usize, Exclusion)>,
+    /// Reused between decisions: candidates before sorting, and their sort keys.
+    unsorted: Vec<Candidate>,
+    keys: Vec<u128>,
+}
+
+impl PartialEq for RouteDecision {
+    fn eq(&self, other: &Self) -> bool {
+        (self.tenant, self.model, &self.candidates, &self.excluded)
+            == (
+                other.tenant,
+                other.model,
+                &other.candidates,
+                &other.excluded,
+            )
+    }
 }
 
 impl RouteDecision {
@@ -411,18 +425,21 @@ impl Catalog {
             model_ix,
             client: UnitVector::from(request.client),
             units: request.units,
+            lambda_per_ms: tenant.latency_value_per_second / 1000.0,
+            goal_ms: tenant.latency_goal_ms.unwrap_or(f64::INFINITY),
         };
         out.tenant = tenant_ix;
         out.model = model_ix;
         out.candidates.clear();
         out.excluded.clear();
+        out.unsorted.clear();
         let unknown = RegionStatus::default();
         for (r, region) in self.regions.iter().enumerate() {
             let st = status.region(r).unwrap_or(&unknown);
             match ctx.filter(r, st, request) {
                 Err(why) => out.excluded.push((r, why)),
                 Ok(()) => match ctx.best_path(r, region, st) {
-                    Some(c) => out.candidates.push(c),
+                    Some(c) => out.unsorted.push(c),
                     None => out.excluded.push((
                         r,
                         Exclusion::Full {
@@ -432,7 +449,27 @@ impl Catalog {
                 },
             }
         }
-        out.candidates.sort_unstable_by_key(Candidate::rank_key);
+        // Sort small integer keys, not whole candidates. The low 16 bits of a rank hold the
+        // region index; here they hold the position in `unsorted` instead, which is in region
+        // order, so the order is the same.
+        out.keys.clear();
+        out.keys.extend(
+            out.unsorted
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.rank & !0xFFFF) | i as u128),
+        );
+        out.keys.sort_unstable();
+        let RouteDecision {
+            candidates,
+            unsorted,
+            keys,
+            ..
+        } = out;
+        candidates.extend(
+            keys.iter()
+                .map(|k| unsorted[(*k & 0xFFFF) as usize].clone()),
+        );
         Ok(())
     }
 }
@@ -445,6 +482,10 @@ struct Context<'a> {
     model_ix: usize,
     client: UnitVector,
     units: f64,
+    /// λ per millisecond of latency.
+    lambda_per_ms: f64,
+    /// The latency goal in ms; infinite when the tenant has none.
+    goal_ms: f64,
 }
 
 impl Context<'_> {
@@ -497,21 +538,27 @@ impl Context<'_> {
         let startable = take(&mut excess, st.on_demand_startable);
         let queue_room = load.queue_room.saturating_sub(excess);
 
+        // Reported times are clamped to ≥ 0 (`max` also turns NaN into 0), so a faulty report
+        // cannot make a region look better than free or break the ranking.
         let service_per_unit = load
             .service_ms_per_unit
-            .unwrap_or(self.model.gpu_seconds_per_unit * 1000.0);
-        let service_ms =
-            service_per_unit * self.units + if load.loaded { 0.0 } else { load.cold_start_ms };
+            .map_or(self.model.gpu_seconds_per_unit * 1000.0, |ms| ms.max(0.0));
+        let cold_start = if load.loaded {
+            0.0
+        } else {
+            load.cold_start_ms.max(0.0)
+        };
+        let service_ms = service_per_unit * self.units + cold_start;
         let network_ms = routing
             .network
             .rtt_ms(self.client.distance_km(&region.point));
         let gpu_seconds = self.model.gpu_seconds_per_unit * self.units;
-        let on_demand_price = region.on_demand_price_per_hour().map(|p| p / 3600.0);
+        let on_demand_price = region.totals.on_demand_per_gpu_second;
         let start_ms = st
             .on_demand_start_ms
-            .unwrap_or(routing.on_demand_start_ms as f64);
+            .map_or(routing.on_demand_start_ms as f64, |ms| ms.max(0.0));
         // Without a report for the model, assume one job's service time ahead in the queue.
-        let reported_wait = reported.map_or(service_ms, |l| l.expected_wait_ms);
+        let reported_wait = reported.map_or(service_ms, |l| l.expected_wait_ms.max(0.0));
         let queue_wait = reported_wait
             + f64::from(excess) * service_per_unit / f64::from(region.reserved_slots().max(1));
         let queued_class = if region.reserved_slots() > 0 {
@@ -521,38 +568,68 @@ impl Context<'_> {
         };
 
         let paths = [
-            (free_reserved > 0).then_some((SlotPath::ReservedIdle, 0.0, CapacityClass::Reserved)),
-            (free_warm > 0).then_some((SlotPath::OnDemandWarm, 0.0, CapacityClass::OnDemand)),
-            (startable > 0).then_some((SlotPath::OnDemandStart, start_ms, CapacityClass::OnDemand)),
-            (queue_room > 0).then_some((SlotPath::Queued, queue_wait, queued_class)),
+            (
+                free_reserved > 0,
+                SlotPath::ReservedIdle,
+                0.0,
+                CapacityClass::Reserved,
+            ),
+            (
+                free_warm > 0,
+                SlotPath::OnDemandWarm,
+                0.0,
+                CapacityClass::OnDemand,
+            ),
+            (
+                startable > 0,
+                SlotPath::OnDemandStart,
+                start_ms,
+                CapacityClass::OnDemand,
+            ),
+            (queue_room > 0, SlotPath::Queued, queue_wait, queued_class),
         ];
-        paths
-            .into_iter()
-            .flatten()
-            .filter_map(|(path, wait_ms, capacity)| {
-                let price = match capacity {
-                    CapacityClass::Reserved => routing.reserved_cost_per_gpu_second,
-                    // A region without on-demand pools cannot buy capacity.
-                    CapacityClass::OnDemand => on_demand_price?,
-                };
-                let latency = LatencyEstimate {
-                    network_ms,
-                    wait_ms,
-                    service_ms,
-                };
-                let total = latency.total_ms();
-                let marginal_cost = gpu_seconds * price;
-                Some(Candidate {
-                    region: r,
-                    path,
-                    capacity,
-                    latency,
-                    marginal_cost,
-                    score: marginal_cost + self.tenant.latency_value_per_second * total / 1000.0,
-                    meets_goal: self.tenant.latency_goal_ms.is_none_or(|goal| total <= goal),
-                })
-            })
-            .min_by_key(Candidate::rank_key)
+        // Rank the ways in by (tier, score, latency); build a candidate only for the best.
+        let mut best: Option<(u8, f64, f64, usize)> = None;
+        for (k, &(open, _, wait_ms, capacity)) in paths.iter().enumerate() {
+            let price = match capacity {
+                _ if !open => continue,
+                CapacityClass::Reserved => routing.reserved_cost_per_gpu_second,
+                // A region without on-demand pools cannot buy capacity.
+                CapacityClass::OnDemand => match on_demand_price {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
+            let total = network_ms + wait_ms + service_ms;
+            let score = gpu_seconds * price + self.lambda_per_ms * total;
+            let tier = match (total <= self.goal_ms, capacity) {
+                (true, CapacityClass::Reserved) => 0,
+                (true, CapacityClass::OnDemand) => 1,
+                (false, _) => 2,
+            };
+            let better = best.is_none_or(|(t, s, l, _)| {
+                tier < t || (tier == t && (score < s || (score == s && total < l)))
+            });
+            if better {
+                best = Some((tier, score, total, k));
+            }
+        }
+        let (tier, score, total, k) = best?;
+        let (_, path, wait_ms, capacity) = paths[k];
+        Some(Candidate {
+            region: r,
+            path,
+            capacity,
+            latency: LatencyEstimate {
+                network_ms,
+                wait_ms,
+                service_ms,
+            },
+            marginal_cost: score - self.lambda_per_ms * total,
+            score,
+            meets_goal: tier < 2,
+            rank: Candidate::rank_key(tier, score, total, r),
+        })
     }
 }
 
