@@ -3,7 +3,10 @@
 //! It owns Meridian's state: tenants, API keys, regions, models, reservations and policies,
 //! stored in etcd (production) or an embedded raft store (one machine, the default). It serves
 //! the admin API, registers region agents and takes their heartbeats and usage, and gives
-//! edges a versioned snapshot of everything they need to route.
+//! edges a versioned snapshot of everything they need to route. Every write it accepts is
+//! validated with the `policy` crate.
 //!
-//! This crate is a skeleton: the store, the APIs and the `control-plane` binary land here
-//! next. Every write it accepts will be validated with the `policy` crate.
+//! Today the crate holds the offline catalog checks behind the `control-plane` binary
+//! ([`offline`]); the store, the APIs and `control-plane serve` land here next.
+
+pub mod offline;

@@ -126,7 +126,7 @@ pub fn init_with(service: &'static str, settings: &LogSettings) -> Result<(), Te
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     installed.map_err(|_| TelemetryError::AlreadyInitialised)?;
-    tracing::info!(
+    tracing::debug!(
         service,
         version = env!("CARGO_PKG_VERSION"),
         "logging started"
