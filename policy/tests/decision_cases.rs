@@ -488,6 +488,19 @@ fn requests_that_cannot_be_routed_say_why_with_the_right_status() {
         )
         .unwrap_err();
     assert_eq!(err.http_status(), 422);
+    // A reused decision is emptied by a failed route, never left with the last answer.
+    let mut reused = route_one(&catalog, &live, "acme", "meridian/esrgan-x4").unwrap();
+    assert!(!reused.candidates.is_empty());
+    let bad = RouteRequest {
+        tenant: "nobody",
+        model: "meridian/esrgan-x4",
+        client: LONDON,
+        narrowing: None,
+        units: 1.0,
+        now_ms: NOW_MS,
+    };
+    assert!(catalog.route_into(&live, &bad, &mut reused).is_err());
+    assert!(reused.candidates.is_empty() && reused.excluded.is_empty());
     let err = catalog.narrowing(&["mars"], &[]).unwrap_err();
     assert_eq!(err.http_status(), 422);
     assert!(err.to_string().contains("mars"));

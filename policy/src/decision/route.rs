@@ -60,6 +60,10 @@ impl Catalog {
         request: &RouteRequest<'_>,
         out: &mut RouteDecision,
     ) -> Result<(), RouteError> {
+        // Cleared first, so a reused decision never shows a previous request's answer.
+        out.candidates.clear();
+        out.excluded.clear();
+        out.unsorted.clear();
         let tenant_ix = self
             .tenant_index(request.tenant)
             .ok_or_else(|| RouteError::UnknownTenant(request.tenant.to_owned()))?;
@@ -88,9 +92,6 @@ impl Catalog {
         };
         out.tenant = tenant_ix;
         out.model = model_ix;
-        out.candidates.clear();
-        out.excluded.clear();
-        out.unsorted.clear();
         let unknown = RegionStatus::default();
         for (r, region) in self.regions.iter().enumerate() {
             let st = status.region(r).unwrap_or(&unknown);
