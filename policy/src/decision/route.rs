@@ -248,7 +248,7 @@ impl Context<'_> {
             (queue_room > 0, SlotPath::Queued, queue_wait, queued_class),
         ];
         // Rank the ways in by (tier, score, latency); build a candidate only for the best.
-        let mut best: Option<(u8, f64, f64, usize)> = None;
+        let mut best: Option<(u8, f64, f64, f64, usize)> = None;
         for (k, &(open, _, wait_ms, capacity)) in paths.iter().enumerate() {
             let price = match capacity {
                 _ if !open => continue,
@@ -260,20 +260,21 @@ impl Context<'_> {
                 },
             };
             let total = network_ms + wait_ms + service_ms;
-            let score = gpu_seconds * price + self.lambda_per_ms * total;
+            let cost = gpu_seconds * price;
+            let score = cost + self.lambda_per_ms * total;
             let tier = match (total <= self.goal_ms, capacity) {
                 (true, CapacityClass::Reserved) => 0,
                 (true, CapacityClass::OnDemand) => 1,
                 (false, _) => 2,
             };
-            let better = best.is_none_or(|(t, s, l, _)| {
+            let better = best.is_none_or(|(t, s, l, ..)| {
                 tier < t || (tier == t && (score < s || (score == s && total < l)))
             });
             if better {
-                best = Some((tier, score, total, k));
+                best = Some((tier, score, total, cost, k));
             }
         }
-        let (tier, score, total, k) = best?;
+        let (tier, score, total, marginal_cost, k) = best?;
         let (_, path, wait_ms, capacity) = paths[k];
         Some(Candidate {
             region: r,
@@ -284,7 +285,7 @@ impl Context<'_> {
                 wait_ms,
                 service_ms,
             },
-            marginal_cost: score - self.lambda_per_ms * total,
+            marginal_cost,
             score,
             meets_goal: tier < 2,
             rank: Candidate::rank_key(tier, score, total, r),
