@@ -160,8 +160,9 @@ pub struct NewKey {
     pub record: ApiKeyRecord,
 }
 
-/// Generates a key for `tenant` from `rng` (pass a cryptographic RNG such as `rand::rngs::OsRng`
-/// wrapped for `Rng`, or `rand::rng()`; tests pass a seeded one).
+/// Generates a key for `tenant` from `rng`. Services must pass a cryptographically secure
+/// generator seeded by the operating system, such as `rand::rng()`; only tests pass a seeded
+/// one.
 pub fn generate(
     rng: &mut impl Rng,
     tenant: TenantId,
