@@ -5,5 +5,7 @@
 //! the admin API, registers region agents and takes their heartbeats and usage, and gives
 //! edges a versioned snapshot of everything they need to route.
 //!
-//! This crate is a skeleton: the store, the APIs and the `control-plane` binary land here
+//! The [`store`] layer is in place; the APIs and the `control-plane` binary land here
 //! next. Every write it accepts will be validated with the `policy` crate.
+
+pub mod store;
