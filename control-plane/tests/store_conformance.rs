@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use control_plane::store::{LeaseId, Store, StoreError, WatchEvent};
+use control_plane::store::{AnyStore, LeaseId, Store, StoreConfig, StoreError, WatchEvent};
 use support::{PATIENCE, next_event, next_item};
 
 fn put_event(key: &str, value: &str, mod_revision: i64) -> WatchEvent {
@@ -390,3 +390,22 @@ conformance!(
     keep_alive_keeps_keys,
     revoke_deletes_keys_and_notifies_watchers,
 );
+
+/// The store the control plane holds opens either backend from its configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_store_opens_each_backend_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = AnyStore::open(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    assert!(matches!(embedded, AnyStore::Embedded(_)));
+    compare_and_set(Arc::new(embedded)).await;
+
+    let server = support::EtcdServer::start().await;
+    let config = StoreConfig::Etcd {
+        endpoints: vec![server.endpoint.clone()],
+    };
+    let etcd = AnyStore::open(&config).await.unwrap();
+    assert!(matches!(etcd, AnyStore::Etcd(_)));
+    compare_and_set(Arc::new(etcd)).await;
+}
