@@ -235,6 +235,31 @@ async fn watch_replays_missed_events_then_continues_live<S: Store + 'static>(sto
     );
 }
 
+async fn a_long_replay_arrives_complete_and_in_order<S: Store + 'static>(store: Arc<S>) {
+    // More events than any backend buffers, read only after all were written.
+    const WRITES: usize = 300;
+    let mut revisions = Vec::new();
+    for i in 0..WRITES {
+        revisions.push(
+            store
+                .put(
+                    &format!("long/{}", i % 17),
+                    i.to_string().into_bytes(),
+                    None,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let mut watch = store.watch("long/", revisions[0]).await.unwrap();
+    for (i, revision) in revisions.iter().enumerate() {
+        assert_eq!(
+            next_event(&mut watch).await,
+            put_event(&format!("long/{}", i % 17), &i.to_string(), *revision)
+        );
+    }
+}
+
 async fn watch_from_zero_starts_at_the_next_write<S: Store + 'static>(store: Arc<S>) {
     store.put("n/old", b"1".to_vec(), None).await.unwrap();
     let mut watch = store.watch("n/", 0).await.unwrap();
@@ -385,6 +410,7 @@ conformance!(
     prefix_list,
     watch_replays_missed_events_then_continues_live,
     watch_from_zero_starts_at_the_next_write,
+    a_long_replay_arrives_complete_and_in_order,
     watch_from_a_compacted_revision_fails,
     lease_expiry_deletes_keys_and_notifies_watchers,
     keep_alive_keeps_keys,

@@ -110,11 +110,16 @@ impl EmbeddedStore {
         }
     }
 
-    fn keyspace(&self) -> RwLockReadGuard<'_, KeySpace> {
-        self.inner
+    /// The key space for a read; reads after a shutdown fail like writes do.
+    fn keyspace(&self) -> Result<RwLockReadGuard<'_, KeySpace>> {
+        if self.inner.requests.is_closed() {
+            return Err(shut_down());
+        }
+        Ok(self
+            .inner
             .keyspace
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner))
     }
 
     async fn send<T>(
@@ -150,12 +155,12 @@ fn shut_down() -> StoreError {
 
 impl Store for EmbeddedStore {
     async fn revision(&self) -> Result<Revision> {
-        Ok(self.keyspace().revision())
+        Ok(self.keyspace()?.revision())
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         check_key(key)?;
-        Ok(self.keyspace().get(key))
+        Ok(self.keyspace()?.get(key))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
@@ -207,12 +212,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
-        Ok(self.keyspace().list(prefix))
+        Ok(self.keyspace()?.list(prefix))
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
         let from = if from <= 0 {
-            self.keyspace().revision() + 1
+            self.keyspace()?.revision() + 1
         } else {
             from
         };
