@@ -6,7 +6,9 @@
 //! edges a versioned snapshot of everything they need to route. Every write it accepts is
 //! validated with the `policy` crate.
 //!
-//! Today the crate holds the offline catalog checks behind the `control-plane` binary
-//! ([`offline`]); the store, the APIs and `control-plane serve` land here next.
+//! Today the crate holds the [`store`] layer (etcd and the embedded raft store, one set of
+//! semantics) and the offline catalog checks behind the `control-plane` binary
+//! ([`offline`]); the APIs and `control-plane serve` land here next.
 
 pub mod offline;
+pub mod store;
