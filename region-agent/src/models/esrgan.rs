@@ -10,6 +10,7 @@
 //! safetensors metadata; [`Esrgan::upscale`] runs an RGB image through the network
 //! synchronously (callers run it on a model thread, never on the async runtime).
 
+mod conv;
 pub mod network;
 pub mod topology;
 

@@ -121,6 +121,13 @@ impl TfjsTensor {
                 self.shape
             )));
         };
+        if self.data.len() != h * w * i * o {
+            return Err(TfjsError::Unsupported(format!(
+                "kernel of shape {:?} holds {} values",
+                self.shape,
+                self.data.len()
+            )));
+        }
         let mut data = vec![0.0_f32; self.data.len()];
         for (src, value) in self.data.iter().enumerate() {
             // src = ((y * w + x) * i + ci) * o + co

@@ -13,10 +13,20 @@
 //! Tensors are NCHW `f32`; inputs and outputs are pixel values in `[0, 255]` (the model's
 //! trained range; the output is not clamped here). Weight names are the Keras layer names with
 //! candle's `.weight` / `.bias` suffixes, e.g. `F_1_1.weight` (OIHW).
+//!
+//! The tail "nearest ×s, then a 3×3 convolution" is computed as one 3×3 convolution at low
+//! resolution with `3·s²` outputs followed by a pixel shuffle: each high-resolution pixel's
+//! 3×3 window over the nearest-upsampled map only reads a 3×3 low-resolution window, so the
+//! kernel for each of the `s²` sub-pixel phases is the sum of the original taps that land on
+//! the same low-resolution pixel. Zero padding maps to zero padding, so the two are equal up to
+//! float rounding ([`Rdn::forward_unfused`] computes the literal graph) and the fused form
+//! avoids an `s²`-times larger im2col buffer.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, conv2d};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
+
+use super::conv::SameConv;
 
 /// Kernel size of every 3×3 convolution.
 pub const KERNEL: usize = 3;
@@ -66,19 +76,11 @@ impl RdnConfig {
     }
 }
 
-fn same_conv(cin: usize, cout: usize, k: usize, vb: VarBuilder<'_>) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        ..Default::default()
-    };
-    conv2d(cin, cout, k, cfg, vb)
-}
-
 /// One residual dense block.
 #[derive(Debug, Clone)]
 struct ResidualDenseBlock {
-    dense: Vec<Conv2d>,
-    fusion: Conv2d,
+    dense: Vec<SameConv>,
+    fusion: SameConv,
 }
 
 impl ResidualDenseBlock {
@@ -87,10 +89,10 @@ impl ResidualDenseBlock {
         let mut channels = cfg.features;
         for c in 1..=cfg.convs_per_block {
             let name = RdnConfig::dense_conv_name(d, c);
-            dense.push(same_conv(channels, cfg.growth, KERNEL, vb.pp(name))?);
+            dense.push(SameConv::new(channels, cfg.growth, KERNEL, vb.pp(name))?);
             channels += cfg.growth;
         }
-        let fusion = same_conv(channels, cfg.features, 1, vb.pp(RdnConfig::fusion_name(d)))?;
+        let fusion = SameConv::new(channels, cfg.features, 1, vb.pp(RdnConfig::fusion_name(d)))?;
         Ok(Self { dense, fusion })
     }
 
@@ -108,13 +110,70 @@ impl ResidualDenseBlock {
 #[derive(Debug, Clone)]
 pub struct Rdn {
     cfg: RdnConfig,
-    shallow_1: Conv2d,
-    shallow_2: Conv2d,
+    shallow_1: SameConv,
+    shallow_2: SameConv,
     blocks: Vec<ResidualDenseBlock>,
-    global_fusion_1: Conv2d,
-    global_fusion_2: Conv2d,
-    upsample: [Conv2d; 3],
-    reconstruct: Conv2d,
+    global_fusion_1: SameConv,
+    global_fusion_2: SameConv,
+    upsample: [SameConv; 3],
+    /// `SR` as the graph has it: 3×3 over the upsampled map.
+    reconstruct: SameConv,
+    /// `SR` fused with the nearest upsampling: 3×3 at low resolution, `3·s²` outputs.
+    reconstruct_fused: SameConv,
+}
+
+/// Folds "nearest ×`scale`, then `weight` (3×3, OIHW)" into one low-resolution 3×3 kernel
+/// with `out·scale²` outputs ordered `(out, phase_y, phase_x)`, and repeats the bias to match.
+fn fuse_upsample_into_conv(conv: &SameConv, scale: usize) -> Result<SameConv> {
+    let weight = conv.weight();
+    let (cout, cin, kh, kw) = weight.dims4()?;
+    if (kh, kw) != (KERNEL, KERNEL) {
+        candle_core::bail!("fusing needs a {KERNEL}×{KERNEL} kernel, got {kh}×{kw}");
+    }
+    let src: Vec<f32> = weight
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let phases = scale * scale;
+    let mut fused = vec![0.0_f32; cout * phases * cin * 9];
+    // A tap at kernel index `k` (HR offset k-1) from sub-pixel phase `p` reads the LR pixel at
+    // offset floor((p + k - 1) / s), which is -1, 0 or 1; return it as an index 0..3.
+    let lr_index = |p: usize, k: usize| {
+        ((p as isize + k as isize - 1).div_euclid(scale as isize) + 1) as usize
+    };
+    for co in 0..cout {
+        for py in 0..scale {
+            for px in 0..scale {
+                let fo = co * phases + py * scale + px;
+                for ci in 0..cin {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (ly, lx) = (lr_index(py, ky), lr_index(px, kx));
+                            fused[((fo * cin + ci) * 3 + ly) * 3 + lx] +=
+                                src[((co * cin + ci) * 3 + ky) * 3 + kx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let device = weight.device();
+    let fused =
+        Tensor::from_vec(fused, (cout * phases, cin, 3, 3), device)?.to_dtype(weight.dtype())?;
+    let bias = match conv.bias() {
+        Some(b) => Some(b.unsqueeze(1)?.repeat((1, phases))?.flatten_all()?),
+        None => None,
+    };
+    SameConv::from_weights(fused, bias)
+}
+
+/// `[n, c·s², h, w]` with channels ordered `(c, phase_y, phase_x)` → `[n, c, h·s, w·s]`.
+fn pixel_shuffle(x: &Tensor, scale: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let c = c / (scale * scale);
+    x.reshape((n, c, scale, scale, h, w))?
+        .permute((0, 1, 4, 2, 5, 3))?
+        .reshape((n, c, h * scale, w * scale))
 }
 
 impl Rdn {
@@ -122,21 +181,23 @@ impl Rdn {
     pub fn new(cfg: RdnConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let g0 = cfg.features;
         let [u1, u2, u3] = cfg.upsample_features;
+        let reconstruct = SameConv::new(u3, CHANNELS, KERNEL, vb.pp("SR"))?;
         let blocks = (1..=cfg.blocks)
             .map(|d| ResidualDenseBlock::new(&cfg, d, &vb))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            shallow_1: same_conv(CHANNELS, g0, KERNEL, vb.pp("F_m1"))?,
-            shallow_2: same_conv(g0, g0, KERNEL, vb.pp("F_0"))?,
+            shallow_1: SameConv::new(CHANNELS, g0, KERNEL, vb.pp("F_m1"))?,
+            shallow_2: SameConv::new(g0, g0, KERNEL, vb.pp("F_0"))?,
             blocks,
-            global_fusion_1: same_conv(g0 * cfg.blocks, g0, 1, vb.pp("GFF_1"))?,
-            global_fusion_2: same_conv(g0, g0, KERNEL, vb.pp("GFF_2"))?,
+            global_fusion_1: SameConv::new(g0 * cfg.blocks, g0, 1, vb.pp("GFF_1"))?,
+            global_fusion_2: SameConv::new(g0, g0, KERNEL, vb.pp("GFF_2"))?,
             upsample: [
-                same_conv(g0, u1, UPSAMPLE_KERNEL, vb.pp("UPN1"))?,
-                same_conv(u1, u2, KERNEL, vb.pp("UPN2"))?,
-                same_conv(u2, u3, KERNEL, vb.pp("UPN3"))?,
+                SameConv::new(g0, u1, UPSAMPLE_KERNEL, vb.pp("UPN1"))?,
+                SameConv::new(u1, u2, KERNEL, vb.pp("UPN2"))?,
+                SameConv::new(u2, u3, KERNEL, vb.pp("UPN3"))?,
             ],
-            reconstruct: same_conv(u3, CHANNELS, KERNEL, vb.pp("SR"))?,
+            reconstruct_fused: fuse_upsample_into_conv(&reconstruct, cfg.scale)?,
+            reconstruct,
             cfg,
         })
     }
@@ -145,12 +206,9 @@ impl Rdn {
     pub fn config(&self) -> &RdnConfig {
         &self.cfg
     }
-}
 
-impl Module for Rdn {
-    /// `[n, 3, h, w]` in `[0, 255]` → `[n, 3, h·scale, w·scale]`.
-    fn forward(&self, lr: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = lr.dims4()?;
+    /// Everything up to and including `UPN3`, at low resolution.
+    fn features(&self, lr: &Tensor) -> Result<Tensor> {
         let shallow = self.shallow_1.forward(lr)?;
         let mut x = self.shallow_2.forward(&shallow)?;
         let mut block_outputs = Vec::with_capacity(self.blocks.len());
@@ -164,9 +222,69 @@ impl Module for Rdn {
         let [up1, up2, up3] = &self.upsample;
         let x = up1.forward(&features)?.relu()?;
         let x = up2.forward(&x)?.relu()?;
-        let x = up3.forward(&x)?;
+        up3.forward(&x)
+    }
+
+    /// The literal graph: nearest upsampling, then `SR` at high resolution. Same result as
+    /// [`Module::forward`] up to float rounding, with `scale²` times more work in the tail.
+    pub fn forward_unfused(&self, lr: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = lr.dims4()?;
         let s = self.cfg.scale;
-        let x = x.upsample_nearest2d(h * s, w * s)?;
+        let x = self.features(lr)?.upsample_nearest2d(h * s, w * s)?;
         self.reconstruct.forward(&x)
+    }
+}
+
+impl Module for Rdn {
+    /// `[n, 3, h, w]` in `[0, 255]` → `[n, 3, h·scale, w·scale]`.
+    fn forward(&self, lr: &Tensor) -> Result<Tensor> {
+        let x = self.reconstruct_fused.forward(&self.features(lr)?)?;
+        pixel_shuffle(&x, self.cfg.scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    use super::*;
+
+    #[test]
+    fn fused_tail_equals_the_literal_graph() {
+        for scale in [1, 2, 3, 4] {
+            let cfg = RdnConfig {
+                features: 6,
+                growth: 2,
+                upsample_features: [6, 5, 7],
+                ..RdnConfig::slim(scale)
+            };
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let net = Rdn::new(cfg, vb).unwrap();
+            let x = Tensor::rand(0f32, 255f32, (2, 3, 5, 7), &Device::Cpu).unwrap();
+            let fused = net.forward(&x).unwrap();
+            let literal = net.forward_unfused(&x).unwrap();
+            assert_eq!(fused.dims(), &[2, 3, 5 * scale, 7 * scale]);
+            let scale_of: f32 = literal
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let diff: f32 = (fused - literal)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * scale_of.max(1.0),
+                "×{scale}: max diff {diff}"
+            );
+        }
     }
 }
