@@ -4,5 +4,8 @@
 //! models on the GPUs it manages (CUDA when present, CPU otherwise), keeps results on its own
 //! disk in its region, and reports health, capacity and usage to the control plane.
 //!
-//! This crate is a skeleton: the job API, the scheduler, the models and the `region-agent`
-//! binary land here next.
+//! What is here so far: [`models`] — ESRGAN-slim super-resolution on candle and the converter
+//! that prepares its weights from the `@upscalerjs/esrgan-slim` npm package. The job API, the
+//! scheduler and the `region-agent` binary land here next.
+
+pub mod models;

@@ -1,0 +1,174 @@
+//! Image input and output for the image models: decoding user-supplied PNG/JPEG bytes under
+//! size limits, and moving RGB pixels in and out of candle tensors.
+
+use std::io::Cursor;
+
+use candle_core::{DType, Device, Tensor};
+use image::{ImageFormat, ImageReader, RgbImage};
+
+/// Size limits on an input image, checked before the pixels are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest accepted width or height, in pixels.
+    pub max_side: u32,
+    /// Largest accepted width × height, in pixels.
+    pub max_pixels: u64,
+}
+
+impl Default for InputLimits {
+    /// 1024 pixels a side and 512 × 512 pixels in all: what one CPU worker upscales in a few
+    /// seconds without tiling.
+    fn default() -> Self {
+        Self {
+            max_side: 1024,
+            max_pixels: 512 * 512,
+        }
+    }
+}
+
+/// Why an input image was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageInputError {
+    /// The bytes are neither PNG nor JPEG.
+    #[error("input is not a PNG or JPEG image")]
+    NotPngOrJpeg,
+    /// The bytes look like PNG or JPEG but cannot be decoded.
+    #[error("input image cannot be decoded: {0}")]
+    Undecodable(#[source] image::ImageError),
+    /// The image has no pixels.
+    #[error("input image is empty ({width}x{height})")]
+    Empty {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+    /// The image is larger than the limits allow.
+    #[error(
+        "input image is {width}x{height}; the limit is {max_side} pixels a side and {max_pixels} pixels in all"
+    )]
+    TooLarge {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// The side limit.
+        max_side: u32,
+        /// The area limit.
+        max_pixels: u64,
+    },
+}
+
+impl InputLimits {
+    /// Checks `width × height` against the limits.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), ImageInputError> {
+        if width == 0 || height == 0 {
+            return Err(ImageInputError::Empty { width, height });
+        }
+        if width > self.max_side
+            || height > self.max_side
+            || u64::from(width) * u64::from(height) > self.max_pixels
+        {
+            return Err(ImageInputError::TooLarge {
+                width,
+                height,
+                max_side: self.max_side,
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Decodes PNG or JPEG bytes to RGB, checking the dimensions against `limits` before the
+/// pixels are decoded. Alpha is dropped.
+pub fn decode_rgb(bytes: &[u8], limits: &InputLimits) -> Result<RgbImage, ImageInputError> {
+    let format = image::guess_format(bytes).ok();
+    let Some(format @ (ImageFormat::Png | ImageFormat::Jpeg)) = format else {
+        return Err(ImageInputError::NotPngOrJpeg);
+    };
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(ImageInputError::Undecodable)?;
+    limits.check(width, height)?;
+    let image = ImageReader::with_format(Cursor::new(bytes), format)
+        .decode()
+        .map_err(ImageInputError::Undecodable)?;
+    Ok(image.to_rgb8())
+}
+
+/// RGB pixels → `[1, 3, h, w]` `f32` tensor with values in `[0, 255]`.
+pub fn rgb_to_tensor(image: &RgbImage, device: &Device) -> candle_core::Result<Tensor> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let hwc = Tensor::from_vec(image.as_raw().clone(), (h, w, 3), device)?;
+    hwc.permute((2, 0, 1))?
+        .to_dtype(DType::F32)?
+        .unsqueeze(0)?
+        .contiguous()
+}
+
+/// `[1, 3, h, w]` tensor with values in about `[0, 255]` → RGB pixels (clamped and rounded).
+pub fn tensor_to_rgb(tensor: &Tensor) -> candle_core::Result<RgbImage> {
+    let (_, c, h, w) = tensor.dims4()?;
+    if c != 3 {
+        candle_core::bail!("expected 3 channels, got {c}");
+    }
+    let pixels: Vec<u8> = tensor
+        .squeeze(0)?
+        .clamp(0.0_f32, 255.0_f32)?
+        .round()?
+        .permute((1, 2, 0))?
+        .to_dtype(DType::U8)?
+        .flatten_all()?
+        .to_vec1()?;
+    RgbImage::from_raw(w as u32, h as u32, pixels)
+        .ok_or_else(|| candle_core::Error::Msg("pixel buffer does not match the image size".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_png_and_round_trips_through_a_tensor() {
+        let img = decode_rgb(&png(5, 3), &InputLimits::default()).unwrap();
+        assert_eq!(img.dimensions(), (5, 3));
+        let t = rgb_to_tensor(&img, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[1, 3, 3, 5]);
+        assert_eq!(tensor_to_rgb(&t).unwrap(), img);
+    }
+
+    #[test]
+    fn refuses_garbage_oversize_and_other_formats() {
+        let limits = InputLimits {
+            max_side: 8,
+            max_pixels: 40,
+        };
+        assert!(matches!(
+            decode_rgb(b"not an image at all", &limits),
+            Err(ImageInputError::NotPngOrJpeg)
+        ));
+        assert!(matches!(
+            decode_rgb(&png(9, 2), &limits),
+            Err(ImageInputError::TooLarge { width: 9, .. })
+        ));
+        assert!(matches!(
+            decode_rgb(&png(7, 7), &limits),
+            Err(ImageInputError::TooLarge { height: 7, .. })
+        ));
+        // A truncated PNG has valid dimensions but undecodable pixels.
+        let bytes = png(4, 4);
+        assert!(matches!(
+            decode_rgb(&bytes[..bytes.len() - 20], &limits),
+            Err(ImageInputError::Undecodable(_))
+        ));
+    }
+}

@@ -1,0 +1,8 @@
+//! The media models the agent runs, on candle (CPU by default; CUDA behind a later `cuda`
+//! feature), and the converters that prepare their weights.
+//!
+//! Models run synchronously: the scheduler calls them from dedicated model threads.
+
+pub mod convert;
+pub mod esrgan;
+pub mod image_io;
