@@ -212,3 +212,54 @@ pub struct ErrorDetail {
     /// How to fix it.
     pub fix: String,
 }
+
+/// Which capacity a job ran on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capacity {
+    /// A reserved GPU (already paid for).
+    Reserved,
+    /// An on-demand GPU (paid per use).
+    OnDemand,
+}
+
+/// What one finished job used, as its region agent reports it (DESIGN.md §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecord {
+    /// The job's request id (`<region>.<random>`); reports are deduplicated by it.
+    pub job_id: String,
+    /// Tenant the job ran for.
+    pub tenant: String,
+    /// Model id (`owner/name`).
+    pub model: String,
+    /// Region that ran it.
+    pub region: String,
+    /// Units of work billed (images, megapixels, seconds, …).
+    pub units: f64,
+    /// GPU-seconds the job took.
+    pub gpu_seconds: f64,
+    /// Capacity it ran on.
+    pub capacity: Capacity,
+    /// What the tenant is charged, in the catalog's currency.
+    pub cost: f64,
+    /// When the job finished, Unix ms.
+    pub finished_at_ms: u64,
+}
+
+/// Body of `POST /agent/v1/usage`: a batch of records, delivered at least once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    /// The records.
+    pub records: Vec<UsageRecord>,
+}
+
+/// Answer to a usage batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReceipt {
+    /// Records stored now.
+    pub accepted: usize,
+    /// Records whose job id was stored before (a redelivery), ignored.
+    pub duplicates: usize,
+}

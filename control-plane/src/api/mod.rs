@@ -3,7 +3,8 @@
 //!
 //! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys.
 //! - [`edge`] (`/edge/v1/…`, edge token): the versioned snapshot edges route with.
-//! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats.
+//! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
+//!   [`usage`]: their usage reports (and the admin's reading of them).
 //!
 //! Every answer that is not a success is an [`ApiError`] with a JSON body.
 
@@ -13,6 +14,7 @@ pub mod edge;
 mod error;
 mod extract;
 mod keys;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,10 +125,12 @@ pub fn router(state: AppState) -> Router {
     let limit = state.settings().max_body_bytes;
     let admin = admin::routes()
         .merge(keys::routes())
+        .merge(usage::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
     let edge = edge::routes().route_layer(middleware::from_fn_with_state(state.clone(), edge_auth));
-    let agent =
-        agent::routes().route_layer(middleware::from_fn_with_state(state.clone(), agent_auth));
+    let agent = agent::routes()
+        .merge(usage::agent_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), agent_auth));
     Router::new()
         .merge(admin)
         .merge(edge)

@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod edge_agent;
 mod server;
+mod usage;
 
 /// Runs every named scenario against both backends: `scenario(Backend) -> impl Future`.
 #[macro_export]
