@@ -175,13 +175,6 @@ pub struct Snapshot {
     pub regions: Vec<RegionLive>,
 }
 
-/// Answer to a long poll that saw no change before its wait ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unchanged {
-    /// The store revision the caller already has.
-    pub revision: i64,
-}
-
 /// The body of every error answer: `{"error": {"type", "message", "details"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

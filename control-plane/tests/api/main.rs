@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod client;
 mod edge_agent;
 mod server;
 mod usage;
