@@ -35,6 +35,12 @@ pub enum ApiError {
     /// A route that does not exist.
     #[error("no such endpoint: {0}")]
     NoRoute(String),
+    /// A route that exists, called with a method it does not take.
+    #[error("{0} is not supported here")]
+    MethodNotAllowed(String),
+    /// The request took longer than the server allows.
+    #[error("the request took longer than {0:?}")]
+    Timeout(std::time::Duration),
     /// The record changed since the revision the caller named (or exists when it must not).
     #[error(
         "the record changed: expected revision {expected}, found {actual} (0: absent); read it again and retry"
@@ -94,6 +100,8 @@ impl ApiError {
             Self::NotFound { .. } | Self::NoRoute(_) | Self::NotRegistered { .. } => {
                 StatusCode::NOT_FOUND
             }
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +116,8 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::TooLarge { .. } => "too_large",
             Self::NotFound { .. } | Self::NoRoute(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Timeout(_) => "timeout",
             Self::Conflict { .. } => "conflict",
             Self::Invalid { .. } => "invalid_catalog",
             Self::NotRegistered { .. } => "not_registered",

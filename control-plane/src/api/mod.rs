@@ -23,7 +23,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
@@ -138,6 +138,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|request: Request| async move {
             ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path()))
         })
+        .method_not_allowed_fallback(|request: Request| async move {
+            ApiError::MethodNotAllowed(format!("{} {}", request.method(), request.uri().path()))
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -148,6 +152,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
+}
+
+/// How much longer than the longest long poll any request may take (reading its body
+/// included) before it is answered with a 408.
+const REQUEST_SLACK: Duration = Duration::from_secs(15);
+
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.settings().max_poll_wait + REQUEST_SLACK;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
 }
 
 async fn admin_auth(

@@ -305,6 +305,16 @@ async fn bad_bodies_are_400_and_413(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = json(
+        server
+            .admin(Method::PATCH, "/admin/v1/regions/eu-west")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["error"]["type"], "method_not_allowed");
     server.stop().await;
 }
 
