@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use control_plane_client::wire::{AgentReport, RegionLive, Registration};
+use control_plane_client::wire::{AgentReport, ErrorDetail, RegionLive, Registration};
 use policy::RegionSpec;
 
 use super::{ApiError, AppState, JsonBody};
@@ -46,6 +46,40 @@ fn live_value(region: &str, report: AgentReport) -> Result<Vec<u8>, ApiError> {
     })?)
 }
 
+/// Every problem of a report (negative or non-finite times), as a 422.
+fn check_report(report: &AgentReport) -> Result<(), ApiError> {
+    let mut details = Vec::new();
+    let mut check = |path: String, value: f64| {
+        if !(value.is_finite() && value >= 0.0) {
+            details.push(ErrorDetail {
+                path,
+                problem: format!("{value} is not a non-negative number of milliseconds"),
+                fix: "report 0 or more, or leave the optional field out".into(),
+            });
+        }
+    };
+    if let Some(ms) = report.on_demand_start_ms {
+        check("on_demand_start_ms".into(), ms);
+    }
+    for (model, load) in &report.models {
+        check(
+            format!("models[{model}].expected_wait_ms"),
+            load.expected_wait_ms,
+        );
+        check(format!("models[{model}].cold_start_ms"), load.cold_start_ms);
+        if let Some(ms) = load.service_ms_per_unit {
+            check(format!("models[{model}].service_ms_per_unit"), ms);
+        }
+    }
+    if details.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        message: format!("{} problem(s) in the agent's report", details.len()),
+        details,
+    })
+}
+
 fn registration(state: &AppState, region: String) -> Json<Registration> {
     let ttl = state.settings().agent_lease_ttl;
     Json(Registration {
@@ -59,6 +93,7 @@ async fn register(
     Path(region): Path<String>,
     JsonBody(report): JsonBody<AgentReport>,
 ) -> Result<Json<Registration>, ApiError> {
+    check_report(&report)?;
     if state
         .registry()
         .get::<RegionSpec>(&RegionSpec::key(&region))
@@ -112,6 +147,7 @@ async fn heartbeat(
     Path(region): Path<String>,
     JsonBody(report): JsonBody<AgentReport>,
 ) -> Result<Json<Registration>, ApiError> {
+    check_report(&report)?;
     let lease = lease_of(&state, &region).await?;
     let store = state.store();
     store

@@ -435,8 +435,89 @@ where
     out
 }
 
+async fn records_outlive_a_restart_and_the_seed_applies_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let put = server
+        .admin(Method::PUT, "/admin/v1/regions/eu-central")
+        .json(&region("eu-central", "eu"))
+        .send()
+        .await
+        .unwrap();
+    let kept = revision(&put);
+    let (status, _) = json(
+        server
+            .admin(Method::PUT, "/admin/v1/regions/us-east")
+            .json(&region("us-east", "us"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // A delete with a stale revision is refused; with the current one it goes through.
+    let (status, _) = json(
+        server
+            .admin(Method::DELETE, "/admin/v1/models/meridian/esrgan-x4")
+            .header("If-Match", "1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let model = server
+        .admin(Method::GET, "/admin/v1/models/meridian/esrgan-x4")
+        .send()
+        .await
+        .unwrap();
+    let current = revision(&model);
+    let deleted = server
+        .admin(Method::DELETE, "/admin/v1/models/meridian/esrgan-x4")
+        .header("If-Match", current.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+
+    let server = server.restart().await;
+    let read = server
+        .admin(Method::GET, "/admin/v1/regions/eu-central")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revision(&read), kept);
+    let (status, us_east) = json(
+        server
+            .admin(Method::GET, "/admin/v1/regions/us-east")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        us_east["pools"][0]["gpu"], "A100",
+        "the seed did not overwrite the change"
+    );
+    let (status, _) = json(
+        server
+            .admin(Method::GET, "/admin/v1/models/meridian/esrgan-x4")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the seed did not bring back a deleted record"
+    );
+    server.stop().await;
+}
+
 crate::both_backends!(
     crud_round_trip,
+    records_outlive_a_restart_and_the_seed_applies_once,
     invalid_writes_are_422_with_paths,
     bad_bodies_are_400_and_413,
     tokens_are_checked,

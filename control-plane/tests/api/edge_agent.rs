@@ -188,6 +188,33 @@ async fn a_silent_agent_disappears_when_its_lease_expires(backend: Backend) {
         (StatusCode::NOT_FOUND, Some("not_registered"))
     );
 
+    let mut bad = report.clone();
+    bad["models"]["meridian/esrgan-x4"]["expected_wait_ms"] = json!(-5.0);
+    let (status, body) = json(
+        server
+            .agent("/agent/v1/regions/eu-west/register")
+            .json(&bad)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["error"]["details"][0]["path"],
+        "models[meridian/esrgan-x4].expected_wait_ms"
+    );
+    let (status, body) = json(
+        server
+            .agent("/agent/v1/regions/eu-west/register")
+            .json(&json!({"healthy": true, "free_slots": 3}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
     let (status, body) = json(
         server
             .agent("/agent/v1/regions/eu-west/register")

@@ -69,7 +69,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    holder: Holder,
+    holder: Option<Holder>,
+    store: StoreConfig,
 }
 
 impl TestServer {
@@ -87,6 +88,10 @@ impl TestServer {
                 (config, Holder::Etcd(etcd))
             }
         };
+        Self::serve(store, holder).await
+    }
+
+    async fn serve(store: StoreConfig, holder: Holder) -> Self {
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             api: ApiSettings {
@@ -97,7 +102,7 @@ impl TestServer {
                 agent_lease_ttl: Duration::from_secs(1),
                 max_poll_wait: Duration::from_secs(30),
             },
-            store,
+            store: store.clone(),
             seed_catalog: Some(CatalogSpec::from_toml(SEED).unwrap()),
         };
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
@@ -112,10 +117,21 @@ impl TestServer {
                 .unwrap(),
             shutdown,
             task: Some(task),
-            holder,
+            holder: Some(holder),
+            store,
         };
         server.wait_ready().await;
         server
+    }
+
+    /// Stops the server and starts a new one on the same store (and seed catalog).
+    pub async fn restart(mut self) -> Self {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        let holder = self.holder.take().unwrap();
+        Self::serve(self.store.clone(), holder).await
     }
 
     /// Waits until the server answers (the store is open and seeded).
@@ -157,8 +173,8 @@ impl TestServer {
     /// The etcd server behind this control plane, if that is the backend.
     pub fn etcd(&self) -> Option<&EtcdServer> {
         match &self.holder {
-            Holder::Etcd(etcd) => Some(etcd),
-            Holder::Dir(_) => None,
+            Some(Holder::Etcd(etcd)) => Some(etcd),
+            _ => None,
         }
     }
 
