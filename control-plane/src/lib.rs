@@ -9,11 +9,13 @@
 //! - [`store`]: the key-value layer with etcd's semantics (etcd and embedded backends).
 //! - [`records`]: where each record lives in the store; [`registry`]: the catalog read
 //!   whole and changed one validated record at a time.
-//! - [`api`]: the HTTP/JSON API (admin, edge, agent); [`config`] and [`server::run`]: the
+//! - [`api`]: the HTTP/JSON API (admin, edge, agent), with [`changes`] waking long polls;
+//!   [`config`] and [`server::run`]: the
 //!   `control-plane serve` command.
 //! - [`offline`]: catalog checks that need no running control plane.
 
 pub mod api;
+pub mod changes;
 pub mod config;
 pub mod offline;
 pub mod records;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::changes::ChangeFeed;
 use crate::config::ServerConfig;
 use crate::records::SEEDED_KEY;
 use crate::registry::Registry;
@@ -32,7 +33,10 @@ pub async fn run(
             .await
             .context("apply the seed catalog")?;
     }
-    let state = AppState::new(store.clone(), config.api, shutdown.clone());
+    let changes = ChangeFeed::start(store.clone(), shutdown.clone())
+        .await
+        .context("follow the store's changes")?;
+    let state = AppState::new(store.clone(), changes, config.api, shutdown.clone());
     let app = api::router(state);
     let address = listener
         .local_addr()

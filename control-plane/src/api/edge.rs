@@ -4,8 +4,10 @@
 //! and the live status of every registered region, read at one store revision (also in the
 //! `ETag`). `GET /edge/v1/snapshot?after=REV&wait=SECS` long-polls: it answers the new full
 //! snapshot as soon as anything an edge sees changed after `REV`, or `304 Not Modified` when
-//! nothing did within `wait` seconds. When `REV`'s history was compacted (or is newer than
-//! the store, as after a restore) the full snapshot comes at once.
+//! nothing did within `wait` seconds. When `REV` is older than what the control plane has
+//! followed since it started (so its history may be compacted), or newer than the store (as
+//! after a restore), the full snapshot comes at once. Polls wait on one shared
+//! [`ChangeFeed`](crate::changes::ChangeFeed), not a store watch each.
 
 use std::time::Duration;
 
@@ -19,11 +21,10 @@ use control_plane_client::wire::Snapshot;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, etag};
-use crate::records::ROOT;
 use crate::registry::read_state;
-use crate::store::{Revision, Store, StoreError};
+use crate::store::{Revision, Store};
 
-/// Shortest wait of a long poll, so the history a watch replays has time to arrive.
+/// Shortest wait of a long poll, so a change just written has time to reach the feed.
 const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// The edge routes (without authentication; the router adds it).
@@ -69,28 +70,18 @@ async fn snapshot(
     Ok(([etag(body.revision)], Json(body)).into_response())
 }
 
-/// Whether anything under [`ROOT`] changed after `after`, waiting up to `wait` for it.
+/// Whether anything an edge sees changed after `after`, waiting up to `wait` for it.
 async fn changed_after(
     state: &AppState,
     after: Revision,
     wait: Duration,
 ) -> Result<bool, ApiError> {
-    let store = state.store();
-    if after < 0 || after > store.revision().await? {
+    if after < 0 || after > state.store().revision().await? {
+        // Not a revision of this store (or a restored one): the edge needs everything.
         return Ok(true);
     }
-    let mut watch = match store.watch(ROOT, after + 1).await {
-        Ok(watch) => watch,
-        Err(StoreError::Compacted { .. }) => return Ok(true),
-        Err(e) => return Err(e.into()),
-    };
     tokio::select! {
-        item = watch.next() => match item {
-            Some(Ok(_)) | Some(Err(StoreError::Compacted { .. })) => Ok(true),
-            Some(Err(e)) => Err(e.into()),
-            None => Err(ApiError::Unavailable("the store ended the watch".into())),
-        },
-        () = tokio::time::sleep(wait) => Ok(false),
+        changed = state.changes().changed_after(after, wait) => Ok(changed),
         () = state.shutdown().cancelled() => Ok(false),
     }
 }

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use extract::{JsonBody, etag, precondition};
 
+use crate::changes::ChangeFeed;
 use crate::registry::Registry;
 use crate::store::AnyStore;
 
@@ -83,16 +84,24 @@ pub struct AppState {
 #[derive(Debug)]
 struct Shared {
     registry: Registry,
+    changes: ChangeFeed,
     settings: ApiSettings,
     shutdown: CancellationToken,
 }
 
 impl AppState {
-    /// State over `store`; long polls end early when `shutdown` is cancelled.
-    pub fn new(store: AnyStore, settings: ApiSettings, shutdown: CancellationToken) -> Self {
+    /// State over `store`, whose changes `changes` follows; long polls end early when
+    /// `shutdown` is cancelled.
+    pub fn new(
+        store: AnyStore,
+        changes: ChangeFeed,
+        settings: ApiSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Shared {
                 registry: Registry::new(store),
+                changes,
                 settings,
                 shutdown,
             }),
@@ -107,6 +116,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &AnyStore {
         self.inner.registry.store()
+    }
+
+    /// The feed of changes long polls wait on.
+    pub fn changes(&self) -> &ChangeFeed {
+        &self.inner.changes
     }
 
     /// The API's settings.

@@ -128,12 +128,14 @@ async fn long_poll_answers_after_a_write(backend: Backend) {
     let (status, _, _) = snapshot(&server, &format!("?after={}&wait=1", first.revision)).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
 
-    // A poll waiting for up to a minute returns as soon as a record changes.
-    let poller = {
-        let server = server.clone();
-        let query = format!("?after={}&wait=60", first.revision);
-        tokio::spawn(async move { snapshot(&server, &query).await })
-    };
+    // Polls waiting for up to a minute return as soon as a record changes, all of them.
+    let pollers: Vec<_> = (0..20)
+        .map(|_| {
+            let server = server.clone();
+            let query = format!("?after={}&wait=60", first.revision);
+            tokio::spawn(async move { snapshot(&server, &query).await })
+        })
+        .collect();
     let write = server
         .admin(Method::POST, "/admin/v1/jurisdictions")
         .json(&json!({"id": "uk"}))
@@ -142,14 +144,40 @@ async fn long_poll_answers_after_a_write(backend: Backend) {
         .unwrap();
     assert_eq!(write.status(), StatusCode::CREATED);
     let written = revision(&write);
-    let (status, next, _) = tokio::time::timeout(PATIENCE, poller)
-        .await
-        .expect("the poll returns before its wait runs out")
-        .unwrap();
+    for poller in pollers {
+        let (status, next, _) = tokio::time::timeout(PATIENCE, poller)
+            .await
+            .expect("the poll returns before its wait runs out")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let next = next.unwrap();
+        assert!(next.revision >= written);
+        assert!(next.catalog.jurisdictions.iter().any(|j| j.id == "uk"));
+    }
+
+    // Usage is not something edges see: it wakes no poll.
+    let (status, _) = json(
+        server
+            .agent("/agent/v1/usage")
+            .json(&json!({"records": [{
+                "job_id": "eu-west.j1", "tenant": "acme", "model": "meridian/esrgan-x4",
+                "region": "eu-west", "units": 1.0, "gpu_seconds": 0.4, "capacity": "on_demand",
+                "cost": 0.002, "finished_at_ms": 1
+            }]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let next = next.unwrap();
-    assert!(next.revision >= written);
-    assert!(next.catalog.jurisdictions.iter().any(|j| j.id == "uk"));
+    let (_, current, _) = snapshot(&server, "").await;
+    // The snapshot's revision counts the usage write; polling from it sees no change.
+    let (status, _, _) = snapshot(
+        &server,
+        &format!("?after={}&wait=1", current.unwrap().revision),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
 
     // An unreadable query is a 400.
     let (status, _, text) = snapshot(&server, "?after=soon").await;
