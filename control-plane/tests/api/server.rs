@@ -99,7 +99,7 @@ impl TestServer {
                 edge_token: Token::new(EDGE),
                 agent_token: Token::new(AGENT),
                 max_body_bytes: BODY_LIMIT,
-                agent_lease_ttl: Duration::from_secs(1),
+                agent_lease_ttl: Duration::from_secs(2),
                 max_poll_wait: Duration::from_secs(30),
             },
             store: store.clone(),
