@@ -103,19 +103,17 @@ async fn register(
         return Err(not_found::<RegionSpec>(&region));
     }
     let store = state.store();
-    let key = live_key(&region);
-    let previous = store.get(&key).await?.and_then(|kv| kv.lease);
     let lease = store.grant_lease(state.settings().agent_lease_ttl).await?;
+    // The status moves to the new lease; a lease it hung on before (an agent that
+    // restarted) holds nothing any more and simply runs out. It is not revoked, so two
+    // agents registering for one region cannot knock each other out.
     store
-        .put(&key, live_value(&region, report)?, Some(lease))
+        .put(
+            &live_key(&region),
+            live_value(&region, report)?,
+            Some(lease),
+        )
         .await?;
-    if let Some(old) = previous.filter(|old| *old != lease) {
-        // The key now hangs on the new lease; the old one holds nothing any more.
-        match store.revoke_lease(old).await {
-            Ok(()) | Err(StoreError::LeaseNotFound) => {}
-            Err(e) => tracing::warn!(region, error = %e, "could not revoke a replaced lease"),
-        }
-    }
     tracing::info!(region, "region agent registered");
     Ok(registration(&state, region))
 }

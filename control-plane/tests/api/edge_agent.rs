@@ -319,17 +319,22 @@ async fn a_silent_agent_disappears_when_its_lease_expires(backend: Backend) {
         (StatusCode::NOT_FOUND, Some("not_registered"))
     );
 
-    // Registering again works, and deregistering removes the status at once.
-    assert_eq!(
-        server
-            .agent("/agent/v1/regions/us-east/register")
+    // Registering again (a restarted agent, or a second one) works, heartbeats go on, and
+    // deregistering removes the status at once.
+    for path in [
+        "/agent/v1/regions/us-east/register",
+        "/agent/v1/regions/us-east/register",
+        "/agent/v1/regions/us-east/heartbeat",
+    ] {
+        let status = server
+            .agent(path)
             .json(&report)
             .send()
             .await
             .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+            .status();
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
     assert_eq!(snapshot(&server, "").await.1.unwrap().regions.len(), 1);
     assert_eq!(
         server
