@@ -121,3 +121,50 @@ async fn pause(shutdown: &CancellationToken) -> bool {
         () = shutdown.cancelled() => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::StoreConfig;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_changes_under_the_root_wake_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::open(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let before = store
+            .put("/meridian/v1/a", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let feed = ChangeFeed::start(store.clone(), shutdown.clone())
+            .await
+            .unwrap();
+        let short = Duration::from_millis(200);
+        // From before the feed started, it cannot know: it answers "changed".
+        assert!(feed.changed_after(before - 1, short).await);
+        assert!(!feed.changed_after(before, short).await);
+
+        let outside = store
+            .put("/meridian/usage/v1/j", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(!feed.changed_after(outside, short).await);
+        assert!(!feed.changed_after(before, short).await);
+
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.changed_after(outside, Duration::from_secs(30)).await })
+        };
+        store.delete("/meridian/v1/a").await.unwrap();
+        assert!(waiting.await.unwrap());
+
+        shutdown.cancel();
+        if let AnyStore::Embedded(embedded) = &store {
+            embedded.close().await;
+        }
+    }
+}
