@@ -1,14 +1,26 @@
 //! Meridian's control plane (DESIGN.md §5).
 //!
-//! It owns Meridian's state: tenants, API keys, regions, models, reservations and policies,
-//! stored in etcd (production) or an embedded raft store (one machine, the default). It serves
-//! the admin API, registers region agents and takes their heartbeats and usage, and gives
-//! edges a versioned snapshot of everything they need to route. Every write it accepts is
-//! validated with the `policy` crate.
+//! It owns Meridian's state: tenants, API keys, regions, models and settings, stored in
+//! etcd (production) or an embedded raft store (one machine, the default). It serves the
+//! admin API, registers region agents and takes their heartbeats, and gives edges a
+//! versioned snapshot of everything they need to route. Every write it accepts is validated
+//! with the `policy` crate.
 //!
-//! Today the crate holds the [`store`] layer (etcd and the embedded raft store, one set of
-//! semantics) and the offline catalog checks behind the `control-plane` binary
-//! ([`offline`]); the APIs and `control-plane serve` land here next.
+//! - [`store`]: the key-value layer with etcd's semantics (etcd and embedded backends).
+//! - [`records`]: where each record lives in the store; [`registry`]: the catalog read
+//!   whole and changed one validated record at a time.
+//! - [`api`]: the HTTP/JSON API (admin, edge, agent), with [`changes`] waking long polls;
+//!   [`config`] and [`server::run`]: the
+//!   `control-plane serve` command.
+//! - [`offline`]: catalog checks that need no running control plane.
 
+pub mod api;
+pub mod changes;
+pub mod config;
 pub mod offline;
+pub mod records;
+pub mod registry;
+pub mod server;
 pub mod store;
+
+pub use server::run;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod serve;
+
 use clap::{Parser, Subcommand};
 use control_plane::offline::{self, Client};
 use policy::Location;
@@ -17,6 +19,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the admin, edge and agent APIs over the configured store.
+    Serve {
+        /// The configuration file (TOML); see examples/control-plane.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Check the configuration (and its seed catalog), print a summary and exit.
+        #[arg(long)]
+        validate_config: bool,
+        /// Address to listen on, overriding the file and MERIDIAN_LISTEN.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Check a catalog file: every problem with its path and fix, or its warnings.
     ValidateCatalog {
         /// The catalog (TOML, or JSON when it ends in .json).
@@ -67,6 +81,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
+        Command::Serve {
+            config,
+            validate_config,
+            listen,
+        } => serve::main(&config, validate_config, listen),
         Command::ValidateCatalog { file } => offline::validate_catalog(&file),
         Command::Route {
             file,

@@ -1,5 +1,12 @@
 //! The typed client that edges and region agents use to talk to the control plane.
 //!
 //! Edges and agents never talk to the store directly; they call the control plane's HTTP
-//! API through this crate (snapshots and their changes for edges; registration, heartbeats
-//! and usage for agents). This crate is a skeleton until the control plane's API lands.
+//! API through [`ControlPlane`]. [`wire`] holds the JSON bodies of that API, shared with
+//! the server; [`Snapshot::live_status`](wire::Snapshot::live_status) turns a snapshot's
+//! region reports into what the route decision reads.
+
+mod client;
+mod live;
+pub mod wire;
+
+pub use client::{ClientError, ControlPlane, Result, Revisioned};

@@ -1,0 +1,178 @@
+//! The agent API: region agents register, send heartbeats and deregister.
+//!
+//! | call | does |
+//! | --- | --- |
+//! | `POST /agent/v1/regions/{id}/register` | grants a lease and stores the region's live status under it |
+//! | `POST /agent/v1/regions/{id}/heartbeat` | keeps the lease alive and replaces the status (404 `not_registered`: register again) |
+//! | `POST /agent/v1/regions/{id}/deregister` | revokes the lease: the status is gone at once |
+//!
+//! Bodies are [`AgentReport`]s. A silent agent's status disappears when its lease expires,
+//! so an edge never routes on a region whose agent stopped reporting.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use control_plane_client::wire::{AgentReport, ErrorDetail, RegionLive, Registration};
+use policy::RegionSpec;
+
+use super::{ApiError, AppState, JsonBody};
+use crate::records::{CatalogRecord, live_key};
+use crate::registry::not_found;
+use crate::store::versioned;
+use crate::store::{LeaseId, Store, StoreError};
+
+/// The agent routes (without authentication; the router adds it).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/agent/v1/regions/{region}/register", post(register))
+        .route("/agent/v1/regions/{region}/heartbeat", post(heartbeat))
+        .route("/agent/v1/regions/{region}/deregister", post(deregister))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn live_value(region: &str, report: AgentReport) -> Result<Vec<u8>, ApiError> {
+    Ok(versioned::encode(&RegionLive {
+        region: region.to_owned(),
+        reported_at_ms: now_ms(),
+        report,
+    })?)
+}
+
+/// Every problem of a report (negative or non-finite times), as a 422.
+fn check_report(report: &AgentReport) -> Result<(), ApiError> {
+    let mut details = Vec::new();
+    let mut check = |path: String, value: f64| {
+        if !(value.is_finite() && value >= 0.0) {
+            details.push(ErrorDetail {
+                path,
+                problem: format!("{value} is not a non-negative number of milliseconds"),
+                fix: "report 0 or more, or leave the optional field out".into(),
+            });
+        }
+    };
+    if let Some(ms) = report.on_demand_start_ms {
+        check("on_demand_start_ms".into(), ms);
+    }
+    for (model, load) in &report.models {
+        check(
+            format!("models[{model}].expected_wait_ms"),
+            load.expected_wait_ms,
+        );
+        check(format!("models[{model}].cold_start_ms"), load.cold_start_ms);
+        if let Some(ms) = load.service_ms_per_unit {
+            check(format!("models[{model}].service_ms_per_unit"), ms);
+        }
+    }
+    if details.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        message: format!("{} problem(s) in the agent's report", details.len()),
+        details,
+    })
+}
+
+fn registration(state: &AppState, region: String) -> Json<Registration> {
+    let ttl = state.settings().agent_lease_ttl;
+    Json(Registration {
+        region,
+        ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Path(region): Path<String>,
+    JsonBody(report): JsonBody<AgentReport>,
+) -> Result<Json<Registration>, ApiError> {
+    check_report(&report)?;
+    if state
+        .registry()
+        .get::<RegionSpec>(&RegionSpec::key(&region))
+        .await?
+        .is_none()
+    {
+        return Err(not_found::<RegionSpec>(&region));
+    }
+    let store = state.store();
+    let lease = store.grant_lease(state.settings().agent_lease_ttl).await?;
+    // The status moves to the new lease; a lease it hung on before (an agent that
+    // restarted) holds nothing any more and simply runs out. It is not revoked, so two
+    // agents registering for one region cannot knock each other out.
+    store
+        .put(
+            &live_key(&region),
+            live_value(&region, report)?,
+            Some(lease),
+        )
+        .await?;
+    tracing::info!(region, "region agent registered");
+    Ok(registration(&state, region))
+}
+
+/// The lease the region's status hangs on, if it is still registered.
+async fn lease_of(state: &AppState, region: &str) -> Result<LeaseId, ApiError> {
+    let not_registered = || ApiError::NotRegistered {
+        region: region.to_owned(),
+    };
+    let kv = state
+        .store()
+        .get(&live_key(region))
+        .await?
+        .ok_or_else(not_registered)?;
+    kv.lease.ok_or_else(not_registered)
+}
+
+fn lease_error(region: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::LeaseNotFound => ApiError::NotRegistered {
+            region: region.to_owned(),
+        },
+        other => other.into(),
+    }
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    Path(region): Path<String>,
+    JsonBody(report): JsonBody<AgentReport>,
+) -> Result<Json<Registration>, ApiError> {
+    check_report(&report)?;
+    let lease = lease_of(&state, &region).await?;
+    let store = state.store();
+    store
+        .keep_alive(lease)
+        .await
+        .map_err(|e| lease_error(&region, e))?;
+    store
+        .put(
+            &live_key(&region),
+            live_value(&region, report)?,
+            Some(lease),
+        )
+        .await
+        .map_err(|e| lease_error(&region, e))?;
+    Ok(registration(&state, region))
+}
+
+async fn deregister(
+    State(state): State<AppState>,
+    Path(region): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let lease = lease_of(&state, &region).await?;
+    state
+        .store()
+        .revoke_lease(lease)
+        .await
+        .map_err(|e| lease_error(&region, e))?;
+    tracing::info!(region, "region agent deregistered");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,212 @@
+//! The control plane's HTTP/JSON API: one router, three audiences, each behind its own
+//! bearer token.
+//!
+//! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys.
+//! - [`edge`] (`/edge/v1/…`, edge token): the versioned snapshot edges route with.
+//! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
+//!   [`usage`]: their usage reports (and the admin's reading of them).
+//!
+//! Every answer that is not a success is an [`ApiError`] with a JSON body.
+
+pub mod admin;
+pub mod agent;
+pub mod edge;
+mod error;
+mod extract;
+mod keys;
+pub mod usage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use extract::{JsonBody, etag, precondition};
+
+use crate::changes::ChangeFeed;
+use crate::registry::Registry;
+use crate::store::AnyStore;
+
+/// A bearer token, kept as its hash so checks take the same time whatever is presented.
+#[derive(Clone)]
+pub struct Token([u8; 32]);
+
+impl Token {
+    /// The token `secret`.
+    pub fn new(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Whether `presented` is this token, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&presented).into()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// What the API needs to know, fixed at start.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Token of the admin API.
+    pub admin_token: Token,
+    /// Token of the edge API.
+    pub edge_token: Token,
+    /// Token of the agent API.
+    pub agent_token: Token,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a silent agent's status lives.
+    pub agent_lease_ttl: Duration,
+    /// Longest long poll a snapshot request may ask for.
+    pub max_poll_wait: Duration,
+}
+
+/// State shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    registry: Registry,
+    changes: ChangeFeed,
+    settings: ApiSettings,
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State over `store`, whose changes `changes` follows; long polls end early when
+    /// `shutdown` is cancelled.
+    pub fn new(
+        store: AnyStore,
+        changes: ChangeFeed,
+        settings: ApiSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                registry: Registry::new(store),
+                changes,
+                settings,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The catalog in the store.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The store.
+    pub fn store(&self) -> &AnyStore {
+        self.inner.registry.store()
+    }
+
+    /// The feed of changes long polls wait on.
+    pub fn changes(&self) -> &ChangeFeed {
+        &self.inner.changes
+    }
+
+    /// The API's settings.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.inner.settings
+    }
+
+    /// Cancelled when the server shuts down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings().max_body_bytes;
+    let admin = admin::routes()
+        .merge(keys::routes())
+        .merge(usage::admin_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
+    let edge = edge::routes().route_layer(middleware::from_fn_with_state(state.clone(), edge_auth));
+    let agent = agent::routes()
+        .merge(usage::agent_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), agent_auth));
+    Router::new()
+        .merge(admin)
+        .merge(edge)
+        .merge(agent)
+        .fallback(|request: Request| async move {
+            ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path()))
+        })
+        .method_not_allowed_fallback(|request: Request| async move {
+            ApiError::MethodNotAllowed(format!("{} {}", request.method(), request.uri().path()))
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// How much longer than the longest long poll any request may take (reading its body
+/// included) before it is answered with a 408.
+const REQUEST_SLACK: Duration = Duration::from_secs(15);
+
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.settings().max_poll_wait + REQUEST_SLACK;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
+}
+
+async fn admin_auth(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    check(&state.settings().admin_token, request, next).await
+}
+
+async fn edge_auth(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    check(&state.settings().edge_token, request, next).await
+}
+
+async fn agent_auth(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    check(&state.settings().agent_token, request, next).await
+}
+
+async fn check(token: &Token, request: Request, next: Next) -> Result<Response, ApiError> {
+    match bearer(request.headers()) {
+        Some(presented) if token.matches(presented) => Ok(next.run(request).await),
+        _ => Err(ApiError::Unauthorized),
+    }
+}

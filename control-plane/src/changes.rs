@@ -1,0 +1,170 @@
+//! One watch on everything edges see, shared by every long poll.
+//!
+//! [`ChangeFeed`] keeps a single store watch on [`ROOT`](crate::records::ROOT) and publishes
+//! the revision of the latest change it saw. A long poll for "anything after `REV`" then only
+//! waits for that number to pass `REV`, so a thousand waiting edges cost one store watch, not
+//! a thousand. Before the feed started it knows nothing, so it starts at the store's revision
+//! of that moment: a poll from an older revision is answered at once (with the full
+//! snapshot, which is always correct). When the watch breaks or its history was compacted,
+//! the feed reconnects and, if events may have been missed, publishes the store's current
+//! revision, which again only wakes polls early.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::records::ROOT;
+use crate::store::{AnyStore, Revision, Store, StoreError};
+
+/// Pause before re-establishing a broken watch.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// The revision of the latest change under [`ROOT`], kept current by a background task.
+#[derive(Debug, Clone)]
+pub struct ChangeFeed {
+    latest: watch::Receiver<Revision>,
+}
+
+impl ChangeFeed {
+    /// Starts following `store`; the task ends when `shutdown` is cancelled.
+    pub async fn start(store: AnyStore, shutdown: CancellationToken) -> Result<Self, StoreError> {
+        let start = store.revision().await?;
+        let (publish, latest) = watch::channel(start);
+        tokio::spawn(follow(store, start + 1, publish, shutdown));
+        Ok(Self { latest })
+    }
+
+    /// Waits until a change after `after` is known (`true`) or `wait` passes (`false`).
+    pub async fn changed_after(&self, after: Revision, wait: Duration) -> bool {
+        let mut latest = self.latest.clone();
+        let seen = tokio::time::timeout(wait, latest.wait_for(|latest| *latest > after)).await;
+        // An ended feed (the server is stopping) counts as "no change".
+        matches!(seen, Ok(Ok(_)))
+    }
+}
+
+async fn follow(
+    store: AnyStore,
+    mut from: Revision,
+    publish: watch::Sender<Revision>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut events = tokio::select! {
+            watch = store.watch(ROOT, from) => match watch {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the store; retrying");
+                    from = resync(&store, &publish, from).await;
+                    if pause(&shutdown).await { return; }
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        loop {
+            let item = tokio::select! {
+                item = events.next() => item,
+                () = shutdown.cancelled() => return,
+            };
+            match item {
+                Some(Ok(event)) => {
+                    let revision = event.mod_revision();
+                    from = revision + 1;
+                    publish.send_if_modified(|latest| {
+                        let newer = revision > *latest;
+                        if newer {
+                            *latest = revision;
+                        }
+                        newer
+                    });
+                }
+                Some(Err(e)) => {
+                    if !matches!(e, StoreError::Compacted { .. }) {
+                        tracing::warn!(error = %e, "the store's watch failed; re-establishing it");
+                    }
+                    from = resync(&store, &publish, from).await;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if pause(&shutdown).await {
+            return;
+        }
+    }
+}
+
+/// After events may have been missed: publishes the store's current revision (waking every
+/// poll, which then reads a full snapshot) and returns where to watch from next.
+async fn resync(store: &AnyStore, publish: &watch::Sender<Revision>, from: Revision) -> Revision {
+    match store.revision().await {
+        Ok(now) => {
+            publish.send_if_modified(|latest| {
+                let newer = now > *latest;
+                if newer {
+                    *latest = now;
+                }
+                newer
+            });
+            now + 1
+        }
+        Err(_) => from,
+    }
+}
+
+/// Waits before a retry; `true` when the server is shutting down instead.
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(RETRY) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::StoreConfig;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_changes_under_the_root_wake_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::open(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let before = store
+            .put("/meridian/v1/a", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let feed = ChangeFeed::start(store.clone(), shutdown.clone())
+            .await
+            .unwrap();
+        let short = Duration::from_millis(200);
+        // From before the feed started, it cannot know: it answers "changed".
+        assert!(feed.changed_after(before - 1, short).await);
+        assert!(!feed.changed_after(before, short).await);
+
+        let outside = store
+            .put("/meridian/usage/v1/j", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(!feed.changed_after(outside, short).await);
+        assert!(!feed.changed_after(before, short).await);
+
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.changed_after(outside, Duration::from_secs(30)).await })
+        };
+        store.delete("/meridian/v1/a").await.unwrap();
+        assert!(waiting.await.unwrap());
+
+        shutdown.cancel();
+        if let AnyStore::Embedded(embedded) = &store {
+            embedded.close().await;
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! `control-plane serve`'s configuration: the TOML file as written ([`ConfigFile`]) and the
+//! checked runtime settings ([`ServerConfig`]) whose fields cannot hold invalid values.
+//!
+//! Precedence: command line over environment (`MERIDIAN_LISTEN`, `MERIDIAN_ADMIN_TOKEN`,
+//! `MERIDIAN_EDGE_TOKEN`, `MERIDIAN_AGENT_TOKEN`) over the file. Relative paths in the file
+//! are relative to the file's own directory. Every problem is reported at once, each naming
+//! its field and how to fix it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use policy::CatalogSpec;
+use serde::Deserialize;
+
+use crate::api::{ApiSettings, Token};
+use crate::store::StoreConfig;
+
+/// The configuration file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Address and port the API listens on. Default `127.0.0.1:7070`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token of the admin API; at least 16 characters.
+    pub admin_token: String,
+    /// Bearer token edges fetch snapshots with; at least 16 characters.
+    pub edge_token: String,
+    /// Bearer token region agents register with; at least 16 characters.
+    pub agent_token: String,
+    /// Where state is kept. Default: the embedded store under `meridian-data`.
+    #[serde(default)]
+    pub store: StoreFile,
+    /// A catalog file (TOML, or JSON when it ends in `.json`) written into an empty store on
+    /// the first start and never again.
+    #[serde(default)]
+    pub seed_catalog: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (1 KiB – 64 MiB). Default 1 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Seconds a region agent's status outlives its last heartbeat (1–300). Default 10.
+    #[serde(default = "default_lease_ttl")]
+    pub agent_lease_ttl_secs: u64,
+    /// Longest long poll of a snapshot, in seconds (1–600). Default 60.
+    #[serde(default = "default_poll_wait")]
+    pub max_poll_wait_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7070".to_owned()
+}
+fn default_max_body_bytes() -> u64 {
+    1 << 20
+}
+fn default_lease_ttl() -> u64 {
+    10
+}
+fn default_poll_wait() -> u64 {
+    60
+}
+
+/// The store section: `backend = "embedded"` (default) or `backend = "etcd"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreFile {
+    /// The embedded raft store on local disk.
+    Embedded {
+        /// Directory of the raft log and snapshots. Default `meridian-data`.
+        #[serde(default = "default_data_dir")]
+        data_dir: PathBuf,
+    },
+    /// An etcd v3 cluster.
+    Etcd {
+        /// Client URLs, e.g. `["http://127.0.0.1:2379"]`.
+        endpoints: Vec<String>,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("meridian-data")
+}
+
+impl Default for StoreFile {
+    fn default() -> Self {
+        Self::Embedded {
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+/// The checked configuration `run` takes.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The API's tokens and limits.
+    pub api: ApiSettings,
+    /// The store backend.
+    pub store: StoreConfig,
+    /// A valid catalog to write on the first start.
+    pub seed_catalog: Option<CatalogSpec>,
+}
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The field, e.g. `store.endpoints`.
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}; fix: {}", self.field, self.problem, self.fix)
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("cannot parse {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (with the line).
+        source: Box<toml::de::Error>,
+    },
+    /// Values break the rules.
+    #[error("{} problem(s) in the configuration:{}", .0.len(), .0.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+    Invalid(Vec<ConfigProblem>),
+}
+
+/// Environment variables that override the file.
+pub const ENV_OVERRIDES: [&str; 4] = [
+    "MERIDIAN_LISTEN",
+    "MERIDIAN_ADMIN_TOKEN",
+    "MERIDIAN_EDGE_TOKEN",
+    "MERIDIAN_AGENT_TOKEN",
+];
+
+impl ConfigFile {
+    /// Reads and parses the file at `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies environment overrides, looked up with `var`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let [listen, admin, edge, agent] = ENV_OVERRIDES;
+        for (name, field) in [
+            (listen, &mut self.listen),
+            (admin, &mut self.admin_token),
+            (edge, &mut self.edge_token),
+            (agent, &mut self.agent_token),
+        ] {
+            if let Some(value) = var(name) {
+                *field = value;
+            }
+        }
+    }
+
+    /// Checks every rule; relative paths resolve against `base` (the file's directory).
+    pub fn check(&self, base: &Path) -> Result<ServerConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, problem: String, fix: &str| {
+            problems.push(ConfigProblem {
+                field: field.to_owned(),
+                problem,
+                fix: fix.to_owned(),
+            });
+        };
+        let listen = self.listen.parse::<SocketAddr>().ok();
+        if listen.is_none() {
+            problem(
+                "listen",
+                format!("{:?} is not an address and port", self.listen),
+                "write an IP address and port, e.g. \"127.0.0.1:7070\" or \"[::]:7070\"",
+            );
+        }
+        let tokens = [
+            ("admin_token", &self.admin_token),
+            ("edge_token", &self.edge_token),
+            ("agent_token", &self.agent_token),
+        ];
+        for (field, token) in tokens {
+            if token.chars().count() < 16 || token.chars().any(char::is_whitespace) {
+                problem(
+                    field,
+                    "is shorter than 16 characters or contains whitespace".into(),
+                    "use a long random token, e.g. the output of `openssl rand -hex 32`",
+                );
+            }
+        }
+        for (i, (a, ta)) in tokens.iter().enumerate() {
+            for (b, tb) in &tokens[i + 1..] {
+                if ta == tb {
+                    problem(
+                        b,
+                        format!("is the same as {a}"),
+                        "give admins, edges and agents different tokens",
+                    );
+                }
+            }
+        }
+        let bounded = |value: u64, low: u64, high: u64| (low..=high).contains(&value);
+        if !bounded(self.max_body_bytes, 1 << 10, 64 << 20) {
+            problem(
+                "max_body_bytes",
+                format!("{} is outside 1024–67108864", self.max_body_bytes),
+                "set a limit between 1 KiB and 64 MiB, e.g. 1048576",
+            );
+        }
+        if !bounded(self.agent_lease_ttl_secs, 1, 300) {
+            problem(
+                "agent_lease_ttl_secs",
+                format!("{} is outside 1–300", self.agent_lease_ttl_secs),
+                "set a few times the agents' heartbeat interval, e.g. 10",
+            );
+        }
+        if !bounded(self.max_poll_wait_secs, 1, 600) {
+            problem(
+                "max_poll_wait_secs",
+                format!("{} is outside 1–600", self.max_poll_wait_secs),
+                "set e.g. 60",
+            );
+        }
+        let store = match &self.store {
+            StoreFile::Embedded { data_dir } => {
+                if data_dir.as_os_str().is_empty() {
+                    problem(
+                        "store.data_dir",
+                        "is empty".into(),
+                        "name a directory, e.g. \"/var/lib/meridian\"",
+                    );
+                }
+                StoreConfig::embedded(base.join(data_dir))
+            }
+            StoreFile::Etcd { endpoints } => {
+                if endpoints.is_empty() {
+                    problem(
+                        "store.endpoints",
+                        "lists no etcd endpoint".into(),
+                        "list the cluster's client URLs, e.g. [\"http://127.0.0.1:2379\"]",
+                    );
+                }
+                for e in endpoints {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        problem(
+                            "store.endpoints",
+                            format!("{e:?} is not an http:// or https:// URL"),
+                            "write client URLs such as \"http://10.0.0.5:2379\"",
+                        );
+                    }
+                }
+                StoreConfig::Etcd {
+                    endpoints: endpoints.clone(),
+                }
+            }
+        };
+        let seed_catalog = self.seed_catalog.as_ref().and_then(|path| {
+            let path = base.join(path);
+            match crate::offline::read_catalog(&path).and_then(|spec| {
+                spec.validate()?;
+                Ok(spec)
+            }) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    problem(
+                        "seed_catalog",
+                        format!("{e:#}"),
+                        "fix the catalog (check it with `control-plane validate-catalog`) or remove seed_catalog",
+                    );
+                    None
+                }
+            }
+        });
+        match listen {
+            Some(listen) if problems.is_empty() => Ok(ServerConfig {
+                listen,
+                api: ApiSettings {
+                    admin_token: Token::new(&self.admin_token),
+                    edge_token: Token::new(&self.edge_token),
+                    agent_token: Token::new(&self.agent_token),
+                    max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+                    agent_lease_ttl: Duration::from_secs(self.agent_lease_ttl_secs),
+                    max_poll_wait: Duration::from_secs(self.max_poll_wait_secs),
+                },
+                store,
+                seed_catalog,
+            }),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+}
+
+/// Reads, overrides from the environment and checks the configuration at `path`.
+pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+    let mut file = ConfigFile::read(path)?;
+    file.apply_env(|name| std::env::var(name).ok());
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    file.check(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        admin_token = "admin-0123456789abcdef"
+        edge_token = "edge-0123456789abcdef"
+        agent_token = "agent-0123456789abcdef"
+    "#;
+
+    #[test]
+    fn defaults_are_the_embedded_store_on_loopback() {
+        let file: ConfigFile = toml::from_str(GOOD).unwrap();
+        let config = file.check(Path::new("/etc/meridian")).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(
+            config.store,
+            StoreConfig::embedded("/etc/meridian/meridian-data")
+        );
+        assert_eq!(config.api.agent_lease_ttl, Duration::from_secs(10));
+        assert!(config.api.admin_token.matches("admin-0123456789abcdef"));
+    }
+
+    #[test]
+    fn etcd_is_chosen_by_backend() {
+        let text = format!(
+            "{GOOD}\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n"
+        );
+        let file: ConfigFile = toml::from_str(&text).unwrap();
+        let config = file.check(Path::new(".")).unwrap();
+        assert!(
+            matches!(config.store, StoreConfig::Etcd { ref endpoints } if endpoints.len() == 1)
+        );
+        let typo = text.replace("endpoints =", "endpoint =");
+        assert!(toml::from_str::<ConfigFile>(&typo).is_err());
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let text = r#"
+            listen = "localhost"
+            admin_token = "short"
+            edge_token = "same-token-0123456789"
+            agent_token = "same-token-0123456789"
+            agent_lease_ttl_secs = 0
+            [store]
+            backend = "etcd"
+            endpoints = []
+        "#;
+        let file: ConfigFile = toml::from_str(text).unwrap();
+        let ConfigError::Invalid(problems) = file.check(Path::new(".")).unwrap_err() else {
+            panic!("expected problems");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "listen",
+                "admin_token",
+                "agent_token",
+                "agent_lease_ttl_secs",
+                "store.endpoints"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let mut file: ConfigFile = toml::from_str(GOOD).unwrap();
+        file.apply_env(|name| (name == "MERIDIAN_LISTEN").then(|| "0.0.0.0:9000".to_owned()));
+        assert_eq!(file.listen, "0.0.0.0:9000");
+        assert_eq!(file.admin_token, "admin-0123456789abcdef");
+    }
+}

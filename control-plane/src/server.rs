@@ -1,0 +1,89 @@
+//! The server's lifecycle: open the store, seed it on the first start, serve the API until
+//! shutdown is asked for, drain, close the store.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use policy::CatalogSpec;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::changes::ChangeFeed;
+use crate::config::ServerConfig;
+use crate::records::SEEDED_KEY;
+use crate::registry::Registry;
+use crate::store::{AnyStore, Store, StoreError};
+
+/// How long in-flight requests may take to finish once shutdown is asked for.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves the control plane's API on `listener` until `shutdown` is cancelled, then stops
+/// accepting, lets in-flight requests finish (long polls end at once), and closes the store.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = AnyStore::open(&config.store)
+        .await
+        .context("open the store")?;
+    if let Some(seed) = &config.seed_catalog {
+        seed_once(&store, seed)
+            .await
+            .context("apply the seed catalog")?;
+    }
+    let changes = ChangeFeed::start(store.clone(), shutdown.clone())
+        .await
+        .context("follow the store's changes")?;
+    let state = AppState::new(store.clone(), changes, config.api, shutdown.clone());
+    let app = api::router(state);
+    let address = listener
+        .local_addr()
+        .context("read the listening address")?;
+    tracing::info!(%address, "control plane serving");
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drained = tokio::select! {
+        served = serve => served.context("serve the API"),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::warn!("requests still in flight after {DRAIN:?}; stopping anyway");
+            Ok(())
+        }
+    };
+    if let AnyStore::Embedded(embedded) = &store {
+        embedded.close().await;
+    }
+    tracing::info!("control plane stopped");
+    drained
+}
+
+/// Writes `seed` into the store unless a seed was applied before.
+async fn seed_once(store: &AnyStore, seed: &CatalogSpec) -> anyhow::Result<()> {
+    if store.get(SEEDED_KEY).await?.is_some() {
+        tracing::info!("seed catalog applied on an earlier start; leaving the store as it is");
+        return Ok(());
+    }
+    let registry = Registry::new(store.clone());
+    registry
+        .apply_whole(seed)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match store
+        .compare_and_put(SEEDED_KEY, 0, b"1".to_vec(), None)
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(
+        regions = seed.regions.len(),
+        models = seed.models.len(),
+        tenants = seed.tenants.len(),
+        "seed catalog applied"
+    );
+    Ok(())
+}
