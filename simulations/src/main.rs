@@ -1,6 +1,6 @@
 //! `simulations`: compare routing strategies and plan reservations on a simulated world.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -116,90 +116,100 @@ fn execute(command: Command) -> anyhow::Result<String> {
             out,
             strategies,
             threads,
-        } => {
-            let (scenario, requests) = load(&common)?;
-            let strategies = if strategies.is_empty() {
-                StrategyKind::ALL.to_vec()
-            } else {
-                strategies
-            };
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-            tracing::info!(scenario = %scenario.spec.name, seed = common.seed, requests, "running");
-            let started = Instant::now();
-            let results = engine::compare(&scenario, common.seed, requests, &strategies, threads)?;
-            let slots = scenario
-                .catalog
-                .regions()
-                .iter()
-                .map(|r| r.reserved_slots())
-                .sum();
-            report::write_all(&out, slots, &results)?;
-            Ok(format!(
-                "scenario {} · seed {} · {} requests · {:.1} s\n{}wrote CSV and SVG to {}\n",
-                scenario.spec.name,
-                common.seed,
-                results.first().map_or(0, |r| r.summary.outcomes.arrived),
-                started.elapsed().as_secs_f64(),
-                report::table(scenario.catalog.currency(), &results),
-                out.display()
-            ))
-        }
+        } => run(&common, &out, strategies, threads),
         Command::Plan {
             common,
             trace,
             rounds,
-        } => {
-            let (scenario, requests) = load(&common)?;
-            let plan = match trace {
-                Some(path) => {
-                    simulations::plan::from_trace(&scenario, &simulations::trace::load(&path)?)?
-                }
-                None => simulations::plan::plan(&scenario, common.seed, requests, rounds)?,
-            };
-            Ok(plan.to_string())
-        }
-        Command::Bench { common, strategy } => {
-            let (scenario, requests) = load(&common)?;
-            let started = Instant::now();
-            let options = engine::RunOptions {
-                seed: common.seed,
-                requests,
-                strategy,
-                check: false,
-            };
-            let result = engine::run(&scenario, options)?;
-            let secs = started.elapsed().as_secs_f64();
-            let n = result.summary.outcomes.arrived;
-            Ok(format!(
-                "{} · {} · seed {} · {} requests over {} regions in {:.2} s = {:.0} simulated requests/s\n",
-                scenario.spec.name,
-                strategy.name(),
-                common.seed,
-                n,
-                scenario.catalog.regions().len(),
-                secs,
-                n as f64 / secs
-            ))
-        }
-        Command::Validate { scenario: path } => {
-            let s = Scenario::load(&path)
-                .with_context(|| format!("load scenario {}", path.display()))?;
-            let c = &s.catalog;
-            let mut text = format!(
-                "{}: valid — {} regions, {} models, {} tenants, {} cities, {} events, {} requests\n",
-                s.spec.name,
-                c.regions().len(),
-                c.models().len(),
-                c.tenants().len(),
-                s.spec.demand.cities.len(),
-                s.spec.events.len(),
-                s.spec.simulation.requests
-            );
-            for w in c.warnings() {
-                text.push_str(&format!("warning: {w}\n"));
-            }
-            Ok(text)
-        }
+        } => plan(&common, trace.as_deref(), rounds),
+        Command::Bench { common, strategy } => bench(&common, strategy),
+        Command::Validate { scenario } => validate(&scenario),
     }
+}
+
+fn run(
+    common: &Common,
+    out: &Path,
+    strategies: Vec<StrategyKind>,
+    threads: Option<usize>,
+) -> anyhow::Result<String> {
+    let (scenario, requests) = load(common)?;
+    let strategies = if strategies.is_empty() {
+        StrategyKind::ALL.to_vec()
+    } else {
+        strategies
+    };
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    tracing::info!(scenario = %scenario.spec.name, seed = common.seed, requests, "running");
+    let started = Instant::now();
+    let results = engine::compare(&scenario, common.seed, requests, &strategies, threads)?;
+    let slots = scenario
+        .catalog
+        .regions()
+        .iter()
+        .map(|r| r.reserved_slots())
+        .sum();
+    report::write_all(out, slots, &results)?;
+    Ok(format!(
+        "scenario {} · seed {} · {} requests · {:.1} s\n{}wrote CSV and SVG to {}\n",
+        scenario.spec.name,
+        common.seed,
+        results.first().map_or(0, |r| r.summary.outcomes.arrived),
+        started.elapsed().as_secs_f64(),
+        report::table(scenario.catalog.currency(), &results),
+        out.display()
+    ))
+}
+
+fn plan(common: &Common, trace: Option<&Path>, rounds: u32) -> anyhow::Result<String> {
+    let (scenario, requests) = load(common)?;
+    let plan = match trace {
+        Some(path) => simulations::plan::from_trace(&scenario, &simulations::trace::load(path)?)?,
+        None => simulations::plan::plan(&scenario, common.seed, requests, rounds)?,
+    };
+    Ok(plan.to_string())
+}
+
+fn bench(common: &Common, strategy: StrategyKind) -> anyhow::Result<String> {
+    let (scenario, requests) = load(common)?;
+    let started = Instant::now();
+    let options = engine::RunOptions {
+        seed: common.seed,
+        requests,
+        strategy,
+        check: false,
+    };
+    let result = engine::run(&scenario, options)?;
+    let secs = started.elapsed().as_secs_f64();
+    let n = result.summary.outcomes.arrived;
+    Ok(format!(
+        "{} · {} · seed {} · {} requests over {} regions in {:.2} s = {:.0} simulated requests/s\n",
+        scenario.spec.name,
+        strategy.name(),
+        common.seed,
+        n,
+        scenario.catalog.regions().len(),
+        secs,
+        n as f64 / secs
+    ))
+}
+
+fn validate(path: &Path) -> anyhow::Result<String> {
+    let s = Scenario::load(path).with_context(|| format!("load scenario {}", path.display()))?;
+    let c = &s.catalog;
+    let mut text = format!(
+        "{}: valid — {} regions, {} models, {} tenants, {} cities, {} events, {} requests\n",
+        s.spec.name,
+        c.regions().len(),
+        c.models().len(),
+        c.tenants().len(),
+        s.spec.demand.cities.len(),
+        s.spec.events.len(),
+        s.spec.simulation.requests
+    );
+    for w in c.warnings() {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    Ok(text)
 }

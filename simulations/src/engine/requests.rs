@@ -2,6 +2,7 @@
 //! outage; scenario events; the invariant checks and the final summary.
 
 use super::{Job, Kind, Sim};
+use crate::demand::Arrival;
 use crate::engine::RunResult;
 use crate::metrics::Summary;
 use crate::region::Admission;
@@ -44,6 +45,18 @@ impl Sim<'_> {
             service_us: a.service_us,
             live: true,
         });
+        if !self.place(job, &a, edge) {
+            self.outcomes.dropped += 1;
+            self.end_job(job);
+        }
+    }
+
+    /// Tries the strategy's regions in order; `false` when none took the job. A dead region
+    /// costs a connect timeout and opens this edge's circuit to it; a full one refuses
+    /// after a round trip.
+    fn place(&mut self, job: u32, a: &Arrival, edge: usize) -> bool {
+        let nr = self.regions.len();
+        let (city, tenant) = (usize::from(a.city), usize::from(a.tenant));
         let timeout_us = self.scenario.spec.simulation.connect_timeout_ms * 1000;
         for i in 0..self.order.len() {
             let (r, wants_slot) = self.order[i];
@@ -51,9 +64,9 @@ impl Sim<'_> {
             if !self.catalog.tenants()[tenant].allowed_regions.contains(r) {
                 self.outcomes.residency_violations += 1;
                 if self.options.check {
+                    let name = self.options.strategy.name();
                     self.violation = Some(format!(
-                        "{} placed a request outside its tenant's residency",
-                        self.options.strategy.name()
+                        "{name} placed a request outside its tenant's residency"
                     ));
                 }
             }
@@ -89,10 +102,9 @@ impl Sim<'_> {
             if let Some(st) = self.edges[edge].region_mut(r) {
                 st.in_flight += 1;
             }
-            return;
+            return true;
         }
-        self.outcomes.dropped += 1;
-        self.end_job(job);
+        false
     }
 
     fn new_job(&mut self, job: Job) -> u32 {
