@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use policy::{ModelLoad, RegionStatus};
 
 use crate::metrics::Ledger;
+use crate::scenario::SimulationSpec;
 
 /// What a slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,19 +84,14 @@ pub struct RegionSim {
     queued_work_us: u64,
     queue_limit: u32,
     start_us: u64,
+    scale_up_wait_us: u64,
     /// On-demand price per slot-µs.
     pub price_per_us: f64,
 }
 
 impl RegionSim {
     /// A region with `reserved` and `on_demand` slots, all idle or off.
-    pub fn new(
-        reserved: u32,
-        on_demand: u32,
-        price_per_hour: f64,
-        queue_limit: u32,
-        start_us: u64,
-    ) -> Self {
+    pub fn new(reserved: u32, on_demand: u32, price_per_hour: f64, sim: &SimulationSpec) -> Self {
         let slot = |state| Slot {
             state,
             job: 0,
@@ -118,8 +114,9 @@ impl RegionSim {
             starting: 0,
             queue: VecDeque::new(),
             queued_work_us: 0,
-            queue_limit,
-            start_us,
+            queue_limit: sim.queue_limit,
+            start_us: sim.on_demand_start_ms * 1000,
+            scale_up_wait_us: sim.scale_up_wait_ms * 1000,
             price_per_us: price_per_hour / 3.6e9,
         }
     }
@@ -156,7 +153,7 @@ impl RegionSim {
         self.queue.push_back((job, service_us));
         self.queued_work_us += service_us;
         let busy = (self.slots.len() as u64 - self.off_on_demand.len() as u64).max(1);
-        let slow = self.queued_work_us / busy > self.start_us;
+        let slow = self.queued_work_us / busy > self.scale_up_wait_us;
         let short = (self.starting as usize) < self.queue.len();
         if (slow || wants_new_slot)
             && short

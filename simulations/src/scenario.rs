@@ -58,6 +58,9 @@ pub struct SimulationSpec {
     pub on_demand_start_ms: u64,
     /// An on-demand GPU idle this long is released, in ms. Default 120 000.
     pub idle_release_ms: u64,
+    /// A region's agent starts an on-demand GPU when the expected wait of its queue exceeds
+    /// this, in ms (whatever the edge asked for). Default 10 000.
+    pub scale_up_wait_ms: u64,
     /// Time lost on a connection to a dead region before failing over, in ms. Default 250.
     pub connect_timeout_ms: u64,
     /// Service times vary uniformly by ± this fraction around the model's GPU-seconds.
@@ -78,6 +81,7 @@ impl Default for SimulationSpec {
             queue_limit: 500,
             on_demand_start_ms: 60_000,
             idle_release_ms: 120_000,
+            scale_up_wait_ms: 10_000,
             connect_timeout_ms: 250,
             service_jitter: 0.2,
             bucket_minutes: 15,

@@ -219,3 +219,25 @@ fn reports_write_every_file() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(report::table("USD", &results).contains("meridian"));
 }
+
+#[test]
+fn a_usage_trace_plans_reservations_where_the_use_is() {
+    let scenario = Scenario::from_toml(include_str!("../scenarios/global-day.toml")).unwrap();
+    let trace =
+        simulations::trace::parse(include_str!("../scenarios/usage-trace.example.csv")).unwrap();
+    let p = plan::from_trace(&scenario, &trace).unwrap();
+    let region = |id: &str| {
+        p.regions
+            .iter()
+            .find(|r| r.region == id)
+            .unwrap()
+            .recommended
+    };
+    assert!(region("ap-south") > 0 && region("uk-south") > 0, "{p}");
+    assert_eq!(region("us-central"), 0, "no use there, nothing reserved");
+    let cost = |label: &str| p.outcomes.iter().find(|o| o.label == label).unwrap().cost;
+    assert!(
+        cost("recommended") <= cost("all on-demand")
+            && cost("recommended") <= cost("current reservations")
+    );
+}

@@ -160,13 +160,7 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|r| {
                 let price = r.on_demand_price_per_hour().unwrap_or(0.0);
-                RegionSim::new(
-                    r.reserved_slots(),
-                    r.on_demand_slots(),
-                    price,
-                    sim.queue_limit,
-                    sim.on_demand_start_ms * 1000,
-                )
+                RegionSim::new(r.reserved_slots(), r.on_demand_slots(), price, sim)
             })
             .collect();
         let network = catalog.routing().network;
