@@ -144,13 +144,7 @@ fn run(
     tracing::info!(scenario = %scenario.spec.name, seed = common.seed, requests, "running");
     let started = Instant::now();
     let results = engine::compare(&scenario, common.seed, requests, &strategies, threads)?;
-    let slots = scenario
-        .catalog
-        .regions()
-        .iter()
-        .map(|r| r.reserved_slots())
-        .sum();
-    report::write_all(out, slots, &results)?;
+    report::write_all(out, &scenario, &results)?;
     Ok(format!(
         "scenario {} · seed {} · {} requests · {:.1} s\n{}wrote CSV and SVG to {}\n",
         scenario.spec.name,

@@ -5,6 +5,7 @@
 //! | file | contents |
 //! | --- | --- |
 //! | `summary.csv` | one row per strategy: request fates, costs, utilisation, latency quantiles |
+//! | `regions.csv` | per strategy and region: reserved utilisation, on-demand GPU-hours, the share of them spent on jobs, on-demand spend |
 //! | `timeline.csv` | per strategy and time bucket: completions, on-demand spend, reserved utilisation, on-demand GPUs paid for |
 //! | `latency.csv` | per strategy: the latency histogram (bucket upper edge in ms, count, cumulative share) |
 //! | `latency.svg` | latency distribution (cumulative share by latency, log scale) |
@@ -16,7 +17,10 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use policy::Catalog;
+
 use crate::engine::RunResult;
+use crate::scenario::Scenario;
 use crate::svg::{Chart, Series};
 
 /// The comparison table, one row per strategy.
@@ -119,8 +123,38 @@ fn timeline(r: &RunResult, reserved_slots: f64) -> Vec<(f64, u64, f64, f64, f64)
         .collect()
 }
 
+/// `regions.csv`: per strategy and region, reserved utilisation and on-demand use.
+pub fn regions_csv(catalog: &Catalog, duration_us: u64, results: &[RunResult]) -> String {
+    let mut s = String::from(
+        "strategy,region,reserved_gpus,reserved_utilisation,on_demand_gpu_hours,on_demand_busy_share,on_demand_cost\n",
+    );
+    for r in results {
+        let l = &r.ledger;
+        for (i, region) in catalog.regions().iter().enumerate() {
+            let capacity = f64::from(region.reserved_slots()) * duration_us as f64;
+            let busy = l.region_total(&l.reserved_busy_us, i);
+            let billed = l.region_total(&l.on_demand_billed_us, i);
+            let od_busy = l.region_total(&l.on_demand_busy_us, i);
+            let _ = writeln!(
+                s,
+                "{},{},{},{:.6},{:.3},{:.6},{:.4}",
+                r.summary.strategy,
+                region.id,
+                region.reserved_slots(),
+                if capacity > 0.0 { busy / capacity } else { 0.0 },
+                billed / 3.6e9,
+                if billed > 0.0 { od_busy / billed } else { 0.0 },
+                l.region_total(&l.on_demand_cost, i)
+            );
+        }
+    }
+    s
+}
+
 /// Writes the CSV files and charts to `dir`.
-pub fn write_all(dir: &Path, reserved_slots: u32, results: &[RunResult]) -> anyhow::Result<()> {
+pub fn write_all(dir: &Path, scenario: &Scenario, results: &[RunResult]) -> anyhow::Result<()> {
+    let catalog = &scenario.catalog;
+    let reserved_slots: u32 = catalog.regions().iter().map(|r| r.reserved_slots()).sum();
     std::fs::create_dir_all(dir)
         .with_context(|| format!("create output folder {}", dir.display()))?;
     let slots = f64::from(reserved_slots);
@@ -196,6 +230,10 @@ pub fn write_all(dir: &Path, reserved_slots: u32, results: &[RunResult]) -> anyh
     ];
     let files = [
         ("summary.csv", summary_csv(results)),
+        (
+            "regions.csv",
+            regions_csv(catalog, scenario.duration_us(), results),
+        ),
         ("timeline.csv", timeline_csv),
         ("latency.csv", latency_csv),
     ];

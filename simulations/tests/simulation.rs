@@ -202,7 +202,7 @@ fn reports_write_every_file() {
     let scenario = small();
     let results = compare(&scenario, 1, 1000, &StrategyKind::ALL, 2).unwrap();
     let dir = std::env::temp_dir().join(format!("meridian-sim-{}", std::process::id()));
-    report::write_all(&dir, 5, &results).unwrap();
+    report::write_all(&dir, &scenario, &results).unwrap();
     for f in [
         "summary.csv",
         "timeline.csv",

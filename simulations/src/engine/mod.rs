@@ -114,6 +114,13 @@ struct Job {
     goal_us: u64,
     service_us: u64,
     live: bool,
+    /// The edge that sent it.
+    edge: u16,
+    /// Where it was placed; `None` until it is.
+    region: Option<u16>,
+    /// The region's report count when it was placed: while no newer report has arrived,
+    /// the edge still counts it in flight there.
+    epoch: u32,
 }
 
 /// Runs one strategy over a scenario.
@@ -132,6 +139,8 @@ struct Sim<'a> {
     edges: Vec<LiveStatus>,
     /// Each region's last report, copied to every edge.
     reports: Vec<RegionStatus>,
+    /// Reports received from each region so far.
+    epochs: Vec<u32>,
     /// Round-trip ms, `[city * regions + region]`.
     rtt_ms: Vec<f64>,
     heap: BinaryHeap<Event>,
@@ -185,6 +194,7 @@ impl<'a> Sim<'a> {
             catalog_spec: scenario.spec.catalog.clone(),
             edges: vec![LiveStatus::new(&catalog); sim.edges as usize],
             reports: vec![RegionStatus::default(); catalog.regions().len()],
+            epochs: vec![0; catalog.regions().len()],
             regions,
             rtt_ms,
             heap: BinaryHeap::new(),
@@ -309,10 +319,12 @@ impl<'a> Sim<'a> {
     }
 
     /// A region's agent reports: every edge learns its status and forgets its in-flight
-    /// count there; a report also closes the edge's circuit to it.
+    /// count there (the report includes those requests); a report also closes the edge's
+    /// circuit to it.
     fn heartbeat(&mut self, r: usize) {
         let start_ms = self.scenario.spec.simulation.on_demand_start_ms as f64;
         let models = self.catalog.models().len();
+        self.epochs[r] += 1;
         let report = &mut self.reports[r];
         self.regions[r].report(self.now, start_ms, report, models);
         for edge in &mut self.edges {

@@ -44,6 +44,9 @@ impl Sim<'_> {
             goal_us: (goal_ms * 1000.0).min(u64::MAX as f64) as u64,
             service_us: a.service_us,
             live: true,
+            edge: edge as u16,
+            region: None,
+            epoch: 0,
         });
         if !self.place(job, &a, edge) {
             self.outcomes.dropped += 1;
@@ -98,7 +101,10 @@ impl Sim<'_> {
                 }
                 Admission::Queued(None) => {}
             }
-            self.jobs[job as usize].extra_us += rtt_us;
+            let placed = &mut self.jobs[job as usize];
+            placed.extra_us += rtt_us;
+            placed.region = Some(r as u16);
+            placed.epoch = self.epochs[r];
             if let Some(st) = self.edges[edge].region_mut(r) {
                 st.in_flight += 1;
             }
@@ -130,6 +136,14 @@ impl Sim<'_> {
         }
         job.live = false;
         self.live_jobs -= 1;
+        // The edge sees the answer (or the error): a request it still counted in flight
+        // since the region's last report no longer is.
+        if let Some(r) = job.region.map(usize::from)
+            && self.epochs[r] == job.epoch
+            && let Some(st) = self.edges[usize::from(job.edge)].region_mut(r)
+        {
+            st.in_flight = st.in_flight.saturating_sub(1);
+        }
         self.free_jobs.push(id);
     }
 
