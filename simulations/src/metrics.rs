@@ -191,6 +191,8 @@ pub struct Outcomes {
     pub residency_violations: u64,
     /// Attempts that failed over to the next region.
     pub failovers: u64,
+    /// Per tenant (catalog index): (arrived, completed, met goal).
+    pub tenants: Vec<(u64, u64, u64)>,
 }
 
 /// One strategy's results.

@@ -39,6 +39,8 @@ pub struct Slot {
     pub since_us: u64,
     /// When its on-demand billing started, µs.
     pub billed_since_us: u64,
+    /// When its job ends, µs (when busy).
+    pub until_us: u64,
     /// Bumped whenever a scheduled event about the slot becomes void.
     pub generation: u32,
 }
@@ -97,6 +99,7 @@ impl RegionSim {
             job: 0,
             since_us: 0,
             billed_since_us: 0,
+            until_us: 0,
             generation: 0,
         };
         let mut slots = vec![slot(SlotState::Idle); reserved as usize];
@@ -145,7 +148,7 @@ impl RegionSim {
             .pop()
             .or_else(|| self.idle_on_demand.pop())
         {
-            return Admission::Started(self.run(slot, job, now));
+            return Admission::Started(self.run(slot, job, service_us, now));
         }
         if self.queue.len() >= self.queue_limit as usize {
             return Admission::Refused;
@@ -170,10 +173,11 @@ impl RegionSim {
         Admission::Queued(None)
     }
 
-    fn run(&mut self, slot: u32, job: u32, now: u64) -> Started {
+    fn run(&mut self, slot: u32, job: u32, service_us: u64, now: u64) -> Started {
         let s = &mut self.slots[slot as usize];
         s.state = SlotState::Busy;
         s.job = job;
+        s.until_us = now + service_us;
         s.since_us = now;
         s.generation += 1;
         Started {
@@ -205,7 +209,7 @@ impl RegionSim {
         }
         if let Some((job, work)) = self.queue.pop_front() {
             self.queued_work_us -= work;
-            return Some(self.run(slot, job, now));
+            return Some(self.run(slot, job, work, now));
         }
         let s = &mut self.slots[slot as usize];
         s.state = SlotState::Idle;
@@ -291,7 +295,7 @@ impl RegionSim {
         st.free_on_demand = self.idle_on_demand.len() as u32;
         st.on_demand_startable = self.off_on_demand.len() as u32;
         st.on_demand_start_ms = Some(start_ms);
-        let wait_ms = self.expected_wait_us() as f64 / 1000.0;
+        let wait_ms = self.expected_wait_us(now) as f64 / 1000.0;
         let load = ModelLoad {
             queue_depth: self.queue.len() as u32,
             queue_room: self.queue_limit.saturating_sub(self.queue.len() as u32),
@@ -309,21 +313,24 @@ impl RegionSim {
         }
     }
 
-    /// Expected wait of a job queued now: none if a slot is idle, else the remaining and
-    /// queued work shared over the busy slots.
-    pub fn expected_wait_us(&self) -> u64 {
+    /// Expected wait of a job queued now: none if a slot is idle, else the remaining work
+    /// of the running jobs and the queued work shared over the busy slots (a fluid estimate,
+    /// as an agent that knows its jobs' sizes would report).
+    pub fn expected_wait_us(&self, now: u64) -> u64 {
         if !self.idle_reserved.is_empty() || !self.idle_on_demand.is_empty() {
             return 0;
         }
-        let busy = self
+        let (busy, remaining) = self
             .slots
             .iter()
             .filter(|s| s.state == SlotState::Busy)
-            .count() as u64;
+            .fold((0u64, 0u64), |(n, rem), s| {
+                (n + 1, rem + s.until_us.saturating_sub(now))
+            });
         if busy == 0 {
             return self.start_us;
         }
-        self.queued_work_us / busy
+        (remaining + self.queued_work_us) / busy
     }
 
     /// Checks the slot bookkeeping; returns what is wrong.

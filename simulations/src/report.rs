@@ -5,6 +5,7 @@
 //! | file | contents |
 //! | --- | --- |
 //! | `summary.csv` | one row per strategy: request fates, costs, utilisation, latency quantiles |
+//! | `tenants.csv` | per strategy and tenant: requests arrived, completed and within the latency goal |
 //! | `regions.csv` | per strategy and region: reserved utilisation, on-demand GPU-hours, the share of them spent on jobs, on-demand spend |
 //! | `timeline.csv` | per strategy and time bucket: completions, on-demand spend, reserved utilisation, on-demand GPUs paid for |
 //! | `latency.csv` | per strategy: the latency histogram (bucket upper edge in ms, count, cumulative share) |
@@ -151,6 +152,27 @@ pub fn regions_csv(catalog: &Catalog, duration_us: u64, results: &[RunResult]) -
     s
 }
 
+/// `tenants.csv`: per strategy and tenant, requests arrived, completed and within the goal.
+pub fn tenants_csv(catalog: &Catalog, results: &[RunResult]) -> String {
+    let mut s = String::from("strategy,tenant,arrived,completed,met_goal,goal_share\n");
+    for r in results {
+        for (t, &(arrived, done, met)) in r.summary.outcomes.tenants.iter().enumerate() {
+            let share = if arrived > 0 {
+                met as f64 / arrived as f64
+            } else {
+                1.0
+            };
+            let id = &catalog.tenants()[t].id;
+            let _ = writeln!(
+                s,
+                "{},{id},{arrived},{done},{met},{share:.6}",
+                r.summary.strategy
+            );
+        }
+    }
+    s
+}
+
 /// Writes the CSV files and charts to `dir`.
 pub fn write_all(dir: &Path, scenario: &Scenario, results: &[RunResult]) -> anyhow::Result<()> {
     let catalog = &scenario.catalog;
@@ -234,6 +256,7 @@ pub fn write_all(dir: &Path, scenario: &Scenario, results: &[RunResult]) -> anyh
             "regions.csv",
             regions_csv(catalog, scenario.duration_us(), results),
         ),
+        ("tenants.csv", tenants_csv(catalog, results)),
         ("timeline.csv", timeline_csv),
         ("latency.csv", latency_csv),
     ];

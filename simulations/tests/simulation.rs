@@ -205,6 +205,7 @@ fn reports_write_every_file() {
     report::write_all(&dir, &scenario, &results).unwrap();
     for f in [
         "summary.csv",
+        "tenants.csv",
         "timeline.csv",
         "latency.csv",
         "latency.svg",

@@ -116,6 +116,8 @@ struct Job {
     live: bool,
     /// The edge that sent it.
     edge: u16,
+    /// Its tenant.
+    tenant: u16,
     /// Where it was placed; `None` until it is.
     region: Option<u16>,
     /// The region's report count when it was placed: while no newer report has arrived,
@@ -210,7 +212,10 @@ impl<'a> Sim<'a> {
             next,
             ledger: Ledger::new(catalog.regions().len(), scenario.duration_us(), bucket_us),
             latency: Histogram::default(),
-            outcomes: Outcomes::default(),
+            outcomes: Outcomes {
+                tenants: vec![(0, 0, 0); catalog.tenants().len()],
+                ..Outcomes::default()
+            },
             violation: None,
             catalog,
         }

@@ -35,6 +35,7 @@ impl Sim<'_> {
             self.outcomes.refused += 1;
             return;
         }
+        self.outcomes.tenants[tenant].0 += 1;
         let goal_ms = self.catalog.tenants()[tenant]
             .latency_goal_ms
             .unwrap_or(f64::INFINITY);
@@ -45,6 +46,7 @@ impl Sim<'_> {
             service_us: a.service_us,
             live: true,
             edge: edge as u16,
+            tenant: a.tenant,
             region: None,
             epoch: 0,
         });
@@ -152,8 +154,11 @@ impl Sim<'_> {
         let latency_us = self.now - job.arrival_us + job.extra_us;
         self.latency.record(latency_us as f64 / 1000.0);
         self.outcomes.completed += 1;
+        let per_tenant = &mut self.outcomes.tenants[usize::from(job.tenant)];
+        per_tenant.1 += 1;
         if latency_us <= job.goal_us {
             self.outcomes.met_goal += 1;
+            per_tenant.2 += 1;
         }
         let b = self.ledger.bucket(self.now);
         self.ledger.completed[b] += 1;
