@@ -219,6 +219,9 @@ impl Sim<'_> {
                 return Err(self.broken(format!("{what} in {}", self.catalog.regions()[r].id)));
             }
         }
+        if matches!(kind, Kind::Arrival) {
+            self.check_in_flight()?;
+        }
         let o = &self.outcomes;
         let ended = o.completed + o.refused + o.dropped + o.failed;
         if o.arrived != ended + self.live_jobs {
@@ -227,6 +230,33 @@ impl Sim<'_> {
                 o.arrived, self.live_jobs
             );
             return Err(self.broken(what));
+        }
+        Ok(())
+    }
+
+    /// Each edge's in-flight count for a region is the number of its requests there that
+    /// are still running or waiting and were placed since the region's last report.
+    fn check_in_flight(&self) -> Result<(), super::InvariantViolation> {
+        let nr = self.regions.len();
+        let mut counted = vec![0u32; self.edges.len() * nr];
+        for job in self.jobs.iter().filter(|j| j.live) {
+            if let Some(r) = job.region.map(usize::from)
+                && self.epochs[r] == job.epoch
+            {
+                counted[usize::from(job.edge) * nr + r] += 1;
+            }
+        }
+        for (e, edge) in self.edges.iter().enumerate() {
+            for (r, st) in edge.regions().iter().enumerate() {
+                if st.in_flight != counted[e * nr + r] {
+                    let what = format!(
+                        "edge {e} counts {} in flight to region {r}, but {} are",
+                        st.in_flight,
+                        counted[e * nr + r]
+                    );
+                    return Err(self.broken(what));
+                }
+            }
         }
         Ok(())
     }
