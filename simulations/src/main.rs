@@ -38,7 +38,8 @@ enum Command {
     Run {
         #[command(flatten)]
         common: Common,
-        /// Folder for summary.csv, timeline.csv, latency.csv and the SVG charts.
+        /// Folder for summary.csv, tenants.csv, regions.csv, timeline.csv, latency.csv and the
+        /// SVG charts (latency.svg, cost_over_day.svg, utilisation_over_day.svg).
         #[arg(long, default_value = "sim-out")]
         out: PathBuf,
         /// Strategies to run, comma-separated: nearest, round-robin, least-loaded,
@@ -58,9 +59,14 @@ enum Command {
         /// reservations from, instead of simulating the scenario's demand.
         #[arg(long)]
         trace: Option<PathBuf>,
-        /// Refinement rounds of the greedy search (each re-simulates once per region).
+        /// Rounds of the newsvendor estimate, each sized from the previous run and re-simulated;
+        /// two scaled tries of the best follow. Runs 4 + rounds simulations.
         #[arg(long, default_value_t = 2)]
         rounds: u32,
+        /// How far, in percentage points, the share of requests meeting their latency goal
+        /// may fall below today's for a cheaper plan to be recommended.
+        #[arg(long, default_value_t = 0.5)]
+        goal_tolerance: f64,
     },
     /// Time one strategy on one core and report simulated requests per second.
     Bench {
@@ -121,7 +127,8 @@ fn execute(command: Command) -> anyhow::Result<String> {
             common,
             trace,
             rounds,
-        } => plan(&common, trace.as_deref(), rounds),
+            goal_tolerance,
+        } => plan(&common, trace.as_deref(), rounds, goal_tolerance),
         Command::Bench { common, strategy } => bench(&common, strategy),
         Command::Validate { scenario } => validate(&scenario),
     }
@@ -156,11 +163,16 @@ fn run(
     ))
 }
 
-fn plan(common: &Common, trace: Option<&Path>, rounds: u32) -> anyhow::Result<String> {
+fn plan(
+    common: &Common,
+    trace: Option<&Path>,
+    rounds: u32,
+    tolerance: f64,
+) -> anyhow::Result<String> {
     let (scenario, requests) = load(common)?;
     let plan = match trace {
         Some(path) => simulations::plan::from_trace(&scenario, &simulations::trace::load(path)?)?,
-        None => simulations::plan::plan(&scenario, common.seed, requests, rounds)?,
+        None => simulations::plan::plan(&scenario, common.seed, requests, rounds, tolerance)?,
     };
     Ok(plan.to_string())
 }

@@ -11,8 +11,10 @@
 //! 3. **Validate by simulation**: run the estimate, take the next estimate from that run's
 //!    profile (`--rounds` times), then try the best so far scaled by 0.9 and 1.1. A
 //!    candidate replaces the best (which starts as the current reservations) when it costs
-//!    less while the share of requests meeting their latency goal stays within 0.2 points of
-//!    the current reservations' (or, while the best misses that, when it raises the share).
+//!    less while the share of requests meeting their latency goal stays within a tolerance
+//!    (`--goal-tolerance`, in percentage points) of the current reservations' (or, while the
+//!    best misses that, when it raises the share). Every candidate is listed with its cost
+//!    and goal share, so the report also shows the trade-off around the recommendation.
 //!    So the recommendation is never worse than what is reserved now.
 //!
 //! Each region keeps its total capacity (reserved + on-demand maximum) unchanged. A usage
@@ -205,7 +207,13 @@ fn better(trial: &RunResult, best: &RunResult, target: f64) -> bool {
 }
 
 /// Plans from the scenario's own demand (see the module docs).
-pub fn plan(scenario: &Scenario, seed: u64, requests: u64, rounds: u32) -> anyhow::Result<Plan> {
+pub fn plan(
+    scenario: &Scenario,
+    seed: u64,
+    requests: u64,
+    rounds: u32,
+    tolerance_points: f64,
+) -> anyhow::Result<Plan> {
     let regions = scenario.catalog.regions();
     let current: Vec<u32> = regions.iter().map(|r| r.reserved_slots()).collect();
     let on_demand = simulate(scenario, &vec![0; regions.len()], seed, requests)?;
@@ -214,8 +222,8 @@ pub fn plan(scenario: &Scenario, seed: u64, requests: u64, rounds: u32) -> anyho
         outcome("all on-demand".into(), &on_demand),
         outcome("current reservations".into(), &now),
     ];
-    // Latency goals: stay within 0.2 points of the share the current reservations meet.
-    let target = now.summary.goal_share() - 0.002;
+    // Latency goals: stay within the tolerance of the share the current reservations meet.
+    let target = now.summary.goal_share() - tolerance_points / 100.0;
     let mut region_plans = analytic(scenario, &now);
     let (mut best, mut best_k, mut latest) = (now, current, None);
     for round in 1..=rounds.max(1) {
@@ -248,7 +256,10 @@ pub fn plan(scenario: &Scenario, seed: u64, requests: u64, rounds: u32) -> anyho
     outcomes.push(outcome("recommended".into(), &best));
     Ok(Plan {
         currency: scenario.catalog.currency().to_owned(),
-        method: format!("simulated {requests} requests, seed {seed}, Meridian's route decision"),
+        method: format!(
+            "simulated {requests} requests, seed {seed}, Meridian's route decision, goal share \
+             within {tolerance_points} points of today's"
+        ),
         regions: region_plans,
         outcomes,
     })

@@ -181,7 +181,7 @@ fn scenario_problems_are_all_reported_with_a_fix() {
 #[test]
 fn the_plan_costs_no_more_than_all_on_demand() {
     let scenario = small();
-    let p = plan::plan(&scenario, 2, 3000, 1).unwrap();
+    let p = plan::plan(&scenario, 2, 3000, 1, 0.5).unwrap();
     let cost = |label: &str| {
         p.outcomes
             .iter()
