@@ -41,6 +41,8 @@ pub struct Slot {
     pub billed_since_us: u64,
     /// When its job ends, µs (when busy).
     pub until_us: u64,
+    /// Whether a release check is scheduled (on-demand slots).
+    pub check_pending: bool,
     /// Bumped whenever a scheduled event about the slot becomes void.
     pub generation: u32,
 }
@@ -100,6 +102,7 @@ impl RegionSim {
             since_us: 0,
             billed_since_us: 0,
             until_us: 0,
+            check_pending: false,
             generation: 0,
         };
         let mut slots = vec![slot(SlotState::Idle); reserved as usize];
@@ -223,21 +226,28 @@ impl RegionSim {
         None
     }
 
-    /// Releases an on-demand slot idle since the check was scheduled.
-    pub fn release_if_idle(
+    /// A release check for an on-demand slot: releases it if it has been idle for
+    /// `release_us`; if it is idle for less, returns when to check again.
+    pub fn idle_check(
         &mut self,
         slot: u32,
-        generation: u32,
         now: u64,
+        release_us: u64,
         ledger: &mut Ledger,
         region: usize,
-    ) {
-        let s = self.slots[slot as usize];
-        if s.state != SlotState::Idle || s.generation != generation || slot < self.reserved {
-            return;
+    ) -> Option<u64> {
+        let s = &mut self.slots[slot as usize];
+        s.check_pending = false;
+        if s.state != SlotState::Idle || slot < self.reserved {
+            return None;
+        }
+        if now < s.since_us + release_us {
+            s.check_pending = true;
+            return Some(s.since_us + release_us);
         }
         self.idle_on_demand.retain(|&i| i != slot);
         self.switch_off(slot, now, ledger, region);
+        None
     }
 
     fn switch_off(&mut self, slot: u32, now: u64, ledger: &mut Ledger, region: usize) {

@@ -75,7 +75,6 @@ enum Kind {
     IdleCheck {
         region: u32,
         slot: u32,
-        generation: u32,
     },
     Heartbeat {
         region: u32,
@@ -302,13 +301,14 @@ impl<'a> Sim<'a> {
                     self.free_slot(region as usize, slot);
                 }
             }
-            Kind::IdleCheck {
-                region,
-                slot,
-                generation,
-            } => {
+            Kind::IdleCheck { region, slot } => {
                 let r = region as usize;
-                self.regions[r].release_if_idle(slot, generation, self.now, &mut self.ledger, r);
+                let release_us = self.scenario.spec.simulation.idle_release_ms * 1000;
+                let again =
+                    self.regions[r].idle_check(slot, self.now, release_us, &mut self.ledger, r);
+                if let Some(at) = again {
+                    self.schedule(at, kind);
+                }
             }
             Kind::Heartbeat { region } => {
                 let r = region as usize;
@@ -352,15 +352,18 @@ impl<'a> Sim<'a> {
     fn free_slot(&mut self, r: usize, slot: u32) {
         match self.regions[r].slot_free(slot, self.now, &mut self.ledger, r) {
             Some(started) => self.started(r, started),
-            None if slot >= self.regions[r].reserved() => {
-                let generation = self.regions[r].slots[slot as usize].generation;
+            // One release check per slot at a time keeps the event heap small: a check that
+            // finds the slot idle for less than the release time comes back later.
+            None if slot >= self.regions[r].reserved()
+                && !self.regions[r].slots[slot as usize].check_pending =>
+            {
+                self.regions[r].slots[slot as usize].check_pending = true;
                 let at = self.now + self.scenario.spec.simulation.idle_release_ms * 1000;
                 self.schedule(
                     at,
                     Kind::IdleCheck {
                         region: r as u32,
                         slot,
-                        generation,
                     },
                 );
             }
