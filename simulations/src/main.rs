@@ -49,6 +49,10 @@ enum Command {
         /// Strategies run at once on separate threads. Default: the CPUs available.
         #[arg(long)]
         threads: Option<usize>,
+        /// Check the invariants after every event (much slower): a broken one stops the
+        /// run with its seed, strategy and time, to be kept as a regression test.
+        #[arg(long)]
+        check: bool,
     },
     /// Recommend reserved GPUs per region from the scenario's demand (or a usage trace)
     /// and report the saving against all on-demand and the current reservations.
@@ -122,7 +126,8 @@ fn execute(command: Command) -> anyhow::Result<String> {
             out,
             strategies,
             threads,
-        } => run(&common, &out, strategies, threads),
+            check,
+        } => run(&common, &out, strategies, threads, check),
         Command::Plan {
             common,
             trace,
@@ -139,6 +144,7 @@ fn run(
     out: &Path,
     strategies: Vec<StrategyKind>,
     threads: Option<usize>,
+    check: bool,
 ) -> anyhow::Result<String> {
     let (scenario, requests) = load(common)?;
     let strategies = if strategies.is_empty() {
@@ -150,7 +156,13 @@ fn run(
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     tracing::info!(scenario = %scenario.spec.name, seed = common.seed, requests, "running");
     let started = Instant::now();
-    let results = engine::compare(&scenario, common.seed, requests, &strategies, threads)?;
+    let base = engine::RunOptions {
+        seed: common.seed,
+        requests,
+        strategy: StrategyKind::Meridian,
+        check,
+    };
+    let results = engine::compare(&scenario, base, &strategies, threads)?;
     report::write_all(out, &scenario, &results)?;
     Ok(format!(
         "scenario {} · seed {} · {} requests · {:.1} s\n{}wrote CSV and SVG to {}\n",

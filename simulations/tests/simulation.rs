@@ -5,6 +5,15 @@
 use simulations::engine::{RunOptions, compare, run};
 use simulations::{Scenario, StrategyKind, plan, report};
 
+fn opts(seed: u64, requests: u64) -> RunOptions {
+    RunOptions {
+        seed,
+        requests,
+        strategy: StrategyKind::Meridian,
+        check: false,
+    }
+}
+
 fn small() -> Scenario {
     Scenario::from_toml(include_str!("data/small.toml")).unwrap()
 }
@@ -96,8 +105,8 @@ fn same_seed_same_results_different_seed_different() {
 #[test]
 fn comparisons_do_not_depend_on_threads_and_share_the_traffic() {
     let scenario = small();
-    let one = compare(&scenario, 5, 2000, &StrategyKind::ALL, 1).unwrap();
-    let many = compare(&scenario, 5, 2000, &StrategyKind::ALL, 3).unwrap();
+    let one = compare(&scenario, opts(5, 2000), &StrategyKind::ALL, 1).unwrap();
+    let many = compare(&scenario, opts(5, 2000), &StrategyKind::ALL, 3).unwrap();
     let summaries =
         |v: &[simulations::RunResult]| v.iter().map(|r| r.summary.clone()).collect::<Vec<_>>();
     assert_eq!(summaries(&one), summaries(&many));
@@ -128,8 +137,7 @@ fn meridian_fills_reserved_capacity_more_cheaply_than_the_list_price_baseline() 
     let scenario = small();
     let results = compare(
         &scenario,
-        3,
-        4000,
+        opts(3, 4000),
         &[StrategyKind::Cheapest, StrategyKind::Meridian],
         2,
     )
@@ -197,7 +205,7 @@ fn the_plan_costs_no_more_than_all_on_demand() {
 #[test]
 fn reports_write_every_file() {
     let scenario = small();
-    let results = compare(&scenario, 1, 1000, &StrategyKind::ALL, 2).unwrap();
+    let results = compare(&scenario, opts(1, 1000), &StrategyKind::ALL, 2).unwrap();
     let dir = std::env::temp_dir().join(format!("meridian-sim-{}", std::process::id()));
     report::write_all(&dir, &scenario, &results).unwrap();
     for f in [

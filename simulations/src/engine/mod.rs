@@ -384,15 +384,16 @@ impl<'a> Sim<'a> {
     }
 }
 
-/// Runs several strategies on the same arrivals, on up to `threads` threads; the results
-/// are in the order of `strategies` and do not depend on `threads`.
+/// Runs several strategies on the same arrivals (`base` gives seed, requests and checking;
+/// its strategy is ignored), on up to `threads` threads; the results are in the order of
+/// `strategies` and do not depend on `threads`.
 pub fn compare(
     scenario: &Scenario,
-    seed: u64,
-    requests: u64,
+    base: RunOptions,
     strategies: &[StrategyKind],
     threads: usize,
 ) -> Result<Vec<RunResult>, InvariantViolation> {
+    let seed = base.seed;
     let threads = threads.max(1);
     let mut results: Vec<Option<Result<RunResult, InvariantViolation>>> =
         vec![None; strategies.len()];
@@ -401,12 +402,7 @@ pub fn compare(
             let handles: Vec<_> = chunk
                 .iter()
                 .map(|&strategy| {
-                    let options = RunOptions {
-                        seed,
-                        requests,
-                        strategy,
-                        check: false,
-                    };
+                    let options = RunOptions { strategy, ..base };
                     s.spawn(move || run(scenario, options))
                 })
                 .collect();
