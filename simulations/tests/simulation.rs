@@ -247,3 +247,14 @@ fn a_usage_trace_plans_reservations_where_the_use_is() {
             && cost("recommended") <= cost("current reservations")
     );
 }
+
+#[test]
+fn per_tenant_counts_add_up_to_the_totals() {
+    let scenario = small();
+    let r = checked(&scenario, 4, StrategyKind::Meridian, 3000);
+    let o = &r.summary.outcomes;
+    let sum = |pick: fn(&(u64, u64, u64)) -> u64| o.tenants.iter().map(pick).sum::<u64>();
+    assert_eq!(sum(|t| t.0), o.arrived);
+    assert_eq!(sum(|t| t.1), o.completed);
+    assert_eq!(sum(|t| t.2), o.met_goal);
+}

@@ -21,6 +21,7 @@ impl Sim<'_> {
         let city = usize::from(a.city);
         let edge = city % self.edges.len();
         let tenant = usize::from(a.tenant);
+        self.outcomes.tenants[tenant].0 += 1;
         let ask = Ask {
             tenant,
             model: usize::from(a.model),
@@ -35,7 +36,6 @@ impl Sim<'_> {
             self.outcomes.refused += 1;
             return;
         }
-        self.outcomes.tenants[tenant].0 += 1;
         let goal_ms = self.catalog.tenants()[tenant]
             .latency_goal_ms
             .unwrap_or(f64::INFINITY);
