@@ -1,5 +1,34 @@
 //! A deterministic discrete-event simulator of global traffic over Meridian's regions.
 //!
-//! It runs the `policy` crate's route decision unchanged, so what it shows is what the
-//! edge does, at a scale no test machine can run: strategy comparisons and reservation
-//! planning. This crate is a skeleton until the simulator lands.
+//! It runs the `policy` crate's route decision unchanged (`Catalog::route_into` over a
+//! `LiveStatus` built from simulated heartbeats and the edge's own in-flight counts), so
+//! what it shows is what the edge does, at a scale no test machine can run:
+//!
+//! - [`scenario`]: a catalog, demand and events read from TOML and checked;
+//! - [`demand`]: arrivals from cities with a daily cycle in their time zones;
+//! - [`region`]: a region's reserved and on-demand GPUs and its queue;
+//! - [`strategy`]: Meridian's decision and the baselines (nearest, round robin, least
+//!   loaded, cheapest);
+//! - [`engine`]: the event loop on a virtual clock, with an invariant-checking mode;
+//! - [`metrics`]: cost, utilisation, latency and the fate of every request;
+//! - [`plan`]: the reservation planner; [`trace`]: usage trace files for it;
+//! - [`report`]: the comparison table, CSV files and SVG charts ([`svg`]).
+//!
+//! The same scenario, seed and request count give the same results bit for bit.
+
+pub mod demand;
+pub mod engine;
+pub mod metrics;
+pub mod plan;
+pub mod region;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+mod scenario_check;
+pub mod strategy;
+pub mod svg;
+pub mod trace;
+
+pub use engine::{InvariantViolation, RunOptions, RunResult, run};
+pub use scenario::{Scenario, ScenarioError};
+pub use strategy::StrategyKind;
