@@ -133,6 +133,7 @@ mod tests {
                     report: AgentReport::default(),
                 },
             ],
+            spend: Vec::new(),
         };
         let live = snapshot.live_status(&catalog);
         assert_eq!(live.region(0).unwrap(), &RegionStatus::default());

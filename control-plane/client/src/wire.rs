@@ -173,6 +173,24 @@ pub struct Snapshot {
     pub keys: Vec<ApiKeyRecord>,
     /// The live status of every region whose agent holds a lease.
     pub regions: Vec<RegionLive>,
+    /// Month-to-date spend of every tenant that has used anything this month, for the
+    /// edge's monthly budget check.
+    #[serde(default)]
+    pub spend: Vec<TenantSpend>,
+}
+
+/// What one tenant has spent in the current calendar month (UTC), summed from usage records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpend {
+    /// Tenant id.
+    pub tenant: String,
+    /// The month, `YYYY-MM` (UTC).
+    pub month: String,
+    /// Money charged so far this month, in the catalog's currency.
+    pub cost: f64,
+    /// GPU-seconds used so far this month.
+    pub gpu_seconds: f64,
 }
 
 /// The body of every error answer: `{"error": {"type", "message", "details"}}`.

@@ -66,6 +66,8 @@ async fn snapshot(
         catalog: stored.spec,
         keys: stored.keys,
         regions: stored.live,
+        // Filled from the usage aggregates once they exist.
+        spend: Vec::new(),
     };
     Ok(([etag(body.revision)], Json(body)).into_response())
 }
