@@ -1,4 +1,6 @@
-//! The route decision over 50 regions and 200 models (DESIGN.md §11: ≤ 2 µs median).
+//! The route decision over 50 regions and 200 models (DESIGN.md §11: ≤ 2 µs median):
+//! one-off (`route`), through a reused decision for clients it has seen (`route_into_reused`,
+//! three cities) and for clients it has not (`…_new_clients`, 4,096 places).
 //!
 //! `cargo bench -p policy --bench route`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -46,6 +48,30 @@ fn route(c: &mut Criterion) {
                     tenant,
                     model: &models[i % 200],
                     client: clients[i % clients.len()],
+                    narrowing: None,
+                    units: 1.0,
+                    now_ms: NOW_MS,
+                };
+                catalog
+                    .route_into(&live, black_box(&request), &mut out)
+                    .unwrap();
+                black_box(out.candidates.len())
+            })
+        });
+        // Every request from a client location the reused decision has not remembered: the
+        // round trips are computed each time, as for a first visit.
+        let scattered: Vec<Location> = (0..4096)
+            .map(|i| Location::new(f64::from(i % 160) - 80.0, f64::from(i * 37 % 360) - 180.0))
+            .collect();
+        let mut out = RouteDecision::default();
+        let mut i = 0usize;
+        group.bench_function(format!("{name}/route_into_reused_new_clients"), |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let request = RouteRequest {
+                    tenant,
+                    model: &models[i % 200],
+                    client: scattered[i % scattered.len()],
                     narrowing: None,
                     units: 1.0,
                     now_ms: NOW_MS,

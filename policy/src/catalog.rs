@@ -28,9 +28,18 @@ pub struct Catalog {
     pub(crate) model_index: HashMap<ModelId, usize>,
     pub(crate) tenant_index: HashMap<TenantId, usize>,
     pub(crate) warnings: Vec<ConfigWarning>,
+    /// Tells validated catalogs apart, so that what a reused [`crate::RouteDecision`] caches
+    /// for one catalog is never used with another. Clones share it: a catalog never changes
+    /// once validated.
+    pub(crate) generation: u64,
 }
 
 impl Catalog {
+    pub(crate) fn next_generation() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// ISO 4217 code of the currency prices are in.
     pub fn currency(&self) -> &str {
         &self.currency

@@ -29,7 +29,7 @@ pub use catalog::{
 };
 pub use decision::{
     Candidate, CapacityClass, Exclusion, LatencyEstimate, LiveStatus, ModelLoad, Refusal,
-    RegionStatus, RouteDecision, RouteError, RouteRequest, SlotPath,
+    RegionStatus, ResolvedRequest, RouteDecision, RouteError, RouteRequest, SlotPath,
 };
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};

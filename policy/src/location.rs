@@ -102,7 +102,12 @@ impl NetworkModel {
 
     /// Estimated round-trip time in milliseconds over `distance_km` of great circle.
     pub fn rtt_ms(&self, distance_km: f64) -> f64 {
-        2.0 * distance_km * self.route_inflation / self.fibre_km_per_ms
+        distance_km * self.rtt_ms_per_km()
+    }
+
+    /// Round-trip milliseconds per kilometre of great circle: there and back, inflated.
+    pub fn rtt_ms_per_km(&self) -> f64 {
+        2.0 * self.route_inflation / self.fibre_km_per_ms
     }
 }
 

@@ -501,6 +501,24 @@ fn requests_that_cannot_be_routed_say_why_with_the_right_status() {
     };
     assert!(catalog.route_into(&live, &bad, &mut reused).is_err());
     assert!(reused.candidates.is_empty() && reused.excluded.is_empty());
+    // Indices out of the catalog are the same errors, never a panic.
+    let mut resolved = catalog
+        .resolve(&RouteRequest {
+            tenant: "acme",
+            ..bad
+        })
+        .unwrap();
+    resolved.model = catalog.models().len();
+    let err = catalog
+        .route_resolved_into(&live, &resolved, &mut reused)
+        .unwrap_err();
+    assert_eq!(err.http_status(), 404);
+    resolved.model = 0;
+    resolved.tenant = usize::MAX;
+    let err = catalog
+        .route_resolved_into(&live, &resolved, &mut reused)
+        .unwrap_err();
+    assert_eq!(err.http_status(), 401);
     let err = catalog.narrowing(&["mars"], &[]).unwrap_err();
     assert_eq!(err.http_status(), 422);
     assert!(err.to_string().contains("mars"));
@@ -607,4 +625,46 @@ fn refusals_explain_themselves() {
         text.contains("us-east (us) is outside the tenant's residency"),
         "{text}"
     );
+}
+
+#[test]
+fn a_reused_decision_remembers_round_trips_without_ever_mixing_clients_or_catalogs() {
+    let catalog = world();
+    let live = status(&catalog, &[]);
+    let request = |client: Location| RouteRequest {
+        tenant: "acme",
+        model: "meridian/esrgan-x4",
+        client,
+        narrowing: None,
+        units: 1.0,
+        now_ms: NOW_MS,
+    };
+    // More client locations than the decision remembers, each seen twice: every answer is
+    // the one a fresh decision gives.
+    let clients: Vec<Location> = (0..300)
+        .map(|i| Location::new(f64::from(i % 150) - 75.0, f64::from(i * 7 % 360) - 180.0))
+        .collect();
+    let mut reused = policy::RouteDecision::default();
+    for client in clients.iter().chain(&clients) {
+        catalog
+            .route_into(&live, &request(*client), &mut reused)
+            .unwrap();
+        assert_eq!(reused, catalog.route(&live, &request(*client)).unwrap());
+    }
+    // The same decision with a catalog whose regions moved: round trips of the new catalog.
+    let mut spec = CatalogSpec::from_toml(include_str!("data/world.toml")).unwrap();
+    for region in &mut spec.regions {
+        region.location = Location::new(-region.location.lat, region.location.lon);
+    }
+    let moved = spec.validate().unwrap();
+    let moved_live = status(&moved, &[]);
+    catalog
+        .route_into(&live, &request(LONDON), &mut reused)
+        .unwrap();
+    let before = reused.candidates[0].latency.network_ms;
+    moved
+        .route_into(&moved_live, &request(LONDON), &mut reused)
+        .unwrap();
+    assert_eq!(reused, moved.route(&moved_live, &request(LONDON)).unwrap());
+    assert_ne!(reused.candidates[0].latency.network_ms, before);
 }

@@ -226,6 +226,10 @@ proptest! {
         let mut reused = catalog.route(&live, &RouteRequest { units: 1.0, ..request.clone() }).unwrap();
         catalog.route_into(&live, &request, &mut reused).unwrap();
         prop_assert_eq!(&reused, &decision);
+        // Resolved once to indices, the same answer.
+        let resolved = catalog.resolve(&request).unwrap();
+        catalog.route_resolved_into(&live, &resolved, &mut reused).unwrap();
+        prop_assert_eq!(&reused, &decision);
 
         let inside = |r: usize| tenant.allowed_regions.contains(r) && narrowing.as_ref().is_none_or(|n| n.contains(r));
         for c in &decision.candidates {

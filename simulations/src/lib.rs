@@ -1,6 +1,6 @@
 //! A deterministic discrete-event simulator of global traffic over Meridian's regions.
 //!
-//! It runs the `policy` crate's route decision unchanged (`Catalog::route_into` over a
+//! It runs the `policy` crate's route decision unchanged (`Catalog::route_resolved_into` over a
 //! `LiveStatus` built from simulated heartbeats and the edge's own in-flight counts), so
 //! what it shows is what the edge does, at a scale no test machine can run:
 //!

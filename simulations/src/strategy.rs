@@ -7,7 +7,7 @@
 //! is stale or whose circuit is open, as any sane load balancer would; they differ only in
 //! how they order what is left.
 
-use policy::{Catalog, LiveStatus, Location, RouteDecision, RouteRequest, SlotPath};
+use policy::{Catalog, LiveStatus, Location, ResolvedRequest, RouteDecision, SlotPath};
 
 /// Which strategy routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,7 +20,7 @@ pub enum StrategyKind {
     LeastLoaded,
     /// The allowed region with the cheapest on-demand list price.
     Cheapest,
-    /// Meridian's route decision (`policy::Catalog::route_into`).
+    /// Meridian's route decision (`policy::Catalog::route_resolved_into`).
     Meridian,
 }
 
@@ -154,9 +154,9 @@ impl Router {
         ask: &Ask<'_>,
         out: &mut Vec<(usize, bool)>,
     ) {
-        let request = RouteRequest {
-            tenant: catalog.tenants()[ask.tenant].id.as_str(),
-            model: catalog.models()[ask.model].id.as_str(),
+        let request = ResolvedRequest {
+            tenant: ask.tenant,
+            model: ask.model,
             client: ask.client,
             narrowing: None,
             units: ask.units,
@@ -165,7 +165,7 @@ impl Router {
         // Unknown ids or bad units cannot occur here (the scenario was checked); a failure
         // leaves the list empty, which counts as a refusal.
         if catalog
-            .route_into(status, &request, &mut self.decision)
+            .route_resolved_into(status, &request, &mut self.decision)
             .is_ok()
         {
             out.extend(

@@ -18,6 +18,7 @@
 //! Within a region the best of its ways to run the job (idle reserved slot, warm on-demand
 //! slot, new on-demand slot, queue) is chosen by the same ranking.
 
+mod network;
 mod route;
 mod status;
 
@@ -44,6 +45,23 @@ pub struct RouteRequest<'a> {
     /// Expected units of work (images, megapixels, seconds, …); > 0.
     pub units: f64,
     /// Now, Unix ms, to judge heartbeat freshness.
+    pub now_ms: u64,
+}
+
+/// A [`RouteRequest`] whose tenant and model are catalog indices, from [`Catalog::resolve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ResolvedRequest<'a> {
+    /// Tenant index in the catalog.
+    pub tenant: usize,
+    /// Model index in the catalog.
+    pub model: usize,
+    /// Where the client is.
+    pub client: Location,
+    /// Regions the request narrows residency to; `None`: no narrowing.
+    pub narrowing: Option<&'a IndexSet>,
+    /// Expected units of work; > 0.
+    pub units: f64,
+    /// Now, Unix ms.
     pub now_ms: u64,
 }
 
@@ -154,7 +172,15 @@ impl Candidate {
     /// Rank tier: 0 meets the goal on reserved capacity, 1 meets it on on-demand capacity,
     /// 2 misses it.
     pub fn tier(&self) -> u8 {
-        (self.rank >> 112) as u8
+        Self::rank_tier(self.rank)
+    }
+
+    fn rank_tier(rank: u128) -> u8 {
+        (rank >> 112) as u8
+    }
+
+    fn rank_score(rank: u128) -> f64 {
+        f64::from_bits((rank >> 48) as u64)
     }
 
     /// The sort key: tier, then score, then latency, then configuration order, ascending.
@@ -256,7 +282,10 @@ impl Refusal {
 }
 
 /// The answer for one request.
-#[derive(Debug, Clone, Default)]
+///
+/// A decision reused through [`Catalog::route_into`] also remembers the network round trips
+/// of the last client locations it saw, per catalog.
+#[derive(Debug, Clone)]
 pub struct RouteDecision {
     /// Tenant index.
     pub tenant: usize,
@@ -269,6 +298,14 @@ pub struct RouteDecision {
     /// Reused between decisions: candidates before sorting, and their sort keys.
     unsorted: Vec<Candidate>,
     keys: Vec<u128>,
+    network: network::NetworkCache,
+    rtt_scratch: Vec<f64>,
+}
+
+impl Default for RouteDecision {
+    fn default() -> Self {
+        Self::with_cache(network::NetworkCache::enabled())
+    }
 }
 
 impl PartialEq for RouteDecision {
@@ -284,6 +321,30 @@ impl PartialEq for RouteDecision {
 }
 
 impl RouteDecision {
+    /// A decision for one request only: it does not remember round trips.
+    pub(crate) fn one_off() -> Self {
+        Self::with_cache(network::NetworkCache::default())
+    }
+
+    fn with_cache(network: network::NetworkCache) -> Self {
+        Self {
+            tenant: 0,
+            model: 0,
+            candidates: Vec::new(),
+            excluded: Vec::new(),
+            unsorted: Vec::new(),
+            keys: Vec::new(),
+            network,
+            rtt_scratch: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.candidates.clear();
+        self.excluded.clear();
+        self.unsorted.clear();
+    }
+
     /// The region to try first.
     pub fn target(&self) -> Option<&Candidate> {
         self.candidates.first()

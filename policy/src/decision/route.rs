@@ -2,10 +2,9 @@
 
 use super::{
     Candidate, CapacityClass, Exclusion, LatencyEstimate, LiveStatus, ModelLoad, RegionStatus,
-    RouteDecision, RouteError, RouteRequest, SlotPath,
+    ResolvedRequest, RouteDecision, RouteError, RouteRequest, SlotPath,
 };
 use crate::catalog::{Catalog, Model, Region, Tenant};
-use crate::location::UnitVector;
 use crate::sets::IndexSet;
 
 impl Catalog {
@@ -48,7 +47,7 @@ impl Catalog {
         status: &LiveStatus,
         request: &RouteRequest<'_>,
     ) -> Result<RouteDecision, RouteError> {
-        let mut decision = RouteDecision::default();
+        let mut decision = RouteDecision::one_off();
         self.route_into(status, request, &mut decision)?;
         Ok(decision)
     }
@@ -60,32 +59,59 @@ impl Catalog {
         request: &RouteRequest<'_>,
         out: &mut RouteDecision,
     ) -> Result<(), RouteError> {
-        // Cleared first, so a reused decision never shows a previous request's answer.
-        out.candidates.clear();
-        out.excluded.clear();
-        out.unsorted.clear();
-        let tenant_ix = self
+        match self.resolve(request) {
+            Ok(resolved) => self.route_resolved_into(status, &resolved, out),
+            Err(e) => {
+                // Never leave a reused decision showing a previous request's answer.
+                out.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// Resolves a request's tenant and model to catalog indices and checks what can be
+    /// checked before any region is considered: the tenant may call the model, the units
+    /// are a positive number.
+    pub fn resolve<'a>(
+        &self,
+        request: &RouteRequest<'a>,
+    ) -> Result<ResolvedRequest<'a>, RouteError> {
+        let tenant = self
             .tenant_index(request.tenant)
             .ok_or_else(|| RouteError::UnknownTenant(request.tenant.to_owned()))?;
-        let model_ix = self
+        let model = self
             .model_index(request.model)
             .ok_or_else(|| RouteError::UnknownModel(request.model.to_owned()))?;
+        let resolved = ResolvedRequest {
+            tenant,
+            model,
+            client: request.client,
+            narrowing: request.narrowing,
+            units: request.units,
+            now_ms: request.now_ms,
+        };
+        self.check(&resolved)?;
+        Ok(resolved)
+    }
+
+    /// Like [`Catalog::route_into`] for a request already resolved to indices (edges keep
+    /// them per key, the simulator has them), which saves looking up two names per request.
+    pub fn route_resolved_into(
+        &self,
+        status: &LiveStatus,
+        request: &ResolvedRequest<'_>,
+        out: &mut RouteDecision,
+    ) -> Result<(), RouteError> {
+        // Cleared first, so a reused decision never shows a previous request's answer.
+        out.clear();
+        self.check(request)?;
+        let (tenant_ix, model_ix) = (request.tenant, request.model);
         let tenant = &self.tenants[tenant_ix];
-        if !tenant.may_call(model_ix) {
-            return Err(RouteError::ModelNotAllowed {
-                tenant: request.tenant.to_owned(),
-                model: request.model.to_owned(),
-            });
-        }
-        if !(request.units.is_finite() && request.units > 0.0) {
-            return Err(RouteError::BadUnits(request.units.to_string()));
-        }
         let ctx = Context {
             catalog: self,
             tenant,
             model: &self.models[model_ix],
             model_ix,
-            client: UnitVector::from(request.client),
             units: request.units,
             lambda_per_ms: tenant.latency_value_per_second / 1000.0,
             goal_ms: tenant.latency_goal_ms.unwrap_or(f64::INFINITY),
@@ -93,19 +119,29 @@ impl Catalog {
         out.tenant = tenant_ix;
         out.model = model_ix;
         let unknown = RegionStatus::default();
+        let RouteDecision {
+            excluded,
+            unsorted,
+            network,
+            rtt_scratch,
+            ..
+        } = &mut *out;
+        let mut rtts = network.client(self, request.client, rtt_scratch);
         for (r, region) in self.regions.iter().enumerate() {
             let st = status.region(r).unwrap_or(&unknown);
-            match ctx.filter(r, st, request) {
-                Err(why) => out.excluded.push((r, why)),
-                Ok(()) => match ctx.best_path(r, region, st) {
-                    Some(c) => out.unsorted.push(c),
-                    None => out.excluded.push((
-                        r,
-                        Exclusion::Full {
-                            queue_depth: st.model_load(model_ix).map_or(0, |l| l.queue_depth),
-                        },
-                    )),
-                },
+            if let Err(why) = ctx.filter(r, st, request) {
+                excluded.push((r, why));
+                continue;
+            }
+            let network_ms = rtts.rtt_ms(r, &region.point);
+            match ctx.best_path(r, region, st, network_ms) {
+                Some(c) => unsorted.push(c),
+                None => excluded.push((
+                    r,
+                    Exclusion::Full {
+                        queue_depth: st.model_load(model_ix).map_or(0, |l| l.queue_depth),
+                    },
+                )),
             }
         }
         // Sort small integer keys, not whole candidates. The low 16 bits of a rank hold the
@@ -131,6 +167,28 @@ impl Catalog {
         );
         Ok(())
     }
+
+    /// The checks of a resolved request that need no region.
+    fn check(&self, request: &ResolvedRequest<'_>) -> Result<(), RouteError> {
+        let tenant = self
+            .tenants
+            .get(request.tenant)
+            .ok_or_else(|| RouteError::UnknownTenant(format!("#{}", request.tenant)))?;
+        let model = self
+            .models
+            .get(request.model)
+            .ok_or_else(|| RouteError::UnknownModel(format!("#{}", request.model)))?;
+        if !tenant.may_call(request.model) {
+            return Err(RouteError::ModelNotAllowed {
+                tenant: tenant.id.to_string(),
+                model: model.id.to_string(),
+            });
+        }
+        if !(request.units.is_finite() && request.units > 0.0) {
+            return Err(RouteError::BadUnits(request.units.to_string()));
+        }
+        Ok(())
+    }
 }
 
 /// What stays the same across the regions of one decision.
@@ -139,7 +197,6 @@ struct Context<'a> {
     tenant: &'a Tenant,
     model: &'a Model,
     model_ix: usize,
-    client: UnitVector,
     units: f64,
     /// λ per millisecond of latency.
     lambda_per_ms: f64,
@@ -153,7 +210,7 @@ impl Context<'_> {
         &self,
         r: usize,
         st: &RegionStatus,
-        request: &RouteRequest<'_>,
+        request: &ResolvedRequest<'_>,
     ) -> Result<(), Exclusion> {
         if !self.model.served_by.contains(r) {
             return Err(Exclusion::ModelNotServed);
@@ -184,11 +241,16 @@ impl Context<'_> {
 
     /// Steps 2–4 inside one region: the best way to run the job there, or `None` when the
     /// region has neither a slot nor queue room.
-    fn best_path(&self, r: usize, region: &Region, st: &RegionStatus) -> Option<Candidate> {
+    fn best_path(
+        &self,
+        r: usize,
+        region: &Region,
+        st: &RegionStatus,
+        network_ms: f64,
+    ) -> Option<Candidate> {
         let routing = &self.catalog.routing;
-        let default_load = ModelLoad::default();
         let reported = st.model_load(self.model_ix);
-        let load = reported.unwrap_or(&default_load);
+        let load = reported.unwrap_or(&UNREPORTED);
 
         // This edge's own requests since the last report use free slots first, then queue room.
         let mut excess = st.in_flight;
@@ -208,94 +270,151 @@ impl Context<'_> {
             load.cold_start_ms.max(0.0)
         };
         let service_ms = service_per_unit * self.units + cold_start;
-        let network_ms = routing
-            .network
-            .rtt_ms(self.client.distance_km(&region.point));
         let gpu_seconds = self.model.gpu_seconds_per_unit * self.units;
+        let reserved_price = routing.reserved_cost_per_gpu_second;
         let on_demand_price = region.totals.on_demand_per_gpu_second;
-        let start_ms = st
-            .on_demand_start_ms
-            .map_or(routing.on_demand_start_ms as f64, |ms| ms.max(0.0));
-        // Without a report for the model, assume one job's service time ahead in the queue.
-        let reported_wait = reported.map_or(service_ms, |l| l.expected_wait_ms.max(0.0));
-        let queue_wait = reported_wait
-            + f64::from(excess) * service_per_unit / f64::from(region.reserved_slots().max(1));
-        let queued_class = if region.reserved_slots() > 0 {
-            CapacityClass::Reserved
-        } else {
-            CapacityClass::OnDemand
+        let job = Job {
+            network_ms,
+            service_ms,
+            gpu_seconds,
         };
 
-        let paths = [
-            (
-                free_reserved > 0,
-                SlotPath::ReservedIdle,
-                0.0,
-                CapacityClass::Reserved,
-            ),
-            (
-                free_warm > 0,
-                SlotPath::OnDemandWarm,
-                0.0,
-                CapacityClass::OnDemand,
-            ),
-            (
-                startable > 0,
-                SlotPath::OnDemandStart,
-                start_ms,
-                CapacityClass::OnDemand,
-            ),
-            (queue_room > 0, SlotPath::Queued, queue_wait, queued_class),
-        ];
-        // Rank the ways in by (tier, score, latency); build a candidate only for the best.
-        let mut best: Option<(u8, f64, f64, f64, usize)> = None;
-        for (k, &(open, _, wait_ms, capacity)) in paths.iter().enumerate() {
-            let price = match capacity {
-                _ if !open => continue,
-                CapacityClass::Reserved => routing.reserved_cost_per_gpu_second,
-                // A region without on-demand pools cannot buy capacity.
-                CapacityClass::OnDemand => match on_demand_price {
-                    Some(p) => p,
-                    None => continue,
-                },
-            };
-            let total = network_ms + wait_ms + service_ms;
-            let cost = gpu_seconds * price;
-            let score = cost + self.lambda_per_ms * total;
-            let tier = match (total <= self.goal_ms, capacity) {
-                (true, CapacityClass::Reserved) => 0,
-                (true, CapacityClass::OnDemand) => 1,
-                (false, _) => 2,
-            };
-            let better = best.is_none_or(|(t, s, l, ..)| {
-                tier < t || (tier == t && (score < s || (score == s && total < l)))
-            });
-            if better {
-                best = Some((tier, score, total, cost, k));
+        // Rank the ways in by their keys (tier, score, latency) and build a candidate only
+        // for the best. A way's index sits in the key's low bits, so the first of equals
+        // wins. A region without on-demand pools cannot buy capacity.
+        let mut best = Way::NONE;
+        if free_reserved > 0 {
+            best = best.min(self.way(&job, SlotPath::ReservedIdle, true, 0.0, reserved_price));
+        }
+        if let Some(price) = on_demand_price {
+            if free_warm > 0 {
+                best = best.min(self.way(&job, SlotPath::OnDemandWarm, false, 0.0, price));
+            }
+            if startable > 0 {
+                let start_ms = st
+                    .on_demand_start_ms
+                    .map_or(routing.on_demand_start_ms as f64, |ms| ms.max(0.0));
+                best = best.min(self.way(&job, SlotPath::OnDemandStart, false, start_ms, price));
             }
         }
-        let (tier, score, total, marginal_cost, k) = best?;
-        let (_, path, wait_ms, capacity) = paths[k];
+        // Queued jobs run on reserved slots where the region has any.
+        let queued_on_reserved = region.reserved_slots() > 0;
+        let queued_price = if queued_on_reserved {
+            Some(reserved_price)
+        } else {
+            on_demand_price
+        };
+        if let (true, Some(price)) = (queue_room > 0, queued_price) {
+            // Without a report for the model, assume one job's service time ahead in the queue.
+            let reported_wait = reported.map_or(service_ms, |l| l.expected_wait_ms.max(0.0));
+            let queue_wait = reported_wait
+                + f64::from(excess) * service_per_unit / f64::from(region.reserved_slots().max(1));
+            best = best.min(self.way(
+                &job,
+                SlotPath::Queued,
+                queued_on_reserved,
+                queue_wait,
+                price,
+            ));
+        }
+        if best.key == u128::MAX {
+            return None;
+        }
+        let (path, wait_ms) = (best.path, best.wait_ms);
         Some(Candidate {
             region: r,
             path,
-            capacity,
+            capacity: if best.reserved {
+                CapacityClass::Reserved
+            } else {
+                CapacityClass::OnDemand
+            },
             latency: LatencyEstimate {
                 network_ms,
                 wait_ms,
                 service_ms,
             },
-            marginal_cost,
-            score,
-            meets_goal: tier < 2,
-            rank: Candidate::rank_key(tier, score, total, r),
+            marginal_cost: best.cost,
+            score: Candidate::rank_score(best.key),
+            meets_goal: Candidate::rank_tier(best.key) < 2,
+            rank: (best.key & !0xFFFF) | r as u128,
         })
     }
+
+    /// One way into a region, scored.
+    fn way(&self, job: &Job, path: SlotPath, reserved: bool, wait_ms: f64, price: f64) -> Way {
+        let total = job.network_ms + wait_ms + job.service_ms;
+        let cost = job.gpu_seconds * price;
+        let score = cost + self.lambda_per_ms * total;
+        let tier = match (total <= self.goal_ms, reserved) {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, _) => 2,
+        };
+        Way {
+            key: Candidate::rank_key(tier, score, total, path as usize),
+            cost,
+            wait_ms,
+            path,
+            reserved,
+        }
+    }
 }
+
+/// What a way into a region adds its wait and price to.
+struct Job {
+    network_ms: f64,
+    service_ms: f64,
+    gpu_seconds: f64,
+}
+
+/// A way into a region with its rank key; the smaller key is the better way.
+#[derive(Clone, Copy)]
+struct Way {
+    key: u128,
+    cost: f64,
+    wait_ms: f64,
+    path: SlotPath,
+    reserved: bool,
+}
+
+impl Way {
+    const NONE: Way = Way {
+        key: u128::MAX,
+        cost: 0.0,
+        wait_ms: 0.0,
+        path: SlotPath::Queued,
+        reserved: false,
+    };
+
+    fn min(self, other: Way) -> Way {
+        if other.key < self.key { other } else { self }
+    }
+}
+
+/// What is assumed for a model its agent has not reported (see [`ModelLoad::default`]).
+static UNREPORTED: ModelLoad = ModelLoad {
+    queue_depth: 0,
+    queue_room: u32::MAX,
+    expected_wait_ms: 0.0,
+    service_ms_per_unit: None,
+    loaded: true,
+    cold_start_ms: 0.0,
+};
 
 /// Takes up to `*demand` from `available`, returning what is left of `available`.
 fn take(demand: &mut u32, available: u32) -> u32 {
     let used = (*demand).min(available);
     *demand -= used;
     available - used
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreported_model_gets_the_default_load() {
+        assert_eq!(UNREPORTED, ModelLoad::default());
+    }
 }

@@ -233,6 +233,7 @@ impl CatalogSpec {
             models,
             tenants,
             warnings: report.warnings,
+            generation: Catalog::next_generation(),
         };
         tracing::debug!(
             regions = catalog.regions.len(),
