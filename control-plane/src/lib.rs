@@ -12,6 +12,8 @@
 //! - [`api`]: the HTTP/JSON API (admin, edge, agent), with [`changes`] waking long polls;
 //!   [`config`] and [`server::run`]: the
 //!   `control-plane serve` command.
+//! - [`usage`]: usage records and their totals per day and month, kept exact under
+//!   at-least-once delivery.
 //! - [`offline`]: catalog checks that need no running control plane.
 
 pub mod api;
@@ -22,5 +24,6 @@ pub mod records;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod usage;
 
 pub use server::run;

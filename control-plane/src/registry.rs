@@ -18,6 +18,7 @@ use crate::api::ApiError;
 use crate::records::{self, CatalogRecord, KEYS, LIVE, ROOT, SETTINGS_KEY};
 use crate::store::versioned::{self, Versioned};
 use crate::store::{AnyStore, Revision, Store, StoreError};
+use crate::usage::{MonthlySpend, SPEND};
 
 /// Everything under [`ROOT`], read at one revision.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +33,8 @@ pub struct StoredState {
     pub keys: Vec<ApiKeyRecord>,
     /// Every region's live status.
     pub live: Vec<RegionLive>,
+    /// Every tenant's spend, every month.
+    pub spend: Vec<MonthlySpend>,
 }
 
 impl StoredState {
@@ -67,6 +70,8 @@ pub async fn read_state(store: &AnyStore) -> Result<StoredState, ApiError> {
             state.keys.push(versioned::decode(value)?);
         } else if key.starts_with(LIVE) {
             state.live.push(versioned::decode(value)?);
+        } else if key.starts_with(SPEND) {
+            state.spend.push(versioned::decode(value)?);
         } else {
             // A record kind this build does not know (written by a newer one): leave it.
             continue;

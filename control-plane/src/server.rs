@@ -33,7 +33,7 @@ pub async fn run(
             .await
             .context("apply the seed catalog")?;
     }
-    let changes = ChangeFeed::start(store.clone(), shutdown.clone())
+    let changes = ChangeFeed::start(store.clone(), config.api.spend_refresh, shutdown.clone())
         .await
         .context("follow the store's changes")?;
     let state = AppState::new(store.clone(), changes, config.api, shutdown.clone());

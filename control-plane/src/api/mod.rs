@@ -4,7 +4,7 @@
 //! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys.
 //! - [`edge`] (`/edge/v1/…`, edge token): the versioned snapshot edges route with.
 //! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
-//!   [`usage`]: their usage reports (and the admin's reading of them).
+//!   [`usage`]: their usage reports (and the admin's reading of them, totals and spend).
 //!
 //! Every answer that is not a success is an [`ApiError`] with a JSON body.
 
@@ -73,6 +73,8 @@ pub struct ApiSettings {
     pub agent_lease_ttl: Duration,
     /// Longest long poll a snapshot request may ask for.
     pub max_poll_wait: Duration,
+    /// Least time between two wake-ups of waiting edges for spend changes alone.
+    pub spend_refresh: Duration,
 }
 
 /// State shared by every handler.
@@ -87,6 +89,7 @@ struct Shared {
     changes: ChangeFeed,
     settings: ApiSettings,
     shutdown: CancellationToken,
+    usage_writes: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -104,6 +107,7 @@ impl AppState {
                 changes,
                 settings,
                 shutdown,
+                usage_writes: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -126,6 +130,11 @@ impl AppState {
     /// The API's settings.
     pub fn settings(&self) -> &ApiSettings {
         &self.inner.settings
+    }
+
+    /// Taken while a usage batch is written, so this server's batches take turns.
+    pub fn usage_writes(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.usage_writes
     }
 
     /// Cancelled when the server shuts down.

@@ -11,6 +11,7 @@ mod client;
 mod edge_agent;
 mod server;
 mod usage;
+mod usage_totals;
 
 /// Runs every named scenario against both backends: `scenario(Backend) -> impl Future`.
 #[macro_export]
