@@ -36,6 +36,11 @@ pub async fn run(
     let changes = ChangeFeed::start(store.clone(), config.api.spend_refresh, shutdown.clone())
         .await
         .context("follow the store's changes")?;
+    tokio::spawn(crate::reservations::run_clock(
+        store.clone(),
+        changes.clone(),
+        shutdown.clone(),
+    ));
     let state = AppState::new(store.clone(), changes, config.api, shutdown.clone());
     let app = api::router(state);
     let address = listener

@@ -346,3 +346,38 @@ pub struct SpendReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_gpu_seconds: Option<f64>,
 }
+
+/// A commitment to pay for GPUs of one pool over a period, used or not.
+///
+/// While a pool has active reservations (start ≤ now < end), the catalog edges receive
+/// gives it their summed GPUs as its `reserved` count and their GPU-weighted average price
+/// as its `reserved_price_per_hour`; a pool without any keeps the values it is configured
+/// with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    /// Id: 1–63 characters of a–z, 0–9 and '-', starting with a letter.
+    pub id: String,
+    /// Region holding the GPUs.
+    pub region: String,
+    /// Pool of that region.
+    pub pool: String,
+    /// GPUs committed (at least 1).
+    pub gpus: i64,
+    /// Committed price per GPU-hour, in the catalog's currency.
+    pub price_per_gpu_hour: f64,
+    /// Start, Unix ms (included).
+    pub start_ms: i64,
+    /// End, Unix ms (excluded); after the start.
+    pub end_ms: i64,
+    /// Free text, e.g. the contract's reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Reservation {
+    /// Whether the reservation holds at `unix_ms`.
+    pub fn active_at(&self, unix_ms: i64) -> bool {
+        self.start_ms <= unix_ms && unix_ms < self.end_ms
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! `GET /edge/v1/snapshot` answers the whole catalog, every API key's record (hashes only),
 //! the live status of every registered region and every tenant's spend in the current UTC
-//! month, read at one store revision (also in the `ETag`). `GET /edge/v1/snapshot?after=REV&wait=SECS` long-polls: it answers the new full
+//! month, read at one store revision (also in the `ETag`). The catalog's pools carry the
+//! reserved capacity of their active reservations ([`crate::reservations`]). `GET /edge/v1/snapshot?after=REV&wait=SECS` long-polls: it answers the new full
 //! snapshot as soon as anything an edge sees changed after `REV`, or `304 Not Modified` when
 //! nothing did within `wait` seconds. When `REV` is older than what the control plane has
 //! followed since it started (so its history may be compacted), or newer than the store (as
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, etag};
 use crate::registry::read_state;
+use crate::reservations;
 use crate::store::{Revision, Store};
 use crate::usage::{self, MonthlySpend};
 
@@ -67,7 +69,11 @@ async fn snapshot(
     let stored = read_state(state.store()).await?;
     let body = Snapshot {
         revision: stored.revision,
-        catalog: stored.spec,
+        catalog: reservations::effective_catalog(
+            &stored.spec,
+            &stored.reservations,
+            &stored.active_reservations,
+        ),
         keys: stored.keys,
         regions: stored.live,
         spend: current_spend(&stored.spend),

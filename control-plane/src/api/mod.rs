@@ -1,7 +1,8 @@
 //! The control plane's HTTP/JSON API: one router, three audiences, each behind its own
 //! bearer token.
 //!
-//! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys.
+//! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys;
+//!   [`reservations`]: GPU reservations.
 //! - [`edge`] (`/edge/v1/…`, edge token): the versioned snapshot edges route with.
 //! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
 //!   [`usage`]: their usage reports (and the admin's reading of them, totals and spend).
@@ -14,6 +15,7 @@ pub mod edge;
 mod error;
 mod extract;
 mod keys;
+pub mod reservations;
 pub mod usage;
 
 use std::sync::Arc;
@@ -148,6 +150,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.settings().max_body_bytes;
     let admin = admin::routes()
         .merge(keys::routes())
+        .merge(reservations::routes())
         .merge(usage::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
     let edge = edge::routes().route_layer(middleware::from_fn_with_state(state.clone(), edge_auth));
