@@ -15,16 +15,15 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use control_plane_client::wire::{Snapshot, TenantSpend};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, etag};
+use super::{ApiError, AppState, Routes, etag};
 use crate::registry::read_state;
 use crate::reservations;
 use crate::store::{Revision, Store};
@@ -34,8 +33,8 @@ use crate::usage::{self, MonthlySpend};
 const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// The edge routes (without authentication; the router adds it).
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/edge/v1/snapshot", get(snapshot))
+pub fn routes() -> Routes {
+    Routes::new().get("/edge/v1/snapshot", snapshot)
 }
 
 /// Query of a snapshot request.

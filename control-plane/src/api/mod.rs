@@ -7,6 +7,8 @@
 //! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
 //!   [`usage`]: their usage reports (and the admin's reading of them, totals and spend).
 //!
+//! [`openapi`] serves the OpenAPI document of all of it at `/openapi.json` (no token).
+//!
 //! Every answer that is not a success is an [`ApiError`] with a JSON body.
 
 pub mod admin;
@@ -15,7 +17,9 @@ pub mod edge;
 mod error;
 mod extract;
 mod keys;
+pub mod openapi;
 pub mod reservations;
+mod routes;
 pub mod usage;
 
 use std::sync::Arc;
@@ -32,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use extract::{JsonBody, etag, precondition};
+pub use routes::Routes;
 
 use crate::changes::ChangeFeed;
 use crate::registry::Registry;
@@ -145,22 +150,44 @@ impl AppState {
     }
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    let limit = state.settings().max_body_bytes;
-    let admin = admin::routes()
+/// The admin API's routes.
+fn admin_routes() -> Routes {
+    admin::routes()
         .merge(keys::routes())
         .merge(reservations::routes())
         .merge(usage::admin_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
-    let edge = edge::routes().route_layer(middleware::from_fn_with_state(state.clone(), edge_auth));
-    let agent = agent::routes()
-        .merge(usage::agent_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), agent_auth));
-    Router::new()
+}
+
+/// The agent API's routes.
+fn agent_routes() -> Routes {
+    agent::routes().merge(usage::agent_routes())
+}
+
+/// The `(method, path)` of every route the API serves, paths written as in the router
+/// and the OpenAPI document (`/admin/v1/regions/{id}`).
+pub fn route_table() -> Vec<(axum::http::Method, String)> {
+    let all = openapi::routes()
+        .merge(admin_routes())
+        .merge(edge::routes())
+        .merge(agent_routes());
+    all.into_parts().1
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings().max_body_bytes;
+    let admin = admin_routes()
+        .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), admin_auth)));
+    let edge = edge::routes()
+        .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), edge_auth)));
+    let agent = agent_routes()
+        .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), agent_auth)));
+    let (routes, _) = openapi::routes()
         .merge(admin)
         .merge(edge)
         .merge(agent)
+        .into_parts();
+    routes
         .fallback(|request: Request| async move {
             ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path()))
         })

@@ -13,27 +13,26 @@
 //! price is a finite number ≥ 0 and the end is after the start (422 with each problem's
 //! path and fix; nothing is written).
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use control_plane_client::wire::{Listed, Reservation};
 
-use super::{ApiError, AppState, JsonBody, etag, precondition};
+use super::{ApiError, AppState, JsonBody, Routes, etag, precondition};
 use crate::registry::{Precondition, read_state};
 use crate::reservations::{self, RESERVATIONS, reservation_key};
 use crate::store::versioned;
 use crate::store::{Store, StoreError};
 
 /// The reservation routes (without authentication; the router adds it).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/v1/reservations", get(list).post(create))
-        .route(
-            "/admin/v1/reservations/{id}",
-            get(get_one).put(put_one).delete(delete_one),
-        )
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/admin/v1/reservations", list)
+        .post("/admin/v1/reservations", create)
+        .get("/admin/v1/reservations/{id}", get_one)
+        .put("/admin/v1/reservations/{id}", put_one)
+        .delete("/admin/v1/reservations/{id}", delete_one)
 }
 
 fn not_found(id: &str) -> ApiError {

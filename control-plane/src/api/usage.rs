@@ -15,16 +15,16 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::{Json, Router};
 use control_plane_client::wire::{
     ErrorDetail, Listed, SpendReport, UsageBatch, UsageReceipt, UsageRecord, UsageReport, UsageRow,
 };
 use policy::{ModelId, RegionId, TenantId, TenantSpec};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, JsonBody};
+use super::{ApiError, AppState, JsonBody, Routes};
 use crate::records::{CatalogRecord, USAGE};
 use crate::store::Store;
 use crate::store::versioned;
@@ -34,19 +34,16 @@ use crate::usage::{self, MAX_VALUE, Totals};
 pub const MAX_BATCH: usize = 1000;
 
 /// The agent's ingestion route (authentication is added by the router).
-pub fn agent_routes() -> Router<AppState> {
-    Router::new().route("/agent/v1/usage", axum::routing::post(ingest))
+pub fn agent_routes() -> Routes {
+    Routes::new().post("/agent/v1/usage", ingest)
 }
 
 /// The admin's reading routes (authentication is added by the router).
-pub fn admin_routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/v1/usage", axum::routing::get(report))
-        .route("/admin/v1/usage/records", axum::routing::get(list))
-        .route(
-            "/admin/v1/tenants/{tenant}/spend",
-            axum::routing::get(tenant_spend),
-        )
+pub fn admin_routes() -> Routes {
+    Routes::new()
+        .get("/admin/v1/usage", report)
+        .get("/admin/v1/usage/records", list)
+        .get("/admin/v1/tenants/{tenant}/spend", tenant_spend)
 }
 
 fn is_job_id(id: &str) -> bool {

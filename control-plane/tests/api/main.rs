@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod client;
 mod edge_agent;
+mod openapi;
 mod reservations;
 mod server;
 mod usage;
