@@ -210,4 +210,55 @@ mod tests {
             embedded.close().await;
         }
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spend_changes_are_coalesced_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::open(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let refresh = Duration::from_millis(400);
+        let feed = ChangeFeed::start(store.clone(), refresh, shutdown.clone())
+            .await
+            .unwrap();
+        let mut published = feed.latest.clone();
+        let counter = tokio::spawn(async move {
+            let mut wakes = 0_u32;
+            while published.changed().await.is_ok() {
+                wakes += 1;
+            }
+            wakes
+        });
+        let started = tokio::time::Instant::now();
+        let mut last = 0;
+        for i in 0..30 {
+            last = store
+                .put(&format!("{SPEND}2025-01/t{}", i % 3), b"1".to_vec(), None)
+                .await
+                .unwrap();
+        }
+        // The last spend change is published in time, though not at once for every write.
+        assert!(feed.changed_after(last - 1, Duration::from_secs(15)).await);
+        let elapsed = started.elapsed();
+        // A catalog change is published at once, whatever spend is pending.
+        let catalog = store
+            .put("/meridian/v1/tenants/x", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(
+            feed.changed_after(catalog - 1, Duration::from_secs(15))
+                .await
+        );
+        shutdown.cancel();
+        let wakes = counter.await.unwrap();
+        let allowed = 2 + u32::try_from(elapsed.as_millis() / refresh.as_millis()).unwrap();
+        assert!(
+            wakes <= allowed + 1,
+            "{wakes} wake-ups for 30 spend writes in {elapsed:?} (at most {allowed} + 1 allowed)"
+        );
+        if let AnyStore::Embedded(embedded) = &store {
+            embedded.close().await;
+        }
+    }
 }

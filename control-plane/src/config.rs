@@ -384,6 +384,7 @@ mod tests {
             edge_token = "same-token-0123456789"
             agent_token = "same-token-0123456789"
             agent_lease_ttl_secs = 0
+            spend_refresh_ms = 10
             [store]
             backend = "etcd"
             endpoints = []
@@ -400,6 +401,7 @@ mod tests {
                 "admin_token",
                 "agent_token",
                 "agent_lease_ttl_secs",
+                "spend_refresh_ms",
                 "store.endpoints"
             ]
         );
