@@ -8,6 +8,11 @@
 //! snapshot, which is always correct). When the watch breaks or its history was compacted,
 //! the feed reconnects and, if events may have been missed, publishes the store's current
 //! revision, which again only wakes polls early.
+//!
+//! Tenants' spend (under [`SPEND`]) changes with every usage batch. Waking every edge for
+//! each would have them fetch snapshots nonstop, so a change of spend alone is published at
+//! most once per `spend_refresh` (the first after a quiet spell at once); any other change
+//! is published at once and covers the spend written before it.
 
 use std::time::Duration;
 
@@ -16,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::records::ROOT;
 use crate::store::{AnyStore, Revision, Store, StoreError};
+use crate::usage::SPEND;
 
 /// Pause before re-establishing a broken watch.
 const RETRY: Duration = Duration::from_millis(200);
@@ -27,12 +33,27 @@ pub struct ChangeFeed {
 }
 
 impl ChangeFeed {
-    /// Starts following `store`; the task ends when `shutdown` is cancelled.
-    pub async fn start(store: AnyStore, shutdown: CancellationToken) -> Result<Self, StoreError> {
+    /// Starts following `store`, publishing spend-only changes at most once per
+    /// `spend_refresh`; the task ends when `shutdown` is cancelled.
+    pub async fn start(
+        store: AnyStore,
+        spend_refresh: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StoreError> {
         let start = store.revision().await?;
         let (publish, latest) = watch::channel(start);
-        tokio::spawn(follow(store, start + 1, publish, shutdown));
+        let feed = Follower {
+            store,
+            publish,
+            spend_refresh,
+        };
+        tokio::spawn(feed.follow(start + 1, shutdown));
         Ok(Self { latest })
+    }
+
+    /// The revision of the latest change published.
+    pub fn latest(&self) -> Revision {
+        *self.latest.borrow()
     }
 
     /// Waits until a change after `after` is known (`true`) or `wait` passes (`false`).
@@ -44,56 +65,84 @@ impl ChangeFeed {
     }
 }
 
-async fn follow(
+/// The task behind a [`ChangeFeed`].
+struct Follower {
     store: AnyStore,
-    mut from: Revision,
     publish: watch::Sender<Revision>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let mut events = tokio::select! {
-            watch = store.watch(ROOT, from) => match watch {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the store; retrying");
-                    from = resync(&store, &publish, from).await;
-                    if pause(&shutdown).await { return; }
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+    spend_refresh: Duration,
+}
+
+impl Follower {
+    async fn follow(self, mut from: Revision, shutdown: CancellationToken) {
+        let store = &self.store;
+        let publish = &self.publish;
+        // The latest spend-only change not yet published.
+        let mut pending: Option<Revision> = None;
+        let mut spend_tick = tokio::time::interval(self.spend_refresh);
+        spend_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let item = tokio::select! {
-                item = events.next() => item,
+            let mut events = tokio::select! {
+                watch = store.watch(ROOT, from) => match watch {
+                    Ok(events) => events,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the store; retrying");
+                        from = resync(store, publish, from).await;
+                        pending = None;
+                        if pause(&shutdown).await { return; }
+                        continue;
+                    }
+                },
                 () = shutdown.cancelled() => return,
             };
-            match item {
-                Some(Ok(event)) => {
-                    let revision = event.mod_revision();
-                    from = revision + 1;
-                    publish.send_if_modified(|latest| {
-                        let newer = revision > *latest;
-                        if newer {
-                            *latest = revision;
+            loop {
+                let item = tokio::select! {
+                    item = events.next() => item,
+                    _ = spend_tick.tick(), if pending.is_some() => {
+                        if let Some(revision) = pending.take() {
+                            raise(publish, revision);
                         }
-                        newer
-                    });
-                }
-                Some(Err(e)) => {
-                    if !matches!(e, StoreError::Compacted { .. }) {
-                        tracing::warn!(error = %e, "the store's watch failed; re-establishing it");
+                        continue;
                     }
-                    from = resync(&store, &publish, from).await;
-                    break;
+                    () = shutdown.cancelled() => return,
+                };
+                match item {
+                    Some(Ok(event)) => {
+                        let revision = event.mod_revision();
+                        from = revision + 1;
+                        if event.key().starts_with(SPEND) {
+                            pending = Some(revision);
+                        } else {
+                            raise(publish, revision);
+                            pending = pending.filter(|p| *p > revision);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        if !matches!(e, StoreError::Compacted { .. }) {
+                            tracing::warn!(error = %e, "the store's watch failed; re-establishing it");
+                        }
+                        from = resync(store, publish, from).await;
+                        pending = None;
+                        break;
+                    }
+                    None => break,
                 }
-                None => break,
+            }
+            if pause(&shutdown).await {
+                return;
             }
         }
-        if pause(&shutdown).await {
-            return;
-        }
     }
+}
+
+/// Publishes `revision` if it is newer than the latest published.
+fn raise(publish: &watch::Sender<Revision>, revision: Revision) {
+    publish.send_if_modified(|latest| {
+        let newer = revision > *latest;
+        if newer {
+            *latest = revision;
+        }
+        newer
+    });
 }
 
 /// After events may have been missed: publishes the store's current revision (waking every
@@ -101,13 +150,7 @@ async fn follow(
 async fn resync(store: &AnyStore, publish: &watch::Sender<Revision>, from: Revision) -> Revision {
     match store.revision().await {
         Ok(now) => {
-            publish.send_if_modified(|latest| {
-                let newer = now > *latest;
-                if newer {
-                    *latest = now;
-                }
-                newer
-            });
+            raise(publish, now);
             now + 1
         }
         Err(_) => from,
@@ -140,7 +183,7 @@ mod tests {
             .await
             .unwrap();
         let shutdown = CancellationToken::new();
-        let feed = ChangeFeed::start(store.clone(), shutdown.clone())
+        let feed = ChangeFeed::start(store.clone(), Duration::from_millis(300), shutdown.clone())
             .await
             .unwrap();
         let short = Duration::from_millis(200);
@@ -163,6 +206,57 @@ mod tests {
         assert!(waiting.await.unwrap());
 
         shutdown.cancel();
+        if let AnyStore::Embedded(embedded) = &store {
+            embedded.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spend_changes_are_coalesced_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::open(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let refresh = Duration::from_millis(400);
+        let feed = ChangeFeed::start(store.clone(), refresh, shutdown.clone())
+            .await
+            .unwrap();
+        let mut published = feed.latest.clone();
+        let counter = tokio::spawn(async move {
+            let mut wakes = 0_u32;
+            while published.changed().await.is_ok() {
+                wakes += 1;
+            }
+            wakes
+        });
+        let started = tokio::time::Instant::now();
+        let mut last = 0;
+        for i in 0..30 {
+            last = store
+                .put(&format!("{SPEND}2025-01/t{}", i % 3), b"1".to_vec(), None)
+                .await
+                .unwrap();
+        }
+        // The last spend change is published in time, though not at once for every write.
+        assert!(feed.changed_after(last - 1, Duration::from_secs(15)).await);
+        let elapsed = started.elapsed();
+        // A catalog change is published at once, whatever spend is pending.
+        let catalog = store
+            .put("/meridian/v1/tenants/x", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(
+            feed.changed_after(catalog - 1, Duration::from_secs(15))
+                .await
+        );
+        shutdown.cancel();
+        let wakes = counter.await.unwrap();
+        let allowed = 2 + u32::try_from(elapsed.as_millis() / refresh.as_millis()).unwrap();
+        assert!(
+            wakes <= allowed + 1,
+            "{wakes} wake-ups for 30 spend writes in {elapsed:?} (at most {allowed} + 1 allowed)"
+        );
         if let AnyStore::Embedded(embedded) = &store {
             embedded.close().await;
         }

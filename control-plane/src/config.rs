@@ -46,6 +46,12 @@ pub struct ConfigFile {
     /// Longest long poll of a snapshot, in seconds (1–600). Default 60.
     #[serde(default = "default_poll_wait")]
     pub max_poll_wait_secs: u64,
+    /// Milliseconds between spend updates sent to waiting edges (100–600000): usage changes
+    /// a tenant's month-to-date spend with every batch, and waking every edge for each would
+    /// flood them, so spend changes are passed on at most this often (catalog changes at
+    /// once). Default 5000.
+    #[serde(default = "default_spend_refresh")]
+    pub spend_refresh_ms: u64,
 }
 
 fn default_listen() -> String {
@@ -59,6 +65,9 @@ fn default_lease_ttl() -> u64 {
 }
 fn default_poll_wait() -> u64 {
     60
+}
+fn default_spend_refresh() -> u64 {
+    5000
 }
 
 /// The store section: `backend = "embedded"` (default) or `backend = "etcd"`.
@@ -245,6 +254,13 @@ impl ConfigFile {
                 "set e.g. 60",
             );
         }
+        if !bounded(self.spend_refresh_ms, 100, 600_000) {
+            problem(
+                "spend_refresh_ms",
+                format!("{} is outside 100–600000", self.spend_refresh_ms),
+                "set how stale an edge's view of spend may get, e.g. 5000",
+            );
+        }
         let store = match &self.store {
             StoreFile::Embedded { data_dir } => {
                 if data_dir.as_os_str().is_empty() {
@@ -305,6 +321,7 @@ impl ConfigFile {
                     max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
                     agent_lease_ttl: Duration::from_secs(self.agent_lease_ttl_secs),
                     max_poll_wait: Duration::from_secs(self.max_poll_wait_secs),
+                    spend_refresh: Duration::from_millis(self.spend_refresh_ms),
                 },
                 store,
                 seed_catalog,
@@ -367,6 +384,7 @@ mod tests {
             edge_token = "same-token-0123456789"
             agent_token = "same-token-0123456789"
             agent_lease_ttl_secs = 0
+            spend_refresh_ms = 10
             [store]
             backend = "etcd"
             endpoints = []
@@ -383,6 +401,7 @@ mod tests {
                 "admin_token",
                 "agent_token",
                 "agent_lease_ttl_secs",
+                "spend_refresh_ms",
                 "store.endpoints"
             ]
         );

@@ -12,6 +12,9 @@
 //! - [`api`]: the HTTP/JSON API (admin, edge, agent), with [`changes`] waking long polls;
 //!   [`config`] and [`server::run`]: the
 //!   `control-plane serve` command.
+//! - [`reservations`]: GPU reservations and the clock that applies them to the catalog.
+//! - [`usage`]: usage records and their totals per day and month, kept exact under
+//!   at-least-once delivery.
 //! - [`offline`]: catalog checks that need no running control plane.
 
 pub mod api;
@@ -20,7 +23,9 @@ pub mod config;
 pub mod offline;
 pub mod records;
 pub mod registry;
+pub mod reservations;
 pub mod server;
 pub mod store;
+pub mod usage;
 
 pub use server::run;

@@ -11,9 +11,11 @@
 //! /meridian/v1/tenants/<id>               TenantSpec
 //! /meridian/v1/keys/<key id>              ApiKeyRecord (hash only)
 //! /meridian/v1/live/<region id>           RegionLive, attached to the agent's lease
+//! /meridian/v1/spend/<YYYY-MM>/<tenant>   MonthlySpend (see crate::usage)
 //! ```
 //!
-//! Bookkeeping that edges do not need lives outside [`ROOT`] (under `/meridian/meta/`).
+//! Bookkeeping that edges do not need lives outside [`ROOT`]: `/meridian/meta/`, usage
+//! records (`/meridian/usage/v1/`) and daily usage totals (`/meridian/usage-daily/v1/`).
 //! Every value is wrapped in the [`versioned`](crate::store::versioned) envelope.
 
 use control_plane_client::wire::{RegionLive, Settings, UsageRecord};

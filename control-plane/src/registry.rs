@@ -9,15 +9,17 @@
 
 use std::collections::HashMap;
 
-use control_plane_client::wire::{ErrorDetail, RegionLive, Settings};
+use control_plane_client::wire::{ErrorDetail, RegionLive, Reservation, Settings};
 use policy::spec::JurisdictionSpec;
 use policy::{ApiKeyRecord, CatalogSpec, ConfigErrors, ModelSpec, RegionSpec, TenantSpec};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::api::ApiError;
 use crate::records::{self, CatalogRecord, KEYS, LIVE, ROOT, SETTINGS_KEY};
+use crate::reservations::{ACTIVE_KEY, ActiveReservations, RESERVATIONS, check_references};
 use crate::store::versioned::{self, Versioned};
 use crate::store::{AnyStore, Revision, Store, StoreError};
+use crate::usage::{MonthlySpend, SPEND};
 
 /// Everything under [`ROOT`], read at one revision.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +34,12 @@ pub struct StoredState {
     pub keys: Vec<ApiKeyRecord>,
     /// Every region's live status.
     pub live: Vec<RegionLive>,
+    /// Every tenant's spend, every month.
+    pub spend: Vec<MonthlySpend>,
+    /// Every GPU reservation.
+    pub reservations: Vec<Reservation>,
+    /// Which reservations hold now, as the reservation clock last wrote it.
+    pub active_reservations: ActiveReservations,
 }
 
 impl StoredState {
@@ -67,6 +75,12 @@ pub async fn read_state(store: &AnyStore) -> Result<StoredState, ApiError> {
             state.keys.push(versioned::decode(value)?);
         } else if key.starts_with(LIVE) {
             state.live.push(versioned::decode(value)?);
+        } else if key.starts_with(SPEND) {
+            state.spend.push(versioned::decode(value)?);
+        } else if key.starts_with(RESERVATIONS) {
+            state.reservations.push(versioned::decode(value)?);
+        } else if key == ACTIVE_KEY {
+            state.active_reservations = versioned::decode(value)?;
         } else {
             // A record kind this build does not know (written by a newer one): leave it.
             continue;
@@ -89,7 +103,7 @@ pub enum Precondition {
 
 impl Precondition {
     /// The mod revision the compare-and-set expects, given the one read (`None`: absent).
-    fn expected(self, current: Option<Revision>) -> Result<Revision, ApiError> {
+    pub fn expected(self, current: Option<Revision>) -> Result<Revision, ApiError> {
         let actual = current.unwrap_or(0);
         let expected = match self {
             Self::None => actual,
@@ -179,6 +193,7 @@ impl Registry {
             }
         }
         check(&state.spec)?;
+        check_references(&state.spec, &state.reservations)?;
         let revision = self
             .store
             .compare_and_put(&key, expected, value, None)
@@ -207,6 +222,7 @@ impl Registry {
             check_no_live_keys(id, &state.keys)?;
         }
         check(&state.spec)?;
+        check_references(&state.spec, &state.reservations)?;
         match self.store.compare_and_delete(&key, expected).await {
             Ok(revision) => Ok(revision),
             Err(StoreError::NotFound { .. }) => Err(not_found::<T>(id)),

@@ -33,9 +33,14 @@ pub async fn run(
             .await
             .context("apply the seed catalog")?;
     }
-    let changes = ChangeFeed::start(store.clone(), shutdown.clone())
+    let changes = ChangeFeed::start(store.clone(), config.api.spend_refresh, shutdown.clone())
         .await
         .context("follow the store's changes")?;
+    tokio::spawn(crate::reservations::run_clock(
+        store.clone(),
+        changes.clone(),
+        shutdown.clone(),
+    ));
     let state = AppState::new(store.clone(), changes, config.api, shutdown.clone());
     let app = api::router(state);
     let address = listener

@@ -8,7 +8,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use control_plane::store::{AnyStore, LeaseId, Store, StoreConfig, StoreError, WatchEvent};
+use control_plane::store::{
+    AnyStore, LeaseId, Store, StoreConfig, StoreError, Transaction, WatchEvent,
+};
 use support::{PATIENCE, next_event, next_item};
 
 fn put_event(key: &str, value: &str, mod_revision: i64) -> WatchEvent {
@@ -378,6 +380,58 @@ async fn revoke_deletes_keys_and_notifies_watchers<S: Store + 'static>(store: Ar
     );
 }
 
+/// A transaction writes all its keys at one revision when every compare holds, and nothing
+/// otherwise, naming the compare that failed.
+async fn transactions_are_all_or_nothing<S: Store + 'static>(store: Arc<S>) {
+    let r1 = store.put("t/a", b"1".to_vec(), None).await.unwrap();
+    let mut watch = store.watch("t/", r1 + 1).await.unwrap();
+    let txn = |a: i64, b: i64, value: &str| Transaction {
+        compares: vec![("t/a".into(), a), ("t/b".into(), b)],
+        puts: vec![
+            ("t/a".into(), value.as_bytes().to_vec()),
+            ("t/b".into(), value.as_bytes().to_vec()),
+        ],
+    };
+    let r2 = store.transact(txn(r1, 0, "2")).await.unwrap();
+    assert_eq!(r2, r1 + 1, "one transaction is one revision");
+    for key in ["t/a", "t/b"] {
+        let kv = store.get(key).await.unwrap().unwrap();
+        assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"2"[..], r2));
+    }
+    assert_eq!(next_event(&mut watch).await, put_event("t/a", "2", r2));
+    assert_eq!(next_event(&mut watch).await, put_event("t/b", "2", r2));
+
+    // The second compare fails: nothing is written, and the conflict names it.
+    assert_eq!(
+        store.transact(txn(r2, 0, "3")).await,
+        Err(StoreError::Conflict {
+            expected: 0,
+            actual: r2
+        })
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        r2,
+        "a failed txn writes nothing"
+    );
+    assert_eq!(store.get("t/a").await.unwrap().unwrap().value, b"2");
+
+    // Malformed transactions are refused before they reach the store.
+    let twice = Transaction {
+        compares: Vec::new(),
+        puts: vec![("t/c".into(), b"1".to_vec()), ("t/c".into(), b"2".to_vec())],
+    };
+    assert!(matches!(
+        store.transact(twice).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        store.transact(Transaction::default()).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(store.revision().await.unwrap(), r2);
+}
+
 /// Runs every named case against both backends.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -415,6 +469,7 @@ conformance!(
     lease_expiry_deletes_keys_and_notifies_watchers,
     keep_alive_keeps_keys,
     revoke_deletes_keys_and_notifies_watchers,
+    transactions_are_all_or_nothing,
 );
 
 /// The store the control plane holds opens either backend from its configuration.

@@ -11,8 +11,31 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     AgentReport, CreatedKey, ErrorBody, ErrorInfo, KeyView, Listed, NewKeyRequest, Registration,
-    Snapshot, UsageBatch, UsageReceipt, UsageRecord,
+    Snapshot, SpendReport, UsageBatch, UsageReceipt, UsageRecord, UsageReport,
 };
+
+/// What a usage report covers and how it is grouped; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UsageQuery {
+    /// Only this tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Only this model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Only this region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// First UTC day, `YYYY-MM-DD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Last UTC day, `YYYY-MM-DD` (included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Comma list of `tenant`, `model`, `region`, `day` (default all four).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+}
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +251,35 @@ impl ControlPlane {
     pub async fn keys(&self, tenant: &str) -> Result<Listed<KeyView>> {
         let path = format!("/admin/v1/tenants/{tenant}/keys");
         json(self.request(Method::GET, &path).send().await?).await
+    }
+
+    /// Usage totals per group over a range of UTC days.
+    pub async fn usage(&self, query: &UsageQuery) -> Result<UsageReport> {
+        json(
+            self.request(Method::GET, "/admin/v1/usage")
+                .query(query)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// The stored usage records, optionally of one tenant.
+    pub async fn usage_records(&self, tenant: Option<&str>) -> Result<Listed<UsageRecord>> {
+        let mut request = self.request(Method::GET, "/admin/v1/usage/records");
+        if let Some(tenant) = tenant {
+            request = request.query(&[("tenant", tenant)]);
+        }
+        json(request.send().await?).await
+    }
+
+    /// A tenant's spend in a UTC month (`YYYY-MM`; `None`: the current month).
+    pub async fn spend(&self, tenant: &str, month: Option<&str>) -> Result<SpendReport> {
+        let mut request = self.request(Method::GET, &format!("/admin/v1/tenants/{tenant}/spend"));
+        if let Some(month) = month {
+            request = request.query(&[("month", month)]);
+        }
+        json(request.send().await?).await
     }
 
     /// Revokes one of the tenant's keys.

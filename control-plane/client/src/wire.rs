@@ -274,3 +274,110 @@ pub struct UsageReceipt {
     /// Records whose job id was stored before (a redelivery), ignored.
     pub duplicates: usize,
 }
+
+/// What a set of jobs used, summed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    /// Jobs counted.
+    pub jobs: u64,
+    /// Units of work billed (summed across models, whatever their unit).
+    pub units: f64,
+    /// GPU-seconds on reserved capacity.
+    pub reserved_gpu_seconds: f64,
+    /// GPU-seconds on on-demand capacity.
+    pub on_demand_gpu_seconds: f64,
+    /// Money charged, in the catalog's currency.
+    pub cost: f64,
+}
+
+/// One row of a usage report: the totals of one group. A dimension the report is not
+/// grouped by is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// Tenant id, when grouped by tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Model id, when grouped by model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Region id, when grouped by region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// UTC day `YYYY-MM-DD`, when grouped by day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    /// What the group's jobs used.
+    pub usage: UsageTotals,
+}
+
+/// Answer of `GET /admin/v1/usage`: usage summed per group over a range of UTC days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// The store revision the aggregates were read at.
+    pub revision: i64,
+    /// First day included (`YYYY-MM-DD`, UTC), when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Last day included (`YYYY-MM-DD`, UTC), when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The dimensions rows are grouped by (`tenant`, `model`, `region`, `day`).
+    pub group_by: Vec<String>,
+    /// One row per group, sorted by its dimensions.
+    pub rows: Vec<UsageRow>,
+    /// Every row summed.
+    pub total: UsageTotals,
+}
+
+/// Answer of `GET /admin/v1/tenants/{id}/spend`: one tenant's spend in one UTC month,
+/// next to its monthly budgets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpendReport {
+    /// Tenant id.
+    pub tenant: String,
+    /// The month, `YYYY-MM` (UTC).
+    pub month: String,
+    /// What the tenant's jobs that month used.
+    pub usage: UsageTotals,
+    /// The tenant's monthly budget in money, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget: Option<f64>,
+    /// The tenant's monthly budget in GPU-seconds, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_gpu_seconds: Option<f64>,
+}
+
+/// A commitment to pay for GPUs of one pool over a period, used or not.
+///
+/// While a pool has active reservations (start ≤ now < end), the catalog edges receive
+/// gives it their summed GPUs as its `reserved` count and their GPU-weighted average price
+/// as its `reserved_price_per_hour`; a pool without any keeps the values it is configured
+/// with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    /// Id: 1–63 characters of a–z, 0–9 and '-', starting with a letter.
+    pub id: String,
+    /// Region holding the GPUs.
+    pub region: String,
+    /// Pool of that region.
+    pub pool: String,
+    /// GPUs committed (at least 1).
+    pub gpus: i64,
+    /// Committed price per GPU-hour, in the catalog's currency.
+    pub price_per_gpu_hour: f64,
+    /// Start, Unix ms (included).
+    pub start_ms: i64,
+    /// End, Unix ms (excluded); after the start.
+    pub end_ms: i64,
+    /// Free text, e.g. the contract's reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Reservation {
+    /// Whether the reservation holds at `unix_ms`.
+    pub fn active_at(&self, unix_ms: i64) -> bool {
+        self.start_ms <= unix_ms && unix_ms < self.end_ms
+    }
+}

@@ -14,41 +14,42 @@
 //! write is checked against the whole catalog with the change applied (422 with each
 //! problem's path and fix).
 
+use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use control_plane_client::wire::{Listed, Settings};
 use policy::spec::JurisdictionSpec;
 use policy::{CatalogSpec, ModelSpec, RegionSpec, TenantSpec};
 use serde::Serialize;
 
-use super::{ApiError, AppState, JsonBody, etag, precondition};
+use super::{ApiError, AppState, JsonBody, Routes, etag, precondition};
 use crate::records::{CatalogRecord, SETTINGS_KEY};
 use crate::registry::{Precondition, not_found};
 use crate::store::Store;
 use crate::store::versioned;
 
 /// The admin routes over the catalog (without authentication; the router adds it).
-pub fn routes() -> Router<AppState> {
-    let router = Router::new().route("/admin/v1/settings", get(get_settings).put(put_settings));
-    let router = collection::<JurisdictionSpec>(router, "{id}");
-    let router = collection::<RegionSpec>(router, "{id}");
-    let router = collection::<TenantSpec>(router, "{id}");
-    collection::<ModelSpec>(router, "{owner}/{name}")
+pub fn routes() -> Routes {
+    let routes = Routes::new()
+        .get("/admin/v1/settings", get_settings)
+        .put("/admin/v1/settings", put_settings);
+    let routes = collection::<JurisdictionSpec>(routes, "{id}");
+    let routes = collection::<RegionSpec>(routes, "{id}");
+    let routes = collection::<TenantSpec>(routes, "{id}");
+    collection::<ModelSpec>(routes, "{owner}/{name}")
 }
 
-fn collection<T: CatalogRecord + Serialize>(
-    router: Router<AppState>,
-    id_pattern: &str,
-) -> Router<AppState> {
+fn collection<T: CatalogRecord + Serialize>(routes: Routes, id_pattern: &str) -> Routes {
     let base = format!("/admin/v1/{}", T::COLLECTION);
-    router.route(&base, get(list::<T>).post(create::<T>)).route(
-        &format!("{base}/{id_pattern}"),
-        get(get_one::<T>).put(put_one::<T>).delete(delete_one::<T>),
-    )
+    let one = format!("{base}/{id_pattern}");
+    routes
+        .get(&base, list::<T>)
+        .post(&base, create::<T>)
+        .get(&one, get_one::<T>)
+        .put(&one, put_one::<T>)
+        .delete(&one, delete_one::<T>)
 }
 
 /// A record's id from its URL: the path parameters joined with `/` (`owner/name` for

@@ -11,25 +11,24 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use control_plane_client::wire::{AgentReport, ErrorDetail, RegionLive, Registration};
 use policy::RegionSpec;
 
-use super::{ApiError, AppState, JsonBody};
+use super::{ApiError, AppState, JsonBody, Routes};
 use crate::records::{CatalogRecord, live_key};
 use crate::registry::not_found;
 use crate::store::versioned;
 use crate::store::{LeaseId, Store, StoreError};
 
 /// The agent routes (without authentication; the router adds it).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/agent/v1/regions/{region}/register", post(register))
-        .route("/agent/v1/regions/{region}/heartbeat", post(heartbeat))
-        .route("/agent/v1/regions/{region}/deregister", post(deregister))
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/agent/v1/regions/{region}/register", register)
+        .post("/agent/v1/regions/{region}/heartbeat", heartbeat)
+        .post("/agent/v1/regions/{region}/deregister", deregister)
 }
 
 fn now_ms() -> u64 {

@@ -1,35 +1,40 @@
 //! The edge API: the versioned snapshot edges route with.
 //!
-//! `GET /edge/v1/snapshot` answers the whole catalog, every API key's record (hashes only)
-//! and the live status of every registered region, read at one store revision (also in the
-//! `ETag`). `GET /edge/v1/snapshot?after=REV&wait=SECS` long-polls: it answers the new full
+//! `GET /edge/v1/snapshot` answers the whole catalog, every API key's record (hashes only),
+//! the live status of every registered region and every tenant's spend in the current UTC
+//! month, read at one store revision (also in the `ETag`). The catalog's pools carry the
+//! reserved capacity of their active reservations ([`crate::reservations`]). `GET /edge/v1/snapshot?after=REV&wait=SECS` long-polls: it answers the new full
 //! snapshot as soon as anything an edge sees changed after `REV`, or `304 Not Modified` when
 //! nothing did within `wait` seconds. When `REV` is older than what the control plane has
 //! followed since it started (so its history may be compacted), or newer than the store (as
 //! after a restore), the full snapshot comes at once. Polls wait on one shared
-//! [`ChangeFeed`](crate::changes::ChangeFeed), not a store watch each.
+//! [`ChangeFeed`](crate::changes::ChangeFeed), not a store watch each. Spend changes with
+//! every usage batch, so a change of spend alone wakes polls at most once per
+//! `spend_refresh` (the feed's coalescing); any other change wakes them at once, and the
+//! snapshot it brings carries the latest spend too.
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use control_plane_client::wire::Snapshot;
+use control_plane_client::wire::{Snapshot, TenantSpend};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, etag};
+use super::{ApiError, AppState, Routes, etag};
 use crate::registry::read_state;
+use crate::reservations;
 use crate::store::{Revision, Store};
+use crate::usage::{self, MonthlySpend};
 
 /// Shortest wait of a long poll, so a change just written has time to reach the feed.
 const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// The edge routes (without authentication; the router adds it).
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/edge/v1/snapshot", get(snapshot))
+pub fn routes() -> Routes {
+    Routes::new().get("/edge/v1/snapshot", snapshot)
 }
 
 /// Query of a snapshot request.
@@ -63,13 +68,26 @@ async fn snapshot(
     let stored = read_state(state.store()).await?;
     let body = Snapshot {
         revision: stored.revision,
-        catalog: stored.spec,
+        catalog: reservations::effective_catalog(
+            &stored.spec,
+            &stored.reservations,
+            &stored.active_reservations,
+        ),
         keys: stored.keys,
         regions: stored.live,
-        // Filled from the usage aggregates once they exist.
-        spend: Vec::new(),
+        spend: current_spend(&stored.spend),
     };
     Ok(([etag(body.revision)], Json(body)).into_response())
+}
+
+/// Every tenant's spend in the current UTC month (tenants without any are left out).
+fn current_spend(spend: &[MonthlySpend]) -> Vec<TenantSpend> {
+    let month = usage::current_month();
+    spend
+        .iter()
+        .filter(|s| s.month == month)
+        .map(MonthlySpend::to_wire)
+        .collect()
 }
 
 /// Whether anything an edge sees changed after `after`, waiting up to `wait` for it.

@@ -11,15 +11,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use control_plane_client::wire::{CreatedKey, KeyView, Listed, NewKeyRequest};
 use policy::{ApiKeyRecord, TenantId, TenantSpec};
 
-use super::{ApiError, AppState, JsonBody, etag};
+use super::{ApiError, AppState, JsonBody, Routes, etag};
 use crate::records::{CatalogRecord, KEYS, key_key};
 use crate::registry::not_found;
 use crate::store::Store;
@@ -29,13 +28,12 @@ use crate::store::versioned;
 const MAX_LABEL: usize = 200;
 
 /// The key routes (without authentication; the router adds it).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/v1/tenants/{tenant}/keys", get(list).post(create))
-        .route(
-            "/admin/v1/tenants/{tenant}/keys/{key}",
-            get(get_one).delete(revoke),
-        )
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/admin/v1/tenants/{tenant}/keys", list)
+        .post("/admin/v1/tenants/{tenant}/keys", create)
+        .get("/admin/v1/tenants/{tenant}/keys/{key}", get_one)
+        .delete("/admin/v1/tenants/{tenant}/keys/{key}", revoke)
 }
 
 fn now_unix() -> i64 {

@@ -1,10 +1,13 @@
 //! The control plane's HTTP/JSON API: one router, three audiences, each behind its own
 //! bearer token.
 //!
-//! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys.
+//! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys;
+//!   [`reservations`]: GPU reservations.
 //! - [`edge`] (`/edge/v1/…`, edge token): the versioned snapshot edges route with.
 //! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
-//!   [`usage`]: their usage reports (and the admin's reading of them).
+//!   [`usage`]: their usage reports (and the admin's reading of them, totals and spend).
+//!
+//! [`openapi`] serves the OpenAPI document of all of it at `/openapi.json` (no token).
 //!
 //! Every answer that is not a success is an [`ApiError`] with a JSON body.
 
@@ -14,6 +17,9 @@ pub mod edge;
 mod error;
 mod extract;
 mod keys;
+pub mod openapi;
+pub mod reservations;
+mod routes;
 pub mod usage;
 
 use std::sync::Arc;
@@ -30,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use extract::{JsonBody, etag, precondition};
+pub use routes::Routes;
 
 use crate::changes::ChangeFeed;
 use crate::registry::Registry;
@@ -73,6 +80,8 @@ pub struct ApiSettings {
     pub agent_lease_ttl: Duration,
     /// Longest long poll a snapshot request may ask for.
     pub max_poll_wait: Duration,
+    /// Least time between two wake-ups of waiting edges for spend changes alone.
+    pub spend_refresh: Duration,
 }
 
 /// State shared by every handler.
@@ -87,6 +96,7 @@ struct Shared {
     changes: ChangeFeed,
     settings: ApiSettings,
     shutdown: CancellationToken,
+    usage_writes: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -104,6 +114,7 @@ impl AppState {
                 changes,
                 settings,
                 shutdown,
+                usage_writes: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -128,27 +139,55 @@ impl AppState {
         &self.inner.settings
     }
 
+    /// Taken while a usage batch is written, so this server's batches take turns.
+    pub fn usage_writes(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.usage_writes
+    }
+
     /// Cancelled when the server shuts down.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
     }
 }
 
+/// The admin API's routes.
+fn admin_routes() -> Routes {
+    admin::routes()
+        .merge(keys::routes())
+        .merge(reservations::routes())
+        .merge(usage::admin_routes())
+}
+
+/// The agent API's routes.
+fn agent_routes() -> Routes {
+    agent::routes().merge(usage::agent_routes())
+}
+
+/// The `(method, path)` of every route the API serves, paths written as in the router
+/// and the OpenAPI document (`/admin/v1/regions/{id}`).
+pub fn route_table() -> Vec<(axum::http::Method, String)> {
+    let all = openapi::routes()
+        .merge(admin_routes())
+        .merge(edge::routes())
+        .merge(agent_routes());
+    all.into_parts().1
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings().max_body_bytes;
-    let admin = admin::routes()
-        .merge(keys::routes())
-        .merge(usage::admin_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
-    let edge = edge::routes().route_layer(middleware::from_fn_with_state(state.clone(), edge_auth));
-    let agent = agent::routes()
-        .merge(usage::agent_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), agent_auth));
-    Router::new()
+    let admin = admin_routes()
+        .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), admin_auth)));
+    let edge = edge::routes()
+        .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), edge_auth)));
+    let agent = agent_routes()
+        .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), agent_auth)));
+    let (routes, _) = openapi::routes()
         .merge(admin)
         .merge(edge)
         .merge(agent)
+        .into_parts();
+    routes
         .fallback(|request: Request| async move {
             ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path()))
         })

@@ -11,8 +11,8 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use super::{
-    KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, WatchEvent, WatchStream,
-    check_key,
+    KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, Transaction, WatchEvent,
+    WatchStream, check_key,
 };
 
 /// A connection to an etcd cluster. Cloning shares the connection.
@@ -69,6 +69,10 @@ impl EtcdStore {
 }
 
 impl Store for EtcdStore {
+    async fn transact(&self, txn: Transaction) -> Result<Revision> {
+        self.transact_txn(txn).await
+    }
+
     async fn revision(&self) -> Result<Revision> {
         // A count-only read of one key returns the cluster's revision in its header.
         let options = GetOptions::new().with_count_only();
@@ -334,6 +338,51 @@ async fn forward_watch(
                 .await;
             return;
         }
+    }
+}
+
+impl EtcdStore {
+    /// [`Store::transact`]: one etcd transaction whose failure branch reads every compared
+    /// key, so a conflict can name the compare that failed.
+    async fn transact_txn(&self, txn: Transaction) -> Result<Revision> {
+        txn.check()?;
+        let compares: Vec<Compare> = txn
+            .compares
+            .iter()
+            .map(|(key, expected)| Compare::mod_revision(key.as_str(), CompareOp::Equal, *expected))
+            .collect();
+        let puts: Vec<TxnOp> = txn
+            .puts
+            .into_iter()
+            .map(|(key, value)| TxnOp::put(key, value, None))
+            .collect();
+        let reads: Vec<TxnOp> = txn
+            .compares
+            .iter()
+            .map(|(key, _)| TxnOp::get(key.as_str(), None))
+            .collect();
+        let request = Txn::new().when(compares).and_then(puts).or_else(reads);
+        let response = self
+            .client
+            .kv_client()
+            .txn(request)
+            .await
+            .map_err(unavailable)?;
+        if response.succeeded() {
+            return header_revision(response.header());
+        }
+        let actuals = response.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map_or(0, |kv| kv.mod_revision()),
+            _ => 0,
+        });
+        let (expected, actual) = txn
+            .compares
+            .iter()
+            .map(|(_, expected)| *expected)
+            .zip(actuals)
+            .find(|(expected, actual)| expected != actual)
+            .unwrap_or((0, 0));
+        Err(StoreError::Conflict { expected, actual })
     }
 }
 

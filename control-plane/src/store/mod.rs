@@ -167,6 +167,55 @@ pub trait Store: Send + Sync {
 
     /// Revokes the lease now, deleting every key attached to it (in one revision).
     fn revoke_lease(&self, lease: LeaseId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Writes every key of `txn` at one new revision if every compared key's mod revision is
+    /// what the transaction names (0: absent); otherwise writes nothing and fails with
+    /// [`StoreError::Conflict`] for the first compare that did not hold. Watchers see all the
+    /// writes under the one revision.
+    fn transact(&self, txn: Transaction) -> impl Future<Output = Result<Revision>> + Send;
+}
+
+/// Most compares, and most writes, one [`Transaction`] may hold (etcd's default
+/// `--max-txn-ops` is 128).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Several writes made together, only if the compared keys are as expected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    /// Key → the mod revision it must have (0: must not exist).
+    pub compares: Vec<(String, Revision)>,
+    /// Keys and the values written when every compare holds.
+    pub puts: Vec<(String, Vec<u8>)>,
+}
+
+impl Transaction {
+    /// Checks what every backend needs: some writes, no empty key, at most [`MAX_TXN_OPS`]
+    /// compares and writes.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.puts.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "a transaction needs at least one write".into(),
+            ));
+        }
+        if self.compares.len() > MAX_TXN_OPS || self.puts.len() > MAX_TXN_OPS {
+            return Err(StoreError::InvalidArgument(format!(
+                "a transaction holds at most {MAX_TXN_OPS} compares and {MAX_TXN_OPS} writes"
+            )));
+        }
+        for (key, _) in &self.compares {
+            check_key(key)?;
+        }
+        let mut written = std::collections::HashSet::new();
+        for (key, _) in &self.puts {
+            check_key(key)?;
+            if !written.insert(key.as_str()) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "key {key:?} is written twice in one transaction"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which backend to run, as chosen in the control plane's configuration.
@@ -263,6 +312,9 @@ impl Store for AnyStore {
     }
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         dispatch!(self, s => s.revoke_lease(lease))
+    }
+    async fn transact(&self, txn: Transaction) -> Result<Revision> {
+        dispatch!(self, s => s.transact(txn))
     }
 }
 

@@ -155,7 +155,7 @@ async fn long_poll_answers_after_a_write(backend: Backend) {
         assert!(next.catalog.jurisdictions.iter().any(|j| j.id == "uk"));
     }
 
-    // Usage is not something edges see: it wakes no poll.
+    // Usage reaches edges only as tenants' spend (under coalesced wake-ups).
     let (status, _) = json(
         server
             .agent("/agent/v1/usage")

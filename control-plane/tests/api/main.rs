@@ -9,8 +9,11 @@ mod support;
 mod admin;
 mod client;
 mod edge_agent;
+mod openapi;
+mod reservations;
 mod server;
 mod usage;
+mod usage_totals;
 
 /// Runs every named scenario against both backends: `scenario(Backend) -> impl Future`.
 #[macro_export]

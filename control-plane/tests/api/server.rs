@@ -16,6 +16,8 @@ use crate::support::{EtcdServer, PATIENCE};
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const EDGE: &str = "edge-token-0123456789";
 pub const AGENT: &str = "agent-token-0123456789";
+/// How often the test server passes spend changes on to waiting edges.
+pub const SPEND_REFRESH: Duration = Duration::from_millis(300);
 /// The body limit of the test server.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -101,6 +103,7 @@ impl TestServer {
                 max_body_bytes: BODY_LIMIT,
                 agent_lease_ttl: Duration::from_secs(2),
                 max_poll_wait: Duration::from_secs(30),
+                spend_refresh: SPEND_REFRESH,
             },
             store: store.clone(),
             seed_catalog: Some(CatalogSpec::from_toml(SEED).unwrap()),

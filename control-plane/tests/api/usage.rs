@@ -48,7 +48,7 @@ async fn usage_is_idempotent_by_job_id(backend: Backend) {
 
     let (status, listed) = json(
         server
-            .admin(Method::GET, "/admin/v1/usage?tenant=acme")
+            .admin(Method::GET, "/admin/v1/usage/records?tenant=acme")
             .send()
             .await
             .unwrap(),
@@ -64,7 +64,7 @@ async fn usage_is_idempotent_by_job_id(backend: Backend) {
     assert_eq!(jobs, ["eu-west.a1", "eu-west.a2"]);
     let (_, all) = json(
         server
-            .admin(Method::GET, "/admin/v1/usage")
+            .admin(Method::GET, "/admin/v1/usage/records")
             .send()
             .await
             .unwrap(),
@@ -94,7 +94,7 @@ async fn usage_is_idempotent_by_job_id(backend: Backend) {
     assert_eq!(paths, ["records[1].job_id", "records[1].cost"]);
     let (_, all) = json(
         server
-            .admin(Method::GET, "/admin/v1/usage")
+            .admin(Method::GET, "/admin/v1/usage/records")
             .send()
             .await
             .unwrap(),
@@ -119,7 +119,7 @@ async fn usage_is_idempotent_by_job_id(backend: Backend) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = json(
         server
-            .call(crate::server::AGENT, Method::GET, "/admin/v1/usage")
+            .call(crate::server::AGENT, Method::GET, "/admin/v1/usage/records")
             .send()
             .await
             .unwrap(),

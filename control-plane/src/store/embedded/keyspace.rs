@@ -32,6 +32,12 @@ pub enum Command {
     GrantLease { ttl_ms: u64 },
     /// End a lease (revoked, or expired on the leader) and delete its keys.
     RevokeLease { id: i64 },
+    /// Write every key of `puts` at one revision if every key of `compares` has the mod
+    /// revision named (0: absent).
+    Txn {
+        compares: Vec<(String, Revision)>,
+        puts: Vec<(String, Vec<u8>)>,
+    },
 }
 
 /// What applying a command produced.
@@ -224,7 +230,38 @@ impl KeySpace {
                 }
                 Ok(Applied::Revision(self.revision))
             }
+            Command::Txn { compares, puts } => {
+                for (key, expected) in &compares {
+                    self.check_expected(key, Some(*expected))?;
+                }
+                Ok(Applied::Revision(self.put_all(puts)))
+            }
         }
+    }
+
+    /// Writes every key at one new revision (the keys are distinct).
+    fn put_all(&mut self, puts: Vec<(String, Vec<u8>)>) -> Revision {
+        let revision = self.revision + 1;
+        let mut events = Vec::with_capacity(puts.len());
+        for (key, value) in puts {
+            let previous = self.remove(&key);
+            let (create_revision, version) =
+                previous.map_or((revision, 1), |p| (p.create_revision, p.version + 1));
+            let record = Record {
+                value: value.clone(),
+                create_revision,
+                mod_revision: revision,
+                version,
+                lease: None,
+            };
+            self.keys.insert(key.clone(), record);
+            events.push(Event {
+                key,
+                value: Some(value),
+            });
+        }
+        self.commit(events);
+        revision
     }
 
     fn check_expected(&self, key: &str, expected: Option<Revision>) -> Result<()> {

@@ -22,8 +22,8 @@ use self::disk::RaftDisk;
 use self::keyspace::{Applied, Command, KeySpace};
 use self::node::{Node, Request};
 use super::{
-    KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, WatchEvent, WatchStream,
-    check_key,
+    KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, Transaction, WatchEvent,
+    WatchStream, check_key,
 };
 
 /// Settings of the embedded store.
@@ -265,6 +265,15 @@ impl Store for EmbeddedStore {
         self.write(Command::RevokeLease { id: lease.0 })
             .await
             .map(|_| ())
+    }
+
+    async fn transact(&self, txn: Transaction) -> Result<Revision> {
+        txn.check()?;
+        self.write(Command::Txn {
+            compares: txn.compares,
+            puts: txn.puts,
+        })
+        .await
     }
 }
 

@@ -1,0 +1,186 @@
+//! Write → watcher notified, end to end through the HTTP API, on each store backend.
+//!
+//! For every change an edge is already long-polling (`poll_snapshot` from the revision it
+//! has); an admin writes a catalog record (`PUT /admin/v1/jurisdictions/bench`, validated
+//! against the whole catalog and written compare-and-set); the time measured runs from
+//! just before the write is sent until the edge's poll has returned the snapshot that
+//! holds it. The admin write's own time to acknowledgement is reported beside it.
+//!
+//! `cargo bench -p control-plane --bench watch_latency` measures 1,000 changes per backend
+//! (`MERIDIAN_BENCH_CHANGES` sets another count) against the embedded store and a real
+//! etcd started for the run; without `--bench` (as `cargo test --all-targets` runs it) it
+//! makes a handful of changes only, to check that it works.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use control_plane::api::{ApiSettings, Token};
+use control_plane::config::ServerConfig;
+use control_plane::store::StoreConfig;
+use control_plane_client::ControlPlane;
+use policy::CatalogSpec;
+use policy::spec::JurisdictionSpec;
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+const EDGE: &str = "bench-edge-token-0123456789";
+const AGENT: &str = "bench-agent-token-0123456789";
+
+const SEED: &str = r#"
+    [[jurisdictions]]
+    id = "eu"
+    [[regions]]
+    id = "eu-west"
+    jurisdiction = "eu"
+    location = { lat = 53.35, lon = -6.26 }
+    endpoint = "http://127.0.0.1:9102"
+    pools = [{ id = "h100", gpu = "H100", reserved = 2, reserved_price_per_hour = 2.2 }]
+    [[models]]
+    id = "meridian/esrgan-x4"
+    kind = "image-to-image"
+    unit = "megapixel"
+    price_per_unit = 0.002
+    gpu_seconds_per_unit = 0.4
+    [[tenants]]
+    id = "acme"
+    residency = { jurisdictions = ["eu"] }
+"#;
+
+/// How long an edge's poll may wait for one change before the run fails.
+const POLL_WAIT: Duration = Duration::from_secs(20);
+/// Pause between starting a poll and writing, so the poll is waiting when the write lands.
+const SETTLE: Duration = Duration::from_millis(3);
+
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let changes = if measuring {
+        std::env::var("MERIDIAN_BENCH_CHANGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000)
+    } else {
+        5
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let embedded = StoreConfig::embedded(dir.path());
+        report("embedded", measure(embedded, changes).await);
+        let etcd = support::EtcdServer::start().await;
+        let config = StoreConfig::Etcd {
+            endpoints: vec![etcd.endpoint.clone()],
+        };
+        report("etcd", measure(config, changes).await);
+    });
+}
+
+/// Per change: (write sent → edge has it, write sent → write acknowledged).
+async fn measure(store: StoreConfig, changes: usize) -> Vec<(Duration, Duration)> {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api: ApiSettings {
+            admin_token: Token::new(ADMIN),
+            edge_token: Token::new(EDGE),
+            agent_token: Token::new(AGENT),
+            max_body_bytes: 1 << 20,
+            agent_lease_ttl: Duration::from_secs(10),
+            max_poll_wait: Duration::from_secs(60),
+            spend_refresh: Duration::from_secs(5),
+        },
+        store,
+        seed_catalog: Some(CatalogSpec::from_toml(SEED).unwrap()),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(control_plane::run(config, listener, shutdown.clone()));
+    let admin = ControlPlane::new(&base, ADMIN, Duration::from_secs(10)).unwrap();
+    let edge = ControlPlane::new(&base, EDGE, Duration::from_secs(10)).unwrap();
+    let mut revision = ready(&edge).await;
+
+    let mut samples = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let poll = {
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.poll_snapshot(revision, POLL_WAIT).await })
+        };
+        tokio::time::sleep(SETTLE).await;
+        let record = JurisdictionSpec {
+            id: "bench".into(),
+            name: Some(format!("change {i}")),
+        };
+        let start = Instant::now();
+        let written = admin
+            .put("jurisdictions", "bench", &record, None)
+            .await
+            .expect("the admin write");
+        let acknowledged = start.elapsed();
+        let mut snapshot = poll.await.unwrap().expect("the edge's poll");
+        // A poll can only return older news if something else changed; poll on then.
+        while snapshot.as_ref().is_none_or(|s| s.revision < written) {
+            snapshot = edge.poll_snapshot(revision, POLL_WAIT).await.unwrap();
+        }
+        let notified = start.elapsed();
+        let snapshot = snapshot.expect("a snapshot");
+        assert!(
+            snapshot
+                .catalog
+                .jurisdictions
+                .iter()
+                .any(|j| j.id == "bench" && j.name == record.name),
+            "the snapshot holds the write"
+        );
+        revision = snapshot.revision;
+        samples.push((notified, acknowledged));
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    samples
+}
+
+/// Waits until the server serves snapshots; returns the first one's revision.
+async fn ready(edge: &ControlPlane) -> i64 {
+    let deadline = Instant::now() + support::PATIENCE;
+    loop {
+        if let Ok(snapshot) = edge.snapshot().await {
+            return snapshot.revision;
+        }
+        assert!(Instant::now() < deadline, "the control plane never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn report(backend: &str, samples: Vec<(Duration, Duration)>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut notified, mut acknowledged): (Vec<_>, Vec<_>) = samples.into_iter().unzip();
+    notified.sort();
+    acknowledged.sort();
+    println!(
+        "{backend:>8}: write -> edge notified over {n} changes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
+         (write acknowledged: p50 {:.2} ms, p99 {:.2} ms)",
+        ms(percentile(&notified, 50.0)),
+        ms(percentile(&notified, 99.0)),
+        ms(notified[notified.len() - 1]),
+        ms(percentile(&acknowledged, 50.0)),
+        ms(percentile(&acknowledged, 99.0)),
+        n = notified.len(),
+    );
+}

@@ -1,0 +1,139 @@
+//! The OpenAPI document lists exactly the routes the router serves, is valid JSON with
+//! `openapi: 3.x` and internal references that resolve, and is served at `/openapi.json`.
+
+use std::collections::BTreeSet;
+
+use control_plane::api::{openapi, route_table};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::server::{Backend, TestServer};
+
+const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+
+fn document() -> Value {
+    serde_json::from_str(openapi::DOCUMENT).expect("openapi.json is valid JSON")
+}
+
+/// `(method, path)` of every operation in the document.
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut operations = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("a path item").keys() {
+            assert!(METHODS.contains(&method.as_str()), "{method} {path}");
+            operations.insert((method.clone(), path.clone()));
+        }
+    }
+    operations
+}
+
+fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                found.push(target);
+            }
+            map.values().for_each(|v| refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_document_lists_exactly_the_routed_endpoints() {
+    let doc = document();
+    let version = doc["openapi"].as_str().expect("an openapi version");
+    assert!(version.starts_with("3."), "openapi {version}");
+    assert!(doc["info"]["title"].is_string());
+    let routed: BTreeSet<(String, String)> = route_table()
+        .into_iter()
+        .map(|(method, path)| (method.as_str().to_lowercase(), path))
+        .collect();
+    let documented = documented(&doc);
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routed but not in openapi.json: {undocumented:?}; in openapi.json but not routed: {unrouted:?}"
+    );
+    // Every operation answers something, and every reference points at a component.
+    for (method, path) in &documented {
+        let op = &doc["paths"][path][method];
+        assert!(
+            op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+            "{method} {path}"
+        );
+        for param in path.split('/').filter(|p| p.starts_with('{')) {
+            let name = param.trim_matches(|c| c == '{' || c == '}');
+            let declared = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["in"] == "path" && p["name"] == name);
+            assert!(
+                declared,
+                "{method} {path} does not declare path parameter {name}"
+            );
+        }
+    }
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(!found.is_empty());
+    for target in found {
+        let pointer = target.strip_prefix('#').expect("a local reference");
+        assert!(
+            doc.pointer(pointer).is_some(),
+            "dangling reference {target}"
+        );
+    }
+}
+
+/// Every documented operation reaches its handler's token check (401 without a token),
+/// never the "no such endpoint" or "method not allowed" answers; the document itself is
+/// served without a token.
+async fn every_documented_operation_is_served(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let response = server
+        .http
+        .get(format!("{}/openapi.json", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let served: Value = response.json().await.unwrap();
+    assert_eq!(served, document());
+    for (method, path) in documented(&served) {
+        if path == "/openapi.json" {
+            continue;
+        }
+        let concrete: String = path
+            .split('/')
+            .map(|p| if p.starts_with('{') { "x1" } else { p })
+            .collect::<Vec<_>>()
+            .join("/");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let response = server
+            .http
+            .request(method.clone(), format!("{}{concrete}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {concrete} is not served as documented"
+        );
+    }
+    // And an undocumented one is not.
+    let response = server
+        .http
+        .get(format!("{}/admin/v1/nothing", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+crate::both_backends!(every_documented_operation_is_served);
