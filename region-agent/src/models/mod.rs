@@ -9,4 +9,5 @@ pub mod convert;
 pub mod esrgan;
 pub mod image_io;
 pub mod silero_vad;
+pub mod tiny_sd;
 pub mod video_upscale;
