@@ -39,7 +39,11 @@ fn audio(seed: u32) -> Vec<f32> {
             x ^= x >> 17;
             x ^= x << 5;
             let t = i as f32 / 16_000.0;
-            let on = if (t as u32 + seed) % 2 == 0 { 0.3 } else { 0.0 };
+            let on = if (t as u32 + seed).is_multiple_of(2) {
+                0.3
+            } else {
+                0.0
+            };
             on * (t * 220.0 * std::f32::consts::TAU).sin()
                 + (x as f32 / u32::MAX as f32 - 0.5) * 0.02
         })

@@ -41,7 +41,7 @@ fn animation() -> Animation {
                     Rgba([
                         v,
                         (x * 4) as u8,
-                        if (x / 8 + y / 8 + t) % 2 == 0 {
+                        if (x / 8 + y / 8 + t).is_multiple_of(2) {
                             30
                         } else {
                             220

@@ -96,8 +96,8 @@ impl SileroVad {
         })
     }
 
-    /// Replaces the input limits (default: [`AudioLimits::VAD_16K`]; the rate must stay
-    /// [`SAMPLE_RATE`]).
+    /// Replaces the longest accepted audio, in seconds (default 600, see
+    /// [`AudioLimits::VAD_16K`]).
     pub fn with_max_seconds(mut self, max_seconds: u32) -> Self {
         self.limits.max_seconds = max_seconds;
         self

@@ -210,7 +210,10 @@ impl TextToImage {
         let vae = AutoEncoderKL::new(mmap(&vae_file, device)?, 3, 3, config.vae.clone())
             .map_err(weights_error(&vae_file))?;
         Ok(Self {
-            tokenizer: PromptTokenizer::Clip { bpe, pad },
+            tokenizer: PromptTokenizer::Clip {
+                bpe: Box::new(bpe),
+                pad,
+            },
             config,
             text,
             unet,
@@ -337,7 +340,7 @@ impl TextToImage {
         let width = r.width.unwrap_or(self.config.default_size);
         let height = r.height.unwrap_or(self.config.default_size);
         for (name, v) in [("width", width), ("height", height)] {
-            if v == 0 || v > l.max_side || v % factor != 0 {
+            if v == 0 || v > l.max_side || !v.is_multiple_of(factor) {
                 return invalid(format!(
                     "{name} is {v}; it must be a multiple of {factor} up to {}",
                     l.max_side

@@ -156,7 +156,7 @@ impl SileroNet {
     /// probability and the next state.
     pub fn step(&self, input: &[f32], state: &State) -> Result<(Vec<f32>, State)> {
         let width = CONTEXT + WINDOW;
-        if input.is_empty() || input.len() % width != 0 {
+        if input.is_empty() || !input.len().is_multiple_of(width) {
             candle_core::bail!(
                 "a step takes whole windows of {width} samples, got {}",
                 input.len()

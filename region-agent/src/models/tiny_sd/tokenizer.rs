@@ -213,7 +213,7 @@ pub enum PromptTokenizer {
     /// CLIP's BPE (real weights).
     Clip {
         /// The tokenizer.
-        bpe: ClipBpe,
+        bpe: Box<ClipBpe>,
         /// The padding id (end-of-text, or `!` for the SD 2.x encoders).
         pad: u32,
     },
@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(bpe.encode("7!?"), vec![id("7</w>"), id("!"), id("?</w>")]);
         let tok = PromptTokenizer::Clip {
             pad: bpe.eos(),
-            bpe: bpe.clone(),
+            bpe: Box::new(bpe.clone()),
         };
         let ids = tok.encode_padded("cat", 5);
         assert_eq!(ids, vec![bpe.bos, id("cat</w>"), bpe.eos, bpe.eos, bpe.eos]);
