@@ -89,6 +89,14 @@ pub enum AnimationError {
         /// The limit.
         max_total_pixels: u64,
     },
+    /// Frames of one animation differ in size.
+    #[error("animation frames differ in size: {first:?} and {other:?}")]
+    MixedFrameSizes {
+        /// The first frame's width and height.
+        first: (u32, u32),
+        /// Another frame's.
+        other: (u32, u32),
+    },
     /// The output could not be encoded.
     #[error("encode APNG: {0}")]
     Encode(#[from] png::EncodingError),
@@ -168,6 +176,32 @@ impl Animation {
 }
 
 impl AnimationLimits {
+    /// Checks a decoded animation: frame size, frame count and total pixels, and that all
+    /// frames share one size.
+    pub fn check(&self, animation: &Animation) -> Result<(), AnimationError> {
+        let (width, height) = animation.dimensions();
+        self.check_frame(width, height)?;
+        if animation.frames.is_empty() {
+            return Err(AnimationError::Empty {
+                width,
+                height,
+                frames: 0,
+            });
+        }
+        if let Some(odd) = animation
+            .frames
+            .iter()
+            .find(|f| f.image.dimensions() != (width, height))
+        {
+            let (w, h) = odd.image.dimensions();
+            return Err(AnimationError::MixedFrameSizes {
+                first: (width, height),
+                other: (w, h),
+            });
+        }
+        self.check_count(animation.frames.len(), width, height)
+    }
+
     fn check_frame(&self, width: u32, height: u32) -> Result<(), AnimationError> {
         if width == 0 || height == 0 {
             return Err(AnimationError::Empty {

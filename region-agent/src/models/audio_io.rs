@@ -47,6 +47,12 @@ pub enum AudioInputError {
     /// The audio has no samples.
     #[error("input audio is empty")]
     Empty,
+    /// A floating-point sample is NaN or infinite.
+    #[error("input audio has a sample that is not a finite number, at {seconds:.3} s")]
+    NotFinite {
+        /// Where, in seconds from the start.
+        seconds: f64,
+    },
     /// The audio is longer than the limit.
     #[error("input audio lasts {seconds:.1} s; the limit is {max_seconds} s")]
     TooLong {
@@ -101,6 +107,11 @@ pub fn decode_wav_mono(bytes: &[u8], limits: &AudioLimits) -> Result<Vec<f32>, A
     let samples = samples.map_err(AudioInputError::Undecodable)?;
     if samples.is_empty() {
         return Err(AudioInputError::Empty);
+    }
+    if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+        return Err(AudioInputError::NotFinite {
+            seconds: i as f64 / f64::from(spec.sample_rate),
+        });
     }
     Ok(samples)
 }
@@ -187,5 +198,23 @@ mod tests {
         assert!(matches!(err, AudioInputError::Undecodable(_)), "{err}");
         let err = decode_wav_mono(b"", &limits).unwrap_err();
         assert!(matches!(err, AudioInputError::Undecodable(_)), "{err}");
+    }
+
+    #[test]
+    fn refuses_float_samples_that_are_not_finite() {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 32,
+            sample_format: SampleFormat::Float,
+        };
+        let mut out = Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
+        for s in [0.1f32, -0.2, f32::NAN, 0.0] {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+        let err = decode_wav_mono(&out.into_inner(), &AudioLimits::VAD_16K).unwrap_err();
+        assert!(matches!(err, AudioInputError::NotFinite { .. }), "{err}");
     }
 }

@@ -71,8 +71,10 @@ impl VideoUpscaler {
         self.model.scale()
     }
 
-    /// Upscales every frame; delays and loop count are kept.
+    /// Upscales every frame; delays and loop count are kept. The animation is checked
+    /// against the limits first (frames of one size, within the frame and pixel limits).
     pub fn upscale(&self, input: &Animation) -> Result<Animation, VideoUpscaleError> {
+        self.limits.check(input)?;
         let (w, h) = input.dimensions();
         let scale = self.scale() as u32;
         let mut frames = Vec::with_capacity(input.frames.len());
@@ -205,6 +207,14 @@ mod tests {
         assert!(matches!(
             up.upscale_encoded(b"GIF89a garbage"),
             Err(VideoUpscaleError::Animation(AnimationError::Undecodable(_)))
+        ));
+        let mut mixed = animation(2);
+        mixed.frames[1].image = RgbaImage::new(3, 3);
+        assert!(matches!(
+            random_upscaler().upscale(&mixed),
+            Err(VideoUpscaleError::Animation(
+                AnimationError::MixedFrameSizes { .. }
+            ))
         ));
     }
 }
