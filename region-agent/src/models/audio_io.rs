@@ -16,8 +16,8 @@ pub struct AudioLimits {
 }
 
 impl AudioLimits {
-    /// 16 kHz mono, at most ten minutes: what one CPU worker scans for speech in about a
-    /// second.
+    /// 16 kHz mono, at most ten minutes: what one CPU worker scans for speech in about four
+    /// seconds (the `silero_vad` benchmark: 10 s of audio in about 60 ms).
     pub const VAD_16K: Self = Self {
         sample_rate: 16_000,
         max_seconds: 600,
