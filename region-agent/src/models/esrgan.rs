@@ -184,6 +184,11 @@ impl Esrgan {
         self.provenance.as_ref()
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The network itself, for callers that work on tensors.
     pub fn network(&self) -> &Rdn {
         &self.network

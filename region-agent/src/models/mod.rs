@@ -3,6 +3,11 @@
 //!
 //! Models run synchronously: the scheduler calls them from dedicated model threads.
 
+pub mod animation;
+pub mod audio_io;
 pub mod convert;
 pub mod esrgan;
 pub mod image_io;
+pub mod silero_vad;
+pub mod tiny_sd;
+pub mod video_upscale;
