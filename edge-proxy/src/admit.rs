@@ -8,11 +8,12 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use pingora::proxy::Session;
-use policy::quota::{RateDecision, Spend, month_start};
-use policy::{RouteRequest, Tenant};
+use policy::quota::{ConcurrencyPermit, RateDecision, Spend, month_start};
+use policy::{Model, RouteRequest, Tenant};
 
 use crate::Edge;
 use crate::api::{Call, client_ip, locate, models_body};
@@ -109,47 +110,7 @@ impl Edge {
         }
         let model = &catalog.models()[model_index];
         ctx.model = Some(model.id.to_string());
-        let limits = state.limits.get(tenant.id.as_str());
-        if let Some(rate) = limits.and_then(|l| l.rate.as_ref())
-            && let RateDecision::Limited { retry_after } = rate.check(self.clock.elapsed())
-        {
-            return Err(ApiError::quota(
-                "rate_limited",
-                "too many requests for this tenant's rate limit",
-                policy::quota::retry_after_secs(retry_after),
-            ));
-        }
-        let now = unix_now();
-        let spent = if month_start(state.received_unix) == month_start(now) {
-            state.spend.get(tenant.id.as_str()).copied()
-        } else {
-            None
-        };
-        let estimate = Spend {
-            money: model.price_for(1.0),
-            gpu_seconds: model.gpu_seconds_per_unit,
-        };
-        if let Err(over) = tenant
-            .quotas
-            .budget
-            .check(spent.unwrap_or_default(), estimate, now)
-        {
-            return Err(ApiError::quota(
-                "budget_exceeded",
-                over.to_string(),
-                over.retry_after_secs,
-            ));
-        }
-        if let Some(gate) = limits.and_then(|l| l.gate.as_ref()) {
-            let permit = gate.try_acquire().map_err(|e| {
-                ApiError::quota(
-                    "concurrency_limited",
-                    format!("this tenant already has {} requests in flight", e.limit),
-                    1,
-                )
-            })?;
-            ctx.permit = Some(permit);
-        }
+        ctx.permit = check_quotas(state, tenant, model, self.clock.elapsed(), unix_now())?;
         self.route(session, ctx, state, tenant, model_id)
     }
 
@@ -223,5 +184,131 @@ impl Edge {
         ctx.failover = true;
         self.retries.deposit();
         Ok(())
+    }
+}
+
+/// Applies `tenant`'s quotas to one job for `model`: the rate limit (checked at
+/// `since_start`, the edge's monotonic clock), the monthly budget (month-to-date spend from
+/// the snapshot, if it was received this month, at `now_unix`) and the concurrency gate,
+/// whose permit is returned to be held until the answer ends.
+///
+/// # Errors
+///
+/// 429 with `Retry-After` and a type naming the quota: `rate_limited`, `budget_exceeded` or
+/// `concurrency_limited`.
+pub fn check_quotas(
+    state: &RoutingState,
+    tenant: &Tenant,
+    model: &Model,
+    since_start: Duration,
+    now_unix: i64,
+) -> Result<Option<ConcurrencyPermit>, ApiError> {
+    let limits = state.limits.get(tenant.id.as_str());
+    if let Some(rate) = limits.and_then(|l| l.rate.as_ref())
+        && let RateDecision::Limited { retry_after } = rate.check(since_start)
+    {
+        return Err(ApiError::quota(
+            "rate_limited",
+            "too many requests for this tenant's rate limit",
+            policy::quota::retry_after_secs(retry_after),
+        ));
+    }
+    let spent = if month_start(state.received_unix) == month_start(now_unix) {
+        state.spend.get(tenant.id.as_str()).copied()
+    } else {
+        None
+    };
+    let estimate = Spend {
+        money: model.price_for(1.0),
+        gpu_seconds: model.gpu_seconds_per_unit,
+    };
+    if let Err(over) = tenant
+        .quotas
+        .budget
+        .check(spent.unwrap_or_default(), estimate, now_unix)
+    {
+        return Err(ApiError::quota(
+            "budget_exceeded",
+            over.to_string(),
+            over.retry_after_secs,
+        ));
+    }
+    limits
+        .and_then(|l| l.gate.as_ref())
+        .map(|gate| {
+            gate.try_acquire().map_err(|e| {
+                ApiError::quota(
+                    "concurrency_limited",
+                    format!("this tenant already has {} requests in flight", e.limit),
+                    1,
+                )
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::state::testing::{snapshot, state_of};
+
+    fn quotas(state: &RoutingState, at: Duration, now: i64) -> Result<bool, ApiError> {
+        let tenant = state.catalog.tenant("acme").unwrap();
+        let model = state.catalog.model("meridian/esrgan-x4").unwrap();
+        check_quotas(state, tenant, model, at, now).map(|p| p.is_some())
+    }
+
+    #[test]
+    fn a_tenant_over_its_monthly_budget_gets_429_until_the_month_ends() {
+        let quota = "quotas = { monthly_budget = 1.0 }";
+        let now = 1_717_200_000; // 2024-06-01T00:00:00Z
+        let mut under = snapshot(quota);
+        under.spend[0].cost = 0.5;
+        let state = state_of(&under, now);
+        assert_eq!(quotas(&state, Duration::ZERO, now + 3600), Ok(false));
+        let mut over = snapshot(quota);
+        over.spend[0].cost = 1.0;
+        let state = state_of(&over, now);
+        let err = quotas(&state, Duration::ZERO, now + 3600).unwrap_err();
+        assert_eq!((err.status, err.kind), (429, "budget_exceeded"));
+        // Retry when the month ends: 2024-07-01.
+        assert_eq!(err.retry_after, Some(30 * 86_400 - 3600));
+        // Spend from last month's snapshot does not count in a new month.
+        assert_eq!(quotas(&state, Duration::ZERO, now + 31 * 86_400), Ok(false));
+    }
+
+    #[test]
+    fn rate_and_concurrency_limits_refuse_with_their_own_types() {
+        let state = state_of(
+            &snapshot("quotas = { requests_per_second = 1.0, burst = 2, max_concurrent = 1 }"),
+            0,
+        );
+        let tenant = state.catalog.tenant("acme").unwrap();
+        let model = state.catalog.model("meridian/esrgan-x4").unwrap();
+        let permit = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap();
+        assert!(permit.is_some());
+        let busy = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap_err();
+        assert_eq!((busy.status, busy.kind), (429, "concurrency_limited"));
+        drop(permit);
+        let limited = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap_err();
+        assert_eq!(
+            (limited.kind, limited.retry_after),
+            ("rate_limited", Some(1))
+        );
+        assert!(check_quotas(&state, tenant, model, Duration::from_secs(1), 0).is_ok());
+    }
+
+    #[test]
+    fn a_new_snapshot_keeps_a_tenants_rate_bucket() {
+        let quota = "quotas = { requests_per_second = 0.5, burst = 1 }";
+        let first = state_of(&snapshot(quota), 0);
+        assert_eq!(quotas(&first, Duration::ZERO, 0), Ok(false));
+        let mut next = snapshot(quota);
+        next.revision += 1;
+        let second = RoutingState::build(&next, Some(&first), 0).unwrap();
+        let err = quotas(&second, Duration::ZERO, 0).unwrap_err();
+        assert_eq!(err.kind, "rate_limited");
     }
 }

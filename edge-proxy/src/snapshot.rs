@@ -211,3 +211,59 @@ async fn write_cache(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
     .await
     .context("snapshot cache task failed")?
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::state::testing::snapshot;
+
+    #[tokio::test]
+    async fn a_bad_snapshot_never_replaces_a_good_one_nor_its_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache").join("snapshot.json");
+        let shared: SharedState = Arc::new(ArcSwapOption::empty());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let follower = SnapshotFollower::new(
+            ControlPlane::new(
+                "http://127.0.0.1:9",
+                "edge-token-0123456789",
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+            Arc::clone(&shared),
+            cache.clone(),
+            Duration::from_secs(1),
+            Arc::clone(&metrics),
+        );
+        assert!(follower.apply(snapshot("")).await);
+        assert_eq!(shared.load_full().unwrap().revision, 7);
+        assert_eq!(read_cache(&cache).await.unwrap().revision, 7);
+
+        let mut bad = snapshot("");
+        bad.revision = 8;
+        bad.catalog.tenants[0].allowed_models = Some(vec!["nobody/nothing".into()]);
+        assert!(!follower.apply(bad).await);
+        assert_eq!(shared.load_full().unwrap().revision, 7);
+        assert_eq!(read_cache(&cache).await.unwrap().revision, 7);
+        assert_eq!(metrics.snapshot_rejected.get(), 1);
+
+        // A start with the control plane unreachable routes on the cache.
+        let restarted: SharedState = Arc::new(ArcSwapOption::empty());
+        let follower = SnapshotFollower::new(
+            ControlPlane::new(
+                "http://127.0.0.1:9",
+                "edge-token-0123456789",
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+            Arc::clone(&restarted),
+            cache,
+            Duration::from_secs(1),
+            metrics,
+        );
+        follower.start().await;
+        assert_eq!(restarted.load_full().unwrap().revision, 7);
+    }
+}

@@ -163,6 +163,61 @@ fn parse_endpoint(endpoint: &str) -> Option<Upstream> {
     })
 }
 
+/// Snapshots for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)]
+
+    use control_plane_client::wire::{Snapshot, TenantSpend};
+    use policy::CatalogSpec;
+
+    use super::RoutingState;
+
+    /// A snapshot of one region, one model and tenant `acme` with `quota` (a TOML line).
+    pub fn snapshot(quota: &str) -> Snapshot {
+        let catalog = CatalogSpec::from_toml(&format!(
+            r#"
+            [[jurisdictions]]
+            id = "eu"
+            [[regions]]
+            id = "eu-west"
+            jurisdiction = "eu"
+            location = {{ lat = 53.35, lon = -6.26 }}
+            endpoint = "http://127.0.0.1:9"
+            pools = [{{ id = "h100", gpu = "H100", reserved = 2, reserved_price_per_hour = 2.0 }}]
+            [[models]]
+            id = "meridian/esrgan-x4"
+            kind = "image-to-image"
+            unit = "megapixel"
+            price_per_unit = 0.002
+            gpu_seconds_per_unit = 0.4
+            [[tenants]]
+            id = "acme"
+            residency = "any"
+            {quota}
+            "#
+        ))
+        .unwrap();
+        Snapshot {
+            revision: 7,
+            catalog,
+            keys: Vec::new(),
+            regions: Vec::new(),
+            spend: vec![TenantSpend {
+                tenant: "acme".into(),
+                month: "2024-06".into(),
+                cost: 0.0,
+                gpu_seconds: 0.0,
+            }],
+        }
+    }
+
+    /// The state of `snapshot`, received at `received_unix`.
+    pub fn state_of(snapshot: &Snapshot, received_unix: i64) -> RoutingState {
+        RoutingState::build(snapshot, None, received_unix).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
