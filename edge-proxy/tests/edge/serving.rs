@@ -130,3 +130,95 @@ async fn metrics_count_requests_by_region_model_and_status() {
     );
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_streams_pass_through_event_by_event() {
+    let world = World::start(&[]).await;
+    let edge = TestEdge::start(world.edge_config(), world.key("acme")).await;
+    let key = world.key("acme");
+    let queued = Answer::of(
+        edge.http
+            .post(format!("{}/v1/queue/{}", edge.base, crate::support::ESRGAN))
+            .header("authorization", format!("Key {key}"))
+            .body(r#"{"input":{}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(queued.status, 202, "{}", queued.body);
+    let id = queued.body["request_id"].as_str().unwrap().to_owned();
+    let agent = world.agent("eu-central");
+    agent.hold();
+    let mut stream = edge
+        .http
+        .get(format!("{}/v1/requests/{id}/status", edge.base))
+        .header("authorization", format!("Key {key}"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // The first event arrives while the agent still holds the last one back: the edge does
+    // not buffer the stream.
+    let mut received = String::new();
+    while !received.contains("IN_PROGRESS") {
+        let chunk = stream.chunk().await.unwrap().expect("the first event");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!received.contains("COMPLETED"));
+    agent.release();
+    while let Some(chunk) = stream.chunk().await.unwrap() {
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(received.contains("event: status\ndata: {"), "{received}");
+    assert!(received.contains("COMPLETED"), "{received}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_lets_requests_in_flight_finish() {
+    let world = World::start(&[]).await;
+    let edge = TestEdge::start(world.edge_config(), world.key("acme")).await;
+    let base = edge.base.clone();
+    let agent = world.agent("eu-central");
+    agent.hold();
+    let key = world.key("acme").to_owned();
+    let http = edge.http.clone();
+    let in_flight = tokio::spawn(async move {
+        let response = http
+            .post(format!("{base}/v1/run/{}", crate::support::ESRGAN))
+            .header("authorization", format!("Key {key}"))
+            .body(r#"{"input":{}}"#)
+            .send()
+            .await
+            .unwrap();
+        Answer::of(response).await
+    });
+    crate::support::eventually("the job reaches the agent", || async {
+        !agent.seen().is_empty()
+    })
+    .await;
+    let base = edge.base.clone();
+    let stopping = tokio::spawn(edge.stop());
+    crate::support::eventually("the edge stops accepting", || async {
+        client()
+            .get(format!("{base}/v1/models"))
+            .send()
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(
+        !stopping.is_finished(),
+        "the edge waits for the request in flight"
+    );
+    agent.release();
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-meridian-region"), Some("eu-central"));
+    stopping.await.unwrap();
+}

@@ -73,6 +73,9 @@ pub struct Seen {
 pub struct TestAgent {
     pub endpoint: String,
     refuse: Arc<AtomicBool>,
+    /// While set, job submissions wait for [`TestAgent::release`] before answering.
+    hold: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Semaphore>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: Option<JoinHandle<()>>,
 }
@@ -82,6 +85,8 @@ impl TestAgent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let refuse = Arc::new(AtomicBool::new(behaviour == Behaviour::Refuse));
+        let hold = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let task = if behaviour == Behaviour::Down {
             drop(listener);
@@ -90,6 +95,8 @@ impl TestAgent {
             let agent = Arc::new(AgentState {
                 region: region.to_owned(),
                 refuse: Arc::clone(&refuse),
+                hold: Arc::clone(&hold),
+                gate: Arc::clone(&gate),
                 seen: Arc::clone(&seen),
                 jobs: Mutex::new(HashMap::new()),
                 next: AtomicU64::new(1),
@@ -97,7 +104,7 @@ impl TestAgent {
             let app = axum::Router::new().fallback(
                 move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                     let agent = Arc::clone(&agent);
-                    async move { agent.handle(&method, &uri, &headers, &body) }
+                    async move { agent.handle(&method, &uri, &headers, &body).await }
                 },
             );
             Some(tokio::spawn(async move {
@@ -107,6 +114,8 @@ impl TestAgent {
         Self {
             endpoint: format!("http://{address}"),
             refuse,
+            hold,
+            gate,
             seen,
             task,
         }
@@ -115,6 +124,16 @@ impl TestAgent {
     /// Every call this agent received, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Makes job submissions and status streams wait for [`TestAgent::release`].
+    pub fn hold(&self) {
+        self.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets one held answer go on.
+    pub fn release(&self) {
+        self.gate.add_permits(1);
     }
 
     /// Starts or stops refusing jobs.
@@ -134,6 +153,8 @@ impl Drop for TestAgent {
 struct AgentState {
     region: String,
     refuse: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Semaphore>,
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Request id → the tenant that created it.
     jobs: Mutex<HashMap<String, String>>,
@@ -141,7 +162,20 @@ struct AgentState {
 }
 
 impl AgentState {
-    fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap, _body: &Bytes) -> Response {
+    /// Waits for a release while the agent is held.
+    async fn wait_if_held(&self) {
+        if self.hold.load(Ordering::SeqCst) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        _body: &Bytes,
+    ) -> Response {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -178,6 +212,7 @@ impl AgentState {
                 self.region,
                 self.next.fetch_add(1, Ordering::SeqCst)
             );
+            self.wait_if_held().await;
             self.jobs.lock().unwrap().insert(id.clone(), tenant.clone());
             let body = json!({"request_id": id, "region": self.region, "tenant": tenant});
             let status = if path.starts_with("/v1/queue/") {
@@ -204,6 +239,9 @@ impl AgentState {
         if self.jobs.lock().unwrap().get(&id) != Some(&tenant) {
             return error(StatusCode::NOT_FOUND, "not_found");
         }
+        if header("accept").as_deref() == Some("text/event-stream") {
+            return self.status_stream(id);
+        }
         let body = json!({"request_id": id, "region": self.region, "status": "COMPLETED"});
         (
             StatusCode::OK,
@@ -212,6 +250,44 @@ impl AgentState {
             body.to_string(),
         )
             .into_response()
+    }
+}
+
+impl AgentState {
+    /// An SSE stream of statuses: `IN_PROGRESS` at once, `COMPLETED` once released.
+    fn status_stream(self: Arc<Self>, id: String) -> Response {
+        let (events, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let event = |status: &str| {
+            let data = json!({"request_id": id, "status": status});
+            Ok(Bytes::from(format!("event: status\ndata: {data}\n\n")))
+        };
+        let first = event("IN_PROGRESS");
+        let last = event("COMPLETED");
+        tokio::spawn(async move {
+            let _ = events.send(first).await;
+            self.wait_if_held().await;
+            let _ = events.send(last).await;
+        });
+        let stream = ReceiverStream(body);
+        (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response()
+    }
+}
+
+/// A channel's receiving end as a stream of body chunks.
+struct ReceiverStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
     }
 }
 
