@@ -258,12 +258,12 @@ impl ProxyHttp for EdgeProxy {
         }
         request.insert_header("x-meridian-edge-token", &self.edge.config.agent_token)?;
         request.insert_header("x-meridian-tenant", &ctx.tenant)?;
-        if let Some(Some(Some(upstream))) = ctx.state.as_ref().map(|s| {
-            ctx.candidates
-                .get(ctx.attempt)
-                .map(|i| s.upstreams.get(*i).cloned().flatten())
-        }) {
-            request.insert_header("host", upstream.host)?;
+        let upstream = ctx.state.as_ref().and_then(|state| {
+            let index = *ctx.candidates.get(ctx.attempt)?;
+            state.upstreams.get(index)?.as_ref()
+        });
+        if let Some(upstream) = upstream {
+            request.insert_header("host", upstream.host.as_str())?;
         }
         Ok(())
     }

@@ -222,3 +222,18 @@ async fn shutdown_stops_accepting_and_lets_requests_in_flight_finish() {
     assert_eq!(answer.header("x-meridian-region"), Some("eu-central"));
     stopping.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_does_not_answer_in_time_gives_504() {
+    let world = World::start(&[]).await;
+    let mut config = world.edge_config();
+    config.read_timeout = std::time::Duration::from_millis(300);
+    let edge = TestEdge::start(config, world.key("acme")).await;
+    world.agent("eu-central").hold();
+    let answer = edge.run_esrgan(world.key("acme"), None).await;
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert_eq!(answer.error_type(), "timeout");
+    // The job may exist: it is not sent to another region.
+    assert!(world.agent("eu-west").seen().is_empty());
+    world.agent("eu-central").release();
+}
