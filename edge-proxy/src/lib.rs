@@ -5,7 +5,7 @@
 //! crate for the ordered candidate regions and proxies to the first, failing over only to
 //! the next regions of that list. It runs on pingora.
 //!
-//! - [`config`]: the TOML file and the checked [`EdgeConfig`].
+//! - [`config`]: the TOML file and the checked [`EdgeConfig`]; [`cidr`]: trusted proxies.
 //! - [`snapshot`]: following the control plane's snapshots, with a cache file for starts
 //!   while it is down; [`state`]: the routing state built from one snapshot.
 //! - [`admit`], [`api`]: what the edge decides before a request leaves it;
@@ -13,11 +13,16 @@
 //!   in-flight counts and the retry budget.
 //! - [`metrics`]: Prometheus metrics on the admin listener; [`error`]: the API's errors.
 //!
-//! [`run`] serves until its shutdown token is cancelled; tests call it in-process with
-//! listeners bound to port 0.
+//! [`run`] serves until its shutdown token is cancelled. To start an edge in-process (as
+//! the tests do): build an [`EdgeConfig`] (or [`config::load`] a file), bind
+//! [`Listeners`] yourself on `127.0.0.1:0` (or [`Listeners::bind`] the configured
+//! addresses) and read their ports, then spawn `run(config, listeners, token)`; cancel the
+//! token to stop accepting and drain. The edge answers 503 until it has a snapshot, from the
+//! control plane or its cache file.
 
 pub mod admit;
 pub mod api;
+pub mod cidr;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -3,6 +3,11 @@
 //! shared by all regions (DESIGN.md §7).
 //!
 //! Kept by region id, so the state survives snapshot swaps that reorder the catalog.
+//!
+//! The in-flight count is the number of requests this edge has open to the region right
+//! now; the route decision subtracts it from the free slots the region last reported. It
+//! over-counts requests the agent has already included in a report, which errs towards
+//! spreading load rather than herding it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

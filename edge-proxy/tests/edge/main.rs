@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admission;
+mod agent;
 mod cli;
 mod routing;
 mod serving;
