@@ -1,0 +1,314 @@
+//! Admission: everything the edge decides before a request leaves it — which call it is,
+//! who is calling (the key), whether the tenant's quotas allow it, where the client is and
+//! which regions may serve it (DESIGN.md §3, §4).
+//!
+//! Quotas (rate, monthly budget, concurrency) apply to job submissions; calls about an
+//! existing request only need a valid key and go to the region named in the request id,
+//! which must lie inside the tenant's residency.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use pingora::proxy::Session;
+use policy::quota::{ConcurrencyPermit, RateDecision, Spend, month_start};
+use policy::{Model, RouteRequest, Tenant};
+
+use crate::Edge;
+use crate::api::{Call, client_ip, locate, models_body};
+use crate::error::ApiError;
+use crate::proxy::RequestCtx;
+use crate::snapshot::unix_now;
+use crate::state::RoutingState;
+
+/// What to do with an admitted request.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Send it to `ctx.candidates`.
+    Proxy,
+    /// Answer `200` with this JSON body.
+    Answer(Vec<u8>),
+}
+
+impl Edge {
+    /// Admits the request or says why not; fills `ctx` for the proxy.
+    pub(crate) fn admit(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Admitted, ApiError> {
+        let request = session.req_header();
+        let call = Call::parse(&request.method, request.uri.path())?;
+        let state = self.state.load_full().ok_or_else(|| {
+            ApiError::unavailable("the edge has no routing snapshot yet; try again shortly")
+        })?;
+        ctx.state = Some(Arc::clone(&state));
+        let authorization = request
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let record = policy::key::from_authorization(authorization)
+            .and_then(|key| state.keys.authenticate(key))
+            .map_err(|e| {
+                tracing::debug!(reason = ?e, "key refused");
+                ApiError::unauthorized()
+            })?;
+        let tenant = state
+            .catalog
+            .tenant(record.tenant.as_str())
+            .ok_or_else(ApiError::unauthorized)?;
+        ctx.tenant = tenant.id.to_string();
+        match call {
+            Call::Models => Ok(Admitted::Answer(models_body(&state.catalog, tenant))),
+            Call::Request { region } => {
+                let index = state
+                    .catalog
+                    .region_index(&region)
+                    .filter(|i| tenant.allowed_regions.contains(*i))
+                    .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+                    .ok_or_else(|| ApiError::not_found("no such request"))?;
+                ctx.candidates = vec![index];
+                Ok(Admitted::Proxy)
+            }
+            Call::Submit { model, .. } => {
+                self.admit_job(session, ctx, &state, tenant, &model)?;
+                Ok(Admitted::Proxy)
+            }
+        }
+    }
+
+    fn admit_job(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        state: &RoutingState,
+        tenant: &Tenant,
+        model_id: &str,
+    ) -> Result<(), ApiError> {
+        let request = session.req_header();
+        let limit = self.config.max_body_bytes;
+        if let Some(length) = request
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            && length > limit
+        {
+            return Err(ApiError::too_large(limit));
+        }
+        let catalog = &state.catalog;
+        let model_index = catalog.model_index(model_id).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown model {model_id:?}: GET /v1/models lists the models this key may call"
+            ))
+        })?;
+        if !tenant.may_call(model_index) {
+            return Err(ApiError::forbidden(format!(
+                "model {model_id} is not allowed for this key"
+            )));
+        }
+        let model = &catalog.models()[model_index];
+        ctx.model = Some(model.id.to_string());
+        ctx.permit = check_quotas(state, tenant, model, self.clock.elapsed(), unix_now())?;
+        self.route(session, ctx, state, tenant, model_id)
+    }
+
+    fn route(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        state: &RoutingState,
+        tenant: &Tenant,
+        model_id: &str,
+    ) -> Result<(), ApiError> {
+        let peer: Option<IpAddr> = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let forwarded = session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let ip = client_ip(peer, forwarded, &self.config.trusted_proxies);
+        let client = locate(self.geoip.as_ref(), ip, self.config.location);
+        let mut live = state.live.clone();
+        let now = tokio::time::Instant::now();
+        for (index, region) in state.catalog.regions().iter().enumerate() {
+            if let Some(status) = live.region_mut(index) {
+                let edge_side = self.regions.get(region.id.as_str());
+                status.in_flight = edge_side.in_flight();
+                status.circuit_open =
+                    self.regions.circuit(region.id.as_str(), now) == crate::regions::Circuit::Open;
+            }
+        }
+        let now_ms = u64::try_from(unix_now()).unwrap_or(0) * 1000;
+        let decision = state
+            .catalog
+            .route(
+                &live,
+                &RouteRequest {
+                    tenant: tenant.id.as_str(),
+                    model: model_id,
+                    client,
+                    narrowing: None,
+                    units: 1.0,
+                    now_ms,
+                },
+            )
+            .map_err(|e| match e.http_status() {
+                401 => ApiError::unauthorized(),
+                403 => ApiError::forbidden(e.to_string()),
+                404 => ApiError::not_found(e.to_string()),
+                _ => ApiError::unprocessable(e.to_string()),
+            })?;
+        if let Some(refusal) = decision.refusal() {
+            let message = decision.explain(&state.catalog);
+            return Err(match refusal.http_status() {
+                451 => ApiError::residency(message),
+                _ => ApiError::unavailable(message),
+            });
+        }
+        ctx.candidates = decision
+            .candidates
+            .iter()
+            .map(|c| c.region)
+            .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+            .collect();
+        if ctx.candidates.is_empty() {
+            return Err(ApiError::unavailable(
+                "no allowed region has a usable agent endpoint",
+            ));
+        }
+        ctx.failover = true;
+        self.retries.deposit();
+        Ok(())
+    }
+}
+
+/// Applies `tenant`'s quotas to one job for `model`: the rate limit (checked at
+/// `since_start`, the edge's monotonic clock), the monthly budget (month-to-date spend from
+/// the snapshot, if it was received this month, at `now_unix`) and the concurrency gate,
+/// whose permit is returned to be held until the answer ends.
+///
+/// # Errors
+///
+/// 429 with `Retry-After` and a type naming the quota: `rate_limited`, `budget_exceeded` or
+/// `concurrency_limited`.
+pub fn check_quotas(
+    state: &RoutingState,
+    tenant: &Tenant,
+    model: &Model,
+    since_start: Duration,
+    now_unix: i64,
+) -> Result<Option<ConcurrencyPermit>, ApiError> {
+    let limits = state.limits.get(tenant.id.as_str());
+    if let Some(rate) = limits.and_then(|l| l.rate.as_ref())
+        && let RateDecision::Limited { retry_after } = rate.check(since_start)
+    {
+        return Err(ApiError::quota(
+            "rate_limited",
+            "too many requests for this tenant's rate limit",
+            policy::quota::retry_after_secs(retry_after),
+        ));
+    }
+    let spent = if month_start(state.received_unix) == month_start(now_unix) {
+        state.spend.get(tenant.id.as_str()).copied()
+    } else {
+        None
+    };
+    let estimate = Spend {
+        money: model.price_for(1.0),
+        gpu_seconds: model.gpu_seconds_per_unit,
+    };
+    if let Err(over) = tenant
+        .quotas
+        .budget
+        .check(spent.unwrap_or_default(), estimate, now_unix)
+    {
+        return Err(ApiError::quota(
+            "budget_exceeded",
+            over.to_string(),
+            over.retry_after_secs,
+        ));
+    }
+    limits
+        .and_then(|l| l.gate.as_ref())
+        .map(|gate| {
+            gate.try_acquire().map_err(|e| {
+                ApiError::quota(
+                    "concurrency_limited",
+                    format!("this tenant already has {} requests in flight", e.limit),
+                    1,
+                )
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::state::testing::{snapshot, state_of};
+
+    fn quotas(state: &RoutingState, at: Duration, now: i64) -> Result<bool, ApiError> {
+        let tenant = state.catalog.tenant("acme").unwrap();
+        let model = state.catalog.model("meridian/esrgan-x4").unwrap();
+        check_quotas(state, tenant, model, at, now).map(|p| p.is_some())
+    }
+
+    #[test]
+    fn a_tenant_over_its_monthly_budget_gets_429_until_the_month_ends() {
+        let quota = "quotas = { monthly_budget = 1.0 }";
+        let now = 1_717_200_000; // 2024-06-01T00:00:00Z
+        let mut under = snapshot(quota);
+        under.spend[0].cost = 0.5;
+        let state = state_of(&under, now);
+        assert_eq!(quotas(&state, Duration::ZERO, now + 3600), Ok(false));
+        let mut over = snapshot(quota);
+        over.spend[0].cost = 1.0;
+        let state = state_of(&over, now);
+        let err = quotas(&state, Duration::ZERO, now + 3600).unwrap_err();
+        assert_eq!((err.status, err.kind), (429, "budget_exceeded"));
+        // Retry when the month ends: 2024-07-01.
+        assert_eq!(err.retry_after, Some(30 * 86_400 - 3600));
+        // Spend from last month's snapshot does not count in a new month.
+        assert_eq!(quotas(&state, Duration::ZERO, now + 31 * 86_400), Ok(false));
+    }
+
+    #[test]
+    fn rate_and_concurrency_limits_refuse_with_their_own_types() {
+        let state = state_of(
+            &snapshot("quotas = { requests_per_second = 1.0, burst = 2, max_concurrent = 1 }"),
+            0,
+        );
+        let tenant = state.catalog.tenant("acme").unwrap();
+        let model = state.catalog.model("meridian/esrgan-x4").unwrap();
+        let permit = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap();
+        assert!(permit.is_some());
+        let busy = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap_err();
+        assert_eq!((busy.status, busy.kind), (429, "concurrency_limited"));
+        drop(permit);
+        let limited = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap_err();
+        assert_eq!(
+            (limited.kind, limited.retry_after),
+            ("rate_limited", Some(1))
+        );
+        assert!(check_quotas(&state, tenant, model, Duration::from_secs(1), 0).is_ok());
+    }
+
+    #[test]
+    fn a_new_snapshot_keeps_a_tenants_rate_bucket() {
+        let quota = "quotas = { requests_per_second = 0.5, burst = 1 }";
+        let first = state_of(&snapshot(quota), 0);
+        assert_eq!(quotas(&first, Duration::ZERO, 0), Ok(false));
+        let mut next = snapshot(quota);
+        next.revision += 1;
+        let second = RoutingState::build(&next, Some(&first), 0).unwrap();
+        let err = quotas(&second, Duration::ZERO, 0).unwrap_err();
+        assert_eq!(err.kind, "rate_limited");
+    }
+}

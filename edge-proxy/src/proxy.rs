@@ -1,0 +1,443 @@
+//! The request path, as a pingora [`ProxyHttp`] service (DESIGN.md §1, §3, §4, §7).
+//!
+//! `request_filter` recognises the call, authenticates the key, applies the tenant's quotas,
+//! locates the client and asks the route decision for the ordered candidate regions (see
+//! [`admit`](crate::admit)); calls the edge answers itself (`/v1/models`, every refusal) end
+//! there. `upstream_peer` sends the request to the current candidate's agent. A connect
+//! failure, or a `503` with `x-meridian-refused` from the agent (it created nothing), moves
+//! the request to the next candidate — only ever along the decision's list, and only while
+//! the retry budget allows. Every other answer of an agent is final and passed through.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tokio::time::Instant;
+
+use crate::Edge;
+use crate::admit::Admitted;
+use crate::error::ApiError;
+use crate::regions::InFlight;
+use crate::state::RoutingState;
+
+/// The error type marking an agent's refusal, retried on the next candidate.
+const REFUSED: &str = "agent refused the request";
+
+/// Requests being handled, for draining at shutdown.
+#[derive(Debug, Default)]
+pub struct Active(AtomicUsize);
+
+impl Active {
+    /// Requests being handled now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one count in [`Active`] while a request is handled.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Active>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<Active>) -> Self {
+        active.0.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(active))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the edge knows about one request while it is handled.
+#[derive(Debug)]
+pub struct RequestCtx {
+    started: Instant,
+    /// The routing state the request was admitted with (kept for its whole life).
+    pub state: Option<Arc<RoutingState>>,
+    /// The authenticated tenant.
+    pub tenant: String,
+    /// The model, once known to be in the catalog.
+    pub model: Option<String>,
+    /// Region indices to try, in order.
+    pub candidates: Vec<usize>,
+    /// Whether the request may move to the next candidate (job submissions only).
+    pub failover: bool,
+    /// The tenant's concurrency permit, held until the answer ends.
+    pub permit: Option<policy::quota::ConcurrencyPermit>,
+    attempt: usize,
+    region: Option<String>,
+    in_flight: Option<InFlight>,
+    body_bytes: u64,
+    error: Option<ApiError>,
+    _active: ActiveGuard,
+}
+
+/// The edge's pingora service.
+pub struct EdgeProxy {
+    pub(crate) edge: Arc<Edge>,
+}
+
+impl EdgeProxy {
+    /// Writes `err` as the answer, unless an answer was already started.
+    async fn answer_error(&self, session: &mut Session, err: &ApiError) -> u16 {
+        if session.response_written().is_some() {
+            return 0;
+        }
+        // A refused request's unread body is drained by pingora before the connection is
+        // reused, so the client always reads the answer.
+        match respond(session, err.status, err.body(), err.retry_after).await {
+            Ok(()) => err.status,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not send an error answer");
+                0
+            }
+        }
+    }
+
+    fn region_failed(&self, ctx: &mut RequestCtx) {
+        ctx.in_flight = None;
+        if let Some(region) = &ctx.region
+            && self.edge.regions.failure(region, Instant::now())
+        {
+            tracing::warn!(%region, "circuit opened after consecutive failures");
+        }
+    }
+
+    /// Moves the request to its next candidate if there is one and the budget allows.
+    fn fail_over(&self, ctx: &mut RequestCtx, reason: &str) -> bool {
+        if !ctx.failover || ctx.attempt + 1 >= ctx.candidates.len() {
+            return false;
+        }
+        if !self.edge.retries.try_withdraw() {
+            self.edge.metrics.retries_denied.inc();
+            tracing::warn!(reason, "retry budget spent; not failing over");
+            return false;
+        }
+        self.edge.metrics.retries.with_label_values(&[reason]).inc();
+        ctx.attempt += 1;
+        ctx.in_flight = None;
+        true
+    }
+}
+
+/// Writes a whole JSON answer.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: Vec<u8>,
+    retry_after: Option<u64>,
+) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    if let Some(secs) = retry_after {
+        header.insert_header("retry-after", secs.to_string())?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            state: None,
+            tenant: String::new(),
+            model: None,
+            candidates: Vec::new(),
+            failover: false,
+            permit: None,
+            attempt: 0,
+            region: None,
+            in_flight: None,
+            body_bytes: 0,
+            error: None,
+            _active: ActiveGuard::new(&self.edge.active),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.edge.admit(session, ctx) {
+            Ok(Admitted::Proxy) => Ok(false),
+            Ok(Admitted::Answer(body)) => {
+                respond(session, 200, body, None).await?;
+                Ok(true)
+            }
+            Err(err) => {
+                self.answer_error(session, &err).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = self.edge.config.max_body_bytes;
+            if ctx.body_bytes > limit {
+                ctx.error = Some(ApiError::too_large(limit));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let state = ctx
+            .state
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing state"))?;
+        let index = *ctx
+            .candidates
+            .get(ctx.attempt)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no candidate left"))?;
+        let (Some(region), Some(Some(upstream))) = (
+            state.catalog.regions().get(index),
+            state.upstreams.get(index),
+        ) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "candidate without an agent endpoint",
+            ));
+        };
+        let config = &self.edge.config;
+        let mut peer = HttpPeer::new(upstream.address, upstream.tls, upstream.host.clone());
+        peer.options.connection_timeout = Some(config.connect_timeout);
+        peer.options.total_connection_timeout = Some(config.connect_timeout);
+        peer.options.read_timeout = Some(config.read_timeout);
+        peer.options.write_timeout = Some(config.read_timeout);
+        ctx.in_flight = Some(self.edge.regions.get(region.id.as_str()).start());
+        ctx.region = Some(region.id.to_string());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        request.remove_header("authorization");
+        let spoofable: Vec<String> = request
+            .headers
+            .keys()
+            .map(|name| name.as_str())
+            .filter(|name| name.starts_with("x-meridian-"))
+            .map(str::to_owned)
+            .collect();
+        for name in spoofable {
+            request.remove_header(&name);
+        }
+        request.insert_header("x-meridian-edge-token", &self.edge.config.agent_token)?;
+        request.insert_header("x-meridian-tenant", &ctx.tenant)?;
+        let upstream = ctx.state.as_ref().and_then(|state| {
+            let index = *ctx.candidates.get(ctx.attempt)?;
+            state.upstreams.get(index)?.as_ref()
+        });
+        if let Some(upstream) = upstream {
+            request.insert_header("host", upstream.host.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(region) = &ctx.region {
+            self.edge.regions.success(region);
+        }
+        if response.status.as_u16() == 503 {
+            let reason = response
+                .headers
+                .get("x-meridian-refused")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let Some(reason) = reason {
+                if session.as_ref().retry_buffer_truncated() {
+                    tracing::warn!(%reason, "agent refused, but the body is too large to resend; passing the refusal on");
+                } else if self.fail_over(ctx, "refused") {
+                    tracing::info!(region = ?ctx.region, %reason, "agent refused; trying the next region");
+                    return Err(Error::explain(ErrorType::Custom(REFUSED), reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(region) = &ctx.region
+            && !response.headers.contains_key("x-meridian-region")
+        {
+            response.insert_header("x-meridian-region", region.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let refused = matches!(e.etype(), ErrorType::Custom(REFUSED));
+        let mut e = e.more_context(format!("peer {peer}"));
+        if refused {
+            // Decided in upstream_response_filter: the next candidate is already chosen.
+            e.set_retry(true);
+        } else if session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            // Only a pooled connection found dead before the agent read anything is retried
+            // (to the same region); anything else may have created a job.
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.region_failed(ctx);
+        let retry = self.fail_over(ctx, "connect");
+        if retry {
+            tracing::info!(region = ?ctx.region, error = %e, "agent unreachable; trying the next region");
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let err = match ctx.error.take() {
+            Some(err) => Some(err),
+            None => self.classify(e, ctx),
+        };
+        let error_code = match err {
+            Some(err) => self.answer_error(session, &err).await,
+            None => 0,
+        };
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let region = ctx.region.as_deref().unwrap_or("edge");
+        let model = ctx.model.as_deref().unwrap_or("-");
+        let metrics = &self.edge.metrics;
+        metrics
+            .requests
+            .with_label_values(&[region, model, &status.to_string()])
+            .inc();
+        metrics
+            .latency
+            .with_label_values(&[region, model])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        let request = session.req_header();
+        tracing::debug!(
+            method = %request.method,
+            path = request.uri.path(),
+            status,
+            tenant = ctx.tenant.as_str(),
+            region,
+            "request"
+        );
+    }
+}
+
+impl EdgeProxy {
+    /// The client's answer for a proxy error; `None` when the client is gone.
+    fn classify(&self, e: &Error, ctx: &mut RequestCtx) -> Option<ApiError> {
+        let region = ctx
+            .region
+            .clone()
+            .unwrap_or_else(|| "the region".to_owned());
+        Some(match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError => {
+                ApiError::unavailable(format!("no region could be reached (last tried: {region})"))
+            }
+            ErrorType::Custom(REFUSED) => {
+                ApiError::unavailable("every allowed region refused the request")
+            }
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                self.region_failed(ctx);
+                ApiError::timeout(format!("{region} did not answer in time"))
+            }
+            ErrorType::HTTPStatus(413) => ApiError::too_large(self.edge.config.max_body_bytes),
+            ErrorType::HTTPStatus(code) if (400..500).contains(code) => {
+                ApiError::bad_request("the request could not be read")
+            }
+            _ => match e.esource() {
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                        return None;
+                    }
+                    _ => ApiError::bad_request("the request could not be read"),
+                },
+                ErrorSource::Upstream => {
+                    ApiError::bad_gateway(format!("{region} failed while answering"))
+                }
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    tracing::error!(error = %e, "edge failure");
+                    ApiError::internal("the edge failed to handle the request")
+                }
+            },
+        })
+    }
+}

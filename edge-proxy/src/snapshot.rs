@@ -1,0 +1,269 @@
+//! Following the control plane's snapshots (DESIGN.md §5, §7).
+//!
+//! At start the edge fetches the whole snapshot; when the control plane cannot be reached it
+//! loads the last good snapshot from its cache file instead (static stability). A background
+//! task then long-polls for newer revisions. Each snapshot is turned into a
+//! [`RoutingState`] off the async runtime and swapped in atomically; one that does not
+//! validate is logged, counted and dropped, never replacing a good one. Every good snapshot
+//! is written to the cache file atomically (temporary file, fsync, rename).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use control_plane_client::ControlPlane;
+use control_plane_client::wire::Snapshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::state::RoutingState;
+
+/// Pause after a failed call to the control plane, doubling up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The current routing state, shared by the request path and the snapshot follower.
+pub type SharedState = Arc<ArcSwapOption<RoutingState>>;
+
+/// Follows the control plane's snapshots into `shared`.
+pub struct SnapshotFollower {
+    client: ControlPlane,
+    shared: SharedState,
+    cache: PathBuf,
+    poll_wait: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl SnapshotFollower {
+    /// A follower of `client` writing into `shared`, caching in `cache`.
+    pub fn new(
+        client: ControlPlane,
+        shared: SharedState,
+        cache: PathBuf,
+        poll_wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            shared,
+            cache,
+            poll_wait,
+            metrics,
+        }
+    }
+
+    /// The first state: the control plane's current snapshot, or else the cached one. Leaves
+    /// `shared` empty (every request then gets 503) when neither is available; the follower
+    /// keeps trying.
+    pub async fn start(&self) {
+        match self.client.snapshot().await {
+            Ok(snapshot) => {
+                if self.apply(snapshot).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control plane unreachable at start; trying the snapshot cache")
+            }
+        }
+        match read_cache(&self.cache).await {
+            Ok(snapshot) => {
+                let revision = snapshot.revision;
+                match build(snapshot, None).await {
+                    Ok(state) => {
+                        tracing::info!(revision, cache = %self.cache.display(), "routing on the cached snapshot");
+                        self.install(state);
+                    }
+                    Err(e) => {
+                        self.metrics.snapshot_rejected.inc();
+                        tracing::error!(error = %e, cache = %self.cache.display(), "cached snapshot is not usable");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no usable snapshot cache; answering 503 until the control plane is reached");
+            }
+        }
+    }
+
+    /// Long-polls for new snapshots until `shutdown`.
+    pub async fn follow(self, shutdown: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let current = self.shared.load_full().map(|s| s.revision);
+            let call = async {
+                match current {
+                    Some(after) => self.client.poll_snapshot(after, self.poll_wait).await,
+                    None => self.client.snapshot().await.map(Some),
+                }
+            };
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = call => result,
+            };
+            match result {
+                Ok(Some(snapshot)) => {
+                    backoff = MIN_BACKOFF;
+                    self.apply(snapshot).await;
+                }
+                Ok(None) => backoff = MIN_BACKOFF,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "snapshot poll failed; routing on the last good snapshot");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Builds and installs `snapshot` and writes it to the cache; false when it is rejected.
+    async fn apply(&self, snapshot: Snapshot) -> bool {
+        let revision = snapshot.revision;
+        let previous = self.shared.load_full();
+        let cached = serde_json::to_vec(&snapshot);
+        match build(snapshot, previous).await {
+            Ok(state) => {
+                self.install(state);
+                tracing::info!(revision, "snapshot applied");
+                match cached {
+                    Ok(bytes) => {
+                        if let Err(e) = write_cache(&self.cache, bytes).await {
+                            tracing::warn!(error = %format!("{e:#}"), "could not write the snapshot cache");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not encode the snapshot cache"),
+                }
+                true
+            }
+            Err(e) => {
+                self.metrics.snapshot_rejected.inc();
+                tracing::error!(revision, error = %e, "snapshot rejected; keeping the last good one");
+                false
+            }
+        }
+    }
+
+    fn install(&self, state: RoutingState) {
+        self.metrics.snapshot_revision.set(state.revision);
+        self.metrics.snapshot_received(state.received_unix);
+        self.shared.store(Some(Arc::new(state)));
+    }
+}
+
+/// Builds a routing state on a blocking thread (validation and name resolution).
+async fn build(
+    snapshot: Snapshot,
+    previous: Option<Arc<RoutingState>>,
+) -> Result<RoutingState, String> {
+    tokio::task::spawn_blocking(move || {
+        RoutingState::build(&snapshot, previous.as_deref(), unix_now())
+    })
+    .await
+    .map_err(|e| format!("snapshot build task failed: {e}"))?
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+async fn read_cache(path: &Path) -> anyhow::Result<Snapshot> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old file or the new, never a part.
+async fn write_cache(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .context("the snapshot cache path has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let temp = dir.join(format!(".{name}.tmp"));
+        let mut file =
+            std::fs::File::create(&temp).with_context(|| format!("create {}", temp.display()))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("write {}", temp.display()))?;
+        std::fs::rename(&temp, &path).with_context(|| format!("rename to {}", path.display()))?;
+        if let Ok(dir) = std::fs::File::open(&dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    })
+    .await
+    .context("snapshot cache task failed")?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::state::testing::snapshot;
+
+    #[tokio::test]
+    async fn a_bad_snapshot_never_replaces_a_good_one_nor_its_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache").join("snapshot.json");
+        let shared: SharedState = Arc::new(ArcSwapOption::empty());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let follower = SnapshotFollower::new(
+            ControlPlane::new(
+                "http://127.0.0.1:9",
+                "edge-token-0123456789",
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+            Arc::clone(&shared),
+            cache.clone(),
+            Duration::from_secs(1),
+            Arc::clone(&metrics),
+        );
+        assert!(follower.apply(snapshot("")).await);
+        assert_eq!(shared.load_full().unwrap().revision, 7);
+        assert_eq!(read_cache(&cache).await.unwrap().revision, 7);
+
+        let mut bad = snapshot("");
+        bad.revision = 8;
+        bad.catalog.tenants[0].allowed_models = Some(vec!["nobody/nothing".into()]);
+        assert!(!follower.apply(bad).await);
+        assert_eq!(shared.load_full().unwrap().revision, 7);
+        assert_eq!(read_cache(&cache).await.unwrap().revision, 7);
+        assert_eq!(metrics.snapshot_rejected.get(), 1);
+
+        // A start with the control plane unreachable routes on the cache.
+        let restarted: SharedState = Arc::new(ArcSwapOption::empty());
+        let follower = SnapshotFollower::new(
+            ControlPlane::new(
+                "http://127.0.0.1:9",
+                "edge-token-0123456789",
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+            Arc::clone(&restarted),
+            cache,
+            Duration::from_secs(1),
+            metrics,
+        );
+        follower.start().await;
+        assert_eq!(restarted.load_full().unwrap().revision, 7);
+    }
+}

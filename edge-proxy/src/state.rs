@@ -1,0 +1,242 @@
+//! The routing state built from one control-plane snapshot: the validated catalog, the key
+//! ring, the regions' live status, each tenant's month-to-date spend and quota limiters, and
+//! each region's resolved agent address. Built off the request path and swapped in whole.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use control_plane_client::wire::Snapshot;
+use policy::quota::{ConcurrencyGate, RateLimiter, Spend};
+use policy::{Catalog, KeyRing, LiveStatus};
+
+/// Where a region's agent listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Resolved address.
+    pub address: SocketAddr,
+    /// Whether to speak TLS to it.
+    pub tls: bool,
+    /// Host name for TLS (SNI) and the `Host` header.
+    pub host: String,
+}
+
+/// One tenant's quota limiters. They outlive snapshots while the tenant's limits stay the
+/// same, so a new snapshot never refills a tenant's rate bucket.
+#[derive(Debug)]
+pub struct TenantLimits {
+    key: (Option<(u64, u32)>, Option<u32>),
+    /// Its rate limiter, if it has a rate limit.
+    pub rate: Option<RateLimiter>,
+    /// Its concurrency gate, if it has a concurrency limit.
+    pub gate: Option<Arc<ConcurrencyGate>>,
+}
+
+/// Everything the request path reads, from one snapshot.
+#[derive(Debug)]
+pub struct RoutingState {
+    /// The snapshot's store revision.
+    pub revision: i64,
+    /// The validated catalog.
+    pub catalog: Catalog,
+    /// API keys.
+    pub keys: KeyRing,
+    /// Regions' reported status (without this edge's own breakers and in-flight counts).
+    pub live: LiveStatus,
+    /// Month-to-date spend by tenant id, for the month the snapshot was received in.
+    pub spend: HashMap<String, Spend>,
+    /// When the snapshot was received (or read from the cache), Unix seconds.
+    pub received_unix: i64,
+    /// Per region index: its agent, or `None` when its endpoint cannot be used.
+    pub upstreams: Vec<Option<Upstream>>,
+    /// Quota limiters by tenant id.
+    pub limits: HashMap<String, Arc<TenantLimits>>,
+}
+
+impl RoutingState {
+    /// Builds the state from `snapshot`, keeping the limiters of `previous` for tenants
+    /// whose limits did not change. Resolves host names, so call it off the async runtime.
+    ///
+    /// # Errors
+    ///
+    /// The catalog's validation problems, when it does not validate: such a snapshot must
+    /// never replace a good one.
+    pub fn build(
+        snapshot: &Snapshot,
+        previous: Option<&RoutingState>,
+        received_unix: i64,
+    ) -> Result<Self, String> {
+        let catalog = snapshot.catalog.validate().map_err(|e| e.to_string())?;
+        let live = snapshot.live_status(&catalog);
+        let keys = KeyRing::new(snapshot.keys.iter().cloned());
+        let spend = snapshot
+            .spend
+            .iter()
+            .map(|s| {
+                let spend = Spend {
+                    money: s.cost,
+                    gpu_seconds: s.gpu_seconds,
+                };
+                (s.tenant.clone(), spend)
+            })
+            .collect();
+        let upstreams = catalog
+            .regions()
+            .iter()
+            .map(|r| {
+                let upstream = parse_endpoint(&r.endpoint);
+                if upstream.is_none() {
+                    tracing::warn!(region = %r.id, endpoint = %r.endpoint, "agent endpoint cannot be used");
+                }
+                upstream
+            })
+            .collect();
+        let mut limits = HashMap::new();
+        for tenant in catalog.tenants() {
+            let quotas = &tenant.quotas;
+            let key = (
+                quotas.rate.map(|r| (r.per_second.to_bits(), r.burst)),
+                quotas.max_concurrent,
+            );
+            let kept = previous
+                .and_then(|p| p.limits.get(tenant.id.as_str()))
+                .filter(|l| l.key == key)
+                .cloned();
+            let entry = match kept {
+                Some(entry) => entry,
+                None => Arc::new(TenantLimits {
+                    key,
+                    // Validation has checked that the limiter accepts the tenant's rate.
+                    rate: quotas.rate.and_then(|r| RateLimiter::new(r).ok()),
+                    gate: quotas
+                        .max_concurrent
+                        .map(|m| Arc::new(ConcurrencyGate::new(m))),
+                }),
+            };
+            limits.insert(tenant.id.to_string(), entry);
+        }
+        Ok(Self {
+            revision: snapshot.revision,
+            catalog,
+            keys,
+            live,
+            spend,
+            received_unix,
+            upstreams,
+            limits,
+        })
+    }
+}
+
+/// Parses an agent endpoint `http(s)://host[:port][/]` and resolves its host.
+fn parse_endpoint(endpoint: &str) -> Option<Upstream> {
+    let (tls, rest) = if let Some(rest) = endpoint.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = endpoint.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        return None;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, with_port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let host = &authority[1..end];
+        match &authority[end + 1..] {
+            "" => (host, format!("[{host}]:{default_port}")),
+            port => (host, format!("[{host}]{port}")),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, _)) => (host, authority.to_owned()),
+            None => (authority, format!("{authority}:{default_port}")),
+        }
+    };
+    let address = with_port.to_socket_addrs().ok()?.next()?;
+    Some(Upstream {
+        address,
+        tls,
+        host: host.to_owned(),
+    })
+}
+
+/// Snapshots for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)]
+
+    use control_plane_client::wire::{Snapshot, TenantSpend};
+    use policy::CatalogSpec;
+
+    use super::RoutingState;
+
+    /// A snapshot of one region, one model and tenant `acme` with `quota` (a TOML line).
+    pub fn snapshot(quota: &str) -> Snapshot {
+        let catalog = CatalogSpec::from_toml(&format!(
+            r#"
+            [[jurisdictions]]
+            id = "eu"
+            [[regions]]
+            id = "eu-west"
+            jurisdiction = "eu"
+            location = {{ lat = 53.35, lon = -6.26 }}
+            endpoint = "http://127.0.0.1:9"
+            pools = [{{ id = "h100", gpu = "H100", reserved = 2, reserved_price_per_hour = 2.0 }}]
+            [[models]]
+            id = "meridian/esrgan-x4"
+            kind = "image-to-image"
+            unit = "megapixel"
+            price_per_unit = 0.002
+            gpu_seconds_per_unit = 0.4
+            [[tenants]]
+            id = "acme"
+            residency = "any"
+            {quota}
+            "#
+        ))
+        .unwrap();
+        Snapshot {
+            revision: 7,
+            catalog,
+            keys: Vec::new(),
+            regions: Vec::new(),
+            spend: vec![TenantSpend {
+                tenant: "acme".into(),
+                month: "2024-06".into(),
+                cost: 0.0,
+                gpu_seconds: 0.0,
+            }],
+        }
+    }
+
+    /// The state of `snapshot`, received at `received_unix`.
+    pub fn state_of(snapshot: &Snapshot, received_unix: i64) -> RoutingState {
+        RoutingState::build(snapshot, None, received_unix).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_with_and_without_ports() {
+        let up = parse_endpoint("http://127.0.0.1:9102").unwrap();
+        assert_eq!(up.address, "127.0.0.1:9102".parse().unwrap());
+        assert!(!up.tls);
+        let up = parse_endpoint("https://[::1]/v1").unwrap();
+        assert_eq!(up.address, "[::1]:443".parse().unwrap());
+        assert_eq!(up.host, "::1");
+        assert!(up.tls);
+        let up = parse_endpoint("http://localhost:81/").unwrap();
+        assert_eq!(up.address.port(), 81);
+        assert_eq!(up.host, "localhost");
+        assert_eq!(parse_endpoint("ftp://x"), None);
+        assert_eq!(parse_endpoint("http://"), None);
+    }
+}

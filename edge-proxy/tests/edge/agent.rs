@@ -1,0 +1,267 @@
+//! A test stand-in for a region agent: an HTTP server that follows region-agent/API.md as
+//! far as the edge needs — accept jobs, refuse them with `503` + `x-meridian-refused`, be
+//! down, hold answers back until released, stream statuses, and show a request only to the
+//! tenant that created it. The real agent is used in the end-to-end suite.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::support::AGENT_EDGE_TOKEN;
+
+/// How a stand-in agent answers job submissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Accepts every job.
+    Accept,
+    /// Refuses every job with `503` and `x-meridian-refused: queue_full`.
+    Refuse,
+    /// Nothing listens on its port.
+    Down,
+}
+
+/// What a stand-in agent saw of one call.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub tenant: Option<String>,
+    pub edge_token: Option<String>,
+    pub authorization: bool,
+}
+
+/// A test stand-in for a region agent.
+pub struct TestAgent {
+    pub endpoint: String,
+    refuse: Arc<AtomicBool>,
+    /// While set, job submissions wait for [`TestAgent::release`] before answering.
+    hold: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Semaphore>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestAgent {
+    pub async fn start(region: &str, behaviour: Behaviour) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let refuse = Arc::new(AtomicBool::new(behaviour == Behaviour::Refuse));
+        let hold = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = if behaviour == Behaviour::Down {
+            drop(listener);
+            None
+        } else {
+            let agent = Arc::new(AgentState {
+                region: region.to_owned(),
+                refuse: Arc::clone(&refuse),
+                hold: Arc::clone(&hold),
+                gate: Arc::clone(&gate),
+                seen: Arc::clone(&seen),
+                jobs: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(1),
+            });
+            let app = axum::Router::new().fallback(
+                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let agent = Arc::clone(&agent);
+                    async move { agent.handle(&method, &uri, &headers, &body).await }
+                },
+            );
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }))
+        };
+        Self {
+            endpoint: format!("http://{address}"),
+            refuse,
+            hold,
+            gate,
+            seen,
+            task,
+        }
+    }
+
+    /// Every call this agent received, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Makes job submissions and status streams wait for [`TestAgent::release`].
+    pub fn hold(&self) {
+        self.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets one held answer go on.
+    pub fn release(&self) {
+        self.gate.add_permits(1);
+    }
+
+    /// Starts or stops refusing jobs.
+    pub fn set_refusing(&self, refuse: bool) {
+        self.refuse.store(refuse, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+struct AgentState {
+    region: String,
+    refuse: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Semaphore>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Request id → the tenant that created it.
+    jobs: Mutex<HashMap<String, String>>,
+    next: AtomicU64,
+}
+
+impl AgentState {
+    /// Waits for a release while the agent is held.
+    async fn wait_if_held(&self) {
+        if self.hold.load(Ordering::SeqCst) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        _body: &Bytes,
+    ) -> Response {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let tenant = header("x-meridian-tenant");
+        self.seen.lock().unwrap().push(Seen {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            tenant: tenant.clone(),
+            edge_token: header("x-meridian-edge-token"),
+            authorization: headers.contains_key("authorization"),
+        });
+        if header("x-meridian-edge-token").as_deref() != Some(AGENT_EDGE_TOKEN) {
+            return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        let Some(tenant) = tenant else {
+            return error(StatusCode::BAD_REQUEST, "bad_request");
+        };
+        let path = uri.path();
+        let region = [("x-meridian-region", self.region.clone())];
+        if *method == Method::POST {
+            if self.refuse.load(Ordering::SeqCst) {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("x-meridian-refused", "queue_full")],
+                    json!({"error": {"type": "queue_full", "message": "queue full"}}).to_string(),
+                )
+                    .into_response();
+            }
+            let id = format!(
+                "{}.{:032x}",
+                self.region,
+                self.next.fetch_add(1, Ordering::SeqCst)
+            );
+            self.wait_if_held().await;
+            self.jobs.lock().unwrap().insert(id.clone(), tenant.clone());
+            let body = json!({"request_id": id, "region": self.region, "tenant": tenant});
+            let status = if path.starts_with("/v1/queue/") {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            return (
+                status,
+                [
+                    ("x-request-id", id.clone()),
+                    ("x-meridian-cost", "0.002".to_owned()),
+                ],
+                region,
+                body.to_string(),
+            )
+                .into_response();
+        }
+        let id = path
+            .strip_prefix("/v1/requests/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        if self.jobs.lock().unwrap().get(&id) != Some(&tenant) {
+            return error(StatusCode::NOT_FOUND, "not_found");
+        }
+        if header("accept").as_deref() == Some("text/event-stream") {
+            return self.status_stream(id);
+        }
+        let body = json!({"request_id": id, "region": self.region, "status": "COMPLETED"});
+        (
+            StatusCode::OK,
+            [("x-request-id", id)],
+            region,
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl AgentState {
+    /// An SSE stream of statuses: `IN_PROGRESS` at once, `COMPLETED` once released.
+    fn status_stream(self: Arc<Self>, id: String) -> Response {
+        let (events, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let event = |status: &str| {
+            let data = json!({"request_id": id, "status": status});
+            Ok(Bytes::from(format!("event: status\ndata: {data}\n\n")))
+        };
+        let first = event("IN_PROGRESS");
+        let last = event("COMPLETED");
+        tokio::spawn(async move {
+            let _ = events.send(first).await;
+            self.wait_if_held().await;
+            let _ = events.send(last).await;
+        });
+        let stream = ReceiverStream(body);
+        (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response()
+    }
+}
+
+/// A channel's receiving end as a stream of body chunks.
+struct ReceiverStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn error(status: StatusCode, kind: &str) -> Response {
+    (
+        status,
+        json!({"error": {"type": kind, "message": kind}}).to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,220 @@
+//! Where requests go: by the client's location, along the candidate list on failure (never
+//! outside the tenant's residency), around open circuits, and back to the region that holds
+//! a request.
+
+use crate::support::{Answer, Behaviour, TestEdge, World, cidr};
+
+/// London and a place near Seattle in MaxMind's test database.
+const LONDON: &str = "81.2.69.142";
+const NEAR_SEATTLE: &str = "216.160.83.56";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_from_a_trusted_proxy_picks_the_nearest_region() {
+    let world = World::start(&[]).await;
+    let mut config = world.edge_config();
+    config.trusted_proxies = vec![cidr("127.0.0.0/8")];
+    let trusting = TestEdge::start(config, world.key("acme")).await;
+    let key = world.key("acme");
+
+    let london = trusting.run_esrgan(key, Some(LONDON)).await;
+    assert_eq!(london.status, 200, "{}", london.body);
+    assert_eq!(london.header("x-meridian-region"), Some("eu-west"));
+    assert_eq!(london.body["tenant"], "acme");
+    let seattle = trusting
+        .run_esrgan(key, Some(&format!("{NEAR_SEATTLE}, 127.0.0.1")))
+        .await;
+    assert_eq!(seattle.header("x-meridian-region"), Some("us-west"));
+    // The request id and the cost come from the agent.
+    assert!(
+        seattle
+            .header("x-request-id")
+            .unwrap()
+            .starts_with("us-west.")
+    );
+    assert_eq!(seattle.header("x-meridian-cost"), Some("0.002"));
+
+    // An edge that trusts no proxy ignores the header: the client is on loopback, unknown
+    // to geo-IP, so the edge's own place (Frankfurt) counts.
+    let wary = TestEdge::start(world.edge_config(), key).await;
+    let ignored = wary.run_esrgan(key, Some(NEAR_SEATTLE)).await;
+    assert_eq!(ignored.header("x-meridian-region"), Some("eu-central"));
+
+    // The agent saw the tenant and the edge's token, never the client's key.
+    let seen = world.agent("us-west").seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].tenant.as_deref(), Some("acme"));
+    assert_eq!(
+        seen[0].edge_token.as_deref(),
+        Some(crate::support::AGENT_EDGE_TOKEN)
+    );
+    assert!(!seen[0].authorization);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_on_connect_failure_and_refusal_stays_inside_residency() {
+    // The edge is in Frankfurt: eu-central is first for `euro`, then eu-west.
+    let world = World::start(&[("eu-central", Behaviour::Down)]).await;
+    let edge = TestEdge::start(world.edge_config(), world.key("euro")).await;
+    let key = world.key("euro");
+
+    let moved = edge.run_esrgan(key, None).await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(moved.header("x-meridian-region"), Some("eu-west"));
+
+    // eu-west now refuses: both allowed regions are out, and the request is not sent to the
+    // US regions, which would take it.
+    world.agent("eu-west").set_refusing(true);
+    let refused = edge.run_esrgan(key, None).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    // The last allowed region's refusal is the answer: the agent's own 503.
+    assert_eq!(refused.header("x-meridian-refused"), Some("queue_full"));
+    assert_eq!(refused.header("x-meridian-region"), Some("eu-west"));
+    for region in ["us-west", "us-east", "uk-south", "jp-east"] {
+        assert!(world.agent(region).seen().is_empty(), "{region} was used");
+    }
+
+    // A refusal by the first candidate moves the job on along the list: from Dublin, `acme`
+    // (residency: anywhere) goes to eu-west (refusing), eu-central (down), then the US.
+    let mut config = world.edge_config();
+    config.location = policy::Location::new(53.35, -6.26);
+    let dublin = TestEdge::start(config, world.key("acme")).await;
+    let posts = |region: &str| {
+        world
+            .agent(region)
+            .seen()
+            .iter()
+            .filter(|s| s.method == "POST")
+            .count()
+    };
+    let before = posts("eu-west");
+    let answer = dublin.run_esrgan(world.key("acme"), None).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-meridian-region"), Some("us-east"));
+    assert_eq!(posts("eu-west"), before + 1, "eu-west refused it once");
+    assert_eq!(posts("us-east"), 1);
+    let metrics = dublin.metrics().await;
+    assert!(
+        metrics.contains("meridian_edge_retries_total{reason=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meridian_edge_retries_total{reason=\"connect\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_after_consecutive_failures() {
+    let world = World::start(&[("eu-central", Behaviour::Down)]).await;
+    let mut config = world.edge_config();
+    config.breaker_failures = 2;
+    let edge = TestEdge::start(config, world.key("euro")).await;
+    let key = world.key("euro");
+    for _ in 0..2 {
+        let answer = edge.run_esrgan(key, None).await;
+        assert_eq!(answer.header("x-meridian-region"), Some("eu-west"));
+    }
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("meridian_edge_circuit_state{region=\"eu-central\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meridian_edge_retries_total{reason=\"connect\"} 2"),
+        "{metrics}"
+    );
+    // With the circuit open, eu-central is not tried at all: no further connect retry.
+    let answer = edge.run_esrgan(key, None).await;
+    assert_eq!(answer.header("x-meridian-region"), Some("eu-west"));
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("meridian_edge_retries_total{reason=\"connect\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_calls_go_to_the_region_that_holds_the_request() {
+    let world = World::start(&[]).await;
+    let mut config = world.edge_config();
+    config.trusted_proxies = vec![cidr("127.0.0.1/32")];
+    let edge = TestEdge::start(config, world.key("acme")).await;
+    edge.wait_until_key_works(world.key("euro")).await;
+    let queued = Answer::of(
+        edge.http
+            .post(format!("{}/v1/queue/{}", edge.base, crate::support::ESRGAN))
+            .header("authorization", format!("Key {}", world.key("acme")))
+            .header("x-forwarded-for", NEAR_SEATTLE)
+            .body(r#"{"input":{}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(queued.status, 202, "{}", queued.body);
+    let id = queued.body["request_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("us-west."), "{id}");
+
+    // From anywhere, the status comes from us-west.
+    let status = Answer::of(
+        edge.get(&format!("/v1/requests/{id}/status"), world.key("acme"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(status.header("x-meridian-region"), Some("us-west"));
+    assert_eq!(status.header("x-request-id"), Some(id.as_str()));
+    assert_eq!(status.body["status"], "COMPLETED");
+    let last = world.agent("us-west").seen().pop().unwrap();
+    assert_eq!(last.path, format!("/v1/requests/{id}/status"));
+    assert_eq!(last.tenant.as_deref(), Some("acme"));
+
+    // Another tenant: us-west is outside `euro`'s residency, so the edge answers 404
+    // without asking it.
+    let before = world.agent("us-west").seen().len();
+    let other = Answer::of(
+        edge.get(&format!("/v1/requests/{id}"), world.key("euro"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(other.status, 404, "{}", other.body);
+    assert_eq!(world.agent("us-west").seen().len(), before);
+
+    // A request in a region inside `euro`'s residency but created by `acme`: the agent's 404
+    // passes through.
+    let eu = Answer::of(
+        edge.http
+            .post(format!("{}/v1/queue/{}", edge.base, crate::support::ESRGAN))
+            .header("authorization", format!("Key {}", world.key("acme")))
+            .header("x-forwarded-for", LONDON)
+            .body(r#"{"input":{}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let eu_id = eu.body["request_id"].as_str().unwrap().to_owned();
+    assert!(eu_id.starts_with("eu-west."), "{eu_id}");
+    let foreign = Answer::of(
+        edge.get(&format!("/v1/requests/{eu_id}/status"), world.key("euro"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.body);
+    assert_eq!(foreign.header("x-meridian-region"), Some("eu-west"));
+    let last = world.agent("eu-west").seen().pop().unwrap();
+    assert_eq!(last.tenant.as_deref(), Some("euro"));
+
+    // Unknown regions and malformed ids are 404 at the edge.
+    for path in [
+        "/v1/requests/mars-1.0123456789abcdef0123456789abcdef/status".to_owned(),
+        "/v1/requests/not-an-id".to_owned(),
+    ] {
+        let answer = Answer::of(edge.get(&path, world.key("acme")).await.unwrap()).await;
+        assert_eq!(answer.status, 404, "{path}: {}", answer.body);
+        assert_eq!(answer.error_type(), "not_found");
+    }
+}
