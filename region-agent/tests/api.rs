@@ -279,9 +279,9 @@ async fn shutdown_drains_refuses_new_jobs_and_results_survive_a_restart() {
     let queued = agent.queue("test/echo", json!({"input": {"text": "b"}})).await;
 
     agent.shutdown.cancel();
-    let start = std::time::Instant::now();
+    let began = std::time::Instant::now();
     while agent.get("/healthz").await.0 != 503 {
-        assert!(start.elapsed() < support::PATIENCE, "healthz never said draining");
+        assert!(began.elapsed() < support::PATIENCE, "healthz never said draining");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let refused = agent
