@@ -107,10 +107,17 @@ async fn heartbeats_usage_draining_and_deregistration() {
         "[control_plane]\nurl = \"{}\"\nagent_token = \"{AGENT}\"\nheartbeat_interval_ms = 100\n",
         cp.base
     );
-    let models = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\nprice_per_unit = 0.25\n";
+    let models = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\nprice_per_unit = 0.25\n\n\
+                  [[models]]\nid = \"test/slow\"\nweights_dir = \"unused\"\n";
     let gate = Gate::closed();
     let model = TestModel::new("test/echo").gated(&gate);
-    let mut agent = Agent::start(config(dir.path(), models, &extra), vec![Arc::new(model)]).await;
+    let slow_gate = Gate::closed();
+    let slow = TestModel::new("test/slow").gated(&slow_gate);
+    let mut agent = Agent::start(
+        config(dir.path(), models, &extra),
+        vec![Arc::new(model), Arc::new(slow)],
+    )
+    .await;
 
     // The edge sees the region with the agent's report.
     let live = eventually("the agent's report is in the snapshot", || async {
@@ -157,10 +164,25 @@ async fn heartbeats_usage_draining_and_deregistration() {
     let result = agent.call(Method::GET, &format!("/v1/requests/{queued}")).send().await.unwrap();
     assert_eq!(result.status(), 200);
 
-    // Shutdown: the region disappears from the snapshot at once (deregistered, not expired).
+    // Shutdown with a job still running: the agent reports draining while it finishes it,
+    // then the region disappears from the snapshot at once (deregistered, not expired).
+    let last = agent.queue("test/slow", json!({"input": {"text": "last"}})).await;
+    agent.wait_status(&last, "IN_PROGRESS").await;
     agent.shutdown.cancel();
+    eventually("the agent reports draining", || async {
+        let snapshot = edge.snapshot().await.ok()?;
+        let live = snapshot.regions.into_iter().find(|r| r.region == "eu-west")?;
+        live.report.draining.then_some(())
+    })
+    .await;
+    slow_gate.open();
     agent.join().await;
     let snapshot = edge.snapshot().await.unwrap();
     assert!(snapshot.regions.iter().all(|r| r.region != "eu-west"), "deregistered");
+    let usage = admin.list::<UsageRecord>("usage?region=eu-west").await.unwrap();
+    assert!(
+        usage.items.iter().any(|r| r.job_id == last),
+        "the last job's usage was flushed before the agent stopped"
+    );
     cp.shutdown.cancel();
 }
