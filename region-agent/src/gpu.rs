@@ -57,7 +57,9 @@ pub fn parse_nvidia_smi(text: &str) -> Vec<Gpu> {
 /// models run on.
 pub fn select_device(gpus: &[Gpu], pools: &[PoolConfig]) -> Device {
     if gpus.is_empty() {
-        tracing::info!("no NVIDIA GPU found (nvidia-smi absent or lists none); models run on the CPU");
+        tracing::info!(
+            "no NVIDIA GPU found (nvidia-smi absent or lists none); models run on the CPU"
+        );
     }
     for gpu in gpus {
         tracing::info!(index = gpu.index, name = %gpu.name, memory_mib = gpu.memory_mib, "GPU found");

@@ -76,8 +76,16 @@ fn serve(path: PathBuf, validate_only: bool, listen: Option<SocketAddr>) -> anyh
             config.region,
             config.listen,
             config.slots.len(),
-            config.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", "),
-            config.control_plane.as_ref().map_or("none", |c| c.url.as_str()),
+            config
+                .models
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            config
+                .control_plane
+                .as_ref()
+                .map_or("none", |c| c.url.as_str()),
         )?;
         return Ok(());
     }

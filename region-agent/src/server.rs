@@ -63,7 +63,9 @@ pub async fn run_with_models(
         config.max_body_bytes,
     );
     let app = api::router(state);
-    let address = listener.local_addr().context("read the listening address")?;
+    let address = listener
+        .local_addr()
+        .context("read the listening address")?;
     let http_stop = CancellationToken::new();
     let server = tokio::spawn(
         axum::serve(listener, app)
@@ -75,7 +77,8 @@ pub async fn run_with_models(
     let link_stop = CancellationToken::new();
     let link = match &config.control_plane {
         Some(cp) => {
-            let link = Link::new(cp, scheduler.clone()).context("create the control-plane client")?;
+            let link =
+                Link::new(cp, scheduler.clone()).context("create the control-plane client")?;
             Some((link.clone(), tokio::spawn(link.run(link_stop.clone()))))
         }
         None => {
@@ -83,10 +86,19 @@ pub async fn run_with_models(
             None
         }
     };
-    let sweeper = tokio::spawn(sweep(scheduler.clone(), config.result_retention, http_stop.clone()));
+    let sweeper = tokio::spawn(sweep(
+        scheduler.clone(),
+        config.result_retention,
+        http_stop.clone(),
+    ));
 
     shutdown.cancelled().await;
-    drain(&scheduler, link.as_ref().map(|(l, _)| l), config.drain_timeout).await;
+    drain(
+        &scheduler,
+        link.as_ref().map(|(l, _)| l),
+        config.drain_timeout,
+    )
+    .await;
     scheduler.stop().await;
     link_stop.cancel();
     if let Some((_, task)) = link {
@@ -106,7 +118,10 @@ pub async fn run_with_models(
 
 /// Refuses new work, tells the control plane at once, and waits for the work to finish.
 async fn drain(scheduler: &Scheduler, link: Option<&Link>, deadline: Duration) {
-    tracing::info!(deadline_s = deadline.as_secs(), "draining: refusing new jobs, finishing queued ones");
+    tracing::info!(
+        deadline_s = deadline.as_secs(),
+        "draining: refusing new jobs, finishing queued ones"
+    );
     scheduler.start_draining();
     if let Some(link) = link {
         link.beat(true).await;
@@ -114,7 +129,9 @@ async fn drain(scheduler: &Scheduler, link: Option<&Link>, deadline: Duration) {
     let started = Instant::now();
     while !scheduler.is_idle() {
         if started.elapsed() >= deadline {
-            tracing::warn!("drain deadline reached; unfinished jobs stay queued on disk for the next start");
+            tracing::warn!(
+                "drain deadline reached; unfinished jobs stay queued on disk for the next start"
+            );
             return;
         }
         tokio::time::sleep(DRAIN_POLL).await;

@@ -49,9 +49,7 @@ impl UsageSpool {
             .filter_map(|e| fs::read(e.path()).ok())
             .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
             .collect();
-        records.sort_by(|a, b| {
-            (a.finished_at_ms, &a.job_id).cmp(&(b.finished_at_ms, &b.job_id))
-        });
+        records.sort_by(|a, b| (a.finished_at_ms, &a.job_id).cmp(&(b.finished_at_ms, &b.job_id)));
         records.truncate(limit);
         records
     }

@@ -130,12 +130,19 @@ async fn heartbeats_usage_draining_and_deregistration() {
     assert!(live.report.models.contains_key("test/echo"));
 
     // A running job and a queued one show in the reports.
-    let running = agent.queue("test/echo", json!({"input": {"text": "a"}})).await;
+    let running = agent
+        .queue("test/echo", json!({"input": {"text": "a"}}))
+        .await;
     agent.wait_status(&running, "IN_PROGRESS").await;
-    let queued = agent.queue("test/echo", json!({"input": {"text": "b"}})).await;
+    let queued = agent
+        .queue("test/echo", json!({"input": {"text": "b"}}))
+        .await;
     eventually("the queue depth is reported", || async {
         let snapshot = edge.snapshot().await.ok()?;
-        let live = snapshot.regions.into_iter().find(|r| r.region == "eu-west")?;
+        let live = snapshot
+            .regions
+            .into_iter()
+            .find(|r| r.region == "eu-west")?;
         let model = &live.report.models["test/echo"];
         (model.queue_depth == 1 && live.report.free_reserved == 0 && model.loaded).then_some(())
     })
@@ -153,7 +160,10 @@ async fn heartbeats_usage_draining_and_deregistration() {
     })
     .await;
     let record = records.iter().find(|r| r.job_id == queued).unwrap();
-    assert_eq!((record.tenant.as_str(), record.model.as_str()), ("acme", "test/echo"));
+    assert_eq!(
+        (record.tenant.as_str(), record.model.as_str()),
+        ("acme", "test/echo")
+    );
     assert_eq!(record.capacity, Capacity::Reserved);
     assert_eq!(record.cost, 0.25);
     eventually("the usage spool is empty", || async {
@@ -161,25 +171,40 @@ async fn heartbeats_usage_draining_and_deregistration() {
         (left == 0).then_some(())
     })
     .await;
-    let result = agent.call(Method::GET, &format!("/v1/requests/{queued}")).send().await.unwrap();
+    let result = agent
+        .call(Method::GET, &format!("/v1/requests/{queued}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(result.status(), 200);
 
     // Shutdown with a job still running: the agent reports draining while it finishes it,
     // then the region disappears from the snapshot at once (deregistered, not expired).
-    let last = agent.queue("test/slow", json!({"input": {"text": "last"}})).await;
+    let last = agent
+        .queue("test/slow", json!({"input": {"text": "last"}}))
+        .await;
     agent.wait_status(&last, "IN_PROGRESS").await;
     agent.shutdown.cancel();
     eventually("the agent reports draining", || async {
         let snapshot = edge.snapshot().await.ok()?;
-        let live = snapshot.regions.into_iter().find(|r| r.region == "eu-west")?;
+        let live = snapshot
+            .regions
+            .into_iter()
+            .find(|r| r.region == "eu-west")?;
         live.report.draining.then_some(())
     })
     .await;
     slow_gate.open();
     agent.join().await;
     let snapshot = edge.snapshot().await.unwrap();
-    assert!(snapshot.regions.iter().all(|r| r.region != "eu-west"), "deregistered");
-    let usage = admin.list::<UsageRecord>("usage?region=eu-west").await.unwrap();
+    assert!(
+        snapshot.regions.iter().all(|r| r.region != "eu-west"),
+        "deregistered"
+    );
+    let usage = admin
+        .list::<UsageRecord>("usage?region=eu-west")
+        .await
+        .unwrap();
     assert!(
         usage.items.iter().any(|r| r.job_id == last),
         "the last job's usage was flushed before the agent stopped"

@@ -45,7 +45,9 @@ fn encoded(width: u32, height: u32, format: ImageFormat) -> String {
         Rgb([(x * 20) as u8, (y * 25) as u8, ((x + y) * 9) as u8])
     });
     let mut bytes = Vec::new();
-    image.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .unwrap();
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -63,12 +65,18 @@ async fn start(dir: &std::path::Path) -> Agent {
 async fn output_image(agent: &Agent, result: &Value) -> RgbImage {
     let file = &result["output"]["image"];
     assert_eq!(file["content_type"], "image/png");
-    let response = agent.call(Method::GET, file["url"].as_str().unwrap()).send().await.unwrap();
+    let response = agent
+        .call(Method::GET, file["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/png");
     let bytes = response.bytes().await.unwrap();
     assert_eq!(bytes.len() as u64, file["bytes"].as_u64().unwrap());
-    image::load_from_memory_with_format(&bytes, ImageFormat::Png).unwrap().to_rgb8()
+    image::load_from_memory_with_format(&bytes, ImageFormat::Png)
+        .unwrap()
+        .to_rgb8()
 }
 
 #[tokio::test]
@@ -90,10 +98,22 @@ async fn upscales_png_and_jpeg_and_bills_output_megapixels() {
     assert!((units - 24.0 * 20.0 / 1e6).abs() < 1e-12, "{units}");
     assert!((result["cost"].as_f64().unwrap() - units * 0.002).abs() < 1e-12);
 
-    let data_url = format!("data:image/jpeg;base64,{}", encoded(9, 7, ImageFormat::Jpeg));
-    let id = agent.queue("meridian/esrgan-x4", json!({"input": {"image": data_url}})).await;
+    let data_url = format!(
+        "data:image/jpeg;base64,{}",
+        encoded(9, 7, ImageFormat::Jpeg)
+    );
+    let id = agent
+        .queue("meridian/esrgan-x4", json!({"input": {"image": data_url}}))
+        .await;
     agent.wait_status(&id, "COMPLETED").await;
-    let result: Value = agent.call(Method::GET, &format!("/v1/requests/{id}")).send().await.unwrap().json().await.unwrap();
+    let result: Value = agent
+        .call(Method::GET, &format!("/v1/requests/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(output_image(&agent, &result).await.dimensions(), (36, 28));
     agent.stop().await;
 }
@@ -104,12 +124,17 @@ async fn images_the_model_cannot_take_are_422() {
     let agent = start(dir.path()).await;
     let png = encoded(8, 8, ImageFormat::Png);
     let truncated = {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(&png).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&png)
+            .unwrap();
         base64::engine::general_purpose::STANDARD.encode(&bytes[..bytes.len() - 20])
     };
     let cases = [
         ("not base64", "%%%".to_owned()),
-        ("not an image", base64::engine::general_purpose::STANDARD.encode(b"hello world")),
+        (
+            "not an image",
+            base64::engine::general_purpose::STANDARD.encode(b"hello world"),
+        ),
         ("truncated PNG", truncated),
         ("too wide", encoded(1100, 2, ImageFormat::Png)),
         ("data URL without base64", "data:image/png,abc".to_owned()),

@@ -61,7 +61,9 @@ impl ApiError {
             Self::NotReady(_) => (StatusCode::CONFLICT, "not_ready"),
             Self::NotCancellable(_) => (StatusCode::CONFLICT, "not_cancellable"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             Self::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "refused"),
             Self::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -84,7 +86,9 @@ impl IntoResponse for ApiError {
                 body["request_id"] = json!(request_id);
                 headers.push(("x-request-id", request_id.clone()));
             }
-            Self::Internal(message) => tracing::error!(%message, "internal error answered with 500"),
+            Self::Internal(message) => {
+                tracing::error!(%message, "internal error answered with 500")
+            }
             _ => {}
         }
         let mut response = (status, Json(body)).into_response();

@@ -43,7 +43,9 @@ fn parse_body(
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(mut object) = value else {
-        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
     };
     let input = match object.remove("input") {
         Some(input @ Value::Object(_)) => input,
@@ -64,7 +66,9 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::Refused(refusal) => Self::Refused(refusal),
             SubmitError::Input(e @ InputError::Field { .. }) => Self::BadRequest(e.to_string()),
-            SubmitError::Input(e @ InputError::Unprocessable(_)) => Self::Unprocessable(e.to_string()),
+            SubmitError::Input(e @ InputError::Unprocessable(_)) => {
+                Self::Unprocessable(e.to_string())
+            }
             SubmitError::Storage(e) => Self::Internal(e.to_string()),
         }
     }
@@ -90,7 +94,9 @@ async fn submit(
         return Err(ApiError::Refused(crate::scheduler::Refusal::Draining));
     }
     let body = body?;
-    let record = scheduler.submit(tenant, model, body.priority, body.input).await?;
+    let record = scheduler
+        .submit(tenant, model, body.priority, body.input)
+        .await?;
     tracing::info!(job = %record.id, model, tenant, "job accepted");
     Ok(record)
 }
@@ -112,7 +118,10 @@ pub async fn queue(
         "response_url": format!("/v1/requests/{id}"),
         "cancel_url": format!("/v1/requests/{id}/cancel"),
     });
-    Ok(with_id((StatusCode::ACCEPTED, Json(body)).into_response(), id))
+    Ok(with_id(
+        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        id,
+    ))
 }
 
 /// `POST /v1/run/{owner}/{model}`: accepts the job and waits for it up to the sync timeout.
@@ -126,7 +135,10 @@ pub async fn run(
     let model = format!("{owner}/{model}");
     let record = submit(&state, &tenant, &model, &headers, body).await?;
     let Some(mut rx) = state.scheduler().watch(&tenant, &record.id) else {
-        return Err(ApiError::Internal(format!("request {} vanished", record.id)));
+        return Err(ApiError::Internal(format!(
+            "request {} vanished",
+            record.id
+        )));
     };
     let timeout = state.0.sync_timeout;
     let finished = tokio::time::timeout(timeout, rx.wait_for(|r| r.state.is_final())).await;
@@ -190,7 +202,11 @@ pub async fn file(
         .map(str::to_owned);
     let no_file = || ApiError::NotFound(format!("request {id} has no file {name:?}"));
     let content_type = content_type.ok_or_else(no_file)?;
-    let bytes = state.scheduler().file(&tenant, &id, &name).await.ok_or_else(no_file)?;
+    let bytes = state
+        .scheduler()
+        .file(&tenant, &id, &name)
+        .await
+        .ok_or_else(no_file)?;
     let mut response = ([("content-type", content_type)], bytes).into_response();
     response = with_id(response, &id);
     Ok(response)

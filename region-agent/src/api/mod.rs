@@ -74,7 +74,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(v1)
-        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
         .with_state(state)
 }
 
@@ -98,7 +101,10 @@ async fn v1_layer(State(state): State<AppState>, request: Request, next: Next) -
 
 async fn count_responses(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    state.scheduler().metrics().response(response.status().as_u16());
+    state
+        .scheduler()
+        .metrics()
+        .response(response.status().as_u16());
     response
 }
 
@@ -116,7 +122,11 @@ async fn not_found() -> ApiError {
 
 async fn healthz(State(state): State<AppState>) -> Response {
     if state.scheduler().is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
     } else {
         Json(json!({"status": "serving"})).into_response()
     }

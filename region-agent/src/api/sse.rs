@@ -41,7 +41,10 @@ pub async fn status(
         let (record, position) = scheduler
             .status(&tenant, &id)
             .ok_or_else(|| ApiError::NotFound(format!("no request {id:?}")))?;
-        return Ok(with_id(Json(record.status_json(position, now_ms())).into_response(), &id));
+        return Ok(with_id(
+            Json(record.status_json(position, now_ms())).into_response(),
+            &id,
+        ));
     }
     let rx = scheduler
         .watch(&tenant, &id)

@@ -158,7 +158,12 @@ const MIN_TOKEN: usize = 16;
 struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
-    fn add(&mut self, field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
+    fn add(
+        &mut self,
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
         self.0.push(ConfigProblem {
             field: field.into(),
             problem: problem.into(),
@@ -227,7 +232,8 @@ impl AgentConfig {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let file: AgentFile = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let file: AgentFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         Self::from_file(file)
     }
 
@@ -238,7 +244,11 @@ impl AgentConfig {
         p.token("edge_token", &file.edge_token);
         let listen = parse_listen(&mut p, file.listen.as_deref());
         if file.data_dir.as_os_str().is_empty() {
-            p.add("data_dir", "is empty", "name a directory the agent may write");
+            p.add(
+                "data_dir",
+                "is empty",
+                "name a directory the agent may write",
+            );
         }
         let retention = file.result_retention_s.unwrap_or(86_400);
         p.positive("result_retention_s", retention, "second");
@@ -246,7 +256,10 @@ impl AgentConfig {
         p.positive("max_body_bytes", max_body, "byte");
         let sync_timeout = file.sync_timeout_ms.unwrap_or(60_000);
         p.positive("sync_timeout_ms", sync_timeout, "millisecond");
-        let control_plane = file.control_plane.as_ref().map(|c| control_plane(&mut p, c));
+        let control_plane = file
+            .control_plane
+            .as_ref()
+            .map(|c| control_plane(&mut p, c));
         let (pools, slots) = pools(&mut p, &file.pools);
         let models = models(&mut p, &file.models);
         if !p.0.is_empty() {
@@ -330,7 +343,11 @@ fn pools(p: &mut Problems, pools: &[PoolFile]) -> (Vec<PoolConfig>, Vec<SlotConf
         let at = |field: &str| format!("pools[{i}].{field}");
         p.id(&at("id"), &pool.id, "pool");
         if pools[..i].iter().any(|other| other.id == pool.id) {
-            p.add(at("id"), format!("{:?} appears twice", pool.id), "give each pool its own id");
+            p.add(
+                at("id"),
+                format!("{:?} appears twice", pool.id),
+                "give each pool its own id",
+            );
         }
         let reserved_price = pool.reserved_price_per_hour.unwrap_or(0.0);
         let on_demand_price = pool.on_demand_price_per_hour.unwrap_or(0.0);
@@ -398,7 +415,11 @@ fn model(p: &mut Problems, i: usize, m: &ModelFile, before: &[ModelFile]) -> Mod
         );
     }
     if before.iter().any(|other| other.id == m.id) {
-        p.add(at("id"), format!("{:?} appears twice", m.id), "list each model once");
+        p.add(
+            at("id"),
+            format!("{:?} appears twice", m.id),
+            "list each model once",
+        );
     }
     let queue_bound = m.queue_bound.unwrap_or(64);
     p.positive(&at("queue_bound"), u64::from(queue_bound), "job");

@@ -59,7 +59,12 @@ fn the_control_plane_is_optional() {
     let start = GOOD.find("[control_plane]").unwrap();
     let end = GOOD.find("[[pools]]").unwrap();
     let text = format!("{}{}", &GOOD[..start], &GOOD[end..]);
-    assert!(AgentConfig::from_toml(&text).unwrap().control_plane.is_none());
+    assert!(
+        AgentConfig::from_toml(&text)
+            .unwrap()
+            .control_plane
+            .is_none()
+    );
 }
 
 #[test]

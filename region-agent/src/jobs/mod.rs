@@ -191,7 +191,12 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("eu-west."), "{a}");
         assert!(is_request_id(&a), "{a}");
-        for bad in ["eu-west", "eu-west.xyz", "../etc.0123", "a.0123456789abcdef0123456789ABCDEF"] {
+        for bad in [
+            "eu-west",
+            "eu-west.xyz",
+            "../etc.0123",
+            "a.0123456789abcdef0123456789ABCDEF",
+        ] {
             assert!(!is_request_id(bad), "{bad}");
         }
     }

@@ -172,16 +172,16 @@ impl JobStore {
             let record = fs::read(&path)
                 .map_err(io("read", &path))
                 .and_then(|bytes| {
-                    serde_json::from_slice::<JobRecord>(&bytes).map_err(|source| {
-                        StoreError::Json {
-                            path: path.clone(),
-                            source,
-                        }
+                    serde_json::from_slice::<JobRecord>(&bytes).map_err(|source| StoreError::Json {
+                        path: path.clone(),
+                        source,
                     })
                 });
             match record {
                 Ok(record) if record.id == id => records.push(record),
-                Ok(_) => tracing::error!(path = %path.display(), "record names another job; skipped"),
+                Ok(_) => {
+                    tracing::error!(path = %path.display(), "record names another job; skipped")
+                }
                 Err(e) => tracing::error!(error = %e, "unreadable job record; skipped"),
             }
         }

@@ -57,7 +57,9 @@ impl Link {
         match self.flush_usage(FINAL_FLUSH_ROUNDS).await {
             Ok(0) => {}
             Ok(sent) => tracing::info!(sent, "usage flushed at shutdown"),
-            Err(e) => tracing::warn!(error = %e, left = self.scheduler.usage().len(), "usage not flushed at shutdown; kept on disk for the next start"),
+            Err(e) => {
+                tracing::warn!(error = %e, left = self.scheduler.usage().len(), "usage not flushed at shutdown; kept on disk for the next start")
+            }
         }
         match self.client.deregister(&self.region).await {
             Ok(()) => tracing::info!(region = %self.region, "deregistered from the control plane"),
@@ -94,7 +96,10 @@ impl Link {
 
     /// Sends up to `rounds` batches of pending usage; returns how many records were
     /// acknowledged.
-    pub async fn flush_usage(&self, rounds: usize) -> Result<usize, control_plane_client::ClientError> {
+    pub async fn flush_usage(
+        &self,
+        rounds: usize,
+    ) -> Result<usize, control_plane_client::ClientError> {
         let mut sent = 0;
         for _ in 0..rounds {
             let batch = self.pending().await;
@@ -103,7 +108,11 @@ impl Link {
             }
             let full = batch.len() == self.usage_batch;
             let receipt = self.client.report_usage(batch.clone()).await?;
-            tracing::debug!(accepted = receipt.accepted, duplicates = receipt.duplicates, "usage delivered");
+            tracing::debug!(
+                accepted = receipt.accepted,
+                duplicates = receipt.duplicates,
+                "usage delivered"
+            );
             sent += batch.len();
             let spool = self.scheduler.usage().clone();
             let _ = tokio::task::spawn_blocking(move || spool.acknowledge(&batch)).await;

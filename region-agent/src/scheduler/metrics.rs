@@ -91,56 +91,235 @@ impl Metrics {
         self.with(|c| *c.responses.entry(status).or_default() += 1);
     }
 
-    /// Prometheus text exposition of the counters and `gauges`.
+    /// Prometheus text exposition of the counters and `gauges` (each family one group).
     pub fn render(&self, region: &str, gauges: &Gauges) -> String {
         let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family("meridian_agent_jobs_total", "counter", "Jobs finished, by model and final status.");
-        family("meridian_agent_queue_depth", "gauge", "Jobs waiting, by model.");
-        drop(family);
+        let o = &mut out;
+        family(o, "meridian_agent_info", "gauge", "The agent's region.");
+        line(o, "meridian_agent_info", &[("region", region)], 1.0);
+        family(
+            o,
+            "meridian_agent_jobs_total",
+            "counter",
+            "Jobs finished, by model and final status.",
+        );
         for ((model, state), n) in &c.jobs {
-            line(&mut out, "meridian_agent_jobs_total", &[("model", model), ("status", state)], *n as f64);
+            line(
+                o,
+                "meridian_agent_jobs_total",
+                &[("model", model), ("status", state)],
+                *n as f64,
+            );
         }
-        for (model, queued, running, loaded) in &gauges.models {
-            line(&mut out, "meridian_agent_queue_depth", &[("model", model)], *queued as f64);
-            line(&mut out, "meridian_agent_jobs_in_progress", &[("model", model)], *running as f64);
-            line(&mut out, "meridian_agent_model_loaded", &[("model", model)], f64::from(u8::from(*loaded)));
+        family(
+            o,
+            "meridian_agent_queue_depth",
+            "gauge",
+            "Jobs waiting, by model.",
+        );
+        for (model, queued, _, _) in &gauges.models {
+            line(
+                o,
+                "meridian_agent_queue_depth",
+                &[("model", model)],
+                *queued as f64,
+            );
         }
-        for (model, (n, secs)) in &c.cold_starts {
-            line(&mut out, "meridian_agent_cold_starts_total", &[("model", model)], *n as f64);
-            line(&mut out, "meridian_agent_cold_start_seconds_sum", &[("model", model)], *secs);
+        family(
+            o,
+            "meridian_agent_jobs_in_progress",
+            "gauge",
+            "Jobs running, by model.",
+        );
+        for (model, _, running, _) in &gauges.models {
+            line(
+                o,
+                "meridian_agent_jobs_in_progress",
+                &[("model", model)],
+                *running as f64,
+            );
         }
-        for (model, (batches, jobs)) in &c.batches {
-            line(&mut out, "meridian_agent_batches_total", &[("model", model)], *batches as f64);
-            line(&mut out, "meridian_agent_batched_jobs_total", &[("model", model)], *jobs as f64);
+        family(
+            o,
+            "meridian_agent_model_loaded",
+            "gauge",
+            "1 when the model is loaded.",
+        );
+        for (model, _, _, loaded) in &gauges.models {
+            line(
+                o,
+                "meridian_agent_model_loaded",
+                &[("model", model)],
+                f64::from(u8::from(*loaded)),
+            );
         }
+        family(
+            o,
+            "meridian_agent_cold_starts_total",
+            "counter",
+            "Model loads, by model.",
+        );
+        for (model, (n, _)) in &c.cold_starts {
+            line(
+                o,
+                "meridian_agent_cold_starts_total",
+                &[("model", model)],
+                *n as f64,
+            );
+        }
+        family(
+            o,
+            "meridian_agent_cold_start_seconds_total",
+            "counter",
+            "Time spent loading models.",
+        );
+        for (model, (_, secs)) in &c.cold_starts {
+            line(
+                o,
+                "meridian_agent_cold_start_seconds_total",
+                &[("model", model)],
+                *secs,
+            );
+        }
+        family(
+            o,
+            "meridian_agent_batches_total",
+            "counter",
+            "Batches run, by model.",
+        );
+        for (model, (batches, _)) in &c.batches {
+            line(
+                o,
+                "meridian_agent_batches_total",
+                &[("model", model)],
+                *batches as f64,
+            );
+        }
+        family(
+            o,
+            "meridian_agent_batched_jobs_total",
+            "counter",
+            "Jobs run in batches, by model.",
+        );
+        for (model, (_, jobs)) in &c.batches {
+            line(
+                o,
+                "meridian_agent_batched_jobs_total",
+                &[("model", model)],
+                *jobs as f64,
+            );
+        }
+        family(
+            o,
+            "meridian_agent_gpu_seconds_total",
+            "counter",
+            "Slot time spent running batches.",
+        );
         for ((model, capacity), secs) in &c.gpu_seconds {
-            line(&mut out, "meridian_agent_gpu_seconds_total", &[("model", model), ("capacity", capacity)], *secs);
+            line(
+                o,
+                "meridian_agent_gpu_seconds_total",
+                &[("model", model), ("capacity", capacity)],
+                *secs,
+            );
         }
+        family(
+            o,
+            "meridian_agent_capacity_cost_total",
+            "counter",
+            "Slot time priced at the pool's hourly price.",
+        );
         for (capacity, cost) in &c.capacity_cost {
-            line(&mut out, "meridian_agent_capacity_cost_total", &[("capacity", capacity)], *cost);
+            line(
+                o,
+                "meridian_agent_capacity_cost_total",
+                &[("capacity", capacity)],
+                *cost,
+            );
         }
+        family(
+            o,
+            "meridian_agent_charged_total",
+            "counter",
+            "What tenants were charged, by model.",
+        );
         for (model, cost) in &c.charged {
-            line(&mut out, "meridian_agent_charged_total", &[("model", model)], *cost);
+            line(
+                o,
+                "meridian_agent_charged_total",
+                &[("model", model)],
+                *cost,
+            );
         }
+        family(
+            o,
+            "meridian_agent_refusals_total",
+            "counter",
+            "Jobs refused before acceptance, by reason.",
+        );
         for (reason, n) in &c.refusals {
-            line(&mut out, "meridian_agent_refusals_total", &[("reason", reason)], *n as f64);
+            line(
+                o,
+                "meridian_agent_refusals_total",
+                &[("reason", reason)],
+                *n as f64,
+            );
         }
+        family(
+            o,
+            "meridian_agent_http_responses_total",
+            "counter",
+            "API answers, by status.",
+        );
         for (status, n) in &c.responses {
-            line(&mut out, "meridian_agent_http_responses_total", &[("status", &status.to_string())], *n as f64);
+            line(
+                o,
+                "meridian_agent_http_responses_total",
+                &[("status", &status.to_string())],
+                *n as f64,
+            );
         }
         let (busy, free_reserved, free_on_demand, startable) = gauges.slots;
-        for (class, n) in [("busy", busy), ("free_reserved", free_reserved), ("free_on_demand", free_on_demand), ("on_demand_startable", startable)] {
-            line(&mut out, "meridian_agent_slots", &[("state", class)], f64::from(n));
+        family(o, "meridian_agent_slots", "gauge", "Slots by state.");
+        for (state, n) in [
+            ("busy", busy),
+            ("free_reserved", free_reserved),
+            ("free_on_demand", free_on_demand),
+            ("on_demand_startable", startable),
+        ] {
+            line(o, "meridian_agent_slots", &[("state", state)], f64::from(n));
         }
-        line(&mut out, "meridian_agent_usage_records_pending", &[], gauges.usage_pending as f64);
-        line(&mut out, "meridian_agent_draining", &[], f64::from(u8::from(gauges.draining)));
-        line(&mut out, "meridian_agent_info", &[("region", region)], 1.0);
+        family(
+            o,
+            "meridian_agent_usage_records_pending",
+            "gauge",
+            "Usage records not yet acknowledged.",
+        );
+        line(
+            o,
+            "meridian_agent_usage_records_pending",
+            &[],
+            gauges.usage_pending as f64,
+        );
+        family(
+            o,
+            "meridian_agent_draining",
+            "gauge",
+            "1 while the agent drains.",
+        );
+        line(
+            o,
+            "meridian_agent_draining",
+            &[],
+            f64::from(u8::from(gauges.draining)),
+        );
         out
     }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {

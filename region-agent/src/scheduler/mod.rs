@@ -183,7 +183,9 @@ impl Scheduler {
                 .iter()
                 .find(|m| m.id() == model_config.id)
                 .cloned()
-                .ok_or_else(|| anyhow::anyhow!("no implementation for model {}", model_config.id))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no implementation for model {}", model_config.id)
+                })?;
             let lane = Lane {
                 model,
                 config: model_config.clone(),
@@ -238,13 +240,17 @@ impl Scheduler {
     ) -> Result<JobRecord, SubmitError> {
         let shared = self.shared.clone();
         let (tenant, model) = (tenant.to_owned(), model.to_owned());
-        tokio::task::spawn_blocking(move || submit_blocking(&shared, &tenant, &model, priority, input))
-            .await
-            .map_err(|e| SubmitError::Storage(StoreError::Io {
+        tokio::task::spawn_blocking(move || {
+            submit_blocking(&shared, &tenant, &model, priority, input)
+        })
+        .await
+        .map_err(|e| {
+            SubmitError::Storage(StoreError::Io {
                 action: "run",
                 path: "submit".into(),
                 source: std::io::Error::other(e.to_string()),
-            }))?
+            })
+        })?
     }
 
     /// Whether this agent serves `model`.
@@ -382,7 +388,12 @@ impl Scheduler {
                 .iter()
                 .map(|(id, lane)| {
                     let state = lane.lock();
-                    (id.clone(), state.queue.len(), state.running, state.stats.loaded)
+                    (
+                        id.clone(),
+                        state.queue.len(),
+                        state.running,
+                        state.stats.loaded,
+                    )
                 })
                 .collect(),
             slots: (
@@ -406,7 +417,10 @@ impl Scheduler {
 fn model_report(lane: &Lane) -> ModelReport {
     let state = lane.lock();
     let depth = state.queue.len();
-    let room = lane.config.queue_bound.saturating_sub(depth + state.reserved);
+    let room = lane
+        .config
+        .queue_bound
+        .saturating_sub(depth + state.reserved);
     let stats = &state.stats;
     let batches_ahead = depth.div_ceil(lane.config.max_batch) + usize::from(state.running > 0);
     let mut expected_wait_ms = batches_ahead as f64 * stats.batch_ms.unwrap_or(0.0);
@@ -437,7 +451,10 @@ fn submit_blocking(
     if shared.draining.load(Ordering::SeqCst) {
         return Err(refuse(Refusal::Draining));
     }
-    let lane = shared.lanes.get(model).ok_or_else(|| refuse(Refusal::ModelNotServed))?;
+    let lane = shared
+        .lanes
+        .get(model)
+        .ok_or_else(|| refuse(Refusal::ModelNotServed))?;
     {
         let mut state = lane.lock();
         if state.queue.len() + state.reserved >= lane.config.queue_bound {
@@ -511,7 +528,9 @@ fn cancel_blocking(shared: &Shared, tenant: &str, id: &str) -> Result<JobRecord,
     record.finished_at_ms = Some(now_ms());
     shared.publish(record.clone())?;
     shared.store.drop_input(id);
-    shared.metrics.job_finished(&record.model, JobState::Cancelled.as_str());
+    shared
+        .metrics
+        .job_finished(&record.model, JobState::Cancelled.as_str());
     Ok(record)
 }
 

@@ -46,7 +46,13 @@ pub(super) fn restore(shared: &Shared) -> Result<(), StoreError> {
             }
         }
     }
-    tracing::info!(resumed, kept, expired, failed, "jobs restored from the data directory");
+    tracing::info!(
+        resumed,
+        kept,
+        expired,
+        failed,
+        "jobs restored from the data directory"
+    );
     Ok(())
 }
 
@@ -59,7 +65,11 @@ fn insert(shared: &Shared, record: JobRecord) {
 /// Queues an unfinished job again, or returns it failed (and stored) with the reason.
 fn resume(shared: &Shared, mut record: JobRecord) -> Result<(), Box<JobRecord>> {
     let Some(lane) = shared.lanes.get(&record.model) else {
-        return Err(fail(shared, record, "the model is no longer served by this agent".into()));
+        return Err(fail(
+            shared,
+            record,
+            "the model is no longer served by this agent".into(),
+        ));
     };
     let prepared = match shared.store.input(&record.id) {
         Ok(input) => lane

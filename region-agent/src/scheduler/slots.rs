@@ -181,10 +181,17 @@ mod tests {
         ]);
         let a = pool.try_acquire().unwrap();
         let b = pool.try_acquire().unwrap();
-        assert_eq!((a.capacity, b.capacity), (Capacity::Reserved, Capacity::Reserved));
+        assert_eq!(
+            (a.capacity, b.capacity),
+            (Capacity::Reserved, Capacity::Reserved)
+        );
         let c = pool.try_acquire().unwrap();
         assert_eq!(c.capacity, Capacity::OnDemand);
-        assert_eq!(c.start_delay, Duration::from_millis(500), "a stopped slot must start");
+        assert_eq!(
+            c.start_delay,
+            Duration::from_millis(500),
+            "a stopped slot must start"
+        );
         assert!(pool.try_acquire().is_none());
         assert_eq!(pool.counts().busy, 3);
 

@@ -47,20 +47,24 @@ async fn submit(s: &Scheduler, text: &str, priority: Priority) -> JobRecord {
 }
 
 async fn submit_grouped(s: &Scheduler, text: &str, group: &str) -> JobRecord {
-    s.submit("acme", "test/echo", Priority::Normal, json!({"text": text, "group": group}))
-        .await
-        .unwrap()
+    s.submit(
+        "acme",
+        "test/echo",
+        Priority::Normal,
+        json!({"text": text, "group": group}),
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits until job `id` reaches `state`.
 async fn wait_state(s: &Scheduler, id: &str, state: JobState) -> JobRecord {
     let mut rx = s.watch("acme", id).unwrap();
-    let record = tokio::time::timeout(PATIENCE, rx.wait_for(|r| r.state == state))
+    tokio::time::timeout(PATIENCE, rx.wait_for(|r| r.state == state))
         .await
         .unwrap_or_else(|_| panic!("job {id} never reached {state:?}"))
         .unwrap()
-        .clone();
-    record
+        .clone()
 }
 
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -81,7 +85,12 @@ async fn priorities_run_first_and_fifo_within_one() {
     let first = submit(&s, "first", Priority::Normal).await;
     wait_state(&s, &first.id, JobState::InProgress).await;
     let mut ids = Vec::new();
-    for (text, priority) in [("n1", Priority::Normal), ("l1", Priority::Low), ("h1", Priority::High), ("n2", Priority::Normal)] {
+    for (text, priority) in [
+        ("n1", Priority::Normal),
+        ("l1", Priority::Low),
+        ("h1", Priority::High),
+        ("n2", Priority::Normal),
+    ] {
         ids.push(submit(&s, text, priority).await.id);
     }
     let (_, position) = s.status("acme", &ids[2]).unwrap();
@@ -90,7 +99,10 @@ async fn priorities_run_first_and_fifo_within_one() {
     for id in &ids {
         wait_state(&s, id, JobState::Completed).await;
     }
-    assert_eq!(probe.lock().unwrap().order, ["first", "h1", "n1", "n2", "l1"]);
+    assert_eq!(
+        probe.lock().unwrap().order,
+        ["first", "h1", "n1", "n2", "l1"]
+    );
     s.stop().await;
 }
 
@@ -104,7 +116,13 @@ async fn same_key_jobs_run_in_one_batch() {
     let first = submit_grouped(&s, "x", "big").await;
     wait_state(&s, &first.id, JobState::InProgress).await;
     let mut ids = Vec::new();
-    for (text, group) in [("a", "small"), ("b", "big"), ("c", "small"), ("d", "small"), ("e", "small")] {
+    for (text, group) in [
+        ("a", "small"),
+        ("b", "big"),
+        ("c", "small"),
+        ("d", "small"),
+        ("e", "small"),
+    ] {
         ids.push(submit_grouped(&s, text, group).await.id);
     }
     gate.open();
@@ -129,7 +147,10 @@ async fn queued_jobs_can_be_cancelled_running_ones_cannot() {
     let running = submit(&s, "running", Priority::Normal).await;
     wait_state(&s, &running.id, JobState::InProgress).await;
     let queued = submit(&s, "queued", Priority::Normal).await;
-    assert!(matches!(s.cancel("other", &queued.id).await, Err(CancelError::NotFound)));
+    assert!(matches!(
+        s.cancel("other", &queued.id).await,
+        Err(CancelError::NotFound)
+    ));
     let cancelled = s.cancel("acme", &queued.id).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert!(matches!(
@@ -138,7 +159,10 @@ async fn queued_jobs_can_be_cancelled_running_ones_cannot() {
     ));
     gate.open();
     wait_state(&s, &running.id, JobState::Completed).await;
-    assert_eq!(s.get("acme", &queued.id).unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        s.get("acme", &queued.id).unwrap().state,
+        JobState::Cancelled
+    );
     assert_eq!(probe.lock().unwrap().order, ["running"]);
     s.stop().await;
 }
@@ -148,21 +172,37 @@ async fn a_full_queue_refuses_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Gate::closed();
     let model = TestModel::new("test/echo").gated(&gate);
-    let s = start(&config(dir.path(), "queue_bound = 1", ONE_SLOT), vec![model]);
+    let s = start(
+        &config(dir.path(), "queue_bound = 1", ONE_SLOT),
+        vec![model],
+    );
     let running = submit(&s, "a", Priority::Normal).await;
     wait_state(&s, &running.id, JobState::InProgress).await;
-    let bad = s.submit("acme", "test/echo", Priority::Normal, json!({"txt": "x"})).await;
-    assert!(matches!(bad, Err(SubmitError::Input(InputError::Field { .. }))), "{bad:?}");
+    let bad = s
+        .submit("acme", "test/echo", Priority::Normal, json!({"txt": "x"}))
+        .await;
+    assert!(
+        matches!(bad, Err(SubmitError::Input(InputError::Field { .. }))),
+        "{bad:?}"
+    );
     submit(&s, "b", Priority::Normal).await;
     let refused = s
         .submit("acme", "test/echo", Priority::High, json!({"text": "c"}))
         .await;
-    assert!(matches!(refused, Err(SubmitError::Refused(Refusal::QueueFull))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(SubmitError::Refused(Refusal::QueueFull))),
+        "{refused:?}"
+    );
     assert_eq!(s.report().models["test/echo"].queue_room, 0);
     let jobs = std::fs::read_dir(dir.path().join("jobs")).unwrap().count();
     assert_eq!(jobs, 2, "the refused job left nothing on disk");
-    let unknown = s.submit("acme", "test/other", Priority::Normal, json!({"text": "x"})).await;
-    assert!(matches!(unknown, Err(SubmitError::Refused(Refusal::ModelNotServed))));
+    let unknown = s
+        .submit("acme", "test/other", Priority::Normal, json!({"text": "x"}))
+        .await;
+    assert!(matches!(
+        unknown,
+        Err(SubmitError::Refused(Refusal::ModelNotServed))
+    ));
     gate.open();
     s.stop().await;
 }
@@ -185,12 +225,24 @@ async fn idle_models_are_unloaded_and_loaded_again_on_demand() {
     let dir = tempfile::tempdir().unwrap();
     let model = TestModel::new("test/echo");
     let probe = model.probe.clone();
-    let s = start(&config(dir.path(), "keep_alive_s = 0", ONE_SLOT), vec![model]);
-    assert!(!s.report().models["test/echo"].loaded, "nothing is loaded before the first job");
+    let s = start(
+        &config(dir.path(), "keep_alive_s = 0", ONE_SLOT),
+        vec![model],
+    );
+    assert!(
+        !s.report().models["test/echo"].loaded,
+        "nothing is loaded before the first job"
+    );
     let a = submit(&s, "a", Priority::Normal).await;
     wait_state(&s, &a.id, JobState::Completed).await;
-    wait_until("the idle model is unloaded", || probe.lock().unwrap().unloads == 1).await;
-    wait_until("the report says unloaded", || !s.report().models["test/echo"].loaded).await;
+    wait_until("the idle model is unloaded", || {
+        probe.lock().unwrap().unloads == 1
+    })
+    .await;
+    wait_until("the report says unloaded", || {
+        !s.report().models["test/echo"].loaded
+    })
+    .await;
     let b = submit(&s, "b", Priority::Normal).await;
     wait_state(&s, &b.id, JobState::Completed).await;
     assert_eq!(probe.lock().unwrap().loads, 2);
@@ -206,7 +258,13 @@ async fn reserved_slots_fill_before_on_demand_and_jobs_record_their_class() {
     second.id = "test/other".into();
     cfg.models.push(second);
     let gate = Gate::closed();
-    let s = start(&cfg, vec![TestModel::new("test/echo").gated(&gate), TestModel::new("test/other")]);
+    let s = start(
+        &cfg,
+        vec![
+            TestModel::new("test/echo").gated(&gate),
+            TestModel::new("test/other"),
+        ],
+    );
     let held = submit(&s, "held", Priority::Normal).await;
     wait_state(&s, &held.id, JobState::InProgress).await;
     assert_eq!(s.report().free_reserved, 0);
@@ -222,7 +280,11 @@ async fn reserved_slots_fill_before_on_demand_and_jobs_record_their_class() {
     assert_eq!(held.cost, Some(0.5));
     assert!(held.gpu_seconds.unwrap() > 0.0);
     assert_eq!(held.output.unwrap()["text"], "HELD");
-    assert_eq!(s.usage().pending(10).len(), 2, "each completed job left a usage record");
+    assert_eq!(
+        s.usage().pending(10).len(),
+        2,
+        "each completed job left a usage record"
+    );
     s.stop().await;
 }
 
@@ -245,7 +307,11 @@ async fn restart_resumes_queued_and_interrupted_jobs_and_keeps_results() {
     stopping.await.unwrap();
     drop(s);
     // Make one queued job look as if the agent crashed while running it.
-    let path = dir.path().join("jobs").join(&interrupted.id).join("record.json");
+    let path = dir
+        .path()
+        .join("jobs")
+        .join(&interrupted.id)
+        .join("record.json");
     let mut record: JobRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     record.state = JobState::InProgress;
     record.attempts = 1;
@@ -255,7 +321,11 @@ async fn restart_resumes_queued_and_interrupted_jobs_and_keeps_results() {
     let probe = model.probe.clone();
     let s = start(&cfg, vec![model]);
     let finished = s.get("acme", &done.id).unwrap();
-    assert_eq!(finished.state, JobState::Completed, "results survive a restart");
+    assert_eq!(
+        finished.state,
+        JobState::Completed,
+        "results survive a restart"
+    );
     assert_eq!(finished.output.unwrap()["text"], "DONE");
     wait_state(&s, &queued.id, JobState::Completed).await;
     let again = wait_state(&s, &interrupted.id, JobState::Completed).await;

@@ -49,7 +49,11 @@ pub(super) fn run_lane(shared: &Shared, lane: &Lane) {
 
 /// Waits until a job is queued (true) or the lane is stopped (false), unloading the model
 /// when it has been idle for its keep-alive.
-fn wait_for_work(lane: &Lane, loaded: &mut Option<Box<dyn LoadedModel>>, last_used: Instant) -> bool {
+fn wait_for_work(
+    lane: &Lane,
+    loaded: &mut Option<Box<dyn LoadedModel>>,
+    last_used: Instant,
+) -> bool {
     let mut state = lane.lock();
     loop {
         if state.stop {
@@ -106,12 +110,21 @@ fn run_batch(
             let results = model.run(inputs);
             let elapsed = started.elapsed();
             record_timing(lane, elapsed, &units);
-            shared.metrics.batch(&lane.config.id, ids.len(), lease.capacity, elapsed.as_secs_f64(), lease.price_per_hour);
+            shared.metrics.batch(
+                &lane.config.id,
+                ids.len(),
+                lease.capacity,
+                elapsed.as_secs_f64(),
+                lease.price_per_hour,
+            );
             if elapsed > lane.config.timeout {
                 let error = timeout_error(lane.config.timeout);
                 Outcome::Failed(error).repeat(ids.len(), elapsed)
             } else {
-                results.into_iter().map(|r| (Outcome::from(r), elapsed)).collect()
+                results
+                    .into_iter()
+                    .map(|r| (Outcome::from(r), elapsed))
+                    .collect()
             }
         }
         Err(e) => {
@@ -132,8 +145,20 @@ fn run_batch(
             };
             (Outcome::Failed(error), Duration::ZERO)
         });
-        let share = if total_units > 0.0 { units[i] / total_units } else { 1.0 / ids.len() as f64 };
-        finish(shared, lane, record, outcome, elapsed.as_secs_f64() * share, units[i], lease);
+        let share = if total_units > 0.0 {
+            units[i] / total_units
+        } else {
+            1.0 / ids.len() as f64
+        };
+        finish(
+            shared,
+            lane,
+            record,
+            outcome,
+            elapsed.as_secs_f64() * share,
+            units[i],
+            lease,
+        );
     }
     let mut state = lane.lock();
     state.running -= ids.len();
@@ -166,7 +191,10 @@ impl From<Result<ModelOutput, ModelError>> for Outcome {
 fn timeout_error(timeout: Duration) -> JobError {
     JobError {
         kind: "timeout".into(),
-        message: format!("the job ran longer than its timeout of {} s", timeout.as_secs()),
+        message: format!(
+            "the job ran longer than its timeout of {} s",
+            timeout.as_secs()
+        ),
     }
 }
 
@@ -191,7 +219,9 @@ fn ensure_loaded<'a>(
         let model = lane.model.load(&shared.device)?;
         let elapsed = started.elapsed();
         tracing::info!(model = %lane.config.id, cold_start_ms = elapsed.as_secs_f64() * 1000.0, "model loaded");
-        shared.metrics.cold_start(&lane.config.id, elapsed.as_secs_f64());
+        shared
+            .metrics
+            .cold_start(&lane.config.id, elapsed.as_secs_f64());
         let mut state = lane.lock();
         state.stats.loaded = true;
         state.stats.cold_start_ms = elapsed.as_secs_f64() * 1000.0;
@@ -207,7 +237,8 @@ fn record_timing(lane: &Lane, elapsed: Duration, units: &[f64]) {
     let total: f64 = units.iter().sum();
     let mut state = lane.lock();
     let stats = &mut state.stats;
-    let blend = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o * (1.0 - EWMA) + new * EWMA));
+    let blend =
+        |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o * (1.0 - EWMA) + new * EWMA));
     stats.batch_ms = blend(stats.batch_ms, ms);
     if total > 0.0 {
         stats.service_ms_per_unit = blend(stats.service_ms_per_unit, ms / total);
@@ -264,7 +295,9 @@ fn finish(
         tracing::error!(error = %e, job = %record.id, "cannot store a finished job's record");
     }
     shared.store.drop_input(&record.id);
-    shared.metrics.job_finished(&record.model, record.state.as_str());
+    shared
+        .metrics
+        .job_finished(&record.model, record.state.as_str());
 }
 
 fn fail(record: &mut JobRecord, kind: &str, message: String) {

@@ -12,8 +12,8 @@ use image::{ImageFormat, RgbImage};
 use serde_json::Value;
 
 use super::{
-    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile,
-    decode_base64, string_field,
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, decode_base64,
+    string_field,
 };
 use crate::models::esrgan::Esrgan;
 use crate::models::image_io::{self, ImageInputError, InputLimits};
@@ -168,7 +168,11 @@ mod tests {
     fn png_base64(width: u32, height: u32, seed: u8) -> String {
         use base64::Engine as _;
         let image = RgbImage::from_fn(width, height, |x, y| {
-            image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_mul(31), seed])
+            image::Rgb([
+                (x as u8).wrapping_mul(seed),
+                (y as u8).wrapping_mul(31),
+                seed,
+            ])
         });
         let mut bytes = Vec::new();
         image
@@ -182,7 +186,11 @@ mod tests {
         let model = EsrganModel::new("meridian/esrgan-x2", 2, std::path::Path::new("unused"));
         let mut loaded = random_loaded(2);
         let inputs = || {
-            [3u8, 7, 11].map(|seed| model.prepare(&json!({"image": png_base64(6, 5, seed)})).unwrap())
+            [3u8, 7, 11].map(|seed| {
+                model
+                    .prepare(&json!({"image": png_base64(6, 5, seed)}))
+                    .unwrap()
+            })
         };
         let keys: Vec<String> = inputs().iter().map(|i| i.batch_key.clone()).collect();
         assert_eq!(keys, ["6x5", "6x5", "6x5"]);
@@ -193,7 +201,11 @@ mod tests {
             .collect();
         let single: Vec<Vec<u8>> = inputs()
             .into_iter()
-            .map(|input| loaded.run(vec![input]).remove(0).unwrap().files[0].bytes.clone())
+            .map(|input| {
+                loaded.run(vec![input]).remove(0).unwrap().files[0]
+                    .bytes
+                    .clone()
+            })
             .collect();
         assert_eq!(batched, single);
         let out = image::load_from_memory(&batched[0]).unwrap();
@@ -203,7 +215,9 @@ mod tests {
     #[test]
     fn prepare_bills_output_megapixels_and_refuses_bad_images() {
         let model = EsrganModel::new("meridian/esrgan-x4", 4, std::path::Path::new("unused"));
-        let input = model.prepare(&json!({"image": png_base64(10, 5, 1)})).unwrap();
+        let input = model
+            .prepare(&json!({"image": png_base64(10, 5, 1)}))
+            .unwrap();
         assert!((input.units - 40.0 * 20.0 / 1e6).abs() < 1e-12);
         assert!(matches!(
             model.prepare(&json!({"image": 5})),

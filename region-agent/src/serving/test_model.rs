@@ -122,7 +122,11 @@ struct LoadedTestModel(TestModel);
 
 impl Drop for LoadedTestModel {
     fn drop(&mut self) {
-        self.0.probe.lock().unwrap_or_else(|e| e.into_inner()).unloads += 1;
+        self.0
+            .probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unloads += 1;
     }
 }
 
@@ -134,7 +138,12 @@ impl LoadedModel for LoadedTestModel {
         std::thread::sleep(self.0.run_delay);
         let texts: Vec<String> = batch
             .into_iter()
-            .map(|job| job.payload.downcast::<String>().map(|b| *b).unwrap_or_default())
+            .map(|job| {
+                job.payload
+                    .downcast::<String>()
+                    .map(|b| *b)
+                    .unwrap_or_default()
+            })
             .collect();
         {
             let mut probe = self.0.probe.lock().unwrap_or_else(|e| e.into_inner());

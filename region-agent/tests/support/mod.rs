@@ -55,7 +55,10 @@ impl Agent {
         ));
         let agent = Self {
             base,
-            http: reqwest::Client::builder().timeout(PATIENCE).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .unwrap(),
             shutdown,
             task: Some(task),
         };
