@@ -1,11 +1,28 @@
 //! Meridian's region agent (DESIGN.md §6, §10).
 //!
-//! One agent runs per region (or GPU pool). It queues and batches jobs per model, runs candle
-//! models on the GPUs it manages (CUDA when present, CPU otherwise), keeps results on its own
-//! disk in its region, and reports health, capacity and usage to the control plane.
+//! One agent runs per region (or GPU pool). It serves the edge→agent API (`API.md`), queues
+//! and batches jobs per model, runs candle models on dedicated threads on the GPUs it manages
+//! (CUDA when built with the `cuda` feature and a GPU is present, CPU otherwise), keeps jobs
+//! and results on its own disk in its region, and reports health, capacity and usage to the
+//! control plane.
 //!
-//! What is here so far: [`models`] — ESRGAN-slim super-resolution on candle and the converter
-//! that prepares its weights from the `@upscalerjs/esrgan-slim` npm package. The job API, the
-//! scheduler and the `region-agent` binary land here next.
+//! - [`config`]: the TOML file and its validation.
+//! - [`serving`]: the [`serving::Model`] trait the scheduler drives, and the models served.
+//! - [`scheduler`]: queues, priorities, batching, slots, timeouts, keep-alive.
+//! - [`jobs`]: job records and their on-disk store; [`usage`]: usage records until sent.
+//! - [`api`]: the HTTP API; [`link`]: registration, heartbeats and usage to the control
+//!   plane; [`gpu`]: GPU discovery; [`server`]: the agent's lifecycle ([`run`]).
+//! - [`models`]: the plain candle models and their weight converters.
 
+pub mod api;
+pub mod config;
+pub mod gpu;
+pub mod jobs;
+pub mod link;
 pub mod models;
+pub mod scheduler;
+pub mod server;
+pub mod serving;
+pub mod usage;
+
+pub use server::{run, run_with_models};

@@ -1,0 +1,247 @@
+//! Job calls: run (sync), queue, result, cancel, files.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, Tenant};
+use crate::jobs::{JobRecord, JobState, Priority, is_request_id, now_ms};
+use crate::scheduler::{CancelError, SubmitError};
+use crate::serving::InputError;
+
+/// A parsed job body.
+struct JobBody {
+    input: Value,
+    priority: Priority,
+}
+
+/// Checks the content type and parses `{"input": {…}, "priority": …}`.
+fn parse_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<JobBody, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("cannot read the body: {rejection}"))
+        }
+    })?;
+    let json_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    let input = match object.remove("input") {
+        Some(input @ Value::Object(_)) => input,
+        Some(_) => return Err(ApiError::BadRequest("input must be a JSON object".into())),
+        None => return Err(ApiError::BadRequest("the field input is missing".into())),
+    };
+    let priority = match object.remove("priority") {
+        None | Some(Value::Null) => Priority::Normal,
+        Some(value) => serde_json::from_value(value).map_err(|_| {
+            ApiError::BadRequest("priority must be one of high, normal, low".into())
+        })?,
+    };
+    Ok(JobBody { input, priority })
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Refused(refusal) => Self::Refused(refusal),
+            SubmitError::Input(e @ InputError::Field { .. }) => Self::BadRequest(e.to_string()),
+            SubmitError::Input(e @ InputError::Unprocessable(_)) => {
+                Self::Unprocessable(e.to_string())
+            }
+            SubmitError::Storage(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+async fn submit(
+    state: &AppState,
+    tenant: &str,
+    model: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<JobRecord, ApiError> {
+    // A model this agent does not serve is refused before the body is even looked at, so
+    // the edge can try the next region.
+    let body = parse_body(headers, body, state.0.max_body_bytes);
+    let scheduler = state.scheduler();
+    if !scheduler.serves(model) {
+        scheduler.metrics().refused("model_not_served");
+        return Err(ApiError::Refused(crate::scheduler::Refusal::ModelNotServed));
+    }
+    if scheduler.is_draining() {
+        scheduler.metrics().refused("draining");
+        return Err(ApiError::Refused(crate::scheduler::Refusal::Draining));
+    }
+    let body = body?;
+    let record = scheduler
+        .submit(tenant, model, body.priority, body.input)
+        .await?;
+    tracing::info!(job = %record.id, model, tenant, "job accepted");
+    Ok(record)
+}
+
+/// `POST /v1/queue/{owner}/{model}`.
+pub async fn queue(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((owner, model)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let model = format!("{owner}/{model}");
+    let record = submit(&state, &tenant, &model, &headers, body).await?;
+    let id = &record.id;
+    let body = json!({
+        "request_id": id,
+        "status_url": format!("/v1/requests/{id}/status"),
+        "response_url": format!("/v1/requests/{id}"),
+        "cancel_url": format!("/v1/requests/{id}/cancel"),
+    });
+    Ok(with_id(
+        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        id,
+    ))
+}
+
+/// `POST /v1/run/{owner}/{model}`: accepts the job and waits for it up to the sync timeout.
+pub async fn run(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((owner, model)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let model = format!("{owner}/{model}");
+    let record = submit(&state, &tenant, &model, &headers, body).await?;
+    let Some(mut rx) = state.scheduler().watch(&tenant, &record.id) else {
+        return Err(ApiError::Internal(format!(
+            "request {} vanished",
+            record.id
+        )));
+    };
+    let timeout = state.0.sync_timeout;
+    let finished = tokio::time::timeout(timeout, rx.wait_for(|r| r.state.is_final())).await;
+    match finished {
+        Ok(Ok(record)) => Ok(result_response(&record.clone())),
+        _ => Err(ApiError::Timeout {
+            request_id: record.id,
+            timeout_ms: timeout.as_millis(),
+        }),
+    }
+}
+
+/// `GET /v1/requests/{id}`.
+pub async fn result(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = find(&state, &tenant, &id)?;
+    if !record.state.is_final() {
+        return Err(ApiError::NotReady(id));
+    }
+    Ok(result_response(&record))
+}
+
+/// `PUT /v1/requests/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    find(&state, &tenant, &id)?;
+    match state.scheduler().cancel(&tenant, &id).await {
+        Ok(record) => {
+            tracing::info!(job = %id, "job cancelled");
+            let body = record.status_json(None, now_ms());
+            Ok(with_id(Json(body).into_response(), &id))
+        }
+        Err(CancelError::NotFound) => Err(unknown(&id)),
+        Err(e @ CancelError::NotCancellable(_)) => Err(ApiError::NotCancellable(e.to_string())),
+        Err(CancelError::Storage(e)) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// `GET /v1/requests/{id}/files/{name}`.
+pub async fn file(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let record = find(&state, &tenant, &id)?;
+    let content_type = record
+        .output
+        .as_ref()
+        .and_then(Value::as_object)
+        .and_then(|fields| {
+            fields.values().find_map(|v| {
+                (v.get("name")?.as_str()? == name).then(|| v.get("content_type")?.as_str())?
+            })
+        })
+        .map(str::to_owned);
+    let no_file = || ApiError::NotFound(format!("request {id} has no file {name:?}"));
+    let content_type = content_type.ok_or_else(no_file)?;
+    let bytes = state
+        .scheduler()
+        .file(&tenant, &id, &name)
+        .await
+        .ok_or_else(no_file)?;
+    let mut response = ([("content-type", content_type)], bytes).into_response();
+    response = with_id(response, &id);
+    Ok(response)
+}
+
+/// The job `id` when `tenant` owns it; otherwise 404, the same as for an unknown id.
+pub(super) fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
+    if !is_request_id(id) {
+        return Err(unknown(id));
+    }
+    state.scheduler().get(tenant, id).ok_or_else(|| unknown(id))
+}
+
+fn unknown(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no request {id:?}"))
+}
+
+/// Adds `x-request-id`.
+pub(super) fn with_id(mut response: Response, id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// `200` with the result JSON, `x-request-id` and `x-meridian-cost`.
+fn result_response(record: &JobRecord) -> Response {
+    let body = record.result_json(now_ms());
+    let mut response = with_id(Json(body).into_response(), &record.id);
+    let cost = record.cost.unwrap_or(0.0);
+    if let Ok(value) = HeaderValue::from_str(&format!("{cost:.6}")) {
+        response.headers_mut().insert("x-meridian-cost", value);
+    }
+    if record.state == JobState::Completed {
+        tracing::debug!(job = %record.id, "result served");
+    }
+    response
+}

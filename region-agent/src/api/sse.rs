@@ -1,0 +1,99 @@
+//! `GET /v1/requests/{id}/status`: the status as JSON, or with `Accept: text/event-stream`
+//! (or `?stream=true`) a stream of `status` events, one per change of state or queue
+//! position, ending after a final state.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::jobs::{find, with_id};
+use super::{ApiError, AppState, Tenant};
+use crate::jobs::{JobRecord, now_ms};
+use crate::scheduler::Scheduler;
+
+/// How often a stream re-reads the queue position while nothing else changes.
+const POSITION_POLL: Duration = Duration::from_millis(500);
+
+/// The status call.
+pub async fn status(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    find(&state, &tenant, &id)?;
+    let wants_stream = query.get("stream").is_some_and(|v| v == "true" || v == "1")
+        || headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+    let scheduler = state.scheduler().clone();
+    if !wants_stream {
+        let (record, position) = scheduler
+            .status(&tenant, &id)
+            .ok_or_else(|| ApiError::NotFound(format!("no request {id:?}")))?;
+        return Ok(with_id(
+            Json(record.status_json(position, now_ms())).into_response(),
+            &id,
+        ));
+    }
+    let rx = scheduler
+        .watch(&tenant, &id)
+        .ok_or_else(|| ApiError::NotFound(format!("no request {id:?}")))?;
+    let follow = Follow {
+        scheduler,
+        tenant,
+        id: id.clone(),
+        rx,
+        last: None,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(follow, next_event);
+    let sse = Sse::new(stream).keep_alive(KeepAlive::default());
+    Ok(with_id(sse.into_response(), &id))
+}
+
+/// A stream's state.
+struct Follow {
+    scheduler: Scheduler,
+    tenant: String,
+    id: String,
+    rx: watch::Receiver<JobRecord>,
+    /// Status and position last sent.
+    last: Option<(Value, Option<usize>)>,
+    done: bool,
+}
+
+async fn next_event(mut follow: Follow) -> Option<(Result<Event, Infallible>, Follow)> {
+    if follow.done {
+        return None;
+    }
+    loop {
+        let (record, position) = follow.scheduler.status(&follow.tenant, &follow.id)?;
+        let key = (Value::String(record.state.as_str().to_owned()), position);
+        if follow.last.as_ref() != Some(&key) {
+            follow.last = Some(key);
+            follow.done = record.state.is_final();
+            let data = record.status_json(position, now_ms()).to_string();
+            return Some((Ok(Event::default().event("status").data(data)), follow));
+        }
+        tokio::select! {
+            changed = follow.rx.changed() => {
+                if changed.is_err() {
+                    // The record was swept; nothing more will come.
+                    return None;
+                }
+            }
+            () = tokio::time::sleep(POSITION_POLL) => {}
+        }
+    }
+}

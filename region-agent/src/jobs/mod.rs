@@ -1,0 +1,203 @@
+//! Jobs: their records (what is persisted and what the status and result calls show), ids,
+//! and the on-disk store ([`store::JobStore`]).
+
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use control_plane_client::wire::Capacity;
+
+/// A job's priority; higher ones run first, FIFO within one.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Runs before normal and low.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Runs when nothing else waits.
+    Low,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Waiting in its model's queue.
+    InQueue,
+    /// Running.
+    InProgress,
+    /// Finished with an output.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled while queued.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has finished (completed, failed or cancelled).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The name in status answers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InQueue => "IN_QUEUE",
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Kind: `timeout`, `model_error`, `input`, `restart`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A sentence for a person.
+    pub message: String,
+}
+
+/// Everything known about one job; persisted as `record.json` in its directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Request id, `<region>.<32 hex>`.
+    pub id: String,
+    /// Tenant that created it.
+    pub tenant: String,
+    /// Model id.
+    pub model: String,
+    /// Region.
+    pub region: String,
+    /// Priority.
+    pub priority: Priority,
+    /// Acceptance order within the agent (FIFO within a priority, also across restarts).
+    pub seq: u64,
+    /// Current state.
+    pub state: JobState,
+    /// Unix ms when accepted.
+    pub queued_at_ms: u64,
+    /// Unix ms when it started running (last attempt).
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    /// Unix ms when it finished.
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+    /// Times it was started (more than one after a restart interrupted it).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<JobError>,
+    /// The output (file objects already carry their URLs).
+    #[serde(default)]
+    pub output: Option<Value>,
+    /// Units billed.
+    #[serde(default)]
+    pub units: Option<f64>,
+    /// GPU-seconds used.
+    #[serde(default)]
+    pub gpu_seconds: Option<f64>,
+    /// What the tenant is charged.
+    #[serde(default)]
+    pub cost: Option<f64>,
+    /// Capacity class it ran on.
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+}
+
+impl JobRecord {
+    /// The status JSON (API.md), with the queue position when queued.
+    pub fn status_json(&self, queue_position: Option<usize>, now_ms: u64) -> Value {
+        let queue_end = self.started_at_ms.or(self.finished_at_ms).unwrap_or(now_ms);
+        let inference_ms = match (self.started_at_ms, self.finished_at_ms) {
+            (Some(start), Some(end)) => Some(end.saturating_sub(start)),
+            _ => None,
+        };
+        json!({
+            "request_id": self.id,
+            "model": self.model,
+            "region": self.region,
+            "status": self.state.as_str(),
+            "queue_position": queue_position,
+            "timings": {
+                "queued_at_ms": self.queued_at_ms,
+                "queue_ms": queue_end.saturating_sub(self.queued_at_ms),
+                "inference_ms": inference_ms,
+            },
+            "error": self.error,
+        })
+    }
+
+    /// The result JSON: the status plus output, units, cost and capacity.
+    pub fn result_json(&self, now_ms: u64) -> Value {
+        let mut value = self.status_json(None, now_ms);
+        if let Value::Object(map) = &mut value {
+            map.insert("output".into(), self.output.clone().unwrap_or(Value::Null));
+            map.insert("units".into(), json!(self.units));
+            map.insert("cost".into(), json!(self.cost));
+            map.insert("capacity".into(), json!(self.capacity));
+            map.insert("gpu_seconds".into(), json!(self.gpu_seconds));
+        }
+        value
+    }
+}
+
+/// A new request id for `region`: the region, a dot and 128 random bits in lowercase hex.
+pub fn new_request_id(region: &str) -> String {
+    format!("{region}.{:032x}", rand::random::<u128>())
+}
+
+/// Whether `id` has the shape of a request id (so it is safe as a directory name).
+pub fn is_request_id(id: &str) -> bool {
+    let Some((region, hex)) = id.rsplit_once('.') else {
+        return false;
+    };
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && hex.len() == 32
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Unix time in ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_carry_the_region_and_128_bits() {
+        let a = new_request_id("eu-west");
+        let b = new_request_id("eu-west");
+        assert_ne!(a, b);
+        assert!(a.starts_with("eu-west."), "{a}");
+        assert!(is_request_id(&a), "{a}");
+        for bad in [
+            "eu-west",
+            "eu-west.xyz",
+            "../etc.0123",
+            "a.0123456789abcdef0123456789ABCDEF",
+        ] {
+            assert!(!is_request_id(bad), "{bad}");
+        }
+    }
+}

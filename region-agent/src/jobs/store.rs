@@ -1,0 +1,191 @@
+//! Jobs on disk, in the agent's data directory:
+//!
+//! ```text
+//! <data_dir>/jobs/<request id>/record.json   the JobRecord (replaced atomically)
+//! <data_dir>/jobs/<request id>/input.json    the job's input, until it has finished
+//! <data_dir>/jobs/<request id>/files/<name>  output files
+//! ```
+//!
+//! Every file is written to a temporary name, fsynced, renamed into place and its directory
+//! fsynced, so a crash leaves either the old or the new content, never a torn file.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{JobRecord, is_request_id};
+
+/// Why the store failed (the agent's disk, never the user's input).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record could not be encoded or decoded.
+    #[error("record {path}: {source}")]
+    Json {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut file = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    file.write_all(bytes).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io("rename into", path))?;
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory so a rename or a new entry in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+/// The jobs directory of one agent.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    root: PathBuf,
+}
+
+impl JobStore {
+    /// Opens (creating) `<data_dir>/jobs`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let root = data_dir.join("jobs");
+        fs::create_dir_all(&root).map_err(io("create", &root))?;
+        Ok(Self { root })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Creates a job's directory with its input and first record.
+    pub fn create(&self, record: &JobRecord, input: &Value) -> Result<(), StoreError> {
+        let dir = self.dir(&record.id);
+        fs::create_dir_all(dir.join("files")).map_err(io("create", &dir))?;
+        let input_path = dir.join("input.json");
+        let bytes = serde_json::to_vec(input).map_err(|source| StoreError::Json {
+            path: input_path.clone(),
+            source,
+        })?;
+        write_atomic(&input_path, &bytes)?;
+        self.save(record)?;
+        sync_dir(&self.root)
+    }
+
+    /// Replaces a job's record.
+    pub fn save(&self, record: &JobRecord) -> Result<(), StoreError> {
+        let path = self.dir(&record.id).join("record.json");
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// Reads a job's input.
+    pub fn input(&self, id: &str) -> Result<Value, StoreError> {
+        let path = self.dir(id).join("input.json");
+        let bytes = fs::read(&path).map_err(io("read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json { path, source })
+    }
+
+    /// Deletes a finished job's input (its output is all that is kept).
+    pub fn drop_input(&self, id: &str) {
+        let path = self.dir(id).join("input.json");
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, path = %path.display(), "cannot delete a finished job's input");
+        }
+    }
+
+    /// Writes an output file.
+    pub fn write_file(&self, id: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        write_atomic(&self.dir(id).join("files").join(name), bytes)
+    }
+
+    /// Reads an output file; `None` when it does not exist or the name is not a plain name.
+    pub fn read_file(&self, id: &str, name: &str) -> Option<Vec<u8>> {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !plain || !is_request_id(id) {
+            return None;
+        }
+        fs::read(self.dir(id).join("files").join(name)).ok()
+    }
+
+    /// Deletes a job and its files.
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let dir = self.dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("delete", &dir)(e)),
+        }
+    }
+
+    /// Every record on disk; directories without a readable record are reported and skipped.
+    pub fn load_all(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut records = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io("list", &self.root))? {
+            let entry = entry.map_err(io("list", &self.root))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().filter(|id| is_request_id(id)) else {
+                continue;
+            };
+            let path = entry.path().join("record.json");
+            let record = fs::read(&path)
+                .map_err(io("read", &path))
+                .and_then(|bytes| {
+                    serde_json::from_slice::<JobRecord>(&bytes).map_err(|source| StoreError::Json {
+                        path: path.clone(),
+                        source,
+                    })
+                });
+            match record {
+                Ok(record) if record.id == id => records.push(record),
+                Ok(_) => {
+                    tracing::error!(path = %path.display(), "record names another job; skipped")
+                }
+                Err(e) => tracing::error!(error = %e, "unreadable job record; skipped"),
+            }
+        }
+        records.sort_by_key(|r| r.seq);
+        Ok(records)
+    }
+}

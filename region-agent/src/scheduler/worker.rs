@@ -1,0 +1,332 @@
+//! A model's thread: waits for work, takes a slot (reserved first), takes a batch, loads the
+//! model if it is not loaded (the cold start, measured), runs the batch, stores the outputs,
+//! usage and final records, and unloads the model after its keep-alive without work.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::queue::Queued;
+use super::slots::SlotLease;
+use super::{Lane, Shared};
+use crate::jobs::{JobError, JobRecord, JobState, now_ms};
+use crate::serving::{LoadedModel, ModelError, ModelOutput};
+use control_plane_client::wire::UsageRecord;
+
+/// How often a thread waiting for a slot checks whether it should stop.
+const SLOT_POLL: Duration = Duration::from_millis(100);
+/// Weight of the newest sample in the moving averages.
+const EWMA: f64 = 0.3;
+
+/// The thread's loop; returns when the lane is stopped.
+pub(super) fn run_lane(shared: &Shared, lane: &Lane) {
+    let mut loaded: Option<Box<dyn LoadedModel>> = None;
+    let mut last_used = Instant::now();
+    while wait_for_work(lane, &mut loaded, last_used) {
+        let Some(lease) = take_slot(shared, lane) else {
+            continue;
+        };
+        if !lease.start_delay.is_zero() {
+            tracing::info!(model = %lane.config.id, delay_ms = lease.start_delay.as_millis(), "starting an on-demand slot");
+            std::thread::sleep(lease.start_delay);
+        }
+        let batch = {
+            let mut state = lane.lock();
+            let batch = state.queue.take_batch(lane.config.max_batch);
+            state.running += batch.len();
+            batch
+        };
+        if !batch.is_empty() {
+            run_batch(shared, lane, &mut loaded, batch, &lease);
+            last_used = Instant::now();
+        }
+        shared.slots.release(&lease);
+    }
+    if loaded.take().is_some() {
+        lane.lock().stats.loaded = false;
+    }
+}
+
+/// Waits until a job is queued (true) or the lane is stopped (false), unloading the model
+/// when it has been idle for its keep-alive.
+fn wait_for_work(
+    lane: &Lane,
+    loaded: &mut Option<Box<dyn LoadedModel>>,
+    last_used: Instant,
+) -> bool {
+    let mut state = lane.lock();
+    loop {
+        if state.stop {
+            return false;
+        }
+        if !state.queue.is_empty() {
+            return true;
+        }
+        if loaded.is_some() {
+            let idle = last_used.elapsed();
+            if idle >= lane.config.keep_alive {
+                *loaded = None;
+                state.stats.loaded = false;
+                tracing::info!(model = %lane.config.id, idle_s = idle.as_secs(), "model unloaded after its keep-alive");
+                continue;
+            }
+            state = lane
+                .wake
+                .wait_timeout(state, lane.config.keep_alive - idle)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        } else {
+            state = lane.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Waits for a free slot; `None` when the lane was stopped meanwhile.
+fn take_slot(shared: &Shared, lane: &Lane) -> Option<SlotLease> {
+    loop {
+        if let Some(lease) = shared.slots.acquire(SLOT_POLL) {
+            return Some(lease);
+        }
+        if lane.lock().stop {
+            return None;
+        }
+    }
+}
+
+fn run_batch(
+    shared: &Shared,
+    lane: &Lane,
+    loaded: &mut Option<Box<dyn LoadedModel>>,
+    batch: Vec<Queued>,
+    lease: &SlotLease,
+) {
+    let ids: Vec<String> = batch.iter().map(|job| job.id.clone()).collect();
+    let units: Vec<f64> = batch.iter().map(|job| job.input.units).collect();
+    let records: Vec<Option<JobRecord>> = ids.iter().map(|id| mark_started(shared, id)).collect();
+    let results = match ensure_loaded(shared, lane, loaded) {
+        Ok(model) => {
+            let started = Instant::now();
+            let inputs = batch.into_iter().map(|job| job.input).collect();
+            let results = model.run(inputs);
+            let elapsed = started.elapsed();
+            record_timing(lane, elapsed, &units);
+            shared.metrics.batch(
+                &lane.config.id,
+                ids.len(),
+                lease.capacity,
+                elapsed.as_secs_f64(),
+                lease.price_per_hour,
+            );
+            if elapsed > lane.config.timeout {
+                let error = timeout_error(lane.config.timeout);
+                Outcome::Failed(error).repeat(ids.len(), elapsed)
+            } else {
+                results
+                    .into_iter()
+                    .map(|r| (Outcome::from(r), elapsed))
+                    .collect()
+            }
+        }
+        Err(e) => {
+            let error = JobError {
+                kind: "model_error".into(),
+                message: format!("load the model: {e}"),
+            };
+            Outcome::Failed(error).repeat(ids.len(), Duration::ZERO)
+        }
+    };
+    let total_units: f64 = units.iter().sum();
+    for (i, record) in records.into_iter().enumerate() {
+        let Some(record) = record else { continue };
+        let (outcome, elapsed) = results.get(i).cloned().unwrap_or_else(|| {
+            let error = JobError {
+                kind: "model_error".into(),
+                message: "the model returned fewer outputs than inputs".into(),
+            };
+            (Outcome::Failed(error), Duration::ZERO)
+        });
+        let share = if total_units > 0.0 {
+            units[i] / total_units
+        } else {
+            1.0 / ids.len() as f64
+        };
+        finish(
+            shared,
+            lane,
+            record,
+            outcome,
+            elapsed.as_secs_f64() * share,
+            units[i],
+            lease,
+        );
+    }
+    let mut state = lane.lock();
+    state.running -= ids.len();
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Done(ModelOutput),
+    Failed(JobError),
+}
+
+impl Outcome {
+    fn repeat(self, n: usize, elapsed: Duration) -> Vec<(Self, Duration)> {
+        vec![(self, elapsed); n]
+    }
+}
+
+impl From<Result<ModelOutput, ModelError>> for Outcome {
+    fn from(result: Result<ModelOutput, ModelError>) -> Self {
+        match result {
+            Ok(output) => Self::Done(output),
+            Err(e) => Self::Failed(JobError {
+                kind: "model_error".into(),
+                message: e.0,
+            }),
+        }
+    }
+}
+
+fn timeout_error(timeout: Duration) -> JobError {
+    JobError {
+        kind: "timeout".into(),
+        message: format!(
+            "the job ran longer than its timeout of {} s",
+            timeout.as_secs()
+        ),
+    }
+}
+
+fn mark_started(shared: &Shared, id: &str) -> Option<JobRecord> {
+    let mut record = shared.record(id)?;
+    record.state = JobState::InProgress;
+    record.started_at_ms = Some(now_ms());
+    record.attempts += 1;
+    if let Err(e) = shared.publish(record.clone()) {
+        tracing::error!(error = %e, job = id, "cannot store that a job started");
+    }
+    Some(record)
+}
+
+fn ensure_loaded<'a>(
+    shared: &Shared,
+    lane: &Lane,
+    loaded: &'a mut Option<Box<dyn LoadedModel>>,
+) -> Result<&'a mut Box<dyn LoadedModel>, ModelError> {
+    if loaded.is_none() {
+        let started = Instant::now();
+        let model = lane.model.load(&shared.device)?;
+        let elapsed = started.elapsed();
+        tracing::info!(model = %lane.config.id, cold_start_ms = elapsed.as_secs_f64() * 1000.0, "model loaded");
+        shared
+            .metrics
+            .cold_start(&lane.config.id, elapsed.as_secs_f64());
+        let mut state = lane.lock();
+        state.stats.loaded = true;
+        state.stats.cold_start_ms = elapsed.as_secs_f64() * 1000.0;
+        *loaded = Some(model);
+    }
+    loaded
+        .as_mut()
+        .ok_or_else(|| ModelError("the model is not loaded".into()))
+}
+
+fn record_timing(lane: &Lane, elapsed: Duration, units: &[f64]) {
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    let total: f64 = units.iter().sum();
+    let mut state = lane.lock();
+    let stats = &mut state.stats;
+    let blend =
+        |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o * (1.0 - EWMA) + new * EWMA));
+    stats.batch_ms = blend(stats.batch_ms, ms);
+    if total > 0.0 {
+        stats.service_ms_per_unit = blend(stats.service_ms_per_unit, ms / total);
+        stats.units_per_job = blend(stats.units_per_job, total / units.len() as f64);
+    }
+}
+
+fn finish(
+    shared: &Shared,
+    lane: &Lane,
+    mut record: JobRecord,
+    outcome: Outcome,
+    gpu_seconds: f64,
+    units: f64,
+    lease: &SlotLease,
+) {
+    let finished = now_ms();
+    record.finished_at_ms = Some(finished);
+    record.capacity = Some(lease.capacity);
+    record.gpu_seconds = Some(gpu_seconds);
+    match outcome {
+        Outcome::Done(output) => match store_output(shared, &record.id, output) {
+            Ok(output) => {
+                let cost = units * lane.config.price_per_unit;
+                record.state = JobState::Completed;
+                record.output = Some(output);
+                record.units = Some(units);
+                record.cost = Some(cost);
+                let usage = UsageRecord {
+                    job_id: record.id.clone(),
+                    tenant: record.tenant.clone(),
+                    model: record.model.clone(),
+                    region: record.region.clone(),
+                    units,
+                    gpu_seconds,
+                    capacity: lease.capacity,
+                    cost,
+                    finished_at_ms: finished,
+                };
+                if let Err(e) = shared.usage.record(&usage) {
+                    tracing::error!(error = %e, job = %record.id, "cannot store a usage record");
+                }
+                shared.metrics.charged(&record.model, cost);
+            }
+            Err(e) => fail(&mut record, "storage", format!("store the output: {e}")),
+        },
+        Outcome::Failed(error) => {
+            record.state = JobState::Failed;
+            record.error = Some(error);
+            record.cost = Some(0.0);
+        }
+    }
+    if let Err(e) = shared.publish(record.clone()) {
+        tracing::error!(error = %e, job = %record.id, "cannot store a finished job's record");
+    }
+    shared.store.drop_input(&record.id);
+    shared
+        .metrics
+        .job_finished(&record.model, record.state.as_str());
+}
+
+fn fail(record: &mut JobRecord, kind: &str, message: String) {
+    record.state = JobState::Failed;
+    record.cost = Some(0.0);
+    record.error = Some(JobError {
+        kind: kind.into(),
+        message,
+    });
+}
+
+/// Writes the output files and returns the output JSON with a file object per file.
+fn store_output(
+    shared: &Shared,
+    id: &str,
+    output: ModelOutput,
+) -> Result<Value, crate::jobs::store::StoreError> {
+    let mut fields = output.fields;
+    for file in output.files {
+        shared.store.write_file(id, &file.name, &file.bytes)?;
+        fields.insert(
+            file.field,
+            json!({
+                "name": file.name,
+                "content_type": file.content_type,
+                "url": format!("/v1/requests/{id}/files/{}", file.name),
+                "bytes": file.bytes.len(),
+            }),
+        );
+    }
+    Ok(Value::Object(fields))
+}

@@ -1,0 +1,150 @@
+//! An agent running in-process on port 0, and HTTP helpers that call it as an edge would.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use region_agent::config::AgentConfig;
+use region_agent::serving::Model;
+use reqwest::{Method, RequestBuilder};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const EDGE_TOKEN: &str = "edge-token-0123456789";
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A configuration serving `models` (TOML `[[models]]` tables) with one reserved slot.
+pub fn config(data_dir: &std::path::Path, models: &str, extra: &str) -> AgentConfig {
+    AgentConfig::from_toml(&format!(
+        r#"
+region = "eu-west"
+listen = "127.0.0.1:0"
+edge_token = "{EDGE_TOKEN}"
+data_dir = "{}"
+{extra}
+
+[[pools]]
+id = "cpu"
+reserved = 1
+
+{models}
+"#,
+        data_dir.display()
+    ))
+    .unwrap()
+}
+
+pub struct Agent {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Agent {
+    pub async fn start(config: AgentConfig, models: Vec<Arc<dyn Model>>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(region_agent::run_with_models(
+            config,
+            models,
+            listener,
+            shutdown.clone(),
+        ));
+        let agent = Self {
+            base,
+            http: reqwest::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .unwrap(),
+            shutdown,
+            task: Some(task),
+        };
+        let start = Instant::now();
+        while agent.get("/healthz").await.0 == 0 {
+            assert!(start.elapsed() < PATIENCE, "the agent never answered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        agent
+    }
+
+    /// A request as the edge sends it for tenant `acme`.
+    pub fn call(&self, method: Method, path: &str) -> RequestBuilder {
+        self.as_tenant("acme", method, path)
+    }
+
+    pub fn as_tenant(&self, tenant: &str, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-meridian-edge-token", EDGE_TOKEN)
+            .header("x-meridian-tenant", tenant)
+    }
+
+    /// Queues a job and returns its request id.
+    pub async fn queue(&self, model: &str, body: Value) -> String {
+        let response = self
+            .call(Method::POST, &format!("/v1/queue/{model}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        let body: Value = response.json().await.unwrap();
+        body["request_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        let response = self
+            .call(Method::GET, &format!("/v1/requests/{id}/status"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls the status until it is `status`.
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let current = self.status(id).await;
+            if current["status"] == status {
+                return current;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "job {id} never reached {status}: {current}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET path` without edge headers: (status, body text); status 0 when unreachable.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        match self.http.get(format!("{}{path}", self.base)).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Asks the agent to shut down (as SIGTERM does) and waits for it to stop.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.join().await;
+    }
+
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("the agent stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
