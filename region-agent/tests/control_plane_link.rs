@@ -66,6 +66,7 @@ async fn start_control_plane() -> ControlPlaneUnderTest {
             max_body_bytes: 1 << 20,
             agent_lease_ttl: Duration::from_secs(3),
             max_poll_wait: Duration::from_secs(5),
+            spend_refresh: Duration::from_millis(200),
         },
         store: StoreConfig::embedded(dir.path()),
         seed_catalog: Some(CatalogSpec::from_toml(SEED).unwrap()),

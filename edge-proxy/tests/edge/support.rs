@@ -77,6 +77,7 @@ impl World {
                 max_body_bytes: 1 << 20,
                 agent_lease_ttl: Duration::from_secs(600),
                 max_poll_wait: Duration::from_secs(30),
+                spend_refresh: Duration::from_millis(200),
             },
             store: StoreConfig::embedded(dir.path().join("store")),
             seed_catalog: Some(catalog(&agents)),
