@@ -7,38 +7,13 @@
 mod support;
 
 use std::io::Cursor;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 
 use base64::Engine as _;
 use image::{ImageFormat, Rgb, RgbImage};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::{Agent, config};
-
-fn models_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(&target)
-            .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "scripts/fetch-models failed; these tests need npm and the npm registry.\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        target.join("esrgan-slim")
-    })
-}
+use support::{Agent, config, models_dir};
 
 fn encoded(width: u32, height: u32, format: ImageFormat) -> String {
     let image = RgbImage::from_fn(width, height, |x, y| {

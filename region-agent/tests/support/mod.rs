@@ -1,7 +1,9 @@
 //! An agent running in-process on port 0, and HTTP helpers that call it as an edge would.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use region_agent::config::AgentConfig;
@@ -147,4 +149,28 @@ impl Agent {
                 .unwrap();
         }
     }
+}
+
+/// The ESRGAN-slim weights directory, fetched and converted by `scripts/fetch-models` once
+/// per test process (needs npm; never skipped).
+pub fn models_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = std::env::var_os("MERIDIAN_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg(&target)
+            .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "scripts/fetch-models failed; these tests need npm and the npm registry.\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target.join("esrgan-slim")
+    })
 }

@@ -1,0 +1,115 @@
+//! ESRGAN-slim ×2 through the scheduler with the real weights: eight same-size 48×48 images
+//! queued at once and waited for, with `max_batch = 1` (one forward pass per image) and
+//! `max_batch = 8` (stacked into one `[8, 3, 48, 48]` pass). Includes queueing, persistence
+//! (fsync) and PNG encoding, as a client of the agent sees it. One CPU slot.
+//!
+//! Weights are fetched with `scripts/fetch-models` (into `$MERIDIAN_MODELS_DIR`, else a cache
+//! under the target dir) when not present.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use candle_core::Device;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use image::{ImageFormat, Rgb, RgbImage};
+use region_agent::config::AgentConfig;
+use region_agent::jobs::{JobState, Priority};
+use region_agent::scheduler::Scheduler;
+use region_agent::serving::Model;
+use region_agent::serving::esrgan::EsrganModel;
+use serde_json::{Value, json};
+
+const JOBS: usize = 8;
+
+fn models_dir() -> PathBuf {
+    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
+    let mut command = Command::new("bash");
+    command.arg(&script).arg(&target);
+    if let Some(converter) = option_env!("CARGO_BIN_EXE_convert-tfjs") {
+        command.env("MERIDIAN_CONVERT_TFJS", converter);
+    }
+    let status = command.status().expect("run scripts/fetch-models");
+    assert!(status.success(), "scripts/fetch-models failed (needs npm)");
+    target.join("esrgan-slim")
+}
+
+fn input() -> Value {
+    let image = RgbImage::from_fn(48, 48, |x, y| {
+        Rgb([
+            (x * 5) as u8,
+            (y * 5) as u8,
+            if (x / 6 + y / 6) % 2 == 0 { 40 } else { 210 },
+        ])
+    });
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+        .unwrap();
+    json!({"image": base64::engine::general_purpose::STANDARD.encode(bytes)})
+}
+
+fn scheduler(data: &std::path::Path, weights: &std::path::Path, max_batch: usize) -> Scheduler {
+    let config = AgentConfig::from_toml(&format!(
+        "region = \"bench\"\nedge_token = \"bench-token-0123456789\"\ndata_dir = \"{}\"\n\
+         result_retention_s = 3600\n[[pools]]\nid = \"cpu\"\nreserved = 1\n\
+         [[models]]\nid = \"meridian/esrgan-x2\"\nweights_dir = \"{}\"\nmax_batch = {max_batch}\nqueue_bound = 1000\n",
+        data.display(),
+        weights.display()
+    ))
+    .unwrap();
+    let model: Arc<dyn Model> = Arc::new(EsrganModel::new("meridian/esrgan-x2", 2, weights));
+    Scheduler::start(&config, vec![model], Device::Cpu).unwrap()
+}
+
+/// Queues `JOBS` images and waits until all have completed.
+async fn round(scheduler: &Scheduler, input: &Value) {
+    let mut ids = Vec::with_capacity(JOBS);
+    for _ in 0..JOBS {
+        let record = scheduler
+            .submit(
+                "bench",
+                "meridian/esrgan-x2",
+                Priority::Normal,
+                input.clone(),
+            )
+            .await
+            .unwrap();
+        ids.push(record.id);
+    }
+    for id in ids {
+        let mut rx = scheduler.watch("bench", &id).unwrap();
+        let record = rx.wait_for(|r| r.state.is_final()).await.unwrap().clone();
+        assert_eq!(record.state, JobState::Completed);
+    }
+}
+
+fn bench_batching(c: &mut Criterion) {
+    let weights = models_dir();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let input = input();
+    let mut group = c.benchmark_group("scheduler_esrgan_x2_48px");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(JOBS as u64));
+    for max_batch in [1, JOBS] {
+        let data = tempfile::tempdir().unwrap();
+        let scheduler = scheduler(data.path(), &weights, max_batch);
+        runtime.block_on(round(&scheduler, &input)); // load the model once (cold start)
+        group.bench_function(format!("{JOBS}_jobs_max_batch_{max_batch}"), |b| {
+            b.iter(|| runtime.block_on(round(&scheduler, &input)))
+        });
+        runtime.block_on(scheduler.stop());
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_batching);
+criterion_main!(benches);
