@@ -52,7 +52,7 @@ pub use config::{EdgeConfig, HttpsListen};
 use crate::metrics::{AdminApp, Metrics};
 use crate::proxy::{Active, EdgeProxy};
 use crate::regions::{Regions, RetryBudget};
-use crate::snapshot::{SharedState, SnapshotFollower};
+use crate::snapshot::{Contact, SharedState, SnapshotFollower};
 
 /// How long in-flight requests may take to finish once shutdown is asked for.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -64,6 +64,8 @@ pub struct Edge {
     pub config: EdgeConfig,
     /// The current routing state.
     pub state: SharedState,
+    /// When the control plane last answered (the route decision's clock when it is down).
+    pub contact: Contact,
     /// The geo-IP database, if configured.
     pub geoip: Option<GeoIp>,
     /// Circuit breakers and in-flight counts.
@@ -152,12 +154,14 @@ pub async fn run(
         Arc::clone(&metrics),
     );
     follower.start().await;
+    let contact = follower.contact();
     let follow = tokio::spawn(follower.follow(shutdown.clone()));
 
     let edge = Arc::new(Edge {
         retries: RetryBudget::new(config.retry_ratio, config.retry_floor),
         config,
         state: shared,
+        contact,
         geoip,
         regions: Arc::clone(&regions),
         metrics: Arc::clone(&metrics),

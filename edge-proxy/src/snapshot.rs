@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -27,6 +28,49 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The current routing state, shared by the request path and the snapshot follower.
 pub type SharedState = Arc<ArcSwapOption<RoutingState>>;
 
+/// Whether this edge can reach the control plane, and when it last heard from it. While the
+/// control plane is unreachable the request path judges heartbeats by the time of its last
+/// word rather than the wall clock: a snapshot does not go stale because nobody can send a
+/// newer one (static stability, DESIGN.md §7). Dead agents are caught by the circuit
+/// breakers instead.
+#[derive(Debug, Default)]
+pub struct ControlPlaneContact {
+    /// Unix ms of the last answer (or of the newest heartbeat in a cached snapshot); 0: none.
+    last_ms: std::sync::atomic::AtomicI64,
+    reachable: std::sync::atomic::AtomicBool,
+}
+
+/// The contact, shared by the follower and the request path.
+pub type Contact = Arc<ControlPlaneContact>;
+
+impl ControlPlaneContact {
+    fn answered(&self, now_ms: i64) {
+        self.last_ms.store(now_ms, Ordering::Relaxed);
+        self.reachable.store(true, Ordering::Relaxed);
+    }
+
+    fn failed(&self) {
+        self.reachable.store(false, Ordering::Relaxed);
+    }
+
+    fn cached(&self, newest_heartbeat_ms: i64) {
+        self.last_ms.store(newest_heartbeat_ms, Ordering::Relaxed);
+        self.reachable.store(false, Ordering::Relaxed);
+    }
+
+    /// The clock the route decision judges heartbeat ages by, in Unix ms: now while the
+    /// control plane answers; the time of its last word while it does not.
+    pub fn route_clock_ms(&self, now_ms: i64) -> u64 {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let clock = if self.reachable.load(Ordering::Relaxed) || last <= 0 {
+            now_ms
+        } else {
+            now_ms.min(last)
+        };
+        u64::try_from(clock).unwrap_or(0)
+    }
+}
+
 /// Follows the control plane's snapshots into `shared`.
 pub struct SnapshotFollower {
     client: ControlPlane,
@@ -34,6 +78,7 @@ pub struct SnapshotFollower {
     cache: PathBuf,
     poll_wait: Duration,
     metrics: Arc<Metrics>,
+    contact: Contact,
 }
 
 impl SnapshotFollower {
@@ -51,7 +96,17 @@ impl SnapshotFollower {
             cache,
             poll_wait,
             metrics,
+            contact: Contact::default(),
         }
+    }
+
+    /// When the follower last heard from the control plane.
+    pub fn contact(&self) -> Contact {
+        Arc::clone(&self.contact)
+    }
+
+    fn heard_from_control_plane(&self) {
+        self.contact.answered(unix_now().saturating_mul(1000));
     }
 
     /// The first state: the control plane's current snapshot, or else the cached one. Leaves
@@ -60,6 +115,7 @@ impl SnapshotFollower {
     pub async fn start(&self) {
         match self.client.snapshot().await {
             Ok(snapshot) => {
+                self.heard_from_control_plane();
                 if self.apply(snapshot).await {
                     return;
                 }
@@ -71,6 +127,10 @@ impl SnapshotFollower {
         match read_cache(&self.cache).await {
             Ok(snapshot) => {
                 let revision = snapshot.revision;
+                // The cache is as fresh as the newest heartbeat in it.
+                let newest = snapshot.regions.iter().map(|r| r.reported_at_ms).max();
+                let newest = newest.and_then(|ms| i64::try_from(ms).ok()).unwrap_or(0);
+                self.contact.cached(newest);
                 match build(snapshot, None).await {
                     Ok(state) => {
                         tracing::info!(revision, cache = %self.cache.display(), "routing on the cached snapshot");
@@ -106,10 +166,15 @@ impl SnapshotFollower {
             match result {
                 Ok(Some(snapshot)) => {
                     backoff = MIN_BACKOFF;
+                    self.heard_from_control_plane();
                     self.apply(snapshot).await;
                 }
-                Ok(None) => backoff = MIN_BACKOFF,
+                Ok(None) => {
+                    backoff = MIN_BACKOFF;
+                    self.heard_from_control_plane();
+                }
                 Err(e) => {
+                    self.contact.failed();
                     tracing::warn!(error = %e, retry_in = ?backoff, "snapshot poll failed; routing on the last good snapshot");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -218,6 +283,25 @@ mod tests {
 
     use super::*;
     use crate::state::testing::snapshot;
+
+    #[test]
+    fn heartbeats_are_judged_by_the_last_word_of_an_unreachable_control_plane() {
+        let contact = ControlPlaneContact::default();
+        // Never heard from it: the wall clock.
+        assert_eq!(contact.route_clock_ms(1_000_000), 1_000_000);
+        // Answering: the wall clock, however long ago its last snapshot came.
+        contact.answered(900_000);
+        assert_eq!(contact.route_clock_ms(1_000_000), 1_000_000);
+        // Unreachable: the clock stops at its last word.
+        contact.failed();
+        assert_eq!(contact.route_clock_ms(1_000_000), 900_000);
+        assert_eq!(contact.route_clock_ms(5_000_000), 900_000);
+        // Started from the cache: as of the newest heartbeat in it, until it answers.
+        contact.cached(800_000);
+        assert_eq!(contact.route_clock_ms(1_000_000), 800_000);
+        contact.answered(1_000_000);
+        assert_eq!(contact.route_clock_ms(1_000_100), 1_000_100);
+    }
 
     #[tokio::test]
     async fn a_bad_snapshot_never_replaces_a_good_one_nor_its_cache() {

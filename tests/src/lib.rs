@@ -1,5 +1,48 @@
-//! Meridian's end-to-end scenarios.
+//! Meridian's end-to-end harness: a whole stack on loopback, on free ports — the control
+//! plane (on a real etcd the harness starts, or the embedded store), region agents running
+//! the real ESRGAN-slim model, and an edge — driven as a client would drive it.
 //!
-//! The harness here will start real processes or in-process components on free loopback
-//! ports (etcd, the control plane, region agents, edges) and drive them as a client would.
-//! It is a skeleton until the edge and the agents exist; the scenarios live in `tests/`.
+//! Every component is the real one, started in-process through the same `run` functions its
+//! binary calls. Each agent runs on a runtime of its own so that a test can kill it outright
+//! (its listener, heartbeats and connections vanish at once, as when its machine dies)
+//! rather than only ask it to drain.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+mod stack;
+mod weights;
+
+pub use stack::{Answer, Backend, RegionDef, Stack};
+
+use std::time::Duration;
+
+/// How long any awaited condition may take before a scenario fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until `condition` holds, failing the test after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A small PNG (a gradient) as base64, the input of every ESRGAN job here.
+pub fn small_png_base64(size: u32) -> String {
+    use base64::Engine as _;
+    let image = image::RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb([(x * 16) as u8, (y * 16) as u8, ((x + y) * 8) as u8])
+    });
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}

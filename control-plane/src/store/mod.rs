@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod local_etcd;
 pub mod versioned;
 mod watch;
 

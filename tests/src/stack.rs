@@ -1,0 +1,578 @@
+//! A whole Meridian on loopback: control plane (etcd or embedded), agents, one edge.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use control_plane::api::{ApiSettings, Token};
+use control_plane::config::ServerConfig;
+use control_plane::store::StoreConfig;
+use control_plane::store::local_etcd::LocalEtcd;
+use control_plane_client::ControlPlane;
+use edge_proxy::config::Cidr;
+use edge_proxy::{EdgeConfig, Listeners};
+use policy::{CatalogSpec, Location};
+use region_agent::config::AgentConfig;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{PATIENCE, eventually, weights};
+
+const ADMIN: &str = "e2e-admin-token-0123456789";
+const EDGE: &str = "e2e-edge-token-0123456789";
+const AGENT: &str = "e2e-agent-token-0123456789";
+const AGENT_EDGE: &str = "e2e-agent-edge-token-0123456789";
+/// The model every agent here serves.
+pub const MODEL: &str = "meridian/esrgan-x2";
+
+/// Which store the control plane runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    /// A real etcd the harness starts.
+    Etcd,
+    /// The embedded raft store in a temporary directory.
+    Embedded,
+}
+
+/// A region of the test world and its agent's pool.
+#[derive(Debug, Clone, Copy)]
+pub struct RegionDef {
+    pub id: &'static str,
+    pub jurisdiction: &'static str,
+    pub lat: f64,
+    pub lon: f64,
+    pub reserved: u32,
+    pub reserved_price: f64,
+    pub on_demand: u32,
+    pub on_demand_price: f64,
+}
+
+impl RegionDef {
+    /// A region with `reserved` reserved slots at 2.0/h and no on-demand capacity.
+    pub const fn reserved(
+        id: &'static str,
+        jurisdiction: &'static str,
+        lat: f64,
+        lon: f64,
+    ) -> Self {
+        Self {
+            id,
+            jurisdiction,
+            lat,
+            lon,
+            reserved: 2,
+            reserved_price: 2.0,
+            on_demand: 0,
+            on_demand_price: 0.0,
+        }
+    }
+}
+
+/// An answer as a client sees it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// `x-meridian-region`, when present.
+    pub region: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    async fn of(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let region = headers
+            .get("x-meridian-region")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Self {
+            status,
+            region,
+            headers,
+            body,
+        }
+    }
+}
+
+/// A region agent on a runtime of its own.
+struct RunningAgent {
+    runtime: tokio::runtime::Runtime,
+    shutdown: CancellationToken,
+}
+
+/// The edge, in-process.
+struct RunningEdge {
+    base: String,
+    admin: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// The stack.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    _etcd: Option<LocalEtcd>,
+    control_plane_url: String,
+    control_plane: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    regions: Vec<RegionDef>,
+    addresses: BTreeMap<&'static str, SocketAddr>,
+    agents: BTreeMap<&'static str, RunningAgent>,
+    edge: Option<RunningEdge>,
+    /// Tenant id → an API key of it.
+    pub keys: BTreeMap<String, String>,
+    pub http: reqwest::Client,
+    /// The edge's own location (for clients geo-IP does not know).
+    pub edge_location: Location,
+}
+
+impl Stack {
+    /// Starts everything: `regions` with an agent each, `tenants` (TOML `[[tenants]]`
+    /// tables) with a key each, and an edge at `edge_location` that believes
+    /// X-Forwarded-For from loopback.
+    pub async fn start(
+        backend: Backend,
+        regions: &[RegionDef],
+        tenants: &str,
+        edge_location: Location,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = match backend {
+            Backend::Etcd => {
+                let data = dir.path().join("etcd");
+                Some(
+                    tokio::task::spawn_blocking(move || LocalEtcd::start(&data))
+                        .await
+                        .unwrap()
+                        .unwrap_or_else(|log| panic!("{log}")),
+                )
+            }
+            Backend::Embedded => None,
+        };
+        let store = match &etcd {
+            Some(etcd) => StoreConfig::Etcd {
+                endpoints: vec![etcd.endpoint.clone()],
+            },
+            None => StoreConfig::embedded(dir.path().join("store")),
+        };
+        let mut addresses = BTreeMap::new();
+        for r in regions {
+            addresses.insert(r.id, free_address());
+        }
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api: ApiSettings {
+                admin_token: Token::new(ADMIN),
+                edge_token: Token::new(EDGE),
+                agent_token: Token::new(AGENT),
+                max_body_bytes: 1 << 20,
+                // Long enough that a killed agent stays in the snapshot while a scenario runs:
+                // the edge must route around it by itself (connect failures, its breaker).
+                agent_lease_ttl: Duration::from_secs(6),
+                max_poll_wait: Duration::from_secs(5),
+                spend_refresh: Duration::from_millis(200),
+            },
+            store,
+            seed_catalog: Some(catalog(regions, &addresses, tenants)),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let control_plane_url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(control_plane::run(config, listener, shutdown.clone()));
+        let mut stack = Self {
+            dir,
+            _etcd: etcd,
+            control_plane_url,
+            control_plane: Some((shutdown, task)),
+            regions: regions.to_vec(),
+            addresses,
+            agents: BTreeMap::new(),
+            edge: None,
+            keys: BTreeMap::new(),
+            http: reqwest::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .unwrap(),
+            edge_location,
+        };
+        let admin = stack.control_plane(ADMIN);
+        eventually("the control plane serves", || async {
+            admin.list::<Value>("regions").await.is_ok()
+        })
+        .await;
+        for r in regions {
+            stack.start_agent(r.id);
+        }
+        let tenants: Vec<String> = admin
+            .list::<Value>("tenants")
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect();
+        for tenant in tenants {
+            let created = admin.create_key(&tenant, None).await.unwrap();
+            stack.keys.insert(tenant, created.key);
+        }
+        stack.wait_until_live(regions.len()).await;
+        stack.start_edge().await;
+        stack
+    }
+
+    /// A typed client of the control plane with `token`.
+    fn control_plane(&self, token: &str) -> ControlPlane {
+        ControlPlane::new(&self.control_plane_url, token, PATIENCE).unwrap()
+    }
+
+    /// Waits until `n` agents hold a lease at the control plane.
+    pub async fn wait_until_live(&self, n: usize) {
+        let edge = self.control_plane(EDGE);
+        eventually(&format!("{n} agents report"), || async {
+            edge.snapshot().await.is_ok_and(|s| s.regions.len() == n)
+        })
+        .await;
+    }
+
+    /// Starts (or restarts, with the same address and data) the agent of `region`.
+    pub fn start_agent(&mut self, region: &str) {
+        let def = *self.regions.iter().find(|r| r.id == region).unwrap();
+        let address = self.addresses[def.id];
+        let config = AgentConfig::from_toml(&format!(
+            r#"
+            region = "{id}"
+            listen = "{address}"
+            edge_token = "{AGENT_EDGE}"
+            data_dir = "{data}"
+            drain_timeout_s = 5
+            [control_plane]
+            url = "{cp}"
+            agent_token = "{AGENT}"
+            heartbeat_interval_ms = 200
+            [[pools]]
+            id = "gpu"
+            reserved = {reserved}
+            reserved_price_per_hour = {reserved_price}
+            {on_demand}
+            [[models]]
+            id = "{MODEL}"
+            weights_dir = "{weights}"
+            price_per_unit = 0.001
+            "#,
+            id = def.id,
+            data = self.dir.path().join(format!("agent-{}", def.id)).display(),
+            cp = self.control_plane_url,
+            reserved = def.reserved,
+            reserved_price = def.reserved_price,
+            on_demand = if def.on_demand > 0 {
+                format!(
+                    "on_demand_max = {}\non_demand_price_per_hour = {}\non_demand_start_ms = 0",
+                    def.on_demand, def.on_demand_price
+                )
+            } else {
+                String::new()
+            },
+            weights = weights::esrgan_dir().display(),
+        ))
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        // Bound on the agent's own runtime, so that killing the runtime closes it.
+        runtime.spawn(async move {
+            let listener = bind_retrying(address).await;
+            if let Err(e) = region_agent::run(config, listener, stop).await {
+                tracing::error!(error = %e, "agent stopped with an error");
+            }
+        });
+        self.agents
+            .insert(def.id, RunningAgent { runtime, shutdown });
+    }
+
+    /// Kills the agent of `region` outright: its runtime, listener, heartbeats and open
+    /// connections vanish at once, as when its machine dies.
+    pub async fn kill_agent(&mut self, region: &str) {
+        let agent = self.agents.remove(region).expect("a running agent");
+        agent.runtime.shutdown_background();
+        // The runtime's tasks, its listener among them, are dropped on its worker threads;
+        // the agent is dead once its address refuses connections.
+        let address = self.addresses[region];
+        eventually(
+            &format!("{region}'s address refuses connections"),
+            || async { tokio::net::TcpStream::connect(address).await.is_err() },
+        )
+        .await;
+    }
+
+    /// Starts (or restarts) the edge; waits until its snapshot lets a key list models.
+    pub async fn start_edge(&mut self) {
+        let config = EdgeConfig {
+            http: vec!["127.0.0.1:0".parse().unwrap()],
+            https: Vec::new(),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            control_plane_url: self.control_plane_url.clone(),
+            control_plane_token: EDGE.to_owned(),
+            snapshot_cache: self.dir.path().join("edge-snapshot.json"),
+            poll_wait: Duration::from_secs(5),
+            control_plane_timeout: Duration::from_secs(2),
+            geoip_database: Some(geoip_db()),
+            location: self.edge_location,
+            trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap()],
+            agent_token: AGENT_EDGE.to_owned(),
+            connect_timeout: Duration::from_millis(500),
+            read_timeout: Duration::from_secs(60),
+            max_body_bytes: 256 * 1024,
+            retry_ratio: 1.0,
+            retry_floor: 100,
+            breaker_failures: 2,
+            breaker_cool_down: Duration::from_secs(1),
+        };
+        let listeners = Listeners::bind(&config).unwrap();
+        let base = format!("http://{}", listeners.http[0].local_addr().unwrap());
+        let admin = format!(
+            "http://{}",
+            listeners.admin.as_ref().unwrap().local_addr().unwrap()
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(edge_proxy::run(config, listeners, shutdown.clone()));
+        self.edge = Some(RunningEdge {
+            base,
+            admin,
+            shutdown,
+            task,
+        });
+        let key = self.keys.values().next().cloned().unwrap();
+        eventually("the edge has a snapshot", || async {
+            self.get("/v1/models", &key).await.status == 200
+        })
+        .await;
+    }
+
+    /// Stops the edge gracefully.
+    pub async fn stop_edge(&mut self) {
+        let edge = self.edge.take().expect("a running edge");
+        edge.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, edge.task)
+            .await
+            .expect("the edge stops")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Stops the control plane (etcd stays up; edges and agents keep running).
+    pub async fn stop_control_plane(&mut self) {
+        let (shutdown, task) = self.control_plane.take().expect("a running control plane");
+        shutdown.cancel();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the control plane stops")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The API key of `tenant`.
+    pub fn key(&self, tenant: &str) -> &str {
+        &self.keys[tenant]
+    }
+
+    fn edge(&self) -> &RunningEdge {
+        self.edge.as_ref().expect("a running edge")
+    }
+
+    /// `GET path` at the edge with `key`.
+    pub async fn get(&self, path: &str, key: &str) -> Answer {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.edge().base))
+            .header("authorization", format!("Key {key}"))
+            .send()
+            .await
+            .unwrap();
+        Answer::of(response).await
+    }
+
+    /// `PUT path` at the edge with `key`.
+    pub async fn put(&self, path: &str, key: &str) -> Answer {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.edge().base))
+            .header("authorization", format!("Key {key}"))
+            .send()
+            .await
+            .unwrap();
+        Answer::of(response).await
+    }
+
+    /// `POST /v1/{kind}/meridian/esrgan-x2` (kind `run` or `queue`) with a small image,
+    /// from the client address `from` (sent as X-Forwarded-For) when given.
+    pub async fn submit(&self, kind: &str, key: &str, from: Option<&str>) -> Answer {
+        let body = json!({"input": {"image": crate::small_png_base64(8)}});
+        self.post(&format!("/v1/{kind}/{MODEL}"), key, from, body.to_string())
+            .await
+    }
+
+    /// `n` synchronous ESRGAN runs at once from `from`: their answers.
+    pub async fn run_many(&self, n: usize, key: &str, from: &str) -> Vec<Answer> {
+        let mut runs = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let request = self
+                .http
+                .post(format!("{}/v1/run/{MODEL}", self.edge().base))
+                .header("authorization", format!("Key {key}"))
+                .header("x-forwarded-for", from)
+                .json(&json!({"input": {"image": crate::small_png_base64(8)}}));
+            runs.spawn(async move { Answer::of(request.send().await.unwrap()).await });
+        }
+        let mut answers = Vec::new();
+        while let Some(answer) = runs.join_next().await {
+            answers.push(answer.unwrap());
+        }
+        answers
+    }
+
+    /// `POST path` at the edge with `key` and a JSON `body`.
+    pub async fn post(&self, path: &str, key: &str, from: Option<&str>, body: String) -> Answer {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.edge().base))
+            .header("authorization", format!("Key {key}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(from) = from {
+            request = request.header("x-forwarded-for", from);
+        }
+        Answer::of(request.send().await.unwrap()).await
+    }
+
+    /// The edge's base URL.
+    pub fn edge_base(&self) -> &str {
+        &self.edge().base
+    }
+
+    /// Revokes every key of `tenant` through the admin API.
+    pub async fn revoke_keys(&self, tenant: &str) {
+        let admin = self.control_plane(ADMIN);
+        for key in admin.keys(tenant).await.unwrap().items {
+            admin.revoke_key(tenant, &key.id).await.unwrap();
+        }
+    }
+
+    /// The edge's Prometheus metrics.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.edge().admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, agent) in std::mem::take(&mut self.agents) {
+            agent.shutdown.cancel();
+            agent.runtime.shutdown_background();
+        }
+        if let Some(edge) = &self.edge {
+            edge.shutdown.cancel();
+        }
+        if let Some((shutdown, _)) = &self.control_plane {
+            shutdown.cancel();
+        }
+    }
+}
+
+/// The MaxMind test database that `policy`'s tests ship (81.2.69.142 is London,
+/// 216.160.83.56 near Seattle).
+fn geoip_db() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../policy/tests/data/geoip/GeoLite2-City-Test.mmdb")
+}
+
+/// A loopback address no one listens on now.
+fn free_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Binds `address`, retrying while a killed agent's socket is still being released.
+async fn bind_retrying(address: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => return listener,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cannot bind {address}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn catalog(
+    regions: &[RegionDef],
+    addresses: &BTreeMap<&'static str, SocketAddr>,
+    tenants: &str,
+) -> CatalogSpec {
+    let mut text = String::from(
+        r#"
+        [routing]
+        heartbeat_timeout_ms = 6000
+        [[jurisdictions]]
+        id = "eu"
+        [[jurisdictions]]
+        id = "us"
+        [[jurisdictions]]
+        id = "uk"
+        [[jurisdictions]]
+        id = "jp"
+        "#,
+    );
+    for r in regions {
+        let on_demand = if r.on_demand > 0 {
+            format!(
+                ", on_demand_max = {}, on_demand_price_per_hour = {}",
+                r.on_demand, r.on_demand_price
+            )
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            r#"
+            [[regions]]
+            id = "{}"
+            jurisdiction = "{}"
+            location = {{ lat = {}, lon = {} }}
+            endpoint = "http://{}"
+            pools = [{{ id = "gpu", gpu = "H100", reserved = {}, reserved_price_per_hour = {}{on_demand} }}]
+            "#,
+            r.id, r.jurisdiction, r.lat, r.lon, addresses[r.id], r.reserved, r.reserved_price
+        ));
+    }
+    text.push_str(&format!(
+        r#"
+        [[models]]
+        id = "{MODEL}"
+        kind = "image-to-image"
+        unit = "megapixel"
+        price_per_unit = 0.001
+        gpu_seconds_per_unit = 0.05
+        {tenants}
+        "#
+    ));
+    CatalogSpec::from_toml(&text).unwrap()
+}
