@@ -3,8 +3,8 @@
 //! Input `{"prompt": "…", "steps": 4, "seed": 0, "width": 64, "height": 64, "guidance": 0}`
 //! (only `prompt` is required; `width`/`height` default to the model's training size and
 //! must be multiples of its size step; `guidance` above 1 turns on classifier-free
-//! guidance), output `{"image": {file}}` (PNG). Units: image·steps (one image of `steps`
-//! denoising steps is `steps` units).
+//! guidance), output `{"image": {file}}` (PNG). Units: images (one per job, whatever its
+//! size and steps).
 //!
 //! The same input run alone gives the same bytes. Run in a batch with other jobs, its pixels
 //! may differ by one level (the batched U-Net sums in another order).
@@ -171,7 +171,7 @@ impl Model for TinySdModel {
             request.height.unwrap_or_default(),
         );
         Ok(JobInput {
-            units: request.steps as f64,
+            units: 1.0,
             batch_key: format!("{w}x{h}/{}/{}", request.steps, request.guidance),
             payload: Box::new(request),
         })
@@ -252,10 +252,10 @@ mod tests {
     }
 
     #[test]
-    fn prepare_fills_defaults_bills_steps_and_keys_by_size_steps_and_guidance() {
+    fn prepare_fills_defaults_bills_one_image_and_keys_by_size_steps_and_guidance() {
         let m = model();
         let input = m.prepare(&json!({"prompt": "a fox"})).unwrap();
-        assert_eq!(input.units, 4.0);
+        assert_eq!(input.units, 1.0);
         assert_eq!(input.batch_key, "64x64/4/0");
         let request = input.payload.downcast::<Request>().unwrap();
         assert_eq!(

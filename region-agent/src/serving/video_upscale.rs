@@ -3,8 +3,9 @@
 //!
 //! Input `{"video": "<base64 GIF or APNG, or a data: URL>"}`, output `{"video": {file}}`
 //! (APNG, `image/apng`, same frame count, delays and loop count, twice the width and
-//! height). Units: input megapixels, width × height × frames / 10⁶ (the work grows with the
-//! pixels, not the frame count alone). The animation is decoded and checked against
+//! height). Units: output megapixels over all frames, 2·width × 2·height × frames / 10⁶ (the
+//! work grows with the pixels, not the frame count alone; megapixels are output megapixels,
+//! as for ESRGAN). The animation is decoded and checked against
 //! [`AnimationLimits`] in [`Model::prepare`], so input over the limits is refused with 422.
 //!
 //! Batching happens inside a job: the frames of one animation go through the network
@@ -65,9 +66,10 @@ impl Model for VideoUpscaleModel {
         let video = animation::decode_animation(&bytes, &self.limits).map_err(unprocessable)?;
         self.limits.check(&video).map_err(unprocessable)?;
         let (w, h) = video.dimensions();
-        let pixels = f64::from(w) * f64::from(h) * video.frames.len() as f64;
+        let scale = SCALE as f64;
+        let out_pixels = f64::from(w) * f64::from(h) * scale * scale * video.frames.len() as f64;
         Ok(JobInput {
-            units: pixels / 1e6,
+            units: out_pixels / 1e6,
             batch_key: format!("{w}x{h}"),
             payload: Box::new(video),
         })
@@ -148,12 +150,12 @@ mod tests {
     }
 
     #[test]
-    fn prepare_bills_input_megapixels_and_refuses_what_is_over_the_limits() {
+    fn prepare_bills_output_megapixels_and_refuses_what_is_over_the_limits() {
         let model = VideoUpscaleModel::new("meridian/video-upscale-x2", Path::new("unused"));
         let input = model
             .prepare(&json!({"video": apng_base64(10, 8, 3)}))
             .unwrap();
-        assert!((input.units - 10.0 * 8.0 * 3.0 / 1e6).abs() < 1e-12);
+        assert!((input.units - 20.0 * 16.0 * 3.0 / 1e6).abs() < 1e-12);
         assert_eq!(input.batch_key, "10x8");
         let Err(InputError::Unprocessable(message)) =
             model.prepare(&json!({"video": apng_base64(2, 2, 121)}))
