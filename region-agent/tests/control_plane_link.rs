@@ -154,7 +154,7 @@ async fn heartbeats_usage_draining_and_deregistration() {
     // Usage reaches the control plane, and the agent forgets it once acknowledged.
     let records: Vec<UsageRecord> = eventually("usage is delivered", || async {
         let listed = admin
-            .list::<UsageRecord>("usage?region=eu-west")
+            .list::<UsageRecord>("usage/records?region=eu-west")
             .await
             .ok()?;
         (listed.items.len() == 2).then_some(listed.items)
@@ -203,7 +203,7 @@ async fn heartbeats_usage_draining_and_deregistration() {
         "deregistered"
     );
     let usage = admin
-        .list::<UsageRecord>("usage?region=eu-west")
+        .list::<UsageRecord>("usage/records?region=eu-west")
         .await
         .unwrap();
     assert!(

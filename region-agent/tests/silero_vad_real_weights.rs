@@ -9,8 +9,8 @@
 //! segments cover the speech and nothing else.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
+
 use std::sync::OnceLock;
 
 use candle_core::Device;
@@ -19,90 +19,22 @@ use region_agent::models::silero_vad::{
     DetectError, SAMPLE_RATE, SegmentParams, SileroVad, SpeechSegment,
 };
 
+use support::speech::espeak_wav;
+
 const SR: usize = SAMPLE_RATE as usize;
 
-/// Runs `scripts/fetch-models` once per test process and returns the model directory.
+/// The model, its weights fetched once per test process.
 fn model() -> &'static SileroVad {
     static MODEL: OnceLock<SileroVad> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(&target)
-            .arg("silero-vad")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "scripts/fetch-models failed; the Silero VAD tests need python3 with pip and the \
-             PyPI registry to download silero-vad.\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        SileroVad::load(&target.join("silero-vad"), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
+        SileroVad::load(&support::fetch_models("silero-vad"), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"))
     })
-}
-
-/// Speaks `text` with espeak-ng and returns its WAV bytes (22 050 Hz mono).
-fn espeak_wav(text: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("speech.wav");
-    let output = Command::new("espeak-ng")
-        .args(["-v", "en", "-s", "150", "-w"])
-        .arg(&path)
-        .arg(text)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run espeak-ng ({e}); scripts/bootstrap installs it (apt espeak-ng)")
-        });
-    assert!(
-        output.status.success(),
-        "espeak-ng failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::read(&path).unwrap()
 }
 
 /// Speaks `text` and returns 16 kHz samples.
 fn speak(text: &str) -> Vec<f32> {
-    let wav = espeak_wav(text);
-    let mut reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
-    let spec = reader.spec();
-    assert_eq!(spec.channels, 1);
-    let samples: Vec<f32> = reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.unwrap()) / 32768.0)
-        .collect();
-    resample(&samples, spec.sample_rate as usize, SR)
-}
-
-/// Windowed-sinc (Hann, 16 zero crossings) resampling, low-passed at the lower Nyquist.
-fn resample(input: &[f32], from: usize, to: usize) -> Vec<f32> {
-    const HALF: f64 = 16.0;
-    let ratio = to as f64 / from as f64;
-    let cutoff = ratio.min(1.0);
-    let out_len = (input.len() as f64 * ratio).floor() as usize;
-    (0..out_len)
-        .map(|n| {
-            let t = n as f64 / ratio; // position in input samples
-            let lo = (t - HALF / cutoff).ceil().max(0.0) as usize;
-            let hi = ((t + HALF / cutoff).floor() as usize).min(input.len() - 1);
-            let mut acc = 0.0;
-            for (k, &x) in input.iter().enumerate().take(hi + 1).skip(lo) {
-                let d = (t - k as f64) * cutoff;
-                let sinc = if d.abs() < 1e-9 {
-                    1.0
-                } else {
-                    (std::f64::consts::PI * d).sin() / (std::f64::consts::PI * d)
-                };
-                let hann = 0.5 + 0.5 * (std::f64::consts::PI * d / HALF).cos();
-                acc += f64::from(x) * sinc * hann * cutoff;
-            }
-            acc as f32
-        })
-        .collect()
+    support::speech::speak(text, SR)
 }
 
 /// Where the voiced part of a clip is: from the first to the last 10 ms frame whose RMS is

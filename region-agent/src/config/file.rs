@@ -97,8 +97,15 @@ pub struct PoolFile {
 pub struct ModelFile {
     /// Model id `owner/name`, one the agent knows (e.g. `meridian/esrgan-x2`) (required).
     pub id: String,
-    /// Directory holding the model's weights (required), e.g. `models/esrgan-slim`.
-    pub weights_dir: PathBuf,
+    /// Directory holding the model's weights, e.g. `models/esrgan-slim` (required unless
+    /// `pipeline_test` is true).
+    #[serde(default)]
+    pub weights_dir: Option<PathBuf>,
+    /// Serve the model's pipeline test model instead of real weights: toy networks with
+    /// seeded random weights, built in code, that prove requests flow through the pipeline
+    /// but draw noise, never pictures. Only `meridian/tiny-sd` has one. Default false.
+    #[serde(default)]
+    pub pipeline_test: Option<bool>,
     /// Most jobs waiting in this model's queue; more are refused with `queue_full`. Default 64.
     #[serde(default)]
     pub queue_bound: Option<u32>,

@@ -86,13 +86,23 @@ pub struct PoolConfig {
     pub on_demand_max: u32,
 }
 
+/// Where a model's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelWeights {
+    /// A directory of real weights (`weights_dir`).
+    Dir(PathBuf),
+    /// The model's pipeline test model, built in code with seeded random weights
+    /// (`pipeline_test = true`): it tests the pipeline and draws noise, never pictures.
+    PipelineTest,
+}
+
 /// One served model's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// `owner/name`.
     pub id: String,
-    /// Directory of its weights.
-    pub weights_dir: PathBuf,
+    /// Its weights.
+    pub weights: ModelWeights,
     /// Most queued jobs (≥ 1).
     pub queue_bound: usize,
     /// Most jobs per batch (≥ 1).
@@ -225,7 +235,9 @@ impl AgentConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         for model in &mut config.models {
-            model.weights_dir = base.join(&model.weights_dir);
+            if let ModelWeights::Dir(dir) = &mut model.weights {
+                *dir = base.join(&*dir);
+            }
         }
         Ok(config)
     }
@@ -429,14 +441,52 @@ fn model(p: &mut Problems, i: usize, m: &ModelFile, before: &[ModelFile]) -> Mod
     p.positive(&at("timeout_s"), timeout, "second");
     let price = m.price_per_unit.unwrap_or(0.0);
     p.price(&at("price_per_unit"), price);
+    let weights = weights(p, i, m);
     ModelConfig {
         id: m.id.clone(),
-        weights_dir: m.weights_dir.clone(),
+        weights,
         queue_bound: queue_bound as usize,
         max_batch: max_batch as usize,
         keep_alive: Duration::from_secs(m.keep_alive_s.unwrap_or(300)),
         timeout: Duration::from_secs(timeout),
         price_per_unit: price,
+    }
+}
+
+fn weights(p: &mut Problems, i: usize, m: &ModelFile) -> ModelWeights {
+    match (&m.weights_dir, m.pipeline_test.unwrap_or(false)) {
+        (Some(dir), false) if dir.as_os_str().is_empty() => {
+            p.add(
+                format!("models[{i}].weights_dir"),
+                "is empty",
+                "name the directory of the model's weights",
+            );
+            ModelWeights::Dir(dir.clone())
+        }
+        (Some(dir), false) => ModelWeights::Dir(dir.clone()),
+        (None, true) => ModelWeights::PipelineTest,
+        (Some(dir), true) => {
+            p.add(
+                format!("models[{i}].pipeline_test"),
+                format!(
+                    "pipeline_test = true and weights_dir = {:?} are both set",
+                    dir.display().to_string()
+                ),
+                "remove weights_dir to serve the pipeline test model (random weights), or \
+                 pipeline_test to serve the weights in weights_dir",
+            );
+            ModelWeights::PipelineTest
+        }
+        (None, false) => {
+            p.add(
+                format!("models[{i}].weights_dir"),
+                "is missing",
+                "name the directory of the model's weights (scripts/fetch-models writes \
+                 esrgan-slim and silero-vad), or set pipeline_test = true where the model has \
+                 a pipeline test model (meridian/tiny-sd)",
+            );
+            ModelWeights::Dir(PathBuf::new())
+        }
     }
 }
 

@@ -110,3 +110,40 @@ fn duplicate_models_and_bad_ids_are_refused() {
     let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["models[1].id", "models[2].id"]);
 }
+
+#[test]
+fn weights_come_from_a_directory_or_the_pipeline_test_model() {
+    let config = AgentConfig::from_toml(GOOD).unwrap();
+    assert_eq!(
+        config.models[0].weights,
+        ModelWeights::Dir(PathBuf::from("models/esrgan-slim"))
+    );
+    let text = GOOD.replace(
+        "weights_dir = \"models/esrgan-slim\"",
+        "pipeline_test = true",
+    );
+    let config = AgentConfig::from_toml(&text).unwrap();
+    assert_eq!(config.models[0].weights, ModelWeights::PipelineTest);
+}
+
+#[test]
+fn weights_must_be_named_once() {
+    let neither = GOOD.replace("weights_dir = \"models/esrgan-slim\"\n", "");
+    let both = GOOD.replace(
+        "weights_dir = \"models/esrgan-slim\"",
+        "weights_dir = \"models/esrgan-slim\"\npipeline_test = true",
+    );
+    let empty = GOOD.replace("\"models/esrgan-slim\"", "\"\"");
+    for (text, field) in [
+        (neither, "models[0].weights_dir"),
+        (both, "models[0].pipeline_test"),
+        (empty, "models[0].weights_dir"),
+    ] {
+        let ConfigError::Invalid(problems) = AgentConfig::from_toml(&text).unwrap_err() else {
+            panic!("expected validation problems for {field}");
+        };
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, [field]);
+        assert!(!problems[0].fix.is_empty());
+    }
+}

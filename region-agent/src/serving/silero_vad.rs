@@ -1,0 +1,144 @@
+//! Silero VAD (`meridian/silero-vad`) served through [`Model`].
+//!
+//! Input `{"audio": "<base64 WAV, 16 kHz mono, or a data: URL>"}`, output
+//! `{"segments": [{"start_s", "end_s"}, …]}` (seconds from the start of the audio; `[]` when
+//! nobody speaks). Units: seconds of audio. The WAV is decoded and checked (rate, channels,
+//! length) in [`Model::prepare`], so wrong audio is refused with 422 before the job exists.
+//!
+//! Batching: the model can advance several audios in lockstep
+//! ([`SileroVad::speech_probabilities_batch`]), but the `silero_vad` benchmark shows no gain
+//! on a CPU over running them one after another, and in a batch a short audio waits for the
+//! longest. So jobs run one by one even when `max_batch` is over 1, and `max_batch = 1` (the
+//! default) is the setting to use.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde_json::Value;
+
+use super::{
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, decode_base64, string_field,
+};
+use crate::models::audio_io::{self, AudioLimits};
+use crate::models::silero_vad::{SAMPLE_RATE, SegmentParams, SileroVad, WEIGHTS_FILE};
+
+/// Silero VAD, its weights in `<weights_dir>/silero_vad_16k.safetensors`.
+#[derive(Debug, Clone)]
+pub struct SileroVadModel {
+    id: String,
+    weights: PathBuf,
+    limits: AudioLimits,
+}
+
+impl SileroVadModel {
+    /// The model `id`, weights from `weights_dir` (what `scripts/fetch-models` writes as
+    /// `silero-vad/`).
+    pub fn new(id: &str, weights_dir: &Path) -> Self {
+        Self {
+            id: id.to_owned(),
+            weights: weights_dir.join(WEIGHTS_FILE),
+            limits: AudioLimits::VAD_16K,
+        }
+    }
+
+    /// The weights file this model loads.
+    pub fn weights(&self) -> &Path {
+        &self.weights
+    }
+}
+
+impl Model for SileroVadModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
+        let text = string_field(input, "audio")?;
+        let bytes = decode_base64("audio", text)?;
+        let samples = audio_io::decode_wav_mono(&bytes, &self.limits)
+            .map_err(|e| InputError::Unprocessable(format!("input.audio: {e}")))?;
+        Ok(JobInput {
+            units: samples.len() as f64 / f64::from(SAMPLE_RATE),
+            batch_key: String::new(),
+            payload: Box::new(samples),
+        })
+    }
+
+    fn load(&self, device: &Device) -> Result<Box<dyn LoadedModel>, ModelError> {
+        let model =
+            SileroVad::load(&self.weights, device).map_err(|e| ModelError(e.to_string()))?;
+        Ok(Box::new(LoadedSileroVad {
+            model,
+            params: SegmentParams::default(),
+        }))
+    }
+}
+
+struct LoadedSileroVad {
+    model: SileroVad,
+    params: SegmentParams,
+}
+
+impl LoadedSileroVad {
+    fn detect(&self, job: JobInput) -> Result<ModelOutput, ModelError> {
+        let samples = job
+            .payload
+            .downcast::<Vec<f32>>()
+            .map_err(|_| ModelError("input of the wrong type for Silero VAD".to_owned()))?;
+        let segments = self
+            .model
+            .detect(&samples, &self.params)
+            .map_err(|e| ModelError(e.to_string()))?;
+        let segments =
+            serde_json::to_value(segments).map_err(|e| ModelError(format!("encode: {e}")))?;
+        let mut output = ModelOutput::default();
+        output.fields.insert("segments".to_owned(), segments);
+        Ok(output)
+    }
+}
+
+impl LoadedModel for LoadedSileroVad {
+    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>> {
+        batch.into_iter().map(|job| self.detect(job)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use base64::Engine as _;
+    use serde_json::json;
+
+    use super::*;
+
+    fn wav_base64(seconds: f32, rate: u32) -> String {
+        let n = (seconds * rate as f32) as usize;
+        let samples: Vec<f32> = (0..n).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
+        let wav = audio_io::encode_wav_mono_i16(&samples, rate).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(wav)
+    }
+
+    #[test]
+    fn prepare_bills_seconds_and_refuses_other_rates_and_garbage() {
+        let model = SileroVadModel::new("meridian/silero-vad", Path::new("unused"));
+        let input = model
+            .prepare(&json!({"audio": wav_base64(1.5, 16_000)}))
+            .unwrap();
+        assert!((input.units - 1.5).abs() < 1e-9, "{}", input.units);
+        let Err(InputError::Unprocessable(message)) =
+            model.prepare(&json!({"audio": wav_base64(1.0, 8_000)}))
+        else {
+            panic!("8 kHz audio was accepted");
+        };
+        assert!(message.contains("8000 Hz"), "{message}");
+        assert!(matches!(
+            model.prepare(&json!({"audio": "aGVsbG8="})),
+            Err(InputError::Unprocessable(_))
+        ));
+        assert!(matches!(
+            model.prepare(&json!({"sound": "aGVsbG8="})),
+            Err(InputError::Field { .. })
+        ));
+    }
+}

@@ -1,0 +1,175 @@
+//! Video upscaling ×2 (`meridian/video-upscale-x2`) served through [`Model`]: ESRGAN-slim ×2
+//! frame by frame over a short animation.
+//!
+//! Input `{"video": "<base64 GIF or APNG, or a data: URL>"}`, output `{"video": {file}}`
+//! (APNG, `image/apng`, same frame count, delays and loop count, twice the width and
+//! height). Units: output megapixels over all frames, 2·width × 2·height × frames / 10⁶ (the
+//! work grows with the pixels, not the frame count alone; megapixels are output megapixels,
+//! as for ESRGAN). The animation is decoded and checked against
+//! [`AnimationLimits`] in [`Model::prepare`], so input over the limits is refused with 422.
+//!
+//! Batching happens inside a job: the frames of one animation go through the network
+//! [`VideoUpscaler::frames_per_batch`] at a time. Jobs are not stacked together (their frame
+//! sizes and counts differ), so `max_batch = 1` (the default) is the setting to use; with
+//! more, jobs in a batch run one after another.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde_json::Value;
+
+use super::{
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, decode_base64,
+    string_field,
+};
+use crate::models::animation::{self, Animation, AnimationLimits};
+use crate::models::video_upscale::VideoUpscaler;
+
+/// The upscaling factor.
+const SCALE: usize = 2;
+
+/// Video upscaling ×2, its weights ESRGAN-slim's `<weights_dir>/x2.safetensors`.
+#[derive(Debug, Clone)]
+pub struct VideoUpscaleModel {
+    id: String,
+    weights: PathBuf,
+    limits: AnimationLimits,
+}
+
+impl VideoUpscaleModel {
+    /// The model `id`, weights from `weights_dir` (the `esrgan-slim` directory that
+    /// `scripts/fetch-models` writes).
+    pub fn new(id: &str, weights_dir: &Path) -> Self {
+        Self {
+            id: id.to_owned(),
+            weights: weights_dir.join(format!("x{SCALE}.safetensors")),
+            limits: AnimationLimits::default(),
+        }
+    }
+
+    /// The weights file this model loads.
+    pub fn weights(&self) -> &Path {
+        &self.weights
+    }
+}
+
+impl Model for VideoUpscaleModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
+        let text = string_field(input, "video")?;
+        let bytes = decode_base64("video", text)?;
+        let unprocessable =
+            |e: animation::AnimationError| InputError::Unprocessable(format!("input.video: {e}"));
+        let video = animation::decode_animation(&bytes, &self.limits).map_err(unprocessable)?;
+        self.limits.check(&video).map_err(unprocessable)?;
+        let (w, h) = video.dimensions();
+        let scale = SCALE as f64;
+        let out_pixels = f64::from(w) * f64::from(h) * scale * scale * video.frames.len() as f64;
+        Ok(JobInput {
+            units: out_pixels / 1e6,
+            batch_key: format!("{w}x{h}"),
+            payload: Box::new(video),
+        })
+    }
+
+    fn load(&self, device: &Device) -> Result<Box<dyn LoadedModel>, ModelError> {
+        let upscaler = VideoUpscaler::load(&self.weights, device)
+            .map_err(|e| ModelError(e.to_string()))?
+            .with_limits(self.limits);
+        if upscaler.scale() != SCALE {
+            return Err(ModelError(format!(
+                "{} upscales ×{}, expected ×{SCALE}",
+                self.weights.display(),
+                upscaler.scale()
+            )));
+        }
+        Ok(Box::new(LoadedVideoUpscale { upscaler }))
+    }
+}
+
+struct LoadedVideoUpscale {
+    upscaler: VideoUpscaler,
+}
+
+impl LoadedVideoUpscale {
+    fn upscale(&self, job: JobInput) -> Result<ModelOutput, ModelError> {
+        let video = job
+            .payload
+            .downcast::<Animation>()
+            .map_err(|_| ModelError("input of the wrong type for video upscaling".to_owned()))?;
+        let output = self
+            .upscaler
+            .upscale(&video)
+            .map_err(|e| ModelError(e.to_string()))?;
+        let bytes = animation::encode_apng(&output).map_err(|e| ModelError(e.to_string()))?;
+        Ok(ModelOutput {
+            fields: serde_json::Map::new(),
+            files: vec![OutputFile {
+                field: "video".to_owned(),
+                name: "video.apng".to_owned(),
+                content_type: "image/apng".to_owned(),
+                bytes,
+            }],
+        })
+    }
+}
+
+impl LoadedModel for LoadedVideoUpscale {
+    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>> {
+        batch.into_iter().map(|job| self.upscale(job)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use base64::Engine as _;
+    use image::RgbaImage;
+    use serde_json::json;
+
+    use super::*;
+    use crate::models::animation::{Frame, FrameDelay};
+
+    fn apng_base64(width: u32, height: u32, frames: usize) -> String {
+        let video = Animation {
+            frames: (0..frames)
+                .map(|i| Frame {
+                    image: RgbaImage::from_fn(width, height, |x, y| {
+                        image::Rgba([x as u8, y as u8, i as u8, 255])
+                    }),
+                    delay: FrameDelay::from_ms(40),
+                })
+                .collect(),
+            plays: 0,
+        };
+        base64::engine::general_purpose::STANDARD.encode(animation::encode_apng(&video).unwrap())
+    }
+
+    #[test]
+    fn prepare_bills_output_megapixels_and_refuses_what_is_over_the_limits() {
+        let model = VideoUpscaleModel::new("meridian/video-upscale-x2", Path::new("unused"));
+        let input = model
+            .prepare(&json!({"video": apng_base64(10, 8, 3)}))
+            .unwrap();
+        assert!((input.units - 20.0 * 16.0 * 3.0 / 1e6).abs() < 1e-12);
+        assert_eq!(input.batch_key, "10x8");
+        let Err(InputError::Unprocessable(message)) =
+            model.prepare(&json!({"video": apng_base64(2, 2, 121)}))
+        else {
+            panic!("121 frames were accepted");
+        };
+        assert!(message.contains("120 frames"), "{message}");
+        assert!(matches!(
+            model.prepare(&json!({"video": "aGVsbG8="})),
+            Err(InputError::Unprocessable(_))
+        ));
+        assert!(matches!(
+            model.prepare(&json!({"video": 3})),
+            Err(InputError::Field { .. })
+        ));
+    }
+}
