@@ -39,49 +39,35 @@ fn route(c: &mut Criterion) {
                 black_box(catalog.route(&live, black_box(&request)).unwrap())
             })
         });
-        let mut out = RouteDecision::default();
-        let mut i = 0usize;
-        group.bench_function(format!("{name}/route_into_reused"), |b| {
-            b.iter(|| {
-                i = i.wrapping_add(1);
-                let request = RouteRequest {
-                    tenant,
-                    model: &models[i % 200],
-                    client: clients[i % clients.len()],
-                    narrowing: None,
-                    units: 1.0,
-                    now_ms: NOW_MS,
-                };
-                catalog
-                    .route_into(&live, black_box(&request), &mut out)
-                    .unwrap();
-                black_box(out.candidates.len())
-            })
-        });
         // Every request from a client location the reused decision has not remembered: the
         // round trips are computed each time, as for a first visit.
         let scattered: Vec<Location> = (0..4096)
             .map(|i| Location::new(f64::from(i % 160) - 80.0, f64::from(i * 37 % 360) - 180.0))
             .collect();
-        let mut out = RouteDecision::default();
-        let mut i = 0usize;
-        group.bench_function(format!("{name}/route_into_reused_new_clients"), |b| {
-            b.iter(|| {
-                i = i.wrapping_add(1);
-                let request = RouteRequest {
-                    tenant,
-                    model: &models[i % 200],
-                    client: scattered[i % scattered.len()],
-                    narrowing: None,
-                    units: 1.0,
-                    now_ms: NOW_MS,
-                };
-                catalog
-                    .route_into(&live, black_box(&request), &mut out)
-                    .unwrap();
-                black_box(out.candidates.len())
-            })
-        });
+        for (bench, places) in [
+            ("route_into_reused", &clients[..]),
+            ("route_into_reused_new_clients", &scattered[..]),
+        ] {
+            let mut out = RouteDecision::default();
+            let mut i = 0usize;
+            group.bench_function(format!("{name}/{bench}"), |b| {
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    let request = RouteRequest {
+                        tenant,
+                        model: &models[i % 200],
+                        client: places[i % places.len()],
+                        narrowing: None,
+                        units: 1.0,
+                        now_ms: NOW_MS,
+                    };
+                    catalog
+                        .route_into(&live, black_box(&request), &mut out)
+                        .unwrap();
+                    black_box(out.candidates.len())
+                })
+            });
+        }
     }
     group.finish();
 }
