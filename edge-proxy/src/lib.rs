@@ -9,8 +9,9 @@
 //! - [`snapshot`]: following the control plane's snapshots, with a cache file for starts
 //!   while it is down; [`state`]: the routing state built from one snapshot.
 //! - [`admit`], [`api`]: what the edge decides before a request leaves it;
-//!   [`proxy`]: the pingora service, failover included; [`regions`]: circuit breakers,
-//!   in-flight counts and the retry budget.
+//!   [`proxy`]: the pingora service, failover included; [`buffered`]: submissions whose
+//!   bodies are too large for pingora to resend; [`regions`]: circuit breakers, in-flight
+//!   counts and the retry budget.
 //! - [`metrics`]: Prometheus metrics on the admin listener; [`error`]: the API's errors.
 //!
 //! [`run`] serves until its shutdown token is cancelled. To start an edge in-process (as
@@ -22,6 +23,7 @@
 
 pub mod admit;
 pub mod api;
+pub mod buffered;
 pub mod cidr;
 pub mod config;
 pub mod error;
@@ -78,6 +80,8 @@ pub struct Edge {
     pub clock: std::time::Instant,
     /// Requests being handled.
     pub active: Arc<Active>,
+    /// The HTTP client for submissions sent by [`buffered`] (large bodies).
+    pub agents: reqwest::Client,
 }
 
 /// The sockets the edge serves on, bound before [`run`] so that callers (tests) can bind
@@ -157,7 +161,14 @@ pub async fn run(
     let contact = follower.contact();
     let follow = tokio::spawn(follower.follow(shutdown.clone()));
 
+    let agents = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .no_proxy()
+        .build()
+        .context("build the HTTP client for agents")?;
     let edge = Arc::new(Edge {
+        agents,
         retries: RetryBudget::new(config.retry_ratio, config.retry_floor),
         config,
         state: shared,

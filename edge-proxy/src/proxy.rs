@@ -7,6 +7,8 @@
 //! failure, or a `503` with `x-meridian-refused` from the agent (it created nothing), moves
 //! the request to the next candidate — only ever along the decision's list, and only while
 //! the retry budget allows. Every other answer of an agent is final and passed through.
+//! Submissions whose bodies are too large for pingora to send twice take the same path in
+//! [`buffered`](crate::buffered).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,10 +74,10 @@ pub struct RequestCtx {
     pub failover: bool,
     /// The tenant's concurrency permit, held until the answer ends.
     pub permit: Option<policy::quota::ConcurrencyPermit>,
-    attempt: usize,
-    region: Option<String>,
-    in_flight: Option<InFlight>,
-    body_bytes: u64,
+    pub(crate) attempt: usize,
+    pub(crate) region: Option<String>,
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) body_bytes: u64,
     error: Option<ApiError>,
     _active: ActiveGuard,
 }
@@ -87,7 +89,7 @@ pub struct EdgeProxy {
 
 impl EdgeProxy {
     /// Writes `err` as the answer, unless an answer was already started.
-    async fn answer_error(&self, session: &mut Session, err: &ApiError) -> u16 {
+    pub(crate) async fn answer_error(&self, session: &mut Session, err: &ApiError) -> u16 {
         if session.response_written().is_some() {
             return 0;
         }
@@ -102,7 +104,7 @@ impl EdgeProxy {
         }
     }
 
-    fn region_failed(&self, ctx: &mut RequestCtx) {
+    pub(crate) fn region_failed(&self, ctx: &mut RequestCtx) {
         ctx.in_flight = None;
         if let Some(region) = &ctx.region
             && self.edge.regions.failure(region, Instant::now())
@@ -112,7 +114,7 @@ impl EdgeProxy {
     }
 
     /// Moves the request to its next candidate if there is one and the budget allows.
-    fn fail_over(&self, ctx: &mut RequestCtx, reason: &str) -> bool {
+    pub(crate) fn fail_over(&self, ctx: &mut RequestCtx, reason: &str) -> bool {
         if !ctx.failover || ctx.attempt + 1 >= ctx.candidates.len() {
             return false;
         }
@@ -126,6 +128,12 @@ impl EdgeProxy {
         ctx.in_flight = None;
         true
     }
+}
+
+/// Whether a client's request header goes on to the agent: not the client's key, not the
+/// host (the agent's own is set), and no `x-meridian-*` header a client could spoof.
+pub(crate) fn forwarded_header(name: &str) -> bool {
+    name != "authorization" && name != "host" && !name.starts_with("x-meridian-")
 }
 
 /// Writes a whole JSON answer.
@@ -173,6 +181,10 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         match self.edge.admit(session, ctx) {
+            Ok(Admitted::Proxy) if ctx.failover && crate::buffered::needs_buffering(session) => {
+                self.forward_buffered(session, ctx).await?;
+                Ok(true)
+            }
             Ok(Admitted::Proxy) => Ok(false),
             Ok(Admitted::Answer(body)) => {
                 respond(session, 200, body, None).await?;
@@ -245,15 +257,14 @@ impl ProxyHttp for EdgeProxy {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        request.remove_header("authorization");
-        let spoofable: Vec<String> = request
+        let dropped: Vec<String> = request
             .headers
             .keys()
             .map(|name| name.as_str())
-            .filter(|name| name.starts_with("x-meridian-"))
+            .filter(|name| !forwarded_header(name))
             .map(str::to_owned)
             .collect();
-        for name in spoofable {
+        for name in dropped {
             request.remove_header(&name);
         }
         request.insert_header("x-meridian-edge-token", &self.edge.config.agent_token)?;

@@ -34,6 +34,7 @@ pub struct Seen {
     pub tenant: Option<String>,
     pub edge_token: Option<String>,
     pub authorization: bool,
+    pub body: Bytes,
 }
 
 /// A test stand-in for a region agent.
@@ -141,7 +142,7 @@ impl AgentState {
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
-        _body: &Bytes,
+        body: &Bytes,
     ) -> Response {
         let header = |name: &str| {
             headers
@@ -156,6 +157,7 @@ impl AgentState {
             tenant: tenant.clone(),
             edge_token: header("x-meridian-edge-token"),
             authorization: headers.contains_key("authorization"),
+            body: body.clone(),
         });
         if header("x-meridian-edge-token").as_deref() != Some(AGENT_EDGE_TOKEN) {
             return error(StatusCode::UNAUTHORIZED, "unauthorized");

@@ -2,7 +2,7 @@
 //! outside the tenant's residency), around open circuits, and back to the region that holds
 //! a request.
 
-use crate::support::{Answer, Behaviour, TestEdge, World, cidr};
+use crate::support::{AGENT_EDGE_TOKEN, Answer, Behaviour, ESRGAN, TestEdge, World, cidr};
 
 /// London and a place near Seattle in MaxMind's test database.
 const LONDON: &str = "81.2.69.142";
@@ -217,4 +217,130 @@ async fn request_id_calls_go_to_the_region_that_holds_the_request() {
         assert_eq!(answer.status, 404, "{path}: {}", answer.body);
         assert_eq!(answer.error_type(), "not_found");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_moves_on_whole_after_a_refusal() {
+    // From Frankfurt, `euro` goes to eu-central (refusing), then eu-west. The bodies are
+    // larger than the 64 KiB pingora keeps for a retry.
+    let world = World::start(&[("eu-central", Behaviour::Refuse)]).await;
+    let mut config = world.edge_config();
+    config.max_body_bytes = 1 << 20;
+    let edge = TestEdge::start(config, world.key("euro")).await;
+    let key = world.key("euro");
+    let image: String = (0..300 * 1024u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let body = serde_json::json!({"input": {"image": image}}).to_string();
+    let last_post = |region: &str| {
+        world
+            .agent(region)
+            .seen()
+            .into_iter()
+            .rfind(|s| s.method == "POST")
+            .unwrap()
+    };
+
+    let response = edge
+        .http
+        .post(format!("{}/v1/run/{ESRGAN}", edge.base))
+        .header("authorization", format!("Key {key}"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let answer = Answer::of(response).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-meridian-region"), Some("eu-west"));
+    assert!(
+        answer
+            .header("x-request-id")
+            .unwrap()
+            .starts_with("eu-west.")
+    );
+    assert_eq!(answer.header("x-meridian-cost"), Some("0.002"));
+    assert_eq!(last_post("eu-central").body, body.as_bytes());
+    let served = last_post("eu-west");
+    assert_eq!(
+        served.body,
+        body.as_bytes(),
+        "the whole body reached eu-west"
+    );
+    assert_eq!(served.tenant.as_deref(), Some("euro"));
+    assert_eq!(served.edge_token.as_deref(), Some(AGENT_EDGE_TOKEN));
+    assert!(
+        !served.authorization,
+        "the client's key never reaches an agent"
+    );
+
+    // The same without a declared length: chunked.
+    let (status, head) = post_chunked(&edge.base, key, body.as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("x-meridian-region: eu-west"), "{head}");
+    assert_eq!(last_post("eu-west").body, body.as_bytes());
+
+    // A chunked body over the limit is refused before any agent sees it.
+    let posts = world.agent("eu-west").seen().len();
+    let (status, head) = post_chunked(&edge.base, key, &vec![b'x'; (1 << 20) + 1]).await;
+    assert_eq!(status, 413, "{head}");
+    assert_eq!(world.agent("eu-west").seen().len(), posts);
+
+    // Both allowed regions refusing: the last refusal is the answer, and no region outside
+    // the residency sees the job.
+    world.agent("eu-west").set_refusing(true);
+    let response = edge
+        .http
+        .post(format!("{}/v1/run/{ESRGAN}", edge.base))
+        .header("authorization", format!("Key {key}"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let refused = Answer::of(response).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("x-meridian-refused"), Some("queue_full"));
+    assert_eq!(refused.header("x-meridian-region"), Some("eu-west"));
+    for region in ["us-west", "us-east", "uk-south", "jp-east"] {
+        assert!(world.agent(region).seen().is_empty(), "{region} was used");
+    }
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("meridian_edge_retries_total{reason=\"refused\"} 3"),
+        "{metrics}"
+    );
+}
+
+/// `POST /v1/run/{ESRGAN}` with a chunked body over a raw HTTP/1.1 connection; the status
+/// and the answer's head (lower-case).
+async fn post_chunked(base: &str, key: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/run/{ESRGAN} HTTP/1.1\r\nhost: {address}\r\nauthorization: Key {key}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(16 * 1024) {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        // The edge may answer 413 and close before the rest is sent.
+        if stream.write_all(chunk).await.is_err() || stream.write_all(b"\r\n").await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
 }

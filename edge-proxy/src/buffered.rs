@@ -1,0 +1,230 @@
+//! Job submissions with large bodies, which the edge reads whole and sends itself.
+//!
+//! pingora keeps at most [`RETRY_BUFFER`] of a request body to send again when an attempt
+//! fails; a larger body cannot be resent, so an agent's refusal (`503` +
+//! `x-meridian-refused`) could not move it to the next region. A submission whose body may
+//! be larger (its `content-length` says so, or it has none) is therefore read whole here,
+//! up to the body limit, before any agent sees it, and sent along the decision's candidates
+//! with the edge's own HTTP client: to the next candidate on a connect failure or a refusal,
+//! as the retry budget allows — exactly as [`proxy`](crate::proxy) does for small bodies.
+//! The agent's answer is streamed back to the client unchanged, with `x-meridian-region`.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HeaderName};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::error::ApiError;
+use crate::proxy::{EdgeProxy, RequestCtx, forwarded_header};
+
+/// How much of a request body pingora keeps for a retry (its `BODY_BUF_LIMIT`, 64 KiB).
+pub const RETRY_BUFFER: u64 = 64 * 1024;
+
+/// Whether a submission's body may not fit pingora's retry buffer: it is declared larger, or
+/// its length is not declared at all (chunked, or HTTP/2 without `content-length`).
+pub fn needs_buffering(session: &mut Session) -> bool {
+    let headers = &session.req_header().headers;
+    match headers.get(CONTENT_LENGTH) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_none_or(|length| length > RETRY_BUFFER),
+        None => session.req_header().method == http::Method::POST && !session.is_body_empty(),
+    }
+}
+
+/// Response headers that describe one hop, not the answer.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-connection"
+    )
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// The agent answered; the answer is the client's.
+    Answered(reqwest::Response),
+    /// Try the next candidate.
+    Next,
+    /// Stop with this error.
+    Failed(ApiError),
+}
+
+impl EdgeProxy {
+    /// Reads the whole body of the submission in `session`, sends it along `ctx.candidates`
+    /// and writes the answer. Errors are written as the API's JSON errors.
+    pub(crate) async fn forward_buffered(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let body = match self.read_whole_body(session).await {
+            Ok(body) => body,
+            Err(Some(err)) => {
+                self.answer_error(session, &err).await;
+                return Ok(());
+            }
+            // The client went away while sending.
+            Err(None) => return Ok(()),
+        };
+        ctx.body_bytes = body.len() as u64;
+        loop {
+            match self.attempt(session, ctx, body.clone()).await {
+                Attempt::Answered(response) => return self.pass_on(session, ctx, response).await,
+                Attempt::Next => continue,
+                Attempt::Failed(err) => {
+                    self.answer_error(session, &err).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The request body, or the error to answer (`None`: the client is gone).
+    async fn read_whole_body(&self, session: &mut Session) -> Result<Bytes, Option<ApiError>> {
+        let limit = self.edge.config.max_body_bytes;
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(Some(ApiError::too_large(limit)));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not read a request body");
+                    return Err(None);
+                }
+            }
+        }
+    }
+
+    /// Sends the job to the current candidate.
+    async fn attempt(&self, session: &Session, ctx: &mut RequestCtx, body: Bytes) -> Attempt {
+        let Some((region, url)) = ctx.state.as_ref().and_then(|state| {
+            let index = *ctx.candidates.get(ctx.attempt)?;
+            let region = state.catalog.regions().get(index)?;
+            state.upstreams.get(index)?.as_ref()?;
+            let path = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str());
+            let endpoint = region.endpoint.trim_end_matches('/');
+            Some((region.id.to_string(), format!("{endpoint}{path}")))
+        }) else {
+            return Attempt::Failed(ApiError::unavailable(
+                "no allowed region has a usable agent endpoint",
+            ));
+        };
+        let request = session.req_header();
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &request.headers {
+            if forwarded_header(name.as_str()) && name != CONTENT_LENGTH && !hop_by_hop(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let config = &self.edge.config;
+        let (Ok(token), Ok(tenant)) = (
+            http::HeaderValue::from_str(&config.agent_token),
+            http::HeaderValue::from_str(&ctx.tenant),
+        ) else {
+            return Attempt::Failed(ApiError::internal("the edge cannot name itself to agents"));
+        };
+        headers.insert("x-meridian-edge-token", token);
+        headers.insert("x-meridian-tenant", tenant);
+        ctx.in_flight = Some(self.edge.regions.get(&region).start());
+        ctx.region = Some(region.clone());
+        let sent = self
+            .edge
+            .agents
+            .request(request.method.clone(), &url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                self.edge.regions.success(&region);
+                let refused = response.status() == 503
+                    && response.headers().contains_key("x-meridian-refused");
+                if refused && self.fail_over(ctx, "refused") {
+                    tracing::info!(%region, "agent refused; trying the next region");
+                    return Attempt::Next;
+                }
+                Attempt::Answered(response)
+            }
+            Err(e) if e.is_connect() => {
+                self.region_failed(ctx);
+                if self.fail_over(ctx, "connect") {
+                    tracing::info!(%region, error = %e, "agent unreachable; trying the next region");
+                    return Attempt::Next;
+                }
+                Attempt::Failed(ApiError::unavailable(format!(
+                    "no region could be reached (last tried: {region})"
+                )))
+            }
+            Err(e) if e.is_timeout() => {
+                self.region_failed(ctx);
+                Attempt::Failed(ApiError::timeout(format!(
+                    "{region} did not answer in time"
+                )))
+            }
+            Err(e) => {
+                // The agent may have read the job: never sent again.
+                tracing::warn!(%region, error = %e, "agent failed while answering");
+                Attempt::Failed(ApiError::bad_gateway(format!(
+                    "{region} failed while answering"
+                )))
+            }
+        }
+    }
+
+    /// Streams the agent's answer to the client.
+    async fn pass_on(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        mut response: reqwest::Response,
+    ) -> pingora::Result<()> {
+        let mut header =
+            ResponseHeader::build(response.status().as_u16(), Some(response.headers().len()))?;
+        for (name, value) in response.headers() {
+            if !hop_by_hop(name) {
+                header.append_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(region) = &ctx.region
+            && !header.headers.contains_key("x-meridian-region")
+        {
+            header.insert_header("x-meridian-region", region.as_str())?;
+        }
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(region = ?ctx.region, error = %e, "agent's answer broke off");
+                    return Err(pingora::Error::explain(
+                        pingora::ErrorType::ReadError,
+                        "the agent's answer broke off",
+                    ));
+                }
+            }
+        }
+        session.write_response_body(None, true).await
+    }
+}
