@@ -57,6 +57,10 @@ pub struct ListenFile {
     /// Address of the admin listener serving `/metrics`; absent: no admin listener.
     #[serde(default)]
     pub admin: Option<String>,
+    /// Unix socket over which a running edge hands its listening sockets to its successor
+    /// (`edge-proxy --upgrade`, then `SIGQUIT` to the running edge). Absent: no upgrades.
+    #[serde(default)]
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// One HTTPS listener.
@@ -240,6 +244,8 @@ pub struct EdgeConfig {
     pub https: Vec<HttpsListen>,
     /// Admin (metrics) listener.
     pub admin: Option<SocketAddr>,
+    /// Unix socket for handing the listening sockets to a new edge.
+    pub upgrade_socket: Option<PathBuf>,
     /// Control plane base URL.
     pub control_plane_url: String,
     /// Control plane edge token.
@@ -377,6 +383,19 @@ impl ConfigFile {
             .admin
             .as_ref()
             .and_then(|a| problems.address("listen.admin", a));
+        let upgrade_socket = self.listen.upgrade_socket.as_ref().map(|p| base.join(p));
+        if let Some(socket) = &upgrade_socket
+            && (socket.to_str().is_none() || socket.as_os_str().len() > 100)
+        {
+            problems.add(
+                "listen.upgrade_socket",
+                format!(
+                    "{} is not a usable Unix socket path (UTF-8, at most 100 bytes)",
+                    socket.display()
+                ),
+                "choose a shorter path, e.g. /run/meridian/edge-upgrade.sock",
+            );
+        }
         let cp = &self.control_plane;
         if !(cp.url.starts_with("http://") || cp.url.starts_with("https://")) {
             problems.add(
@@ -466,6 +485,7 @@ impl ConfigFile {
             http,
             https,
             admin,
+            upgrade_socket,
             control_plane_url: cp.url.trim_end_matches('/').to_owned(),
             control_plane_token,
             snapshot_cache: base.join(&cp.snapshot_cache),
@@ -613,5 +633,25 @@ mod tests {
                 "agents.edge_token"
             ]
         );
+    }
+
+    #[test]
+    fn the_upgrade_socket_is_relative_to_the_file_and_must_fit_a_socket_address() {
+        let with = |path: &str| {
+            let text = GOOD.replace(
+                "[control_plane]",
+                &format!("upgrade_socket = {path:?}\n[control_plane]"),
+            );
+            check(&text, &[])
+        };
+        assert_eq!(check(GOOD, &[]).unwrap().upgrade_socket, None);
+        assert_eq!(
+            with("run/edge.sock").unwrap().upgrade_socket.as_deref(),
+            Some(Path::new("/nonexistent/run/edge.sock"))
+        );
+        let Err(ConfigError::Invalid(problems)) = with(&format!("/{}", "x".repeat(120))) else {
+            panic!("expected a problem");
+        };
+        assert_eq!(problems[0].field, "listen.upgrade_socket");
     }
 }

@@ -33,8 +33,10 @@ pub mod regions;
 pub mod snapshot;
 pub mod state;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +49,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
 use pingora::services::listening::Service;
 use policy::GeoIp;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{EdgeConfig, HttpsListen};
@@ -94,6 +97,23 @@ pub struct Listeners {
     pub https: Vec<(std::net::TcpListener, HttpsListen)>,
     /// The admin listener (`/metrics`).
     pub admin: Option<std::net::TcpListener>,
+    /// Sockets taken over from the edge this one replaces ([`Listeners::inherit`]).
+    inherited: Vec<Inherited>,
+}
+
+/// A listening socket received from the edge this one replaces.
+#[derive(Debug)]
+struct Inherited {
+    address: String,
+    fd: RawFd,
+    role: Role,
+}
+
+#[derive(Debug)]
+enum Role {
+    Http,
+    Https(HttpsListen),
+    Admin,
 }
 
 impl Listeners {
@@ -103,9 +123,6 @@ impl Listeners {
     ///
     /// When an address cannot be bound.
     pub fn bind(config: &EdgeConfig) -> anyhow::Result<Self> {
-        let bind = |a: &SocketAddr| {
-            std::net::TcpListener::bind(a).with_context(|| format!("listen on {a}"))
-        };
         Ok(Self {
             http: config.http.iter().map(bind).collect::<Result<_, _>>()?,
             https: config
@@ -114,8 +131,99 @@ impl Listeners {
                 .map(|h| Ok((bind(&h.address)?, h.clone())))
                 .collect::<anyhow::Result<_>>()?,
             admin: config.admin.as_ref().map(bind).transpose()?,
+            inherited: Vec::new(),
         })
     }
+
+    /// Takes the listening sockets of the running edge, which hands them over on `SIGQUIT`
+    /// (see [`run_upgradable`]), over `config.upgrade_socket`; addresses the running edge
+    /// does not listen on are bound afresh, and its sockets this configuration does not name
+    /// are closed. Connections waiting on the sockets are never refused: whichever edge
+    /// accepts first serves them. Blocks until the running edge sends (about 5 s at most).
+    ///
+    /// # Errors
+    ///
+    /// When no upgrade socket is configured, nothing is received in time, or a new address
+    /// cannot be bound.
+    pub fn inherit(config: &EdgeConfig) -> anyhow::Result<Self> {
+        let socket = config.upgrade_socket.as_ref().context(
+            "--upgrade needs listen.upgrade_socket in the configuration (the running edge's too)",
+        )?;
+        let path = socket
+            .to_str()
+            .context("the upgrade socket's path is not UTF-8")?;
+        if let Some(directory) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(directory)
+                .with_context(|| format!("create {}", directory.display()))?;
+        }
+        let mut fds = Fds::new();
+        fds.get_from_sock(path).map_err(|e| {
+            anyhow::anyhow!(
+                "no listening sockets received on {path} ({e}): start this edge with --upgrade \
+                 first, then send SIGQUIT to the running edge within 5 s"
+            )
+        })?;
+        let keep: HashSet<String> = config
+            .http
+            .iter()
+            .chain(config.https.iter().map(|h| &h.address))
+            .chain(config.admin.iter())
+            .map(ToString::to_string)
+            .collect();
+        for address in fds.close_unclaimed(&keep) {
+            tracing::warn!(%address, "the running edge listened here; this configuration does not: closed");
+        }
+        let mut listeners = Self {
+            http: Vec::new(),
+            https: Vec::new(),
+            admin: None,
+            inherited: Vec::new(),
+        };
+        let mut take = |address: &SocketAddr, role: Role| -> Option<Role> {
+            let address = address.to_string();
+            match fds.get(&address) {
+                Some(fd) => {
+                    tracing::info!(%address, "listening socket taken over from the running edge");
+                    listeners.inherited.push(Inherited {
+                        address,
+                        fd: *fd,
+                        role,
+                    });
+                    None
+                }
+                None => Some(role),
+            }
+        };
+        let mut fresh_http = Vec::new();
+        let mut fresh_https = Vec::new();
+        let mut fresh_admin = None;
+        for address in &config.http {
+            if take(address, Role::Http).is_some() {
+                fresh_http.push(*address);
+            }
+        }
+        for https in &config.https {
+            if let Some(Role::Https(h)) = take(&https.address, Role::Https(https.clone())) {
+                fresh_https.push(h);
+            }
+        }
+        if let Some(address) = &config.admin
+            && take(address, Role::Admin).is_some()
+        {
+            fresh_admin = Some(*address);
+        }
+        listeners.http = fresh_http.iter().map(bind).collect::<Result<_, _>>()?;
+        listeners.https = fresh_https
+            .into_iter()
+            .map(|h| Ok((bind(&h.address)?, h)))
+            .collect::<anyhow::Result<_>>()?;
+        listeners.admin = fresh_admin.as_ref().map(bind).transpose()?;
+        Ok(listeners)
+    }
+}
+
+fn bind(address: &SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address).with_context(|| format!("listen on {address}"))
 }
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then stops accepting, lets
@@ -128,6 +236,23 @@ pub async fn run(
     config: EdgeConfig,
     listeners: Listeners,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_upgradable(config, listeners, shutdown, Arc::new(Notify::new())).await
+}
+
+/// [`run`], and each time `handoff` is notified: hands the listening sockets to a new edge
+/// waiting in [`Listeners::inherit`] on `config.upgrade_socket`, then shuts down as on
+/// `shutdown`. If the handoff fails (no upgrade socket, nobody waiting), the edge logs why
+/// and keeps serving.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_upgradable(
+    config: EdgeConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    handoff: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let geoip = match &config.geoip_database {
         Some(path) => {
@@ -179,6 +304,7 @@ pub async fn run(
         clock: std::time::Instant::now(),
         active: Arc::new(Active::default()),
     });
+    let upgrade_socket = edge.config.upgrade_socket.clone();
     let (services, fds) = services(&edge, listeners)?;
     let (signal, watch) = tokio::sync::watch::channel(false);
     let mut serving = tokio::task::JoinSet::new();
@@ -187,7 +313,18 @@ pub async fn run(
         let watch = watch.clone();
         serving.spawn(async move { service.start_service(Some(fds), watch, 1).await });
     }
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = handoff.notified() => match hand_off(&fds, upgrade_socket.as_deref()).await {
+                Ok(count) => {
+                    tracing::info!(count, "listening sockets handed to the new edge");
+                    break;
+                }
+                Err(e) => tracing::error!("upgrade failed, still serving: {e:#}"),
+            },
+        }
+    }
     tracing::info!("edge shutting down: no new connections");
     let _ = signal.send(true);
     while let Some(done) = serving.join_next().await {
@@ -209,6 +346,25 @@ pub async fn run(
     follow.abort();
     tracing::info!("edge stopped");
     Ok(())
+}
+
+/// Sends the listening sockets to the edge waiting on `socket`.
+async fn hand_off(fds: &ListenFds, socket: Option<&Path>) -> anyhow::Result<usize> {
+    let socket = socket
+        .context("no listen.upgrade_socket configured")?
+        .to_str()
+        .context("the upgrade socket's path is not UTF-8")?
+        .to_owned();
+    let fds = Arc::clone(fds);
+    tokio::task::spawn_blocking(move || {
+        fds.lock().send_to_sock(socket.as_str()).map_err(|e| {
+            anyhow::anyhow!(
+                "no new edge took the sockets on {socket} ({e}); start one with --upgrade first"
+            )
+        })
+    })
+    .await
+    .context("the handoff task failed")?
 }
 
 type Services = Vec<Box<dyn pingora::services::Service>>;
@@ -240,8 +396,23 @@ fn services(edge: &Arc<Edge>, listeners: Listeners) -> anyhow::Result<(Services,
         proxy.add_tcp(&address);
         tracing::info!(%address, "edge serving HTTP");
     }
-    for (listener, https) in listeners.https {
-        let address = adopt(listener)?;
+    let mut https = Vec::new();
+    for (listener, config) in listeners.https {
+        https.push((adopt(listener)?, config));
+    }
+    let mut admin = listeners.admin.map(&mut adopt).transpose()?;
+    for inherited in listeners.inherited {
+        fds.add(inherited.address.clone(), inherited.fd);
+        match inherited.role {
+            Role::Http => {
+                proxy.add_tcp(&inherited.address);
+                tracing::info!(address = %inherited.address, "edge serving HTTP");
+            }
+            Role::Https(config) => https.push((inherited.address, config)),
+            Role::Admin => admin = Some(inherited.address),
+        }
+    }
+    for (address, https) in https {
         let cert = https.cert.to_string_lossy().into_owned();
         let key = https.key.to_string_lossy().into_owned();
         let mut tls = TlsSettings::intermediate(&cert, &key)
@@ -251,8 +422,7 @@ fn services(edge: &Arc<Edge>, listeners: Listeners) -> anyhow::Result<(Services,
         tracing::info!(%address, "edge serving HTTPS");
     }
     let mut services: Services = vec![Box::new(proxy)];
-    if let Some(listener) = listeners.admin {
-        let address = adopt(listener)?;
+    if let Some(address) = admin {
         let mut admin = Service::new(
             "meridian-edge-admin".to_owned(),
             HttpServer::new_app(AdminApp {

@@ -1,12 +1,16 @@
-//! `edge-proxy`: Meridian's edge binary. Loads the configuration, binds the listeners and
-//! serves until SIGINT or SIGTERM, then drains.
+//! `edge-proxy`: Meridian's edge binary. Loads the configuration, binds the listeners (or,
+//! with `--upgrade`, takes them from the running edge) and serves until SIGINT or SIGTERM,
+//! then drains. On SIGQUIT it first hands its listening sockets to a new edge started with
+//! `--upgrade`, then drains: an upgrade without a refused connection.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use edge_proxy::{Listeners, config};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Meridian's edge proxy.
@@ -19,6 +23,11 @@ struct Cli {
     /// Check the configuration, print a summary and exit.
     #[arg(long)]
     validate_config: bool,
+    /// Take the listening sockets from the running edge instead of binding them: start this
+    /// edge with --upgrade, then send SIGQUIT to the running one within 5 s. Both use
+    /// listen.upgrade_socket.
+    #[arg(long, conflicts_with = "validate_config")]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -61,31 +70,43 @@ fn serve(cli: &Cli) -> anyhow::Result<String> {
             config.trusted_proxies.len()
         ));
     }
+    let listeners = if cli.upgrade {
+        Listeners::inherit(&config)?
+    } else {
+        Listeners::bind(&config)?
+    };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async move {
-        let listeners = Listeners::bind(&config)?;
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let served = edge_proxy::run(config, listeners, shutdown).await;
+        let handoff = Arc::new(Notify::new());
+        let signals = tokio::spawn(on_signals(shutdown.clone(), Arc::clone(&handoff)));
+        let served = edge_proxy::run_upgradable(config, listeners, shutdown, handoff).await;
         signals.abort();
         served
     })?;
     Ok("edge stopped".to_owned())
 }
 
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; notifies `handoff` on each SIGQUIT.
+async fn on_signals(shutdown: CancellationToken, handoff: Arc<Notify>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut quit)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
     ) else {
         tracing::error!("cannot listen for signals; stop the edge with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing the listening sockets to a new edge");
+                handoff.notify_one();
+            }
+        }
     }
     tracing::info!("signal received; shutting down");
     shutdown.cancel();

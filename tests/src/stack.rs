@@ -318,6 +318,7 @@ impl Stack {
             http: vec!["127.0.0.1:0".parse().unwrap()],
             https: Vec::new(),
             admin: Some("127.0.0.1:0".parse().unwrap()),
+            upgrade_socket: None,
             control_plane_url: self.control_plane_url.clone(),
             control_plane_token: EDGE.to_owned(),
             snapshot_cache: self.dir.path().join("edge-snapshot.json"),

@@ -9,3 +9,4 @@ mod cli;
 mod routing;
 mod serving;
 mod support;
+mod upgrade;
