@@ -4,8 +4,10 @@
 //! loads the last good snapshot from its cache file instead (static stability). A background
 //! task then long-polls for newer revisions. Each snapshot is turned into a
 //! [`RoutingState`] off the async runtime and swapped in atomically; one that does not
-//! validate is logged, counted and dropped, never replacing a good one. Every good snapshot
-//! is written to the cache file atomically (temporary file, fsync, rename).
+//! validate is logged, counted and dropped, never replacing a good one. Good snapshots are
+//! written to the cache file atomically (temporary file, fsync, rename): at once when the
+//! catalog, the keys or which regions are up change, and otherwise — heartbeats only moving
+//! load figures — at most every [`CACHE_REFRESH`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use crate::state::RoutingState;
 /// Pause after a failed call to the control plane, doubling up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Least time between two cache writes of snapshots that change only load figures.
+pub const CACHE_REFRESH: Duration = Duration::from_secs(10);
 
 /// The current routing state, shared by the request path and the snapshot follower.
 pub type SharedState = Arc<ArcSwapOption<RoutingState>>;
@@ -79,6 +83,38 @@ pub struct SnapshotFollower {
     poll_wait: Duration,
     metrics: Arc<Metrics>,
     contact: Contact,
+    /// What the cache file holds: when it was written and which regions were up in it.
+    cached: parking_lot::Mutex<Option<(std::time::Instant, Vec<RegionUp>)>>,
+}
+
+/// A region's presence in a snapshot, as far as it decides where requests may go.
+type RegionUp = (String, bool, bool);
+
+/// Which regions report, and whether each is healthy and draining, in order of id.
+fn regions_up(snapshot: &Snapshot) -> Vec<RegionUp> {
+    let mut up: Vec<RegionUp> = snapshot
+        .regions
+        .iter()
+        .map(|r| (r.region.clone(), r.report.healthy, r.report.draining))
+        .collect();
+    up.sort();
+    up
+}
+
+/// Whether a snapshot must be written to the cache now: it changes the configuration or
+/// which regions are up, or the cache is [`CACHE_REFRESH`] old.
+fn cache_due(
+    reconfigured: bool,
+    up: &[RegionUp],
+    cached: Option<&(std::time::Instant, Vec<RegionUp>)>,
+    now: std::time::Instant,
+) -> bool {
+    match cached {
+        None => true,
+        Some((written, cached_up)) => {
+            reconfigured || cached_up != up || now.duration_since(*written) >= CACHE_REFRESH
+        }
+    }
 }
 
 impl SnapshotFollower {
@@ -97,6 +133,7 @@ impl SnapshotFollower {
             poll_wait,
             metrics,
             contact: Contact::default(),
+            cached: parking_lot::Mutex::new(None),
         }
     }
 
@@ -131,7 +168,7 @@ impl SnapshotFollower {
                 let newest = snapshot.regions.iter().map(|r| r.reported_at_ms).max();
                 let newest = newest.and_then(|ms| i64::try_from(ms).ok()).unwrap_or(0);
                 self.contact.cached(newest);
-                match build(snapshot, None).await {
+                match build(snapshot, None).await.1 {
                     Ok(state) => {
                         tracing::info!(revision, cache = %self.cache.display(), "routing on the cached snapshot");
                         self.install(state);
@@ -186,21 +223,36 @@ impl SnapshotFollower {
         }
     }
 
-    /// Builds and installs `snapshot` and writes it to the cache; false when it is rejected.
+    /// Builds and installs `snapshot` and writes it to the cache when due; false when it is
+    /// rejected.
     async fn apply(&self, snapshot: Snapshot) -> bool {
         let revision = snapshot.revision;
         let previous = self.shared.load_full();
-        let cached = serde_json::to_vec(&snapshot);
-        match build(snapshot, previous).await {
+        let (snapshot, built) = build(snapshot, previous.clone()).await;
+        match built {
             Ok(state) => {
+                let reconfigured = previous.is_none_or(|p| !state.same_configuration(&p));
                 self.install(state);
-                tracing::info!(revision, "snapshot applied");
-                match cached {
-                    Ok(bytes) => {
-                        if let Err(e) = write_cache(&self.cache, bytes).await {
+                if reconfigured {
+                    tracing::info!(revision, "snapshot applied: new catalog or keys");
+                } else {
+                    tracing::debug!(revision, "snapshot applied: live status");
+                }
+                let Some(snapshot) = snapshot else {
+                    return true;
+                };
+                let up = regions_up(&snapshot);
+                let now = std::time::Instant::now();
+                if !cache_due(reconfigured, &up, self.cached.lock().as_ref(), now) {
+                    return true;
+                }
+                match serde_json::to_vec(&snapshot) {
+                    Ok(bytes) => match write_cache(&self.cache, bytes).await {
+                        Ok(()) => *self.cached.lock() = Some((now, up)),
+                        Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "could not write the snapshot cache");
                         }
-                    }
+                    },
                     Err(e) => tracing::warn!(error = %e, "could not encode the snapshot cache"),
                 }
                 true
@@ -220,16 +272,20 @@ impl SnapshotFollower {
     }
 }
 
-/// Builds a routing state on a blocking thread (validation and name resolution).
+/// Builds a routing state on a blocking thread (validation and name resolution); gives the
+/// snapshot back unless the task failed.
 async fn build(
     snapshot: Snapshot,
     previous: Option<Arc<RoutingState>>,
-) -> Result<RoutingState, String> {
-    tokio::task::spawn_blocking(move || {
-        RoutingState::build(&snapshot, previous.as_deref(), unix_now())
-    })
-    .await
-    .map_err(|e| format!("snapshot build task failed: {e}"))?
+) -> (Option<Snapshot>, Result<RoutingState, String>) {
+    let task = tokio::task::spawn_blocking(move || {
+        let state = RoutingState::build(&snapshot, previous.as_deref(), unix_now());
+        (snapshot, state)
+    });
+    match task.await {
+        Ok((snapshot, state)) => (Some(snapshot), state),
+        Err(e) => (None, Err(format!("snapshot build task failed: {e}"))),
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -349,5 +405,75 @@ mod tests {
         );
         follower.start().await;
         assert_eq!(restarted.load_full().unwrap().revision, 7);
+    }
+
+    #[tokio::test]
+    async fn the_cache_follows_configuration_and_regions_at_once_and_load_figures_lazily() {
+        use control_plane_client::wire::{AgentReport, RegionLive};
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("snapshot.json");
+        let follower = SnapshotFollower::new(
+            ControlPlane::new(
+                "http://127.0.0.1:9",
+                "edge-token-0123456789",
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+            Arc::new(ArcSwapOption::empty()),
+            cache.clone(),
+            Duration::from_secs(1),
+            Arc::new(Metrics::new().unwrap()),
+        );
+        let cached = || async { read_cache(&cache).await.unwrap().revision };
+        let mut next = snapshot("");
+        assert!(follower.apply(next.clone()).await);
+        assert_eq!(cached().await, 7);
+
+        // A region comes up: written at once.
+        next.revision = 8;
+        next.regions.push(RegionLive {
+            region: "eu-west".into(),
+            reported_at_ms: 1,
+            report: AgentReport {
+                healthy: true,
+                free_reserved: 2,
+                ..AgentReport::default()
+            },
+        });
+        assert!(follower.apply(next.clone()).await);
+        assert_eq!(cached().await, 8);
+
+        // Only load figures move: routed on at once, cached later.
+        next.revision = 9;
+        next.regions[0].reported_at_ms = 2;
+        next.regions[0].report.free_reserved = 1;
+        assert!(follower.apply(next.clone()).await);
+        assert_eq!(follower.shared.load_full().unwrap().revision, 9);
+        assert_eq!(cached().await, 8);
+
+        // The region turns unhealthy: written at once.
+        next.revision = 10;
+        next.regions[0].report.healthy = false;
+        assert!(follower.apply(next.clone()).await);
+        assert_eq!(cached().await, 10);
+
+        // A catalog change: written at once.
+        next.revision = 11;
+        next.catalog.tenants[0].quotas.max_concurrent = Some(2);
+        assert!(follower.apply(next.clone()).await);
+        assert_eq!(cached().await, 11);
+
+        // After CACHE_REFRESH load figures are written too.
+        let now = std::time::Instant::now();
+        let up = regions_up(&next);
+        let written = (now, up.clone());
+        assert!(!cache_due(
+            false,
+            &up,
+            Some(&written),
+            now + CACHE_REFRESH / 2
+        ));
+        assert!(cache_due(false, &up, Some(&written), now + CACHE_REFRESH));
     }
 }

@@ -1,14 +1,20 @@
 //! The routing state built from one control-plane snapshot: the validated catalog, the key
 //! ring, the regions' live status, each tenant's month-to-date spend and quota limiters, and
 //! each region's resolved agent address. Built off the request path and swapped in whole.
+//!
+//! Most snapshots differ from the last only in live status (every heartbeat makes one), so
+//! the parts that follow from the configuration — the validated catalog, the key ring, the
+//! agents' addresses and the quota limiters — are carried over, shared, while the catalog
+//! and keys are unchanged, and built afresh only when they change.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use control_plane_client::wire::Snapshot;
+use policy::key::ApiKeyRecord;
 use policy::quota::{ConcurrencyGate, RateLimiter, Spend};
-use policy::{Catalog, KeyRing, LiveStatus};
+use policy::{Catalog, CatalogSpec, KeyRing, LiveStatus};
 
 /// Where a region's agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +44,9 @@ pub struct RoutingState {
     /// The snapshot's store revision.
     pub revision: i64,
     /// The validated catalog.
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     /// API keys.
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     /// Regions' reported status (without this edge's own breakers and in-flight counts).
     pub live: LiveStatus,
     /// Month-to-date spend by tenant id, for the month the snapshot was received in.
@@ -48,9 +54,11 @@ pub struct RoutingState {
     /// When the snapshot was received (or read from the cache), Unix seconds.
     pub received_unix: i64,
     /// Per region index: its agent, or `None` when its endpoint cannot be used.
-    pub upstreams: Vec<Option<Upstream>>,
+    pub upstreams: Arc<Vec<Option<Upstream>>>,
     /// Quota limiters by tenant id.
-    pub limits: HashMap<String, Arc<TenantLimits>>,
+    pub limits: Arc<HashMap<String, Arc<TenantLimits>>>,
+    /// The catalog and keys as received, to tell whether the next snapshot changes them.
+    source: Arc<(CatalogSpec, Vec<ApiKeyRecord>)>,
 }
 
 impl RoutingState {
@@ -66,9 +74,20 @@ impl RoutingState {
         previous: Option<&RoutingState>,
         received_unix: i64,
     ) -> Result<Self, String> {
-        let catalog = snapshot.catalog.validate().map_err(|e| e.to_string())?;
-        let live = snapshot.live_status(&catalog);
-        let keys = KeyRing::new(snapshot.keys.iter().cloned());
+        let unchanged = previous.filter(|p| {
+            let (catalog, keys) = &*p.source;
+            *catalog == snapshot.catalog && *keys == snapshot.keys
+        });
+        let configured = match unchanged {
+            Some(previous) => Configured {
+                catalog: Arc::clone(&previous.catalog),
+                keys: Arc::clone(&previous.keys),
+                upstreams: Arc::clone(&previous.upstreams),
+                limits: Arc::clone(&previous.limits),
+                source: Arc::clone(&previous.source),
+            },
+            None => Configured::build(snapshot, previous)?,
+        };
         let spend = snapshot
             .spend
             .iter()
@@ -80,6 +99,40 @@ impl RoutingState {
                 (s.tenant.clone(), spend)
             })
             .collect();
+        Ok(Self {
+            revision: snapshot.revision,
+            live: snapshot.live_status(&configured.catalog),
+            catalog: configured.catalog,
+            keys: configured.keys,
+            spend,
+            received_unix,
+            upstreams: configured.upstreams,
+            limits: configured.limits,
+            source: configured.source,
+        })
+    }
+
+    /// Whether `self` and `other` were built from the same catalog and keys.
+    pub fn same_configuration(&self, other: &RoutingState) -> bool {
+        Arc::ptr_eq(&self.source, &other.source)
+    }
+}
+
+/// What a routing state takes from the catalog and keys alone.
+struct Configured {
+    catalog: Arc<Catalog>,
+    keys: Arc<KeyRing>,
+    upstreams: Arc<Vec<Option<Upstream>>>,
+    limits: Arc<HashMap<String, Arc<TenantLimits>>>,
+    source: Arc<(CatalogSpec, Vec<ApiKeyRecord>)>,
+}
+
+impl Configured {
+    /// Validates the snapshot's catalog and builds what follows from it and the keys,
+    /// keeping `previous`'s limiters where a tenant's limits are unchanged.
+    fn build(snapshot: &Snapshot, previous: Option<&RoutingState>) -> Result<Self, String> {
+        let catalog = snapshot.catalog.validate().map_err(|e| e.to_string())?;
+        let keys = KeyRing::new(snapshot.keys.iter().cloned());
         let upstreams = catalog
             .regions()
             .iter()
@@ -116,14 +169,11 @@ impl RoutingState {
             limits.insert(tenant.id.to_string(), entry);
         }
         Ok(Self {
-            revision: snapshot.revision,
-            catalog,
-            keys,
-            live,
-            spend,
-            received_unix,
-            upstreams,
-            limits,
+            catalog: Arc::new(catalog),
+            keys: Arc::new(keys),
+            upstreams: Arc::new(upstreams),
+            limits: Arc::new(limits),
+            source: Arc::new((snapshot.catalog.clone(), snapshot.keys.clone())),
         })
     }
 }
@@ -238,5 +288,35 @@ mod tests {
         assert_eq!(up.host, "localhost");
         assert_eq!(parse_endpoint("ftp://x"), None);
         assert_eq!(parse_endpoint("http://"), None);
+    }
+
+    #[test]
+    fn a_live_status_change_shares_the_configuration_and_a_catalog_change_rebuilds_it() {
+        use control_plane_client::wire::{AgentReport, RegionLive};
+
+        let first = testing::snapshot("");
+        let one = RoutingState::build(&first, None, 0).unwrap();
+        let mut heartbeat = first.clone();
+        heartbeat.revision += 1;
+        heartbeat.regions.push(RegionLive {
+            region: "eu-west".into(),
+            reported_at_ms: 1234,
+            report: AgentReport::default(),
+        });
+        let two = RoutingState::build(&heartbeat, Some(&one), 0).unwrap();
+        assert!(two.same_configuration(&one));
+        assert!(Arc::ptr_eq(&two.catalog, &one.catalog));
+        assert_eq!(two.revision, heartbeat.revision);
+        let reported = |state: &RoutingState| state.live.region(0).unwrap().last_heartbeat_ms;
+        assert_eq!(reported(&two), Some(1234), "the new live status is used");
+        assert_eq!(reported(&one), None);
+
+        let mut changed = heartbeat.clone();
+        changed.revision += 1;
+        changed.catalog.tenants[0].quotas.max_concurrent = Some(3);
+        let three = RoutingState::build(&changed, Some(&two), 0).unwrap();
+        assert!(!three.same_configuration(&two));
+        assert!(three.limits["acme"].gate.is_some());
+        assert_eq!(reported(&three), Some(1234));
     }
 }
