@@ -340,6 +340,22 @@ mod tests {
     use super::*;
     use crate::state::testing::snapshot;
 
+    /// A follower of a control plane that is never reached, caching in `cache`.
+    fn unreachable(shared: SharedState, cache: PathBuf, metrics: Arc<Metrics>) -> SnapshotFollower {
+        let client = ControlPlane::new(
+            "http://127.0.0.1:9",
+            "edge-token-0123456789",
+            Duration::from_secs(1),
+        );
+        SnapshotFollower::new(
+            client.unwrap(),
+            shared,
+            cache,
+            Duration::from_secs(1),
+            metrics,
+        )
+    }
+
     #[test]
     fn heartbeats_are_judged_by_the_last_word_of_an_unreachable_control_plane() {
         let contact = ControlPlaneContact::default();
@@ -365,18 +381,7 @@ mod tests {
         let cache = dir.path().join("cache").join("snapshot.json");
         let shared: SharedState = Arc::new(ArcSwapOption::empty());
         let metrics = Arc::new(Metrics::new().unwrap());
-        let follower = SnapshotFollower::new(
-            ControlPlane::new(
-                "http://127.0.0.1:9",
-                "edge-token-0123456789",
-                Duration::from_secs(1),
-            )
-            .unwrap(),
-            Arc::clone(&shared),
-            cache.clone(),
-            Duration::from_secs(1),
-            Arc::clone(&metrics),
-        );
+        let follower = unreachable(Arc::clone(&shared), cache.clone(), Arc::clone(&metrics));
         assert!(follower.apply(snapshot("")).await);
         assert_eq!(shared.load_full().unwrap().revision, 7);
         assert_eq!(read_cache(&cache).await.unwrap().revision, 7);
@@ -391,18 +396,7 @@ mod tests {
 
         // A start with the control plane unreachable routes on the cache.
         let restarted: SharedState = Arc::new(ArcSwapOption::empty());
-        let follower = SnapshotFollower::new(
-            ControlPlane::new(
-                "http://127.0.0.1:9",
-                "edge-token-0123456789",
-                Duration::from_secs(1),
-            )
-            .unwrap(),
-            Arc::clone(&restarted),
-            cache,
-            Duration::from_secs(1),
-            metrics,
-        );
+        let follower = unreachable(Arc::clone(&restarted), cache, metrics);
         follower.start().await;
         assert_eq!(restarted.load_full().unwrap().revision, 7);
     }
@@ -413,16 +407,9 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("snapshot.json");
-        let follower = SnapshotFollower::new(
-            ControlPlane::new(
-                "http://127.0.0.1:9",
-                "edge-token-0123456789",
-                Duration::from_secs(1),
-            )
-            .unwrap(),
+        let follower = unreachable(
             Arc::new(ArcSwapOption::empty()),
             cache.clone(),
-            Duration::from_secs(1),
             Arc::new(Metrics::new().unwrap()),
         );
         let cached = || async { read_cache(&cache).await.unwrap().revision };

@@ -16,6 +16,37 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// Writes an edge configuration listening on `http` (and `admin`, if given) with an upgrade
+/// socket beside it, reaching the control plane at `url`.
+fn write_config(dir: &Path, http: u16, admin: Option<u16>, url: &str) -> std::path::PathBuf {
+    let admin = admin.map_or(String::new(), |port| {
+        format!("admin = \"127.0.0.1:{port}\"")
+    });
+    let path = dir.join("edge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [listen]
+            http = ["127.0.0.1:{http}"]
+            {admin}
+            upgrade_socket = "upgrade.sock"
+            [control_plane]
+            url = "{url}"
+            edge_token = "{EDGE}"
+            snapshot_cache = "edge-snapshot.json"
+            poll_wait_secs = 5
+            [geoip]
+            location = {{ lat = 50.11, lon = 8.68 }}
+            [agents]
+            edge_token = "{AGENT_EDGE_TOKEN}"
+            "#
+        ),
+    )
+    .unwrap();
+    path
+}
+
 fn start_edge(config: &Path, log: &Path, upgrade: bool) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_edge-proxy"));
     command.arg("--config").arg(config);
@@ -62,29 +93,7 @@ async fn an_upgrade_hands_the_sockets_over_without_refusing_a_connection() {
     let world = World::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let (http, admin) = (free_port(), free_port());
-    let config = dir.path().join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            [listen]
-            http = ["127.0.0.1:{http}"]
-            admin = "127.0.0.1:{admin}"
-            upgrade_socket = "upgrade.sock"
-            [control_plane]
-            url = "{url}"
-            edge_token = "{EDGE}"
-            snapshot_cache = "edge-snapshot.json"
-            poll_wait_secs = 5
-            [geoip]
-            location = {{ lat = 50.11, lon = 8.68 }}
-            [agents]
-            edge_token = "{AGENT_EDGE_TOKEN}"
-            "#,
-            url = world.url
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), http, Some(admin), &world.url);
     let base = format!("http://127.0.0.1:{http}");
     let key = world.key("euro").to_owned();
     let (old_log, new_log) = (dir.path().join("old.log"), dir.path().join("new.log"));
@@ -220,26 +229,7 @@ async fn an_upgrade_hands_the_sockets_over_without_refusing_a_connection() {
 #[test]
 fn an_upgrade_with_no_running_edge_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            [listen]
-            http = ["127.0.0.1:{}"]
-            upgrade_socket = "upgrade.sock"
-            [control_plane]
-            url = "http://127.0.0.1:9"
-            edge_token = "{EDGE}"
-            [geoip]
-            location = {{ lat = 50.11, lon = 8.68 }}
-            [agents]
-            edge_token = "{AGENT_EDGE_TOKEN}"
-            "#,
-            free_port()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), free_port(), None, "http://127.0.0.1:9");
     let output = Command::new(env!("CARGO_BIN_EXE_edge-proxy"))
         .arg("--config")
         .arg(&config)
