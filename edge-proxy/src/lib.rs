@@ -61,6 +61,9 @@ use crate::snapshot::{Contact, SharedState, SnapshotFollower};
 
 /// How long in-flight requests may take to finish once shutdown is asked for.
 pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long the edge keeps connections it accepted last after it stops accepting, so that
+/// their requests, still on their way, are served rather than cut off.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// Everything the request path shares.
 #[derive(Debug)]
@@ -226,8 +229,9 @@ fn bind(address: &SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(address).with_context(|| format!("listen on {address}"))
 }
 
-/// Serves the edge on `listeners` until `shutdown` is cancelled, then stops accepting, lets
-/// in-flight requests finish (up to [`DRAIN`]) and returns.
+/// Serves the edge on `listeners` until `shutdown` is cancelled, then stops accepting, serves
+/// the connections it accepted last (for [`SETTLE`]) and lets in-flight requests finish (up
+/// to [`DRAIN`]), and returns.
 ///
 /// # Errors
 ///
@@ -332,9 +336,14 @@ pub async fn run_upgradable(
             tracing::error!(error = %e, "a listening service failed");
         }
     }
-    // Requests already accepted finish, up to the drain deadline.
-    let deadline = tokio::time::Instant::now() + DRAIN;
-    while edge.active.count() > 0 && tokio::time::Instant::now() < deadline {
+    // A connection accepted just before the listeners closed may not have sent its request
+    // yet: give such connections SETTLE to do so, and requests up to DRAIN to finish.
+    let stopped = tokio::time::Instant::now();
+    loop {
+        let waited = stopped.elapsed();
+        if waited >= DRAIN || (waited >= SETTLE && edge.active.count() == 0) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if edge.active.count() > 0 {
