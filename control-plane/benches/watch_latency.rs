@@ -18,13 +18,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use control_plane::api::{ApiSettings, Token};
-use control_plane::config::ServerConfig;
+use control_plane::InProcess;
+use control_plane::api::ApiSettings;
 use control_plane::store::StoreConfig;
 use control_plane_client::ControlPlane;
 use policy::CatalogSpec;
 use policy::spec::JurisdictionSpec;
-use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "bench-admin-token-0123456789";
 const EDGE: &str = "bench-edge-token-0123456789";
@@ -84,24 +83,14 @@ fn main() {
 
 /// Per change: (write sent → edge has it, write sent → write acknowledged).
 async fn measure(store: StoreConfig, changes: usize) -> Vec<(Duration, Duration)> {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        api: ApiSettings {
-            admin_token: Token::new(ADMIN),
-            edge_token: Token::new(EDGE),
-            agent_token: Token::new(AGENT),
-            max_body_bytes: 1 << 20,
-            agent_lease_ttl: Duration::from_secs(10),
-            max_poll_wait: Duration::from_secs(60),
-            spend_refresh: Duration::from_secs(5),
-        },
+    let server = InProcess::start(
+        ApiSettings::with_tokens(ADMIN, EDGE, AGENT),
         store,
-        seed_catalog: Some(CatalogSpec::from_toml(SEED).unwrap()),
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(control_plane::run(config, listener, shutdown.clone()));
+        Some(CatalogSpec::from_toml(SEED).unwrap()),
+    )
+    .await
+    .unwrap();
+    let base = server.url.clone();
     let admin = ControlPlane::new(&base, ADMIN, Duration::from_secs(10)).unwrap();
     let edge = ControlPlane::new(&base, EDGE, Duration::from_secs(10)).unwrap();
     let mut revision = ready(&edge).await;
@@ -141,8 +130,7 @@ async fn measure(store: StoreConfig, changes: usize) -> Vec<(Duration, Duration)
         revision = snapshot.revision;
         samples.push((notified, acknowledged));
     }
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
     samples
 }
 

@@ -11,7 +11,8 @@
 //!   whole and changed one validated record at a time.
 //! - [`api`]: the HTTP/JSON API (admin, edge, agent), with [`changes`] waking long polls;
 //!   [`config`] and [`server::run`]: the
-//!   `control-plane serve` command.
+//!   `control-plane serve` command; [`InProcess`]: one started in-process on a free
+//!   loopback port.
 //! - [`reservations`]: GPU reservations and the clock that applies them to the catalog.
 //! - [`usage`]: usage records and their totals per day and month, kept exact under
 //!   at-least-once delivery.
@@ -28,4 +29,4 @@ pub mod server;
 pub mod store;
 pub mod usage;
 
-pub use server::run;
+pub use server::{InProcess, run};

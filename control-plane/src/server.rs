@@ -6,17 +6,81 @@ use std::time::Duration;
 use anyhow::Context;
 use policy::CatalogSpec;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, ApiSettings, AppState};
 use crate::changes::ChangeFeed;
 use crate::config::ServerConfig;
 use crate::records::SEEDED_KEY;
 use crate::registry::Registry;
-use crate::store::{AnyStore, Store, StoreError};
+use crate::store::{AnyStore, Store, StoreConfig, StoreError};
 
 /// How long in-flight requests may take to finish once shutdown is asked for.
 pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// A control plane serving in this process on a free loopback port, as tests, benchmarks
+/// and embedding programs start one. Dropping it asks it to stop; [`InProcess::stop`] also
+/// waits until it has.
+#[derive(Debug)]
+pub struct InProcess {
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcess {
+    /// Starts [`run`] on `127.0.0.1:0` with `api`, `store` and `seed_catalog`.
+    ///
+    /// # Errors
+    ///
+    /// When no loopback port can be bound. Failures of the server itself (a store that
+    /// cannot be opened) show as refused calls, and in [`InProcess::stop`]'s result.
+    pub async fn start(
+        api: ApiSettings,
+        store: StoreConfig,
+        seed_catalog: Option<CatalogSpec>,
+    ) -> anyhow::Result<Self> {
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = TcpListener::bind(listen)
+            .await
+            .context("bind a loopback port")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let config = ServerConfig {
+            listen,
+            api,
+            store,
+            seed_catalog,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(config, listener, shutdown.clone()));
+        Ok(Self {
+            url,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// Stops it and waits until it has drained and closed its store.
+    ///
+    /// # Errors
+    ///
+    /// What the server failed with, if it failed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await.context("the control plane task failed")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
 
 /// Serves the control plane's API on `listener` until `shutdown` is cancelled, then stops
 /// accepting, lets in-flight requests finish (long polls end at once), and closes the store.

@@ -9,8 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control_plane::api::{ApiSettings, Token};
-use control_plane::config::ServerConfig;
+use control_plane::InProcess;
+use control_plane::api::ApiSettings;
 use control_plane::store::StoreConfig;
 use control_plane_client::ControlPlane;
 use control_plane_client::wire::{Capacity, UsageRecord};
@@ -18,7 +18,6 @@ use policy::CatalogSpec;
 use region_agent::serving::test_model::{Gate, TestModel};
 use reqwest::Method;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use support::{Agent, PATIENCE, config};
 
@@ -49,37 +48,25 @@ const SEED: &str = r#"
     residency = { jurisdictions = ["eu"] }
 "#;
 
+/// The control plane on an embedded store in a temporary directory.
 struct ControlPlaneUnderTest {
-    base: String,
-    shutdown: CancellationToken,
+    server: InProcess,
     _dir: tempfile::TempDir,
 }
 
 async fn start_control_plane() -> ControlPlaneUnderTest {
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        api: ApiSettings {
-            admin_token: Token::new(ADMIN),
-            edge_token: Token::new(EDGE),
-            agent_token: Token::new(AGENT),
-            max_body_bytes: 1 << 20,
-            agent_lease_ttl: Duration::from_secs(3),
-            max_poll_wait: Duration::from_secs(5),
-            spend_refresh: Duration::from_millis(200),
-        },
-        store: StoreConfig::embedded(dir.path()),
-        seed_catalog: Some(CatalogSpec::from_toml(SEED).unwrap()),
+    let api = ApiSettings {
+        agent_lease_ttl: Duration::from_secs(3),
+        max_poll_wait: Duration::from_secs(5),
+        spend_refresh: Duration::from_millis(200),
+        ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(control_plane::run(config, listener, shutdown.clone()));
-    ControlPlaneUnderTest {
-        base,
-        shutdown,
-        _dir: dir,
-    }
+    let seed = CatalogSpec::from_toml(SEED).unwrap();
+    let server = InProcess::start(api, StoreConfig::embedded(dir.path()), Some(seed))
+        .await
+        .unwrap();
+    ControlPlaneUnderTest { server, _dir: dir }
 }
 
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
@@ -100,13 +87,13 @@ where
 #[tokio::test]
 async fn heartbeats_usage_draining_and_deregistration() {
     let cp = start_control_plane().await;
-    let edge = ControlPlane::new(&cp.base, EDGE, Duration::from_secs(10)).unwrap();
-    let admin = ControlPlane::new(&cp.base, ADMIN, Duration::from_secs(10)).unwrap();
+    let edge = ControlPlane::new(&cp.server.url, EDGE, Duration::from_secs(10)).unwrap();
+    let admin = ControlPlane::new(&cp.server.url, ADMIN, Duration::from_secs(10)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "[control_plane]\nurl = \"{}\"\nagent_token = \"{AGENT}\"\nheartbeat_interval_ms = 100\n",
-        cp.base
+        cp.server.url
     );
     let models = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\nprice_per_unit = 0.25\n\n\
                   [[models]]\nid = \"test/slow\"\nweights_dir = \"unused\"\n";
@@ -210,5 +197,5 @@ async fn heartbeats_usage_draining_and_deregistration() {
         usage.items.iter().any(|r| r.job_id == last),
         "the last job's usage was flushed before the agent stopped"
     );
-    cp.shutdown.cancel();
+    cp.server.stop().await.unwrap();
 }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use control_plane::api::{ApiSettings, Token};
-use control_plane::config::ServerConfig;
+use control_plane::InProcess;
+use control_plane::api::ApiSettings;
 use control_plane::store::StoreConfig;
 use control_plane::store::local_etcd::LocalEtcd;
 use control_plane_client::ControlPlane;
@@ -118,7 +118,7 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     _etcd: Option<LocalEtcd>,
     control_plane_url: String,
-    control_plane: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    control_plane: Option<InProcess>,
     regions: Vec<RegionDef>,
     addresses: BTreeMap<&'static str, SocketAddr>,
     agents: BTreeMap<&'static str, RunningAgent>,
@@ -163,31 +163,21 @@ impl Stack {
         for r in regions {
             addresses.insert(r.id, free_address());
         }
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            api: ApiSettings {
-                admin_token: Token::new(ADMIN),
-                edge_token: Token::new(EDGE),
-                agent_token: Token::new(AGENT),
-                max_body_bytes: 1 << 20,
-                // Long enough that a killed agent stays in the snapshot while a scenario runs:
-                // the edge must route around it by itself (connect failures, its breaker).
-                agent_lease_ttl: Duration::from_secs(6),
-                max_poll_wait: Duration::from_secs(5),
-                spend_refresh: Duration::from_millis(200),
-            },
-            store,
-            seed_catalog: Some(catalog(regions, &addresses, tenants)),
+        let api = ApiSettings {
+            // Long enough that a killed agent stays in the snapshot while a scenario runs:
+            // the edge must route around it by itself (connect failures, its breaker).
+            agent_lease_ttl: Duration::from_secs(6),
+            max_poll_wait: Duration::from_secs(5),
+            spend_refresh: Duration::from_millis(200),
+            ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
         };
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let control_plane_url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(control_plane::run(config, listener, shutdown.clone()));
+        let seed = catalog(regions, &addresses, tenants);
+        let control_plane = InProcess::start(api, store, Some(seed)).await.unwrap();
         let mut stack = Self {
             dir,
             _etcd: etcd,
-            control_plane_url,
-            control_plane: Some((shutdown, task)),
+            control_plane_url: control_plane.url.clone(),
+            control_plane: Some(control_plane),
             regions: regions.to_vec(),
             addresses,
             agents: BTreeMap::new(),
@@ -370,12 +360,10 @@ impl Stack {
 
     /// Stops the control plane (etcd stays up; edges and agents keep running).
     pub async fn stop_control_plane(&mut self) {
-        let (shutdown, task) = self.control_plane.take().expect("a running control plane");
-        shutdown.cancel();
-        tokio::time::timeout(PATIENCE, task)
+        let control_plane = self.control_plane.take().expect("a running control plane");
+        tokio::time::timeout(PATIENCE, control_plane.stop())
             .await
             .expect("the control plane stops")
-            .unwrap()
             .unwrap();
     }
 
@@ -488,9 +476,7 @@ impl Drop for Stack {
         if let Some(edge) = &self.edge {
             edge.shutdown.cancel();
         }
-        if let Some((shutdown, _)) = &self.control_plane {
-            shutdown.cancel();
-        }
+        // The control plane stops when its `InProcess` is dropped.
     }
 }
 

@@ -84,6 +84,22 @@ pub struct ApiSettings {
     pub spend_refresh: Duration,
 }
 
+impl ApiSettings {
+    /// Settings with these tokens and the configuration file's defaults for the rest: 1 MiB
+    /// bodies, 10 s agent leases, 60 s longest poll, spend wakes polls every 5 s at most.
+    pub fn with_tokens(admin: &str, edge: &str, agent: &str) -> Self {
+        Self {
+            admin_token: Token::new(admin),
+            edge_token: Token::new(edge),
+            agent_token: Token::new(agent),
+            max_body_bytes: 1 << 20,
+            agent_lease_ttl: Duration::from_secs(10),
+            max_poll_wait: Duration::from_secs(60),
+            spend_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
 /// State shared by every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {

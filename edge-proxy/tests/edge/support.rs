@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use control_plane::api::{ApiSettings, Token};
-use control_plane::config::ServerConfig;
+use control_plane::InProcess;
+use control_plane::api::ApiSettings;
 use control_plane::store::StoreConfig;
 use control_plane_client::ControlPlane;
 use control_plane_client::wire::AgentReport;
@@ -52,8 +52,7 @@ pub struct World {
     /// Tenant id → an API key of it.
     pub keys: HashMap<String, String>,
     pub dir: tempfile::TempDir,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    control_plane: Option<InProcess>,
 }
 
 impl World {
@@ -68,31 +67,22 @@ impl World {
             agents.insert(region.to_owned(), TestAgent::start(region, behaviour).await);
         }
         let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            api: ApiSettings {
-                admin_token: Token::new(ADMIN),
-                edge_token: Token::new(EDGE),
-                agent_token: Token::new(AGENT),
-                max_body_bytes: 1 << 20,
-                agent_lease_ttl: Duration::from_secs(600),
-                max_poll_wait: Duration::from_secs(30),
-                spend_refresh: Duration::from_millis(200),
-            },
-            store: StoreConfig::embedded(dir.path().join("store")),
-            seed_catalog: Some(catalog(&agents)),
+        let api = ApiSettings {
+            agent_lease_ttl: Duration::from_secs(600),
+            max_poll_wait: Duration::from_secs(30),
+            spend_refresh: Duration::from_millis(200),
+            ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
         };
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(control_plane::run(config, listener, shutdown.clone()));
+        let store = StoreConfig::embedded(dir.path().join("store"));
+        let control_plane = InProcess::start(api, store, Some(catalog(&agents)))
+            .await
+            .unwrap();
         let mut world = Self {
-            url,
+            url: control_plane.url.clone(),
             agents,
             keys: HashMap::new(),
             dir,
-            shutdown,
-            task: Some(task),
+            control_plane: Some(control_plane),
         };
         let admin = world.client(ADMIN);
         eventually("the control plane serves", || async {
@@ -130,12 +120,10 @@ impl World {
 
     /// Stops the control plane (agents keep serving).
     pub async fn stop_control_plane(&mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
+        if let Some(control_plane) = self.control_plane.take() {
+            tokio::time::timeout(PATIENCE, control_plane.stop())
                 .await
                 .expect("the control plane stops")
-                .unwrap()
                 .unwrap();
         }
     }
@@ -164,12 +152,6 @@ impl World {
             breaker_failures: 5,
             breaker_cool_down: Duration::from_secs(600),
         }
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
