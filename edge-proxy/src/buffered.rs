@@ -10,7 +10,7 @@
 //! The agent's answer is streamed back to the client unchanged, with `x-meridian-region`.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HeaderName};
+use http::header::{CONTENT_LENGTH, EXPECT, HeaderName};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -88,9 +88,23 @@ impl EdgeProxy {
         }
     }
 
-    /// The request body, or the error to answer (`None`: the client is gone).
+    /// The request body, or the error to answer (`None`: the client is gone). A client that
+    /// waits for `100 Continue` before sending the body (as curl does for large ones) is told
+    /// to go on.
     async fn read_whole_body(&self, session: &mut Session) -> Result<Bytes, Option<ApiError>> {
         let limit = self.edge.config.max_body_bytes;
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            let go_on = ResponseHeader::build(100, Some(0)).map_err(|_| None)?;
+            if let Err(e) = session.write_response_header(Box::new(go_on), false).await {
+                tracing::debug!(error = %e, "could not send 100 Continue");
+                return Err(None);
+            }
+        }
         let mut body = BytesMut::new();
         loop {
             match session.read_request_body().await {
@@ -130,7 +144,9 @@ impl EdgeProxy {
         let request = session.req_header();
         let mut headers = http::HeaderMap::new();
         for (name, value) in &request.headers {
-            if forwarded_header(name.as_str()) && name != CONTENT_LENGTH && !hop_by_hop(name) {
+            // The body is here already: the agent is not asked to wait for it.
+            let resent = name != CONTENT_LENGTH && name != EXPECT && !hop_by_hop(name);
+            if forwarded_header(name.as_str()) && resent {
                 headers.append(name.clone(), value.clone());
             }
         }

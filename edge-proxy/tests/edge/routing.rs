@@ -280,6 +280,12 @@ async fn a_large_body_moves_on_whole_after_a_refusal() {
     assert!(head.contains("x-meridian-region: eu-west"), "{head}");
     assert_eq!(last_post("eu-west").body, body.as_bytes());
 
+    // A client that waits for `100 Continue` before sending the body, as curl does.
+    let (status, head) = post_expecting_continue(&edge.base, key, body.as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("x-meridian-region: eu-west"), "{head}");
+    assert_eq!(last_post("eu-west").body, body.as_bytes());
+
     // A chunked body over the limit is refused before any agent sees it.
     let posts = world.agent("eu-west").seen().len();
     let (status, head) = post_chunked(&edge.base, key, &vec![b'x'; (1 << 20) + 1]).await;
@@ -306,7 +312,7 @@ async fn a_large_body_moves_on_whole_after_a_refusal() {
     }
     let metrics = edge.metrics().await;
     assert!(
-        metrics.contains("meridian_edge_retries_total{reason=\"refused\"} 3"),
+        metrics.contains("meridian_edge_retries_total{reason=\"refused\"} 4"),
         "{metrics}"
     );
 }
@@ -335,6 +341,35 @@ async fn post_chunked(base: &str, key: &str, body: &[u8]) -> (u16, String) {
     let _ = stream.write_all(b"0\r\n\r\n").await;
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+/// `POST /v1/run/{ESRGAN}` with `expect: 100-continue`, sending the body only once the edge
+/// has said `100 Continue`; the final status and the answer's head (lower-case).
+async fn post_expecting_continue(base: &str, key: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/run/{ESRGAN} HTTP/1.1\r\nhost: {address}\r\nauthorization: Key {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
     let text = String::from_utf8_lossy(&answer).to_lowercase();
     let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
     let status = head
