@@ -240,7 +240,9 @@ impl Context<'_> {
     }
 
     /// Steps 2–4 inside one region: the best way to run the job there, or `None` when the
-    /// region has neither a slot nor queue room.
+    /// region has neither a slot nor queue room. Inlined into the loop over regions, so the
+    /// candidate is built where it is pushed rather than copied there.
+    #[inline(always)]
     fn best_path(
         &self,
         r: usize,
