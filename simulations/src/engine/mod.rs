@@ -298,12 +298,16 @@ impl<'a> Sim<'a> {
     /// A region's agent reports: every edge learns its status and forgets its in-flight
     /// count there (the report includes those requests); a report also closes the edge's
     /// circuit to it.
+    ///
+    /// Every edge's per-model loads for a region are a copy of the region's last report
+    /// (nothing else writes them), so they are copied only when the report changed them,
+    /// which an idle region's report does not.
     fn heartbeat(&mut self, r: usize) {
         let start_ms = self.scenario.spec.simulation.on_demand_start_ms as f64;
         let models = self.catalog.models().len();
         self.epochs[r] += 1;
         let report = &mut self.reports[r];
-        self.regions[r].report(self.now, start_ms, report, models);
+        let models_changed = self.regions[r].report(self.now, start_ms, report, models);
         for edge in &mut self.edges {
             if let Some(st) = edge.region_mut(r) {
                 // Field by field, so the per-model list keeps its allocation.
@@ -314,7 +318,9 @@ impl<'a> Sim<'a> {
                 st.free_on_demand = report.free_on_demand;
                 st.on_demand_startable = report.on_demand_startable;
                 st.on_demand_start_ms = report.on_demand_start_ms;
-                st.models.clone_from(&report.models);
+                if models_changed {
+                    st.models.clone_from(&report.models);
+                }
                 st.in_flight = 0;
                 st.circuit_open = false;
             }
