@@ -62,10 +62,10 @@ impl Rng {
     pub fn pick(&mut self, cumulative: &[f64]) -> usize {
         let total = cumulative.last().copied().unwrap_or(0.0);
         let x = self.uniform() * total;
-        // The first entry above `x` (a binary search: the table is non-decreasing).
         cumulative
-            .partition_point(|c| *c <= x)
-            .min(cumulative.len().saturating_sub(1))
+            .iter()
+            .position(|c| x < *c)
+            .unwrap_or(cumulative.len().saturating_sub(1))
     }
 }
 
