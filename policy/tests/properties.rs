@@ -5,6 +5,8 @@
 //! - when a region with an idle reserved slot meets the latency goal, no region that needs
 //!   on-demand capacity ranks above it;
 //! - the same inputs give the same answer;
+//! - (in debug builds, by an assertion in the decision) skipping the other ways into a region
+//!   that has an idle reserved slot meeting the goal never changes the answer;
 //! - every region is a candidate or excluded, exactly once, and a 451 is only given when no
 //!   region inside the allowed set serves the model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +16,7 @@ use proptest::prelude::*;
 use policy::{
     CapacityClass, CatalogSpec, Exclusion, LiveStatus, Location, ModelLoad, ModelSpec, PoolSpec,
     Refusal, RegionSpec, RegionStatus, ResidencySpec, RouteRequest, SlotPath, TenantSpec,
-    spec::JurisdictionSpec,
+    spec::{JurisdictionSpec, RoutingSpec},
 };
 
 const JURISDICTIONS: [&str; 4] = ["eu", "us", "uk", "in"];
@@ -114,8 +116,10 @@ fn catalog_spec() -> impl Strategy<Value = CatalogSpec> {
             (0..nr).map(region).collect::<Vec<_>>(),
             (0..nm).map(|i| model(i, nr)).collect::<Vec<_>>(),
             (0..nt).map(|i| tenant(i, nr)).collect::<Vec<_>>(),
+            // Up to above the on-demand prices, so buying capacity is sometimes cheaper.
+            0.0..10.0f64,
         )
-            .prop_map(|(regions, models, tenants)| CatalogSpec {
+            .prop_map(|(regions, models, tenants, opportunity)| CatalogSpec {
                 jurisdictions: JURISDICTIONS
                     .iter()
                     .map(|j| JurisdictionSpec {
@@ -126,6 +130,10 @@ fn catalog_spec() -> impl Strategy<Value = CatalogSpec> {
                 regions,
                 models,
                 tenants,
+                routing: RoutingSpec {
+                    reserved_opportunity_cost_per_gpu_hour: opportunity,
+                    ..RoutingSpec::default()
+                },
                 ..CatalogSpec::default()
             })
     })
@@ -139,8 +147,10 @@ fn region_status() -> impl Strategy<Value = RegionStatus> {
         proptest::bool::weighted(0.1),
         (0..3u32, 0..3u32, 0..3u32, 0..3u32),
         proptest::option::of((0..5u32, 0.0..2000.0f64, any::<bool>())),
+        // Measured service times, a faulty one included.
+        prop_oneof![4 => Just(None), 2 => (0.0..3000.0f64).prop_map(Some), 1 => Just(Some(f64::NAN))],
     )
-        .prop_map(|(hb, healthy, draining, circuit_open, (free_reserved, free_on_demand, startable, in_flight), load)| {
+        .prop_map(|(hb, healthy, draining, circuit_open, (free_reserved, free_on_demand, startable, in_flight), load, service)| {
             let mut st = RegionStatus {
                 last_heartbeat_ms: hb,
                 healthy,
@@ -154,7 +164,7 @@ fn region_status() -> impl Strategy<Value = RegionStatus> {
             };
             if let Some((room, wait, loaded)) = load {
                 for m in 0..4 {
-                    st.set_model_load(m, ModelLoad { queue_depth: 2, queue_room: room, expected_wait_ms: wait, loaded, cold_start_ms: 900.0, ..ModelLoad::default() });
+                    st.set_model_load(m, ModelLoad { queue_depth: 2, queue_room: room, expected_wait_ms: wait, service_ms_per_unit: service, loaded, cold_start_ms: 900.0 });
                 }
             }
             st

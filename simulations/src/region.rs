@@ -297,8 +297,9 @@ impl RegionSim {
         self.starting = 0;
     }
 
-    /// What the agent reports in a heartbeat.
-    pub fn report(&self, now: u64, start_ms: f64, st: &mut RegionStatus, models: usize) {
+    /// What the agent reports in a heartbeat, written over its previous report `st`; `true`
+    /// when the per-model loads changed (the other fields are rewritten every time).
+    pub fn report(&self, now: u64, start_ms: f64, st: &mut RegionStatus, models: usize) -> bool {
         st.last_heartbeat_ms = Some(now / 1000);
         st.healthy = true;
         st.free_reserved = self.idle_reserved.len() as u32;
@@ -312,15 +313,19 @@ impl RegionSim {
             expected_wait_ms: wait_ms,
             ..ModelLoad::default()
         };
-        if st.models.len() != models {
+        let mut changed = st.models.len() != models;
+        if changed {
             st.models.resize(models, None);
         }
+        // The wait is a whole number of µs over 1000 (never NaN or -0), so equal here means
+        // bit for bit the same.
         for slot in &mut st.models {
-            match slot {
-                Some(l) => *l = load.clone(),
-                None => *slot = Some(load.clone()),
+            if slot.as_ref() != Some(&load) {
+                *slot = Some(load.clone());
+                changed = true;
             }
         }
+        changed
     }
 
     /// Expected wait of a job queued now: none if a slot is idle, else the remaining work

@@ -240,7 +240,9 @@ impl Context<'_> {
     }
 
     /// Steps 2–4 inside one region: the best way to run the job there, or `None` when the
-    /// region has neither a slot nor queue room.
+    /// region has neither a slot nor queue room. Inlined into the loop over regions, so the
+    /// candidate is built where it is pushed rather than copied there.
+    #[inline(always)]
     fn best_path(
         &self,
         r: usize,
@@ -272,7 +274,6 @@ impl Context<'_> {
         let service_ms = service_per_unit * self.units + cold_start;
         let gpu_seconds = self.model.gpu_seconds_per_unit * self.units;
         let reserved_price = routing.reserved_cost_per_gpu_second;
-        let on_demand_price = region.totals.on_demand_per_gpu_second;
         let job = Job {
             network_ms,
             service_ms,
@@ -281,41 +282,31 @@ impl Context<'_> {
 
         // Rank the ways in by their keys (tier, score, latency) and build a candidate only
         // for the best. A way's index sits in the key's low bits, so the first of equals
-        // wins. A region without on-demand pools cannot buy capacity.
+        // wins.
         let mut best = Way::NONE;
         if free_reserved > 0 {
             best = best.min(self.way(&job, SlotPath::ReservedIdle, true, 0.0, reserved_price));
         }
-        if let Some(price) = on_demand_price {
-            if free_warm > 0 {
-                best = best.min(self.way(&job, SlotPath::OnDemandWarm, false, 0.0, price));
-            }
-            if startable > 0 {
-                let start_ms = st
-                    .on_demand_start_ms
-                    .map_or(routing.on_demand_start_ms as f64, |ms| ms.max(0.0));
-                best = best.min(self.way(&job, SlotPath::OnDemandStart, false, start_ms, price));
-            }
-        }
-        // Queued jobs run on reserved slots where the region has any.
-        let queued_on_reserved = region.reserved_slots() > 0;
-        let queued_price = if queued_on_reserved {
-            Some(reserved_price)
-        } else {
-            on_demand_price
-        };
-        if let (true, Some(price)) = (queue_room > 0, queued_price) {
-            // Without a report for the model, assume one job's service time ahead in the queue.
-            let reported_wait = reported.map_or(service_ms, |l| l.expected_wait_ms.max(0.0));
-            let queue_wait = reported_wait
-                + f64::from(excess) * service_per_unit / f64::from(region.reserved_slots().max(1));
-            best = best.min(self.way(
-                &job,
-                SlotPath::Queued,
-                queued_on_reserved,
-                queue_wait,
-                price,
-            ));
+        // An idle reserved slot that meets the goal is the best way in when queued jobs also
+        // run on reserved capacity: every on-demand way is in a later tier, and the queue
+        // adds a wait ≥ 0 (or NaN, which misses the goal) at the same price, so it cannot
+        // have a lower score or latency, and ties go to the idle slot's lower way index. The
+        // other ways are then not worked out (debug builds still do, to check that claim).
+        let settled =
+            free_reserved > 0 && Candidate::rank_tier(best.key) == 0 && region.reserved_slots() > 0;
+        if !settled || cfg!(debug_assertions) {
+            let idle = best;
+            let room = Room {
+                free_warm,
+                startable,
+                queue_room,
+                excess,
+            };
+            best = best.min(self.other_ways(st, region, &job, &room, service_per_unit));
+            debug_assert!(
+                !settled || best.key == idle.key,
+                "an idle reserved slot lost"
+            );
         }
         if best.key == u128::MAX {
             return None;
@@ -339,6 +330,53 @@ impl Context<'_> {
             meets_goal: Candidate::rank_tier(best.key) < 2,
             rank: (best.key & !0xFFFF) | r as u128,
         })
+    }
+
+    /// The best of the ways in other than an idle reserved slot: a warm or a new on-demand
+    /// slot, or the queue; [`Way::NONE`] if there is none. A region without on-demand pools
+    /// cannot buy capacity.
+    #[inline(always)]
+    fn other_ways(
+        &self,
+        st: &RegionStatus,
+        region: &Region,
+        job: &Job,
+        room: &Room,
+        service_per_unit: f64,
+    ) -> Way {
+        let routing = &self.catalog.routing;
+        let reserved_price = routing.reserved_cost_per_gpu_second;
+        let on_demand_price = region.totals.on_demand_per_gpu_second;
+        let mut best = Way::NONE;
+        if let Some(price) = on_demand_price {
+            if room.free_warm > 0 {
+                best = best.min(self.way(job, SlotPath::OnDemandWarm, false, 0.0, price));
+            }
+            if room.startable > 0 {
+                let start_ms = st
+                    .on_demand_start_ms
+                    .map_or(routing.on_demand_start_ms as f64, |ms| ms.max(0.0));
+                best = best.min(self.way(job, SlotPath::OnDemandStart, false, start_ms, price));
+            }
+        }
+        // Queued jobs run on reserved slots where the region has any.
+        let queued_on_reserved = region.reserved_slots() > 0;
+        let queued_price = if queued_on_reserved {
+            Some(reserved_price)
+        } else {
+            on_demand_price
+        };
+        if let (true, Some(price)) = (room.queue_room > 0, queued_price) {
+            // Without a report for the model, assume one job's service time ahead in the queue.
+            let reported_wait = st
+                .model_load(self.model_ix)
+                .map_or(job.service_ms, |l| l.expected_wait_ms.max(0.0));
+            let queue_wait = reported_wait
+                + f64::from(room.excess) * service_per_unit
+                    / f64::from(region.reserved_slots().max(1));
+            best = best.min(self.way(job, SlotPath::Queued, queued_on_reserved, queue_wait, price));
+        }
+        best
     }
 
     /// One way into a region, scored.
@@ -366,6 +404,15 @@ struct Job {
     network_ms: f64,
     service_ms: f64,
     gpu_seconds: f64,
+}
+
+/// What is left of a region's capacity for this edge's next request.
+struct Room {
+    free_warm: u32,
+    startable: u32,
+    queue_room: u32,
+    /// This edge's requests since the last report beyond the free and startable slots.
+    excess: u32,
 }
 
 /// A way into a region with its rank key; the smaller key is the better way.

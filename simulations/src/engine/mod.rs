@@ -1,20 +1,19 @@
 //! The discrete-event loop: arrivals, routing, service, heartbeats and scenario events on a
 //! virtual clock in microseconds.
 //!
-//! Events are kept in a binary heap ordered by (time, sequence number), so simultaneous
+//! Events are kept in order of (time, sequence number) (see [`queue`]), so simultaneous
 //! events run in the order they were scheduled and a run is deterministic. Requests are
 //! placed at the moment they arrive; the network round trip to the chosen region, and the
 //! time lost on failed attempts (a connect timeout for a dead region, a round trip for a
 //! refusal), are added to their latency. In checking mode every step is followed by a check
 //! of the invariants (see [`InvariantViolation`]).
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
+mod queue;
 mod requests;
 
 use policy::{Catalog, CatalogSpec, LiveStatus, RegionStatus};
 
+use self::queue::EventQueue;
 use crate::demand::{Arrival, Demand};
 use crate::metrics::{Histogram, Ledger, Outcomes, Summary};
 use crate::region::{RegionSim, SlotState, Started};
@@ -84,26 +83,6 @@ enum Kind {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Event {
-    time: u64,
-    seq: u64,
-    kind: Kind,
-}
-
-impl Ord for Event {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed: the heap pops the earliest event first.
-        (other.time, other.seq).cmp(&(self.time, self.seq))
-    }
-}
-
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
 /// A request in the system.
 #[derive(Debug, Clone, Copy, Default)]
 struct Job {
@@ -144,8 +123,7 @@ struct Sim<'a> {
     epochs: Vec<u32>,
     /// Round-trip ms, `[city * regions + region]`.
     rtt_ms: Vec<f64>,
-    heap: BinaryHeap<Event>,
-    seq: u64,
+    events: EventQueue<Kind>,
     now: u64,
     jobs: Vec<Job>,
     free_jobs: Vec<u32>,
@@ -198,8 +176,7 @@ impl<'a> Sim<'a> {
             epochs: vec![0; catalog.regions().len()],
             regions,
             rtt_ms,
-            heap: BinaryHeap::new(),
-            seq: 0,
+            events: EventQueue::new(|k| matches!(k, Kind::Arrival)),
             now: 0,
             jobs: Vec::new(),
             free_jobs: Vec::new(),
@@ -221,12 +198,7 @@ impl<'a> Sim<'a> {
     }
 
     fn schedule(&mut self, time: u64, kind: Kind) {
-        self.seq += 1;
-        self.heap.push(Event {
-            time,
-            seq: self.seq,
-            kind,
-        });
+        self.events.push(time, kind);
     }
 
     fn run(&mut self) -> Result<(), InvariantViolation> {
@@ -250,7 +222,7 @@ impl<'a> Sim<'a> {
         if let Some(a) = self.next {
             self.schedule(a.time_us, Kind::Arrival);
         }
-        while let Some(event) = self.heap.pop() {
+        while let Some(event) = self.events.pop() {
             self.now = event.time;
             self.step(event.kind, interval);
             if self.options.check {
@@ -326,12 +298,16 @@ impl<'a> Sim<'a> {
     /// A region's agent reports: every edge learns its status and forgets its in-flight
     /// count there (the report includes those requests); a report also closes the edge's
     /// circuit to it.
+    ///
+    /// Every edge's per-model loads for a region are a copy of the region's last report
+    /// (nothing else writes them), so they are copied only when the report changed them,
+    /// which an idle region's report does not.
     fn heartbeat(&mut self, r: usize) {
         let start_ms = self.scenario.spec.simulation.on_demand_start_ms as f64;
         let models = self.catalog.models().len();
         self.epochs[r] += 1;
         let report = &mut self.reports[r];
-        self.regions[r].report(self.now, start_ms, report, models);
+        let models_changed = self.regions[r].report(self.now, start_ms, report, models);
         for edge in &mut self.edges {
             if let Some(st) = edge.region_mut(r) {
                 // Field by field, so the per-model list keeps its allocation.
@@ -342,7 +318,9 @@ impl<'a> Sim<'a> {
                 st.free_on_demand = report.free_on_demand;
                 st.on_demand_startable = report.on_demand_startable;
                 st.on_demand_start_ms = report.on_demand_start_ms;
-                st.models.clone_from(&report.models);
+                if models_changed {
+                    st.models.clone_from(&report.models);
+                }
                 st.in_flight = 0;
                 st.circuit_open = false;
             }
