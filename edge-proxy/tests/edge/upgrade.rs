@@ -47,7 +47,19 @@ fn write_config(dir: &Path, http: u16, admin: Option<u16>, url: &str) -> std::pa
     path
 }
 
-fn start_edge(config: &Path, log: &Path, upgrade: bool) -> Child {
+/// An edge process, killed if the test ends without stopping it.
+struct EdgeProcess(Child);
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn start_edge(config: &Path, log: &Path, upgrade: bool) -> EdgeProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_edge-proxy"));
     command.arg("--config").arg(config);
     if upgrade {
@@ -60,23 +72,24 @@ fn start_edge(config: &Path, log: &Path, upgrade: bool) -> Child {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
+        .map(EdgeProcess)
         .unwrap()
 }
 
-fn signal(child: &Child, name: &str) {
+fn signal(edge: &EdgeProcess, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
-        .arg(child.id().to_string())
+        .arg(edge.0.id().to_string())
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name} failed");
 }
 
-/// Waits for `child` to exit, failing after [`PATIENCE`].
-async fn exit_of(child: &mut Child, log: &Path) -> std::process::ExitStatus {
+/// Waits for `edge` to exit, failing after [`PATIENCE`].
+async fn exit_of(edge: &mut EdgeProcess, log: &Path) -> std::process::ExitStatus {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = edge.0.try_wait().unwrap() {
             return status;
         }
         assert!(
