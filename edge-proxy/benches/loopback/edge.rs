@@ -1,0 +1,258 @@
+//! Meridian's edge as it runs in production, in-process: the real control plane over an
+//! embedded store in a temporary directory, seeded with three regions whose agent endpoint
+//! is the stand-in backend, one model and one tenant with a key; and `edge_proxy::run` on
+//! its own thread, with a tokio runtime of one worker thread (the edge's "one worker").
+//!
+//! Each request does the edge's real work: the key check, the tenant's quotas (rate,
+//! concurrency and monthly budget, all set far above what the bench sends, so they are
+//! checked but never refuse), a geo-IP lookup in the MaxMind test database of the client
+//! address that `X-Forwarded-For` gives (loopback is a trusted proxy), the route decision
+//! over the three regions, and the proxying to the chosen region's agent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use control_plane::api::{ApiSettings, Token};
+use control_plane::config::ServerConfig;
+use control_plane::store::StoreConfig;
+use control_plane_client::ControlPlane;
+use control_plane_client::wire::AgentReport;
+use edge_proxy::config::Cidr;
+use edge_proxy::{EdgeConfig, Listeners};
+use policy::{CatalogSpec, Location};
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+const EDGE: &str = "bench-edge-token-0123456789";
+const AGENT: &str = "bench-agent-token-0123456789";
+const TENANT: &str = "bench";
+/// Dublin, Frankfurt, Ashburn.
+const REGIONS: [(&str, &str, f64, f64); 3] = [
+    ("eu-west", "eu", 53.35, -6.26),
+    ("eu-central", "eu", 50.11, 8.68),
+    ("us-east", "us", 39.04, -77.49),
+];
+/// Slots every region reports free, far above the connections the bench opens.
+const SLOTS: u32 = 10_000;
+
+/// The control plane and an edge in front of `backend`, each on its own thread.
+pub struct EdgeUnderTest {
+    /// The edge's HTTP address.
+    pub address: SocketAddr,
+    /// The tenant's API key.
+    pub key: String,
+    edge: Thread,
+    control_plane: Thread,
+    _dir: tempfile::TempDir,
+}
+
+/// A server on its own thread, stopped by cancelling its token.
+struct Thread {
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Thread {
+    fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("a server stopped with an error: {e:#}"),
+                Err(_) => eprintln!("a server thread panicked"),
+            }
+        }
+    }
+}
+
+impl EdgeUnderTest {
+    /// Starts the control plane, seeds it, and starts the edge (which then fetches its
+    /// first snapshot; wait for a 200 before measuring).
+    pub fn start(backend: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (control_plane, url) = start_control_plane(&dir, backend);
+        let key = seed(&url);
+        let config = edge_config(&url, dir.path().join("edge-snapshot.json"));
+        let listeners = Listeners::bind(&config).expect("bind the edge");
+        let address = listeners.http[0].local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = {
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new()
+                .name("edge".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .thread_name("edge-worker")
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(edge_proxy::run(config, listeners, shutdown))
+                })
+                .unwrap()
+        };
+        Self {
+            address,
+            key,
+            edge: Thread {
+                shutdown,
+                handle: Some(handle),
+            },
+            control_plane,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for EdgeUnderTest {
+    fn drop(&mut self) {
+        self.edge.stop();
+        self.control_plane.stop();
+    }
+}
+
+fn start_control_plane(dir: &tempfile::TempDir, backend: SocketAddr) -> (Thread, String) {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api: ApiSettings {
+            admin_token: Token::new(ADMIN),
+            edge_token: Token::new(EDGE),
+            agent_token: Token::new(AGENT),
+            max_body_bytes: 1 << 20,
+            agent_lease_ttl: Duration::from_secs(3600),
+            max_poll_wait: Duration::from_secs(30),
+            spend_refresh: Duration::from_secs(5),
+        },
+        store: StoreConfig::embedded(dir.path().join("store")),
+        seed_catalog: Some(catalog(backend)),
+    };
+    let listener = std::net::TcpListener::bind(config.listen).expect("bind the control plane");
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let handle = {
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    control_plane::run(config, listener, shutdown).await
+                })
+            })
+            .unwrap()
+    };
+    let thread = Thread {
+        shutdown,
+        handle: Some(handle),
+    };
+    (thread, url)
+}
+
+/// Registers every region's agent and creates the tenant's key; returns the key.
+fn seed(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let patience = Duration::from_secs(30);
+        let admin = ControlPlane::new(url, ADMIN, patience).unwrap();
+        let agent = ControlPlane::new(url, AGENT, patience).unwrap();
+        let deadline = tokio::time::Instant::now() + patience;
+        while admin.list::<serde_json::Value>("regions").await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the control plane never served"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let report = AgentReport {
+            healthy: true,
+            free_reserved: SLOTS,
+            ..AgentReport::default()
+        };
+        for (region, ..) in REGIONS {
+            agent
+                .register(region, &report)
+                .await
+                .expect("register an agent");
+        }
+        admin
+            .create_key(TENANT, None)
+            .await
+            .expect("create a key")
+            .key
+    })
+}
+
+fn catalog(backend: SocketAddr) -> CatalogSpec {
+    let mut text = String::from(
+        r#"
+        [routing]
+        heartbeat_timeout_ms = 86400000
+        [[jurisdictions]]
+        id = "eu"
+        [[jurisdictions]]
+        id = "us"
+        "#,
+    );
+    for (id, jurisdiction, lat, lon) in REGIONS {
+        text.push_str(&format!(
+            r#"
+            [[regions]]
+            id = "{id}"
+            jurisdiction = "{jurisdiction}"
+            location = {{ lat = {lat}, lon = {lon} }}
+            endpoint = "http://{backend}"
+            pools = [{{ id = "h100", gpu = "H100", reserved = {SLOTS}, reserved_price_per_hour = 2.0 }}]
+            "#
+        ));
+    }
+    text.push_str(&format!(
+        r#"
+        [[models]]
+        id = "meridian/esrgan-x4"
+        kind = "image-to-image"
+        unit = "megapixel"
+        price_per_unit = 0.002
+        gpu_seconds_per_unit = 0.4
+        [[tenants]]
+        id = "{TENANT}"
+        residency = "any"
+        quotas = {{ requests_per_second = 1000000.0, burst = 1000000, max_concurrent = 100000, monthly_budget = 1000000000.0 }}
+        "#
+    ));
+    CatalogSpec::from_toml(&text).expect("the bench's catalog")
+}
+
+fn edge_config(control_plane: &str, snapshot_cache: PathBuf) -> EdgeConfig {
+    EdgeConfig {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        https: Vec::new(),
+        admin: None,
+        control_plane_url: control_plane.to_owned(),
+        control_plane_token: EDGE.to_owned(),
+        snapshot_cache,
+        poll_wait: Duration::from_secs(5),
+        control_plane_timeout: Duration::from_secs(5),
+        geoip_database: Some(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../policy/tests/data/geoip/GeoIP2-City-Test.mmdb"),
+        ),
+        location: Location::new(50.11, 8.68),
+        trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap()],
+        agent_token: "bench-agent-edge-token-0123456789".to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(10),
+        max_body_bytes: 64 * 1024,
+        retry_ratio: 0.2,
+        retry_floor: 10,
+        breaker_failures: 5,
+        breaker_cool_down: Duration::from_secs(600),
+    }
+}
