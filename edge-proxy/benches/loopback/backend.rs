@@ -1,4 +1,4 @@
-//! The one backend that all three paths reach: a stand-in for a region agent, not the real
+//! The one backend that every path reaches: a stand-in for a region agent, not the real
 //! agent. It speaks HTTP/1.1 with keep-alive and answers every request with `200` and the
 //! same small result, shaped as an agent's answer to `POST /v1/run/{owner}/{model}`
 //! (region-agent/API.md: the status fields plus `output`, `units`, `cost`, `capacity`, and

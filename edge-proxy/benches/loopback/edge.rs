@@ -1,7 +1,8 @@
 //! Meridian's edge as it runs in production, in-process: the real control plane over an
 //! embedded store in a temporary directory, seeded with three regions whose agent endpoint
 //! is the stand-in backend, one model and one tenant with a key; and `edge_proxy::run` on
-//! its own thread, with a tokio runtime of one worker thread (the edge's "one worker").
+//! its own thread, with a single-threaded tokio runtime (the edge's "one worker", as pingora runs
+//! each of its worker threads: one runtime per thread, no work stealing).
 //!
 //! Each request does the edge's real work: the key check, the tenant's quotas (rate,
 //! concurrency and monthly budget, all set far above what the bench sends, so they are
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use control_plane::api::{ApiSettings, Token};
+use control_plane::api::ApiSettings;
 use control_plane::config::ServerConfig;
 use control_plane::store::StoreConfig;
 use control_plane_client::ControlPlane;
@@ -83,9 +84,7 @@ impl EdgeUnderTest {
             std::thread::Builder::new()
                 .name("edge".into())
                 .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .thread_name("edge-worker")
+                    let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
                     runtime.block_on(edge_proxy::run(config, listeners, shutdown))
@@ -116,13 +115,9 @@ fn start_control_plane(dir: &tempfile::TempDir, backend: SocketAddr) -> (Thread,
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         api: ApiSettings {
-            admin_token: Token::new(ADMIN),
-            edge_token: Token::new(EDGE),
-            agent_token: Token::new(AGENT),
-            max_body_bytes: 1 << 20,
             agent_lease_ttl: Duration::from_secs(3600),
             max_poll_wait: Duration::from_secs(30),
-            spend_refresh: Duration::from_secs(5),
+            ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
         },
         store: StoreConfig::embedded(dir.path().join("store")),
         seed_catalog: Some(catalog(backend)),
@@ -235,6 +230,7 @@ fn edge_config(control_plane: &str, snapshot_cache: PathBuf) -> EdgeConfig {
         http: vec!["127.0.0.1:0".parse().unwrap()],
         https: Vec::new(),
         admin: None,
+        upgrade_socket: None,
         control_plane_url: control_plane.to_owned(),
         control_plane_token: EDGE.to_owned(),
         snapshot_cache,

@@ -2,18 +2,20 @@
 //! nginx reverse proxy (DESIGN.md §11: edge overhead vs direct ≤ 0.15 ms p50 and ≤ 1 ms p99
 //! at half of the edge's max rate; edge throughput with one worker ≥ nginx's).
 //!
-//! Three paths, one backend, the same request bytes (`POST /v1/run/meridian/esrgan-x4` with
+//! Four paths, one backend, the same request bytes (`POST /v1/run/meridian/esrgan-x4` with
 //! the tenant's `Authorization: Key …` and an `X-Forwarded-For`, which the backend and nginx
 //! ignore):
 //!
 //! - **direct**: the load generator → the backend, a stand-in for a region agent (see
 //!   `backend`; it answers a fixed result and runs no model).
 //! - **edge**: → Meridian's edge in-process with the real control plane (see `edge`): key,
-//!   quotas, geo-IP, route, proxy, on a tokio runtime of one worker thread.
+//!   quotas, geo-IP, route, proxy, on one single-threaded tokio runtime.
 //! - **nginx**: → Debian's nginx, `worker_processes 1`, a minimal `proxy_pass` (see `nginx`).
+//! - **pingora**: → pingora alone, forwarding without any of the edge's work, run as the edge
+//!   runs it (see `bare`): the floor under the edge, to tell pingora's cost from Meridian's.
 //!
 //! For each path: the max rate (closed loop, 32 keep-alive connections), then latency at a
-//! fixed rate — half of the edge's median max rate, the same for all three paths — in an
+//! fixed rate — half of the edge's median max rate, the same for every path — in an
 //! open loop that counts queueing from each request's timetable slot (see `load`). Each
 //! measure is taken in several rounds, the paths in a rotating order, and the medians are
 //! reported. Any answer other than 200 fails the run.
@@ -26,12 +28,13 @@
 //!
 //! `cargo bench -p edge-proxy --bench loopback` measures (3 rounds; `MERIDIAN_BENCH_ROUNDS`
 //! sets another count). Without `--bench` (as `cargo test --all-targets` runs it) each run
-//! lasts a fraction of a second, to check that all three paths answer 200. nginx must be
+//! lasts a fraction of a second, to check that every path answers 200. nginx must be
 //! installed (scripts/bootstrap installs it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 mod backend;
+mod bare;
 mod edge;
 mod http1;
 mod load;
@@ -43,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
+use crate::bare::BarePingora;
 use crate::edge::EdgeUnderTest;
 use crate::nginx::Nginx;
 use crate::report::{Path, Round};
@@ -91,9 +95,11 @@ fn main() {
     let backend = Backend::start();
     let nginx = Nginx::start(backend.address);
     let edge = EdgeUnderTest::start(backend.address);
+    let bare = BarePingora::start(backend.address);
     let request: Arc<[u8]> = request(&edge.key).into();
     let paths = [
         (Path::Direct, backend.address),
+        (Path::Pingora, bare.address),
         (Path::Edge, edge.address),
         (Path::Nginx, nginx.address),
     ];
@@ -108,7 +114,7 @@ fn main() {
 /// Runs every round: max rates first, then every path at half the edge's median max rate.
 async fn measure(
     plan: &Plan,
-    paths: &[(Path, SocketAddr); 3],
+    paths: &[(Path, SocketAddr); 4],
     request: &Arc<[u8]>,
     backend: &Backend,
 ) -> Vec<Round> {
@@ -164,7 +170,7 @@ async fn measure(
 }
 
 /// The paths, starting at the `round`th, so each path goes first in some round.
-fn rotated(paths: &[(Path, SocketAddr); 3], round: usize) -> Vec<(Path, SocketAddr)> {
+fn rotated(paths: &[(Path, SocketAddr); 4], round: usize) -> Vec<(Path, SocketAddr)> {
     let mut order = paths.to_vec();
     order.rotate_left(round % paths.len());
     order

@@ -11,6 +11,7 @@ use crate::load::{Latencies, percentile};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Path {
     Direct,
+    Pingora,
     Edge,
     Nginx,
 }
@@ -19,6 +20,7 @@ impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Self::Direct => "direct",
+            Self::Pingora => "pingora",
             Self::Edge => "edge",
             Self::Nginx => "nginx",
         })
@@ -86,7 +88,8 @@ fn row(rounds: &[Round], path: Path) -> Row {
 /// Prints the table and the ratios, with the targets when `measuring`.
 pub fn print(plan: &str, rounds: &[Round], measuring: bool) {
     let rate = rounds.first().map_or(0.0, |r| r.fixed_rate);
-    let [direct, edge, nginx] = [Path::Direct, Path::Edge, Path::Nginx].map(|p| row(rounds, p));
+    let [direct, pingora, edge, nginx] =
+        [Path::Direct, Path::Pingora, Path::Edge, Path::Nginx].map(|p| row(rounds, p));
     let late = |p: f64| {
         median(
             rounds
@@ -110,6 +113,7 @@ pub fn print(plan: &str, rounds: &[Round], measuring: bool) {
     );
     for (path, r) in [
         (Path::Direct, &direct),
+        (Path::Pingora, &pingora),
         (Path::Edge, &edge),
         (Path::Nginx, &nginx),
     ] {
@@ -148,11 +152,21 @@ pub fn print(plan: &str, rounds: &[Round], measuring: bool) {
         "nginx / direct throughput {:>8.2}",
         nginx.max_rate / direct.max_rate
     );
+    println!(
+        "edge / pingora throughput {:>8.2}     (what Meridian's admission costs on top of pingora)",
+        edge.max_rate / pingora.max_rate
+    );
+    println!(
+        "pingora / nginx throughput{:>8.2}",
+        pingora.max_rate / nginx.max_rate
+    );
     let overhead = [
         ("edge − direct, p50 ", edge.p50 - direct.p50, Some(0.15)),
         ("edge − direct, p99 ", edge.p99 - direct.p99, Some(1.0)),
         ("nginx − direct, p50", nginx.p50 - direct.p50, None),
         ("nginx − direct, p99", nginx.p99 - direct.p99, None),
+        ("edge − pingora, p50", edge.p50 - pingora.p50, None),
+        ("edge − pingora, p99", edge.p99 - pingora.p99, None),
     ];
     for (what, value, target) in overhead {
         let verdict =
