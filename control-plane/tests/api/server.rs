@@ -2,14 +2,12 @@
 
 use std::time::Duration;
 
-use control_plane::api::{ApiSettings, Token};
-use control_plane::config::ServerConfig;
+use control_plane::InProcess;
+use control_plane::api::ApiSettings;
 use control_plane::store::StoreConfig;
 use policy::CatalogSpec;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::support::{EtcdServer, PATIENCE};
 
@@ -69,8 +67,7 @@ enum Holder {
 pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    server: Option<InProcess>,
     holder: Option<Holder>,
     store: StoreConfig,
 }
@@ -94,32 +91,24 @@ impl TestServer {
     }
 
     async fn serve(store: StoreConfig, holder: Holder) -> Self {
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            api: ApiSettings {
-                admin_token: Token::new(ADMIN),
-                edge_token: Token::new(EDGE),
-                agent_token: Token::new(AGENT),
-                max_body_bytes: BODY_LIMIT,
-                agent_lease_ttl: Duration::from_secs(2),
-                max_poll_wait: Duration::from_secs(30),
-                spend_refresh: SPEND_REFRESH,
-            },
-            store: store.clone(),
-            seed_catalog: Some(CatalogSpec::from_toml(SEED).unwrap()),
+        let api = ApiSettings {
+            max_body_bytes: BODY_LIMIT,
+            agent_lease_ttl: Duration::from_secs(2),
+            max_poll_wait: Duration::from_secs(30),
+            spend_refresh: SPEND_REFRESH,
+            ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
         };
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(control_plane::run(config, listener, shutdown.clone()));
+        let seed = CatalogSpec::from_toml(SEED).unwrap();
+        let running = InProcess::start(api, store.clone(), Some(seed))
+            .await
+            .unwrap();
         let server = Self {
-            base,
+            base: running.url.clone(),
             http: reqwest::Client::builder()
                 .timeout(PATIENCE * 3)
                 .build()
                 .unwrap(),
-            shutdown,
-            task: Some(task),
+            server: Some(running),
             holder: Some(holder),
             store,
         };
@@ -129,9 +118,8 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same store (and seed catalog).
     pub async fn restart(mut self) -> Self {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
+        if let Some(server) = self.server.take() {
+            server.stop().await.unwrap();
         }
         let holder = self.holder.take().unwrap();
         Self::serve(self.store.clone(), holder).await
@@ -183,20 +171,12 @@ impl TestServer {
 
     /// Shuts the server down and waits for `run` to return.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(PATIENCE, server.stop())
                 .await
                 .expect("run returns after shutdown")
-                .unwrap()
                 .unwrap();
         }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
