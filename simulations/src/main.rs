@@ -59,8 +59,9 @@ enum Command {
     Plan {
         #[command(flatten)]
         common: Common,
-        /// A usage trace CSV (tenant,model,region,day,units,gpu_seconds) to size
-        /// reservations from, instead of simulating the scenario's demand.
+        /// A usage trace to size reservations from, instead of simulating the scenario's
+        /// demand: CSV (tenant,model,region,day,units,gpu_seconds), or the control plane's
+        /// `GET /admin/v1/usage` answer saved as JSON (grouped by at least region and day).
         #[arg(long)]
         trace: Option<PathBuf>,
         /// Rounds of the newsvendor estimate, each sized from the previous run and re-simulated;

@@ -258,3 +258,51 @@ fn per_tenant_counts_add_up_to_the_totals() {
     assert_eq!(sum(|t| t.1), o.completed);
     assert_eq!(sum(|t| t.2), o.met_goal);
 }
+
+#[test]
+fn the_control_planes_usage_report_plans_as_its_csv_does() {
+    use control_plane_client::wire;
+    let scenario = Scenario::from_toml(include_str!("../scenarios/global-day.toml")).unwrap();
+    let csv =
+        simulations::trace::parse(include_str!("../scenarios/usage-trace.example.csv")).unwrap();
+    // The same use as the control plane reports it: split across capacity classes.
+    let rows = csv
+        .rows
+        .iter()
+        .map(|r| wire::UsageRow {
+            tenant: Some(r.tenant.clone()),
+            model: Some(r.model.clone()),
+            region: Some(r.region.clone()),
+            day: Some(r.day.clone()),
+            usage: wire::UsageTotals {
+                jobs: 1,
+                units: r.units,
+                reserved_gpu_seconds: r.gpu_seconds * 0.25,
+                on_demand_gpu_seconds: r.gpu_seconds * 0.75,
+                cost: 0.0,
+            },
+        })
+        .collect();
+    let report = wire::UsageReport {
+        revision: 1,
+        from: None,
+        to: None,
+        group_by: ["tenant", "model", "region", "day"]
+            .map(String::from)
+            .into(),
+        rows,
+        total: wire::UsageTotals::default(),
+    };
+    let json =
+        simulations::trace::parse_usage_report(&serde_json::to_string(&report).unwrap()).unwrap();
+    let from_csv = plan::from_trace(&scenario, &csv).unwrap();
+    let from_json = plan::from_trace(&scenario, &json).unwrap();
+    let recommended = |p: &plan::Plan| -> Vec<(String, u32)> {
+        p.regions
+            .iter()
+            .map(|r| (r.region.clone(), r.recommended))
+            .collect()
+    };
+    assert_eq!(recommended(&from_json), recommended(&from_csv));
+    assert!(recommended(&from_csv).iter().any(|(_, n)| *n > 0));
+}
