@@ -30,6 +30,7 @@ pub mod error;
 pub mod metrics;
 pub mod proxy;
 pub mod regions;
+pub mod settle;
 pub mod snapshot;
 pub mod state;
 
@@ -57,12 +58,13 @@ pub use config::{EdgeConfig, HttpsListen};
 use crate::metrics::{AdminApp, Metrics};
 use crate::proxy::{Active, EdgeProxy};
 use crate::regions::{Regions, RetryBudget};
+use crate::settle::Settled;
 use crate::snapshot::{Contact, SharedState, SnapshotFollower};
 
 /// How long in-flight requests may take to finish once shutdown is asked for.
 pub const DRAIN: Duration = Duration::from_secs(10);
 /// How long the edge keeps connections it accepted last after it stops accepting, so that
-/// their requests, still on their way, are served rather than cut off.
+/// their requests, still on their way, are served rather than cut off (see [`settle`]).
 pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// Everything the request path shares.
@@ -336,14 +338,11 @@ pub async fn run_upgradable(
             tracing::error!(error = %e, "a listening service failed");
         }
     }
-    // A connection accepted just before the listeners closed may not have sent its request
-    // yet: give such connections SETTLE to do so, and requests up to DRAIN to finish.
+    // The services return SETTLE after they stopped accepting (see `settle`), having served
+    // the requests of the connections they accepted last; requests in flight finish up to
+    // DRAIN after that.
     let stopped = tokio::time::Instant::now();
-    loop {
-        let waited = stopped.elapsed();
-        if waited >= DRAIN || (waited >= SETTLE && edge.active.count() == 0) {
-            break;
-        }
+    while edge.active.count() > 0 && stopped.elapsed() < DRAIN {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if edge.active.count() > 0 {
@@ -393,13 +392,13 @@ fn services(edge: &Arc<Edge>, listeners: Listeners) -> anyhow::Result<(Services,
         Ok(address)
     };
     let conf = Arc::new(ServerConf::default());
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &conf,
         EdgeProxy {
             edge: Arc::clone(edge),
         },
-        "meridian-edge",
     );
+    let mut proxy = Service::new("meridian-edge".to_owned(), Settled::new(app, SETTLE));
     for listener in listeners.http {
         let address = adopt(listener)?;
         proxy.add_tcp(&address);
