@@ -273,8 +273,7 @@ mod tests {
             format!("{err:#}").contains("GET /admin/v1/usage"),
             "{err:#}"
         );
-        let mut bad = row(None, "us-east", "d", -1.0, 0.0);
-        bad.usage.units = 1.0;
+        let bad = row(None, "us-east", "d", -1.0, 0.0);
         let err = parse_usage_report(&report(&["region", "day"], vec![bad])).unwrap_err();
         assert!(err.to_string().contains("rows[0]: gpu_seconds"), "{err}");
     }
