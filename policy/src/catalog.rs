@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::error::ConfigWarning;
-use crate::ids::{JurisdictionId, ModelId, PoolId, RegionId, TenantId};
+use contract::ids::{JurisdictionId, ModelId, PoolId, RegionId, TenantId};
 use crate::location::{Location, NetworkModel, UnitVector};
 use crate::quota::{MonthlyBudget, RateLimit};
 use crate::sets::IndexSet;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ids::TenantId;
+use contract::ids::TenantId;
 
 /// The prefix every key starts with.
 pub const KEY_PREFIX: &str = "mk_live_";
@@ -133,7 +133,6 @@ impl From<KeyHash> for String {
 
 /// What Meridian stores about a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApiKeyRecord {
     /// Public id.
     pub id: KeyId,

@@ -16,7 +16,6 @@ pub mod catalog;
 pub mod decision;
 pub mod error;
 pub mod geoip;
-pub mod ids;
 pub mod key;
 pub mod location;
 pub mod quota;
@@ -31,9 +30,11 @@ pub use decision::{
     Candidate, CapacityClass, Exclusion, LatencyEstimate, LiveStatus, ModelLoad, Refusal,
     RegionStatus, ResolvedRequest, RouteDecision, RouteError, RouteRequest, SlotPath,
 };
-pub use error::{ConfigError, ConfigErrors, ConfigWarning};
+pub use contract::ids;
+pub use contract::{ConfigProblem, ConfigProblems, ParseError};
+pub use error::ConfigWarning;
 pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
-pub use ids::{IdError, JurisdictionId, ModelId, PoolId, RegionId, TenantId};
+pub use ids::{IdError, JurisdictionId, ModelId, PoolId, RegionId, RequestId, TenantId};
 pub use key::{ApiKeyRecord, KeyError, KeyRing};
 pub use location::{Location, NetworkModel};
 pub use spec::{CatalogSpec, ModelSpec, PoolSpec, RegionSpec, ResidencySpec, TenantSpec};

@@ -11,7 +11,6 @@ pub const EARTH_RADIUS_KM: f64 = 6371.0088;
 
 /// A point on the Earth in decimal degrees (WGS 84).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Location {
     /// Latitude in degrees, −90 (south) to 90 (north).
     pub lat: f64,

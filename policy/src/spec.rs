@@ -5,17 +5,21 @@
 //! or floating-point values, so that [`CatalogSpec::validate`](crate::CatalogSpec::validate)
 //! can report *every* problem at once, each with its path and fix, instead of stopping at the
 //! first. Validation turns a spec into a [`Catalog`](crate::Catalog), whose types cannot hold
-//! invalid values. Unknown fields are rejected so that a misspelt setting is never silently
-//! ignored. Money is in the deployment's currency (`currency`, default `USD`).
+//! invalid values. A configuration file read with [`CatalogSpec::from_toml`] (or an admin
+//! write read strictly) rejects unknown fields, naming each with its line, so that a
+//! misspelt setting is never silently ignored; the same records carried inside a snapshot
+//! between components ignore fields a newer control plane added. Money is in the
+//! deployment's currency (`currency`, default `USD`).
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use contract::ParseError;
 
 use crate::location::Location;
 
 /// A whole Meridian configuration: everything the route decision needs except live status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CatalogSpec {
     /// ISO 4217 code of the currency all prices are in. Default `USD`.
     #[serde(default = "default_currency")]
@@ -57,7 +61,6 @@ impl Default for CatalogSpec {
 
 /// Settings of the route decision (DESIGN.md §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RoutingSpec {
     /// Kilometres light travels in fibre per millisecond. Default 200.
     #[serde(default = "default_fibre_km_per_ms")]
@@ -110,7 +113,6 @@ impl Default for RoutingSpec {
 
 /// A jurisdiction: a legal area data may be restricted to (`eu`, `us`, `uk`, `in`, `jp`, …).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct JurisdictionSpec {
     /// Short id, e.g. `eu`.
     pub id: String,
@@ -121,7 +123,6 @@ pub struct JurisdictionSpec {
 
 /// A region where Meridian holds GPUs, served by one region agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RegionSpec {
     /// Region id, e.g. `eu-west`.
     pub id: String,
@@ -139,7 +140,6 @@ pub struct RegionSpec {
 /// A pool of GPUs of one type in a region: reserved slots (a paid commitment) and on-demand
 /// slots (bought by the hour when needed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// Pool id, unique within its region, e.g. `h100`.
     pub id: String,
@@ -162,7 +162,6 @@ pub struct PoolSpec {
 
 /// A model Meridian serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Model id, `owner/name`.
     pub id: String,
@@ -186,7 +185,6 @@ pub struct ModelSpec {
 
 /// A tenant: an organisation calling Meridian under one set of policies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     /// Tenant id, e.g. `acme`.
     pub id: String,
@@ -216,7 +214,6 @@ fn default_latency_value() -> f64 {
 
 /// Limits on a tenant's use. Every absent limit is unlimited.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct QuotaSpec {
     /// Sustained request rate per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,7 +255,6 @@ pub enum ResidencySpec {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ResidencyTable {
     #[serde(default)]
     jurisdictions: Vec<String>,
@@ -320,15 +316,15 @@ impl<'de> Deserialize<'de> for ResidencySpec {
 }
 
 impl CatalogSpec {
-    /// Reads a configuration from TOML text. Syntax and type errors name the line; rule
-    /// errors come from [`CatalogSpec::validate`].
-    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    /// Reads a configuration file's TOML text. Syntax and type errors and unknown fields
+    /// name the line; rule errors come from [`CatalogSpec::validate`].
+    pub fn from_toml(text: &str) -> Result<Self, ParseError> {
+        contract::problems::from_toml_strict(text)
     }
 
-    /// Reads a configuration from JSON text.
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+    /// Reads a configuration written as JSON, refusing unknown fields.
+    pub fn from_json(text: &str) -> Result<Self, ParseError> {
+        contract::problems::from_json_strict(text.as_bytes())
     }
 }
 
@@ -394,7 +390,10 @@ mod tests {
         );
         let err = serde_json::from_str::<ResidencySpec>(r#""everywhere""#).unwrap_err();
         assert!(err.to_string().contains(r#"write "any""#), "{err}");
-        let err = serde_json::from_str::<ResidencySpec>(r#"{"jurisdiction":["eu"]}"#).unwrap_err();
+        let err = contract::problems::from_json_strict::<ResidencySpec>(
+            br#"{"jurisdiction":["eu"]}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("jurisdiction"), "{err}");
     }
 
@@ -404,6 +403,13 @@ mod tests {
         let err = CatalogSpec::from_toml(&text).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unknown field `latency_goal`"), "{msg}");
-        assert!(msg.contains("line"), "{msg}");
+        assert!(msg.contains("at tenants[0].latency_goal (line 24)"), "{msg}");
+        // Carried between components, the same record ignores what a newer sender added.
+        let json = serde_json::to_string(&CatalogSpec::from_toml(EXAMPLE).unwrap())
+            .unwrap()
+            .replace(r#""latency_goal_ms""#, r#""region_hint":"eu","latency_goal_ms""#);
+        let carried: CatalogSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(carried.tenants[0].latency_goal_ms, Some(800.0));
+        assert!(CatalogSpec::from_json(&json).is_err());
     }
 }

@@ -2,9 +2,9 @@
 //! and every problem reported at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use policy::{CatalogSpec, ConfigErrors};
+use policy::{CatalogSpec, ConfigProblems};
 
-fn errors(toml_text: &str) -> ConfigErrors {
+fn errors(toml_text: &str) -> ConfigProblems {
     CatalogSpec::from_toml(toml_text)
         .expect("the TOML itself parses")
         .validate()
@@ -18,7 +18,7 @@ fn the_world_and_the_shipped_example_are_valid() {
     let world = CatalogSpec::from_toml(GOOD).unwrap().validate().unwrap();
     assert_eq!(world.regions().len(), 6);
     // Intended: the EU-only tenants cannot reach tiny-sd, which the 451 cases rely on.
-    let warned: Vec<&str> = world.warnings().iter().map(|w| w.path.as_str()).collect();
+    let warned: Vec<&str> = world.warnings().iter().map(|w| w.place.as_str()).collect();
     assert_eq!(
         warned,
         ["tenants[0].residency", "tenants[4].residency"],
@@ -144,7 +144,7 @@ fn each_problem_is_reported_at_its_path() {
             "{what}: the fixture changed, {from:?} not found"
         );
         let errs = errors(&GOOD.replacen(from, to, 1));
-        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        let paths: Vec<&str> = errs.iter().map(|e| e.place.as_str()).collect();
         assert_eq!(paths, vec![*path], "{what}: {errs}");
         let e = errs.iter().next().unwrap();
         assert!(!e.problem.is_empty() && !e.fix.is_empty(), "{what}: {e}");
@@ -207,7 +207,7 @@ fn a_bad_region_does_not_also_make_its_references_errors() {
     let text = GOOD.replacen("lat = 53.35, lon = -6.26", "lat = 153.35, lon = -6.26", 1);
     let errs = errors(&text);
     assert_eq!(
-        errs.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        errs.iter().map(|e| e.place.as_str()).collect::<Vec<_>>(),
         vec!["regions[0].location"],
         "{errs}"
     );
@@ -254,6 +254,6 @@ fn a_rate_the_limiter_cannot_hold_is_refused_at_its_path() {
     );
     let errs = errors(&text);
     let e = errs.iter().next().unwrap();
-    assert_eq!(e.path, "tenants[0].quotas.requests_per_second");
+    assert_eq!(e.place, "tenants[0].quotas.requests_per_second");
     assert!(e.problem.contains("1e9"), "{e}");
 }

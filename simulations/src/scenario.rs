@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use policy::{Catalog, CatalogSpec, ConfigErrors, Location};
+use policy::{Catalog, CatalogSpec, ConfigProblems, Location};
 use serde::Deserialize;
 
 /// A scenario as written.
@@ -196,12 +196,12 @@ pub enum ScenarioError {
         /// Why.
         source: std::io::Error,
     },
-    /// Syntax or type error, with its line.
-    #[error("scenario is not valid TOML: {0}")]
-    Toml(#[from] toml::de::Error),
+    /// Syntax or type error, or an unknown field, with its line.
+    #[error("scenario is not valid: {0}")]
+    Parse(#[from] policy::ParseError),
     /// The catalog breaks policy's rules.
     #[error("[catalog] {0}")]
-    Catalog(#[from] ConfigErrors),
+    Catalog(#[from] ConfigProblems),
     /// The demand or events break the scenario's rules; every problem, each with its fix.
     #[error("{} problem(s) in the scenario:\n  - {}", .0.len(), .0.join("\n  - "))]
     Invalid(Vec<String>),
@@ -273,7 +273,7 @@ impl Scenario {
 
     /// Reads and checks a scenario from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
-        Self::from_spec(toml::from_str(text)?)
+        Self::from_spec(contract::problems::from_toml_strict(text)?)
     }
 
     /// Checks a spec: the catalog by policy's rules, then demand and events.

@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::wire::{
-    AgentReport, CreatedKey, ErrorBody, ErrorInfo, KeyView, Listed, NewKeyRequest, Registration,
-    Snapshot, SpendReport, UsageBatch, UsageReceipt, UsageRecord, UsageReport,
+    AgentCatalog, AgentReport, CreatedKey, ErrorBody, ErrorInfo, KeyView, Listed, NewKeyRequest,
+    Registration, Snapshot, SpendReport, UsageBatch, UsageReceipt, UsageRecordPage, UsageReport,
 };
 
 /// What a usage report covers and how it is grouped; every field is optional.
@@ -35,6 +35,31 @@ pub struct UsageQuery {
     /// Comma list of `tenant`, `model`, `region`, `day` (default all four).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_by: Option<String>,
+}
+
+/// Which per-job usage records to read, from the region that keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecordQuery {
+    /// The region whose agent keeps the records (required).
+    pub region: String,
+    /// Only this tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Only this model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Only jobs finished at or after this time, Unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<u64>,
+    /// Only jobs finished before this time, Unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<u64>,
+    /// Where the previous page ended (its `next`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Most records in the page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// Why a call failed.
@@ -176,12 +201,18 @@ impl ControlPlane {
         empty(self.request(Method::POST, &path).send().await?).await
     }
 
-    /// Reports finished jobs' usage; safe to resend (deduplicated by job id).
-    pub async fn report_usage(&self, records: Vec<UsageRecord>) -> Result<UsageReceipt> {
-        let batch = UsageBatch { records };
+    /// The agent catalog of `region`: its pools and prices as in force now.
+    pub async fn agent_catalog(&self, region: &str) -> Result<AgentCatalog> {
+        let path = format!("/agent/v1/regions/{region}/catalog");
+        json(self.request(Method::GET, &path).send().await?).await
+    }
+
+    /// Sends a numbered usage batch; safe to resend (the control plane applies each
+    /// sequence number once).
+    pub async fn report_usage(&self, batch: &UsageBatch) -> Result<UsageReceipt> {
         json(
             self.request(Method::POST, "/agent/v1/usage")
-                .json(&batch)
+                .json(batch)
                 .send()
                 .await?,
         )
@@ -264,13 +295,15 @@ impl ControlPlane {
         .await
     }
 
-    /// The stored usage records, optionally of one tenant.
-    pub async fn usage_records(&self, tenant: Option<&str>) -> Result<Listed<UsageRecord>> {
-        let mut request = self.request(Method::GET, "/admin/v1/usage/records");
-        if let Some(tenant) = tenant {
-            request = request.query(&[("tenant", tenant)]);
-        }
-        json(request.send().await?).await
+    /// One page of the per-job usage records a region keeps.
+    pub async fn usage_records(&self, query: &RecordQuery) -> Result<UsageRecordPage> {
+        json(
+            self.request(Method::GET, "/admin/v1/usage/records")
+                .query(query)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// A tenant's spend in a UTC month (`YYYY-MM`; `None`: the current month).
@@ -298,11 +331,7 @@ async fn ok(response: Response) -> Result<Response> {
     let text = response.text().await?;
     let error = serde_json::from_str::<ErrorBody>(&text)
         .map(|b| b.error)
-        .unwrap_or_else(|_| ErrorInfo {
-            kind: "unknown".into(),
-            message: text,
-            details: Vec::new(),
-        });
+        .unwrap_or_else(|_| ErrorBody::new("unknown", text).error);
     Err(ClientError::Api {
         status: status.as_u16(),
         error,

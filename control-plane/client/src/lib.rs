@@ -9,4 +9,4 @@ mod client;
 mod live;
 pub mod wire;
 
-pub use client::{ClientError, ControlPlane, Result, Revisioned, UsageQuery};
+pub use client::{ClientError, ControlPlane, RecordQuery, Result, Revisioned, UsageQuery};

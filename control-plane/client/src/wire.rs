@@ -3,17 +3,25 @@
 //!
 //! Catalog records travel as the `policy` crate's spec records (`RegionSpec`, `ModelSpec`,
 //! `TenantSpec`, `JurisdictionSpec`); what is defined here is everything around them: the
-//! settings record, API-key views, agent reports, the edge snapshot and the error body.
+//! settings record, API-key views, agent reports and catalogs, the edge snapshot and the
+//! usage ledger's messages. The error body is [`contract::ErrorBody`].
+//!
+//! These are wire types: reading one ignores fields this build does not know, so a newer
+//! sender can add fields without breaking an older reader. Messages that components send
+//! each other on their own (heartbeats, snapshots, agent catalogs, usage batches) carry a
+//! [`Schema`] version, and a reader refuses only a major version it does not know
+//! (`contract::schema`). Admin writes are configuration, not wire messages: the control
+//! plane reads them strictly and refuses unknown fields.
 
 use std::collections::BTreeMap;
 
+pub use contract::{ConfigProblem, ErrorBody, ErrorInfo, Nanos, Schema};
 use policy::spec::RoutingSpec;
-use policy::{ApiKeyRecord, CatalogSpec};
+use policy::{ApiKeyRecord, CatalogSpec, ModelSpec, RegionSpec};
 use serde::{Deserialize, Serialize};
 
 /// Deployment-wide settings of the catalog: its currency and the route decision's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// ISO 4217 code of the currency all prices are in. Default `USD`.
     #[serde(default = "default_currency")]
@@ -47,7 +55,6 @@ pub struct Listed<T> {
 
 /// Body of `POST /admin/v1/tenants/{id}/keys`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
     /// Free-text label, e.g. `ci`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,7 +101,6 @@ pub struct CreatedKey {
 
 /// One model's queue and timing in a region, as its agent reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelReport {
     /// Jobs waiting.
     #[serde(default)]
@@ -115,9 +121,11 @@ pub struct ModelReport {
 }
 
 /// What a region agent reports when it registers and with every heartbeat.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentReport {
+    /// The message's schema version (`contract::schema::HEARTBEAT`; absent: 1.0).
+    #[serde(default)]
+    pub schema: Schema,
     /// Whether the agent considers itself healthy.
     pub healthy: bool,
     /// Whether the agent is draining (finishing its work, taking none).
@@ -138,12 +146,31 @@ pub struct AgentReport {
     /// Per model id (`owner/name`).
     #[serde(default)]
     pub models: BTreeMap<String, ModelReport>,
+    /// The revision of the agent catalog the agent runs with, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_revision: Option<i64>,
+}
+
+impl Default for AgentReport {
+    /// A healthy-looking empty report at this build's schema.
+    fn default() -> Self {
+        Self {
+            schema: contract::schema::HEARTBEAT,
+            healthy: false,
+            draining: false,
+            free_reserved: 0,
+            free_on_demand: 0,
+            on_demand_startable: 0,
+            on_demand_start_ms: None,
+            models: BTreeMap::new(),
+            catalog_revision: None,
+        }
+    }
 }
 
 /// A region's live status as the control plane stores it and edges receive it. It exists
 /// only while the agent keeps its lease alive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RegionLive {
     /// Region id.
     pub region: String,
@@ -153,18 +180,45 @@ pub struct RegionLive {
     pub report: AgentReport,
 }
 
-/// Answer to an agent's registration.
+/// Answer to an agent's registration and heartbeats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
     /// Region id.
     pub region: String,
     /// The agent's status disappears this long after its last heartbeat, in ms.
     pub ttl_ms: u64,
+    /// The newest revision of the configuration agents read: an agent whose catalog is
+    /// older fetches `GET /agent/v1/regions/{id}/catalog`. Absent (0) from an older
+    /// control plane, which never asks for a fetch.
+    #[serde(default)]
+    pub catalog_revision: i64,
+}
+
+/// What an agent takes from the catalog (`GET /agent/v1/regions/{id}/catalog`): its
+/// region's pools, with the reserved GPUs and price of the reservations active now, and the
+/// models the catalog places in the region, with their pricing. It is the agent's only
+/// source of slot counts and prices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentCatalog {
+    /// The message's schema version (`contract::schema::AGENT_CATALOG`).
+    #[serde(default)]
+    pub schema: Schema,
+    /// The store revision it was read at; usage records name it.
+    pub revision: i64,
+    /// ISO 4217 code of the currency prices are in.
+    pub currency: String,
+    /// The region, its pools as in force now.
+    pub region: RegionSpec,
+    /// The models the catalog places in the region.
+    pub models: Vec<ModelSpec>,
 }
 
 /// Everything an edge needs to route, read at one store revision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// The message's schema version (`contract::schema::SNAPSHOT`; absent: 1.0).
+    #[serde(default)]
+    pub schema: Schema,
     /// The store revision the snapshot was read at.
     pub revision: i64,
     /// The whole catalog.
@@ -181,7 +235,6 @@ pub struct Snapshot {
 
 /// What one tenant has spent in the current calendar month (UTC), summed from usage records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TenantSpend {
     /// Tenant id.
     pub tenant: String,
@@ -191,37 +244,6 @@ pub struct TenantSpend {
     pub cost: f64,
     /// GPU-seconds used so far this month.
     pub gpu_seconds: f64,
-}
-
-/// The body of every error answer: `{"error": {"type", "message", "details"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorInfo,
-}
-
-/// What went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorInfo {
-    /// A stable machine-readable kind, e.g. `invalid_catalog`, `conflict`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// A sentence for a person.
-    pub message: String,
-    /// Each problem of an invalid write, with its path and fix.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<ErrorDetail>,
-}
-
-/// One problem of an invalid write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    /// Where the offending value is, e.g. `regions[eu-west].pools[0].reserved`.
-    pub path: String,
-    /// What is wrong with it.
-    pub problem: String,
-    /// How to fix it.
-    pub fix: String,
 }
 
 /// Which capacity a job ran on.
@@ -234,11 +256,23 @@ pub enum Capacity {
     OnDemand,
 }
 
-/// What one finished job used, as its region agent reports it (DESIGN.md §6).
+/// How a job ended, for billing: completed jobs are charged, failed ones are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The job produced its output; the tenant is charged its units at the catalog price.
+    Completed,
+    /// The job failed (a model error, a timeout, a storage failure): the tenant is charged
+    /// nothing, while its GPU time still counts as used capacity.
+    Failed,
+}
+
+/// What one finished job used and cost: the per-job record an agent keeps on its own disk,
+/// in its region, for its retention time (`GET /admin/v1/usage/records` reads it through
+/// the control plane, page by page). Amounts are exact billionths.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UsageRecord {
-    /// The job's request id (`<region>.<random>`); reports are deduplicated by it.
+    /// The job's request id (`<region>.<random>`).
     pub job_id: String,
     /// Tenant the job ran for.
     pub tenant: String,
@@ -246,40 +280,107 @@ pub struct UsageRecord {
     pub model: String,
     /// Region that ran it.
     pub region: String,
-    /// Units of work billed (images, megapixels, seconds, …).
-    pub units: f64,
-    /// GPU-seconds the job took.
-    pub gpu_seconds: f64,
     /// Capacity it ran on.
     pub capacity: Capacity,
-    /// What the tenant is charged, in the catalog's currency.
-    pub cost: f64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed (the job error's `type`, e.g. `timeout`), for failed jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The model's pricing unit (`megapixel`, `image`, …).
+    pub unit: String,
+    /// Units of work done, in billionths of the unit.
+    pub units_nanos: Nanos,
+    /// GPU-seconds the job took, in billionths.
+    pub gpu_nanos: Nanos,
+    /// Price per unit that priced it, in the catalog's currency.
+    pub price_per_unit: f64,
+    /// What the tenant is charged, in billionths of the catalog's currency (0 for failed
+    /// jobs).
+    pub cost_nanos: Nanos,
+    /// The revision of the agent catalog that priced it.
+    pub catalog_revision: i64,
     /// When the job finished, Unix ms.
     pub finished_at_ms: u64,
 }
 
-/// Body of `POST /agent/v1/usage`: a batch of records, delivered at least once.
+/// A page of per-job usage records, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UsageBatch {
+pub struct UsageRecordPage {
+    /// Region the records are kept in.
+    pub region: String,
     /// The records.
     pub records: Vec<UsageRecord>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// What one tenant's jobs of one model used on one capacity class in one UTC hour of one
+/// region, summed exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageAggregate {
+    /// Tenant id.
+    pub tenant: String,
+    /// Model id.
+    pub model: String,
+    /// Capacity class.
+    pub capacity: Capacity,
+    /// Start of the UTC hour, Unix ms (a multiple of 3 600 000).
+    pub hour_ms: u64,
+    /// Jobs that finished (completed or failed).
+    pub jobs: u64,
+    /// Of those, jobs that failed.
+    pub failed_jobs: u64,
+    /// Units of work, in billionths.
+    pub units_nanos: Nanos,
+    /// GPU-seconds, in billionths.
+    pub gpu_nanos: Nanos,
+    /// Money charged, in billionths of the catalog's currency.
+    pub cost_nanos: Nanos,
+}
+
+/// Most rows one usage batch may hold: a batch is applied in one store transaction, which
+/// writes each row's daily total and its tenant's monthly spend, and etcd allows 128
+/// operations per transaction.
+pub const MAX_USAGE_ROWS: usize = 60;
+
+/// Body of `POST /agent/v1/usage`: one numbered batch of an agent's ledger. The control
+/// plane applies a batch exactly once: it keeps the last sequence number applied for each
+/// `(region, ledger)` and compares it in the same store transaction that adds the rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageBatch {
+    /// The message's schema version (`contract::schema::USAGE_BATCH`).
+    pub schema: Schema,
+    /// Region the jobs ran in.
+    pub region: String,
+    /// The agent's ledger id: 32 lowercase hex digits, random, made when its data
+    /// directory was first used, so a rebuilt agent starts a new sequence instead of
+    /// repeating an old one.
+    pub ledger: String,
+    /// The batch's number in its ledger, from 1, with no gaps.
+    pub seq: u64,
+    /// The aggregates (at most [`MAX_USAGE_ROWS`]).
+    pub rows: Vec<UsageAggregate>,
 }
 
 /// Answer to a usage batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageReceipt {
-    /// Records stored now.
-    pub accepted: usize,
-    /// Records whose job id was stored before (a redelivery), ignored.
-    pub duplicates: usize,
+    /// The batch's number.
+    pub seq: u64,
+    /// `true` when this call applied it; `false` when it had been applied before (a
+    /// resend), in which case nothing changed.
+    pub applied: bool,
 }
-
 /// What a set of jobs used, summed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageTotals {
-    /// Jobs counted.
+    /// Jobs counted (completed and failed).
     pub jobs: u64,
+    /// Of those, jobs that failed (charged nothing).
+    #[serde(default)]
+    pub failed_jobs: u64,
     /// Units of work billed (summed across models, whatever their unit).
     pub units: f64,
     /// GPU-seconds on reserved capacity.
@@ -288,6 +389,9 @@ pub struct UsageTotals {
     pub on_demand_gpu_seconds: f64,
     /// Money charged, in the catalog's currency.
     pub cost: f64,
+    /// Money charged, in exact billionths of the catalog's currency.
+    #[serde(default)]
+    pub cost_nanos: Nanos,
 }
 
 /// One row of a usage report: the totals of one group. A dimension the report is not
@@ -354,7 +458,6 @@ pub struct SpendReport {
 /// as its `reserved_price_per_hour`; a pool without any keeps the values it is configured
 /// with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Reservation {
     /// Id: 1–63 characters of a–z, 0–9 and '-', starting with a letter.
     pub id: String,

@@ -1,6 +1,6 @@
 //! Turns a [`CatalogSpec`] into a [`Catalog`], reporting every problem at once.
 //!
-//! Each rule yields one [`ConfigError`] naming the path of the value
+//! Each rule yields one [`ConfigProblem`](contract::ConfigProblem) naming the place of the value
 //! (`regions[2].pools[0].reserved`) and the fix. Checks run in configuration order, so the
 //! report reads top to bottom. Regions, pools and models are checked in `regions`, tenants
 //! and their quotas in `tenants`.
@@ -11,7 +11,9 @@ mod tenants;
 use std::collections::{HashMap, HashSet};
 
 use crate::catalog::{Catalog, Jurisdiction, Region, Routing, Tenant};
-use crate::error::{ConfigError, ConfigErrors, ConfigWarning};
+use contract::ConfigProblems;
+
+use crate::error::ConfigWarning;
 use crate::ids::{IdError, JurisdictionId};
 use crate::location::NetworkModel;
 use crate::spec::{CatalogSpec, RoutingSpec};
@@ -25,7 +27,7 @@ pub const MAX_REGIONS: usize = 1 << 16;
 /// Collects problems while a spec is checked.
 #[derive(Default)]
 pub(super) struct Report {
-    errors: Vec<ConfigError>,
+    errors: ConfigProblems,
     warnings: Vec<ConfigWarning>,
 }
 
@@ -36,16 +38,12 @@ impl Report {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.errors.push(ConfigError {
-            path: path.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        });
+        self.errors.add(path, problem, fix);
     }
 
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(ConfigWarning {
-            path: path.into(),
+            place: path.into(),
             message: message.into(),
         });
     }
@@ -126,7 +124,7 @@ pub(super) struct Names {
 
 impl CatalogSpec {
     /// Checks every rule and builds the [`Catalog`], or returns every problem found.
-    pub fn validate(&self) -> Result<Catalog, ConfigErrors> {
+    pub fn validate(&self) -> Result<Catalog, ConfigProblems> {
         let mut report = Report::default();
         let routing = check_routing(&self.routing, &mut report);
         if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -205,10 +203,10 @@ impl CatalogSpec {
         }
 
         let Some(routing) = routing else {
-            return Err(ConfigErrors(report.errors));
+            return Err(report.errors);
         };
         if !report.errors.is_empty() {
-            return Err(ConfigErrors(report.errors));
+            return Err(report.errors);
         }
         let catalog = Catalog {
             currency: self.currency.clone(),

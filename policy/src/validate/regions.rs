@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use super::{Names, Report, known_jurisdiction};
 use crate::catalog::{Model, ModelKind, Pool, PoolTotals, PricingUnit, Region};
-use crate::ids::{ModelId, PoolId, RegionId};
+use contract::ids::{ModelId, PoolId, RegionId};
 use crate::location::UnitVector;
 use crate::sets::IndexSet;
 use crate::spec::{ModelSpec, PoolSpec, RegionSpec};

@@ -3,7 +3,7 @@
 use super::regions::region_set;
 use super::{Names, Report, known_jurisdiction};
 use crate::catalog::{Model, Quotas, Region, Residency, Tenant};
-use crate::ids::TenantId;
+use contract::ids::TenantId;
 use crate::quota::{MonthlyBudget, RateLimit, RateLimiter};
 use crate::sets::IndexSet;
 use crate::spec::{QuotaSpec, ResidencySpec, TenantSpec};

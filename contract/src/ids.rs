@@ -1,9 +1,10 @@
-//! Identifiers of the domain: regions, jurisdictions, pools, tenants and models.
+//! Identifiers: regions, jurisdictions, pools, tenants, models and requests.
 //!
-//! Each id is a small validated string. Region, pool, tenant and jurisdiction ids are
-//! lowercase slugs (`eu-west`, `acme`); model ids are `owner/name` (`meridian/esrgan-x4`).
-//! Region ids never contain a `.`, because request ids carry their region as
-//! `<region>.<random>` (DESIGN.md §4).
+//! Each id is a small validated string with one grammar, used by every component. Region,
+//! pool, tenant and jurisdiction ids are lowercase slugs (`eu-west`, `acme`); model ids are
+//! `owner/name` (`meridian/esrgan-x4`). Region ids never contain a `.`, so a request id can
+//! carry its region as `<region>.<32 lowercase hex digits>` ([`RequestId`],
+//! `docs/design.md` §4).
 
 use std::fmt;
 use std::sync::Arc;
@@ -138,6 +139,11 @@ id_type!(
     ModelId, "model", is_model_id, MODEL_RULE
 );
 
+id_type!(
+    /// A reservation of GPUs, e.g. `h100-2026`.
+    ReservationId, "reservation", is_slug, SLUG_RULE
+);
+
 impl ModelId {
     /// The owner part (`meridian` in `meridian/esrgan-x4`).
     pub fn owner(&self) -> &str {
@@ -150,9 +156,128 @@ impl ModelId {
     }
 }
 
+const REQUEST_RULE: &str = "use `<region>.<32 lowercase hex digits>`, the id a request was \
+                            given when it was accepted (for example \
+                            `eu-west.0123456789abcdef0123456789abcdef`)";
+
+/// Hex digits of a request id's random part (128 bits).
+const REQUEST_RANDOM_HEX: usize = 32;
+
+/// A request (job) id: the region that holds the job, a dot and 128 random bits in lowercase
+/// hex, e.g. `eu-west.0123456789abcdef0123456789abcdef`. The edge sends every call about a
+/// request to the region its id names; the id is also safe as a file name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// A new random id for a job accepted in `region`.
+    pub fn random(region: &RegionId) -> Self {
+        let text = format!("{region}.{:032x}", rand::random::<u128>());
+        Self(Arc::from(text))
+    }
+
+    /// Checks `value` and wraps it.
+    pub fn new(value: &str) -> Result<Self, IdError> {
+        if Self::split(value).is_some() {
+            Ok(Self(Arc::from(value)))
+        } else {
+            Err(IdError {
+                kind: "request",
+                value: value.chars().take(200).collect(),
+                rule: REQUEST_RULE,
+            })
+        }
+    }
+
+    fn split(value: &str) -> Option<(&str, &str)> {
+        let (region, random) = value.rsplit_once('.')?;
+        let hex = random.len() == REQUEST_RANDOM_HEX
+            && random
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (hex && is_slug(region)).then_some((region, random))
+    }
+
+    /// The id of the region that holds the request.
+    pub fn region(&self) -> &str {
+        Self::split(&self.0).map_or("", |(region, _)| region)
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::new(s)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_carry_their_region_and_128_random_bits() {
+        let region = RegionId::new("eu-west").unwrap();
+        let a = RequestId::random(&region);
+        let b = RequestId::random(&region);
+        assert_ne!(a, b);
+        assert_eq!(a.region(), "eu-west");
+        assert_eq!(a.as_str().len(), "eu-west.".len() + 32);
+        assert_eq!(RequestId::new(a.as_str()).unwrap(), a);
+        for bad in [
+            "eu-west",
+            "eu-west.xyz",
+            "../etc.0123456789abcdef0123456789abcdef",
+            "a.0123456789abcdef0123456789ABCDEF",
+            // The region part follows the region grammar: a letter first, no trailing '-'.
+            "1eu.0123456789abcdef0123456789abcdef",
+            "eu-.0123456789abcdef0123456789abcdef",
+            "EU.0123456789abcdef0123456789abcdef",
+            ".0123456789abcdef0123456789abcdef",
+        ] {
+            let err = RequestId::new(bad).unwrap_err();
+            assert_eq!(err.kind, "request", "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_region_id_makes_valid_request_ids() {
+        for region in ["a", "eu-west", "ap-south-1", &"a".repeat(63)] {
+            let region = RegionId::new(region).unwrap();
+            let id = RequestId::random(&region);
+            assert_eq!(RequestId::new(id.as_str()).unwrap().region(), region.as_str());
+        }
+    }
 
     #[test]
     fn slugs() {

@@ -1,0 +1,41 @@
+//! The headers Meridian's components send each other and its clients, by name.
+//!
+//! Every `x-meridian-*` header is internal to Meridian except those the edge passes on to
+//! clients ([`REGION`], [`COST`], [`REFUSED`] on a final refusal); the edge strips every
+//! `x-meridian-*` header a client sends before it forwards a request.
+
+/// Edge → agent: the shared secret that proves the call comes from an edge.
+pub const EDGE_TOKEN: &str = "x-meridian-edge-token";
+/// Edge → agent: the tenant the request acts for (a tenant id).
+pub const TENANT: &str = "x-meridian-tenant";
+/// Agent → edge → client: the region that served the request (a region id).
+pub const REGION: &str = "x-meridian-region";
+/// Agent → edge → client: what the request cost, in the catalog's currency, written with
+/// nine decimals ([`crate::money::Nanos`]).
+pub const COST: &str = "x-meridian-cost";
+/// Agent → edge: the agent refused the job before accepting it, and why
+/// ([`crate::Refusal`]); the edge may try the next region.
+pub const REFUSED: &str = "x-meridian-refused";
+/// Every component → client: the request's id ([`crate::RequestId`]) where it has one.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The prefix of every internal header; the edge drops these from what clients send.
+pub const INTERNAL_PREFIX: &str = "x-meridian-";
+
+/// Whether `name` (lowercase) is one of Meridian's internal headers.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with(INTERNAL_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_internal_header_has_the_prefix_and_is_lowercase() {
+        for name in [EDGE_TOKEN, TENANT, REGION, COST, REFUSED] {
+            assert!(is_internal(name), "{name}");
+            assert_eq!(name, name.to_ascii_lowercase());
+        }
+        assert!(!is_internal(REQUEST_ID));
+    }
+}
