@@ -265,16 +265,20 @@ pub enum PricingUnit {
     VideoSecond,
     /// Per GPU-second used.
     GpuSecond,
+    /// Per output megapixel per denoising step: the work of a diffusion model, which grows
+    /// with the picture's size and the steps asked for, and is known before the job runs.
+    MegapixelStep,
 }
 
 impl PricingUnit {
     /// Every unit, with its configuration name.
-    pub const ALL: [(PricingUnit, &'static str); 5] = [
+    pub const ALL: [(PricingUnit, &'static str); 6] = [
         (PricingUnit::Image, "image"),
         (PricingUnit::Megapixel, "megapixel"),
         (PricingUnit::AudioSecond, "audio_second"),
         (PricingUnit::VideoSecond, "video_second"),
         (PricingUnit::GpuSecond, "gpu_second"),
+        (PricingUnit::MegapixelStep, "megapixel_step"),
     ];
 
     /// The configuration name, e.g. `megapixel`.

@@ -168,8 +168,8 @@ pub struct ModelSpec {
     /// What it does: `text-to-image`, `image-to-image`, `video-to-video`, `audio-to-text`,
     /// `audio-analysis` or `text-to-audio`.
     pub kind: String,
-    /// What a tenant pays for: `image`, `megapixel`, `audio_second`, `video_second` or
-    /// `gpu_second`.
+    /// What a tenant pays for: `image`, `megapixel`, `audio_second`, `video_second`,
+    /// `gpu_second` or `megapixel_step` (output megapixels × denoising steps).
     pub unit: String,
     /// Price a tenant pays per unit.
     pub price_per_unit: f64,
