@@ -52,6 +52,7 @@ impl InProcess {
             api,
             store,
             seed_catalog,
+            history_retention: crate::config::DEFAULT_HISTORY_RETENTION,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(config, listener, shutdown.clone()));
@@ -100,6 +101,11 @@ pub async fn run(
     let changes = ChangeFeed::start(store.clone(), config.api.spend_refresh, shutdown.clone())
         .await
         .context("follow the store's changes")?;
+    tokio::spawn(crate::history::run(
+        store.clone(),
+        config.history_retention,
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::reservations::run_clock(
         store.clone(),
         changes.clone(),

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde_json::json;
+use contract::ErrorBody;
 
 /// What went wrong with a client's request, as the client is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +106,7 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
-        json!({"error": {"type": self.kind, "message": self.message}})
-            .to_string()
-            .into_bytes()
+        ErrorBody::new(self.kind, &self.message).to_json()
     }
 }
 

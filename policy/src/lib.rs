@@ -26,12 +26,12 @@ mod validate;
 pub use catalog::{
     Catalog, Model, ModelKind, Pool, PricingUnit, Quotas, Region, Residency, Tenant,
 };
+pub use contract::ids;
+pub use contract::{ConfigProblem, ConfigProblems, ParseError};
 pub use decision::{
     Candidate, CapacityClass, Exclusion, LatencyEstimate, LiveStatus, ModelLoad, Refusal,
     RegionStatus, ResolvedRequest, RouteDecision, RouteError, RouteRequest, SlotPath,
 };
-pub use contract::ids;
-pub use contract::{ConfigProblem, ConfigProblems, ParseError};
 pub use error::ConfigWarning;
 pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
 pub use ids::{IdError, JurisdictionId, ModelId, PoolId, RegionId, RequestId, TenantId};

@@ -159,11 +159,15 @@ async fn long_poll_answers_after_a_write(backend: Backend) {
     let (status, _) = json(
         server
             .agent("/agent/v1/usage")
-            .json(&json!({"records": [{
-                "job_id": "eu-west.j1", "tenant": "acme", "model": "meridian/esrgan-x4",
-                "region": "eu-west", "units": 1.0, "gpu_seconds": 0.4, "capacity": "on_demand",
-                "cost": 0.002, "finished_at_ms": 1
-            }]}))
+            .json(&json!({
+                "schema": "1.0", "region": "eu-west",
+                "ledger": "0123456789abcdef0123456789abcdef", "seq": 1,
+                "rows": [{
+                    "tenant": "acme", "model": "meridian/esrgan-x4", "capacity": "on_demand",
+                    "hour_ms": 0, "jobs": 1, "failed_jobs": 0, "units_nanos": 1_000_000_000u64,
+                    "gpu_nanos": 400_000_000u64, "cost_nanos": 2_000_000u64
+                }]
+            }))
             .send()
             .await
             .unwrap(),
@@ -229,19 +233,28 @@ async fn a_silent_agent_disappears_when_its_lease_expires(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        body["error"]["details"][0]["path"],
+        body["error"]["details"][0]["place"],
         "models[meridian/esrgan-x4].expected_wait_ms"
     );
+    // A report of a schema major version this build cannot read is refused, naming both.
+    let mut newer = report.clone();
+    newer["schema"] = json!("2.0");
     let (status, body) = json(
         server
             .agent("/agent/v1/regions/eu-west/register")
-            .json(&json!({"healthy": true, "free_slots": 3}))
+            .json(&newer)
             .send()
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["type"], "unsupported_schema");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("heartbeat schema 2.0") && message.contains("1.x"),
+        "{message}"
+    );
 
     let (status, body) = json(
         server

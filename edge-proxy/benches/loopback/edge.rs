@@ -121,6 +121,7 @@ fn start_control_plane(dir: &tempfile::TempDir, backend: SocketAddr) -> (Thread,
         },
         store: StoreConfig::embedded(dir.path().join("store")),
         seed_catalog: Some(catalog(backend)),
+        history_retention: control_plane::config::DEFAULT_HISTORY_RETENTION,
     };
     let listener = std::net::TcpListener::bind(config.listen).expect("bind the control plane");
     listener.set_nonblocking(true).unwrap();
