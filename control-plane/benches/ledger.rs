@@ -21,9 +21,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -172,14 +169,12 @@ fn weight(region: usize, regions: usize, hour: u64) -> f64 {
 async fn day(settings: Settings) -> Footprint {
     let dir = tempfile::tempdir().unwrap();
     let etcd = if settings.etcd {
-        Some(support::EtcdServer::start().await)
+        Some(testkit::etcd::Etcd::start().await)
     } else {
         None
     };
     let config = match &etcd {
-        Some(server) => StoreConfig::Etcd {
-            endpoints: vec![server.endpoint.clone()],
-        },
+        Some(server) => server.store_config(),
         None => StoreConfig::embedded(dir.path()),
     };
     let store = AnyStore::open(&config).await.unwrap();

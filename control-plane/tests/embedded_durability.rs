@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use control_plane::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use control_plane::store::{Store, StoreError};
-use support::{PATIENCE, next_event, next_item};
+use support::{next_event, next_item};
+use testkit::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn open(dir: &Path) -> EmbeddedStore {
@@ -231,9 +232,8 @@ async fn a_killed_process_loses_no_acknowledged_write() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut acked = Vec::new();
     while acked.len() < 150 {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        let line = within("the child's next line", lines.next_line())
             .await
-            .unwrap()
             .unwrap();
         let line = line.expect("the child writes until it is killed");
         if let Some(rest) = line.strip_prefix("acked ") {

@@ -9,7 +9,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::server::{ADMIN, AGENT, Backend, EDGE, TestServer, json, revision};
-use crate::support::PATIENCE;
 
 fn now_ms() -> i64 {
     i64::try_from(
@@ -92,7 +91,7 @@ async fn reservations_crud_and_validation(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(stale.status(), StatusCode::CONFLICT);
-    let admin = ControlPlane::new(&server.base, ADMIN, PATIENCE).unwrap();
+    let admin = server.client(ADMIN);
     let current = admin
         .get::<Reservation>("reservations", "h100-2025")
         .await
@@ -176,21 +175,23 @@ async fn reservations_crud_and_validation(backend: Backend) {
     server.stop().await;
 }
 
-/// Polls snapshots until `done` holds for one, failing the test after [`PATIENCE`].
+/// Long-polls snapshots, as an edge does, until `done` holds for one (failing the test
+/// after the test kit's patience).
 async fn snapshot_until(edge: &ControlPlane, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut snapshot = edge.snapshot().await.unwrap();
-    while !done(&snapshot) {
-        assert!(tokio::time::Instant::now() < deadline, "never happened");
-        if let Some(next) = edge
-            .poll_snapshot(snapshot.revision, Duration::from_secs(5))
-            .await
-            .unwrap()
-        {
-            snapshot = next;
+    testkit::within("a snapshot that shows it", async {
+        let mut snapshot = edge.snapshot().await.unwrap();
+        while !done(&snapshot) {
+            if let Some(next) = edge
+                .poll_snapshot(snapshot.revision, Duration::from_secs(5))
+                .await
+                .unwrap()
+            {
+                snapshot = next;
+            }
         }
-    }
-    snapshot
+        snapshot
+    })
+    .await
 }
 
 fn pool(snapshot: &Snapshot, region: &str) -> (i64, Option<f64>) {
@@ -208,9 +209,9 @@ fn pool(snapshot: &Snapshot, region: &str) -> (i64, Option<f64>) {
 
 async fn active_reservations_set_reserved_capacity(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let admin = ControlPlane::new(&server.base, ADMIN, PATIENCE).unwrap();
-    let edge = ControlPlane::new(&server.base, EDGE, PATIENCE).unwrap();
-    let agent = ControlPlane::new(&server.base, AGENT, PATIENCE).unwrap();
+    let admin = server.client(ADMIN);
+    let edge = server.client(EDGE);
+    let agent = server.client(AGENT);
     assert_eq!(
         pool(&edge.snapshot().await.unwrap(), "eu-west"),
         (2, Some(2.2))

@@ -7,15 +7,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use control_plane::store::{AnyStore, Store, StoreConfig};
 use control_plane::usage;
+use control_plane_client::UsageQuery;
 use control_plane_client::wire::{
     Capacity, MAX_USAGE_ROWS, Nanos, Schema, UsageAggregate, UsageBatch,
 };
-use control_plane_client::{ControlPlane, UsageQuery};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::server::{ADMIN, AGENT, Backend, EDGE, SPEND_REFRESH, TestServer, json};
-use crate::support::{EtcdServer, PATIENCE};
+use crate::support::Etcd;
 
 /// 2024-03-31T23:00:00Z and 2024-04-01T01:00:00Z: one hour apart, in two months.
 const MARCH_31: u64 = 1_711_926_000_000;
@@ -69,7 +69,7 @@ fn close(a: &Value, b: f64) -> bool {
 
 async fn totals_group_by_day_and_dimension(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let agent = ControlPlane::new(&server.base, AGENT, PATIENCE).unwrap();
+    let agent = server.client(AGENT);
     let west = batch(
         "eu-west",
         LEDGER_A,
@@ -232,8 +232,8 @@ async fn totals_group_by_day_and_dimension(backend: Backend) {
 
 async fn spend_reaches_edges(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let agent = ControlPlane::new(&server.base, AGENT, PATIENCE).unwrap();
-    let edge = ControlPlane::new(&server.base, EDGE, PATIENCE).unwrap();
+    let agent = server.client(AGENT);
+    let edge = server.client(EDGE);
     let first = edge.snapshot().await.unwrap();
     assert!(first.spend.is_empty());
 
@@ -254,9 +254,8 @@ async fn spend_reaches_edges(backend: Backend) {
     ];
     let first_batch = batch("eu-west", LEDGER_A, 1, rows);
     agent.report_usage(&first_batch).await.unwrap();
-    let next = tokio::time::timeout(PATIENCE, poll)
+    let next = testkit::within("the poll to return", poll)
         .await
-        .unwrap()
         .unwrap()
         .unwrap()
         .expect("spend wakes the poll");
@@ -267,7 +266,7 @@ async fn spend_reaches_edges(backend: Backend) {
     assert!((acme.cost - 0.2).abs() < 1e-9);
     assert!((acme.gpu_seconds - 2.2).abs() < 1e-9);
     // The admin's view of the month agrees with the edge's, and so do the daily totals.
-    let admin = ControlPlane::new(&server.base, ADMIN, PATIENCE).unwrap();
+    let admin = server.client(ADMIN);
     let spend = admin.spend("acme", None).await.unwrap();
     assert_eq!((spend.usage.jobs, spend.usage.cost), (2, acme.cost));
     let this_month = UsageQuery {
@@ -296,10 +295,8 @@ async fn concurrent_batches_count_each_job_once(backend: Backend) {
     let config = match backend {
         Backend::Embedded => StoreConfig::embedded(dir.path()),
         Backend::Etcd => {
-            let server = EtcdServer::start().await;
-            let config = StoreConfig::Etcd {
-                endpoints: vec![server.endpoint.clone()],
-            };
+            let server = Etcd::start().await;
+            let config = server.store_config();
             etcd = Some(server);
             config
         }
