@@ -1,4 +1,4 @@
-//! Meridian's control plane (DESIGN.md §5).
+//! Meridian's control plane (docs/design.md §5).
 //!
 //! It owns Meridian's state: tenants, API keys, regions, models and settings, stored in
 //! etcd (production) or an embedded raft store (one machine, the default). It serves the

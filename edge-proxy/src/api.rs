@@ -1,4 +1,4 @@
-//! The public API's shape (DESIGN.md §4): which call a request is, where its client is, and
+//! The public API's shape (docs/design.md §4): which call a request is, where its client is, and
 //! the answers the edge gives itself (`GET /v1/models`).
 
 use std::net::IpAddr;

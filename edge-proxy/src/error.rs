@@ -1,5 +1,5 @@
 //! The one error type of the public API: each kind maps to an HTTP status and the JSON body
-//! `{"error": {"type", "message"}}` (DESIGN.md §4).
+//! `{"error": {"type", "message"}}` (docs/design.md §4).
 
 use std::fmt;
 

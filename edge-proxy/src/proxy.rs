@@ -1,4 +1,4 @@
-//! The request path, as a pingora [`ProxyHttp`] service (DESIGN.md §1, §3, §4, §7).
+//! The request path, as a pingora [`ProxyHttp`] service (docs/design.md §1, §3, §4, §7).
 //!
 //! `request_filter` recognises the call, authenticates the key, applies the tenant's quotas,
 //! locates the client and asks the route decision for the ordered candidate regions (see

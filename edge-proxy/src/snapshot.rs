@@ -1,4 +1,4 @@
-//! Following the control plane's snapshots (DESIGN.md §5, §7).
+//! Following the control plane's snapshots (docs/design.md §5, §7).
 //!
 //! At start the edge fetches the whole snapshot; when the control plane cannot be reached it
 //! loads the last good snapshot from its cache file instead (static stability). A background
@@ -35,7 +35,7 @@ pub type SharedState = Arc<ArcSwapOption<RoutingState>>;
 /// Whether this edge can reach the control plane, and when it last heard from it. While the
 /// control plane is unreachable the request path judges heartbeats by the time of its last
 /// word rather than the wall clock: a snapshot does not go stale because nobody can send a
-/// newer one (static stability, DESIGN.md §7). Dead agents are caught by the circuit
+/// newer one (static stability, docs/design.md §7). Dead agents are caught by the circuit
 /// breakers instead.
 #[derive(Debug, Default)]
 pub struct ControlPlaneContact {

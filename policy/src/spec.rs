@@ -59,7 +59,7 @@ impl Default for CatalogSpec {
     }
 }
 
-/// Settings of the route decision (DESIGN.md §3).
+/// Settings of the route decision (docs/design.md §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutingSpec {
     /// Kilometres light travels in fibre per millisecond. Default 200.

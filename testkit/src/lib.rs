@@ -10,6 +10,7 @@
 //! - [`edge`]: a real edge in-process, ready once it routes on a given snapshot revision;
 //!   [`Answer`](edge::Answer), what a client sees.
 //! - [`stand_in`]: a stand-in region agent for testing the edge alone.
+//! - [`weights`]: real model weights from their registry packages, fetched once.
 //!
 //! It is a dev-dependency only: nothing here ships in a Meridian binary.
 
@@ -19,6 +20,7 @@ pub mod etcd;
 pub mod patience;
 pub mod stand_in;
 pub mod tokens;
+pub mod weights;
 
 pub use control_plane::{Backend, TestControlPlane};
 pub use edge::{Answer, TestEdge};
