@@ -1,6 +1,6 @@
-//! An agent running in-process on port 0, and HTTP helpers that call it as an edge would;
-//! real model weights fetched by `scripts/fetch-models` ([`fetch_models`]); spoken test
-//! audio ([`speech`]).
+//! An agent running in-process on port 0 with a catalog file ([`config`], [`catalog_toml`]),
+//! and HTTP helpers that call it as an edge would; real model weights fetched by
+//! `scripts/fetch-models` ([`fetch_models`]); spoken test audio ([`speech`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod speech;
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use contract::headers;
 use region_agent::config::AgentConfig;
 use region_agent::serving::Model;
 use reqwest::{Method, RequestBuilder};
@@ -19,23 +20,66 @@ use tokio_util::sync::CancellationToken;
 pub const EDGE_TOKEN: &str = "edge-token-0123456789";
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A configuration serving `models` (TOML `[[models]]` tables) with one reserved slot.
-pub fn config(data_dir: &std::path::Path, models: &str, extra: &str) -> AgentConfig {
+/// A model as the catalog lists it: id, pricing unit, price per unit.
+pub type Priced<'a> = (&'a str, &'a str, f64);
+
+/// A Meridian catalog with region eu-west, one CPU pool (`pool`: its fields after `id`, e.g.
+/// `reserved = 1, reserved_price_per_hour = 2.2`) and `models`.
+pub fn catalog_toml(pool: &str, models: &[Priced<'_>]) -> String {
+    let mut text = format!(
+        r#"
+[[jurisdictions]]
+id = "eu"
+
+[[regions]]
+id = "eu-west"
+jurisdiction = "eu"
+location = {{ lat = 53.35, lon = -6.26 }}
+endpoint = "http://127.0.0.1:9102"
+pools = [{{ id = "cpu", gpu = "cpu", {pool} }}]
+"#
+    );
+    for (id, unit, price) in models {
+        text.push_str(&format!(
+            "\n[[models]]\nid = \"{id}\"\nkind = \"image-to-image\"\nunit = \"{unit}\"\n\
+             price_per_unit = {price}\ngpu_seconds_per_unit = 0.1\n"
+        ));
+    }
+    text
+}
+
+/// One reserved slot.
+pub const ONE_SLOT: &str = "reserved = 1, reserved_price_per_hour = 2.2";
+
+/// A configuration serving `models` (TOML `[[models]]` tables), priced by `prices` in a
+/// catalog file (written to `<data_dir>/catalog.toml`) with one reserved slot.
+pub fn config(
+    data_dir: &std::path::Path,
+    models: &str,
+    extra: &str,
+    prices: &[Priced<'_>],
+) -> AgentConfig {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let catalog = data_dir.join("catalog.toml");
+    std::fs::write(&catalog, catalog_toml(ONE_SLOT, prices)).unwrap();
     AgentConfig::from_toml(&format!(
         r#"
 region = "eu-west"
 listen = "127.0.0.1:0"
 edge_token = "{EDGE_TOKEN}"
 data_dir = "{}"
+{}
 {extra}
-
-[[pools]]
-id = "cpu"
-reserved = 1
 
 {models}
 "#,
-        data_dir.display()
+        data_dir.display(),
+        // With a control plane, the catalog comes from it.
+        if extra.contains("[control_plane]") {
+            String::new()
+        } else {
+            format!("catalog_file = \"{}\"", catalog.display())
+        },
     ))
     .unwrap()
 }
@@ -108,8 +152,8 @@ impl Agent {
     pub fn as_tenant(&self, tenant: &str, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
-            .header("x-meridian-edge-token", EDGE_TOKEN)
-            .header("x-meridian-tenant", tenant)
+            .header(headers::EDGE_TOKEN, EDGE_TOKEN)
+            .header(headers::TENANT, tenant)
     }
 
     /// Queues a job and returns its request id.
