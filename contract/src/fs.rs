@@ -18,7 +18,10 @@ pub struct FileError {
     pub source: std::io::Error,
 }
 
-fn failed<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FileError + 'a {
+fn failed<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> FileError + 'a {
     move |source| FileError {
         action,
         path: path.to_path_buf(),

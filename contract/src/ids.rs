@@ -275,7 +275,10 @@ mod tests {
         for region in ["a", "eu-west", "ap-south-1", &"a".repeat(63)] {
             let region = RegionId::new(region).unwrap();
             let id = RequestId::random(&region);
-            assert_eq!(RequestId::new(id.as_str()).unwrap().region(), region.as_str());
+            assert_eq!(
+                RequestId::new(id.as_str()).unwrap().region(),
+                region.as_str()
+            );
         }
     }
 

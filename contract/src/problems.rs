@@ -324,7 +324,8 @@ mod tests {
 
     #[test]
     fn unknown_toml_fields_are_named_with_their_line() {
-        let text = "name = \"a\"\n\n[[pools]]\nid = \"h100\"\n\n[[pools]]\nid = \"a100\"\nreserverd = 2\n";
+        let text =
+            "name = \"a\"\n\n[[pools]]\nid = \"h100\"\n\n[[pools]]\nid = \"a100\"\nreserverd = 2\n";
         let err = from_toml_strict::<File>(text).unwrap_err();
         let ParseError::UnknownFields(fields) = &err else {
             panic!("{err}")
@@ -335,16 +336,16 @@ mod tests {
             err.to_string(),
             "unknown field `reserverd` at pools[1].reserverd (line 8): remove it or check its spelling"
         );
-        let file: File = from_toml_strict("name = \"b\"").unwrap();
-        assert_eq!(file.name, "b");
+        let file: File = from_toml_strict("name = \"b\"\n[[pools]]\nid = \"x\"").unwrap();
+        assert_eq!((file.name.as_str(), file.pools.len()), ("b", 1));
         let syntax = from_toml_strict::<File>("name = ").unwrap_err();
         assert!(syntax.to_string().contains("line 1"), "{syntax}");
     }
 
     #[test]
     fn unknown_json_fields_are_named() {
-        let err = from_json_strict::<File>(br#"{"name":"a","pools":[{"id":"x","gpus":1}]}"#)
-            .unwrap_err();
+        let err =
+            from_json_strict::<File>(br#"{"name":"a","pools":[{"id":"x","gpus":1}]}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
             "unknown field `gpus` at pools[0].gpus: remove it or check its spelling"

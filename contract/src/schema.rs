@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn versions_travel_as_strings() {
-        assert_eq!(serde_json::to_string(&Schema::new(1, 2)).unwrap(), "\"1.2\"");
+        assert_eq!(
+            serde_json::to_string(&Schema::new(1, 2)).unwrap(),
+            "\"1.2\""
+        );
         let read: Schema = serde_json::from_str("\"3.10\"").unwrap();
         assert_eq!(read, Schema::new(3, 10));
         assert!(serde_json::from_str::<Schema>("\"1\"").is_err());

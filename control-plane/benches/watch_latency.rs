@@ -13,21 +13,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use control_plane::InProcess;
-use control_plane::api::ApiSettings;
-use control_plane::store::StoreConfig;
-use control_plane_client::ControlPlane;
 use policy::CatalogSpec;
 use policy::spec::JurisdictionSpec;
-
-const ADMIN: &str = "bench-admin-token-0123456789";
-const EDGE: &str = "bench-edge-token-0123456789";
-const AGENT: &str = "bench-agent-token-0123456789";
+use testkit::{Backend, TestControlPlane};
 
 const SEED: &str = r#"
     [[jurisdictions]]
@@ -70,30 +60,19 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let embedded = StoreConfig::embedded(dir.path());
-        report("embedded", measure(embedded, changes).await);
-        let etcd = support::EtcdServer::start().await;
-        let config = StoreConfig::Etcd {
-            endpoints: vec![etcd.endpoint.clone()],
-        };
-        report("etcd", measure(config, changes).await);
+        report("embedded", measure(Backend::Embedded, changes).await);
+        report("etcd", measure(Backend::Etcd, changes).await);
     });
 }
 
 /// Per change: (write sent → edge has it, write sent → write acknowledged).
-async fn measure(store: StoreConfig, changes: usize) -> Vec<(Duration, Duration)> {
-    let server = InProcess::start(
-        ApiSettings::with_tokens(ADMIN, EDGE, AGENT),
-        store,
-        Some(CatalogSpec::from_toml(SEED).unwrap()),
-    )
-    .await
-    .unwrap();
-    let base = server.url.clone();
-    let admin = ControlPlane::new(&base, ADMIN, Duration::from_secs(10)).unwrap();
-    let edge = ControlPlane::new(&base, EDGE, Duration::from_secs(10)).unwrap();
-    let mut revision = ready(&edge).await;
+async fn measure(backend: Backend, changes: usize) -> Vec<(Duration, Duration)> {
+    let mut server = TestControlPlane::builder(backend)
+        .seed(CatalogSpec::from_toml(SEED).unwrap())
+        .start()
+        .await;
+    let (admin, edge) = (server.admin(), server.edge());
+    let mut revision = edge.snapshot().await.expect("a snapshot").revision;
 
     let mut samples = Vec::with_capacity(changes);
     for i in 0..changes {
@@ -130,20 +109,8 @@ async fn measure(store: StoreConfig, changes: usize) -> Vec<(Duration, Duration)
         revision = snapshot.revision;
         samples.push((notified, acknowledged));
     }
-    server.stop().await.unwrap();
+    server.stop().await;
     samples
-}
-
-/// Waits until the server serves snapshots; returns the first one's revision.
-async fn ready(edge: &ControlPlane) -> i64 {
-    let deadline = Instant::now() + support::PATIENCE;
-    loop {
-        if let Ok(snapshot) = edge.snapshot().await {
-            return snapshot.revision;
-        }
-        assert!(Instant::now() < deadline, "the control plane never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -13,13 +13,18 @@
 //! each would have them fetch snapshots nonstop, so a change of spend alone is published at
 //! most once per `spend_refresh` (the first after a quiet spell at once); any other change
 //! is published at once and covers the spend written before it.
+//!
+//! The feed also keeps the revision of the latest change to what region agents read (the
+//! catalog and reservations: everything under the root but live status, spend and API
+//! keys), which heartbeat answers carry so an agent fetches its catalog only when it
+//! changed.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::records::ROOT;
+use crate::records::{KEYS, LIVE, ROOT};
 use crate::store::{AnyStore, Revision, Store, StoreError};
 use crate::usage::SPEND;
 
@@ -30,6 +35,7 @@ const RETRY: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct ChangeFeed {
     latest: watch::Receiver<Revision>,
+    catalog: watch::Receiver<Revision>,
 }
 
 impl ChangeFeed {
@@ -42,18 +48,26 @@ impl ChangeFeed {
     ) -> Result<Self, StoreError> {
         let start = store.revision().await?;
         let (publish, latest) = watch::channel(start);
+        let (publish_catalog, catalog) = watch::channel(start);
         let feed = Follower {
             store,
             publish,
+            publish_catalog,
             spend_refresh,
         };
         tokio::spawn(feed.follow(start + 1, shutdown));
-        Ok(Self { latest })
+        Ok(Self { latest, catalog })
     }
 
     /// The revision of the latest change published.
     pub fn latest(&self) -> Revision {
         *self.latest.borrow()
+    }
+
+    /// The revision of the latest change to what agents read (before the feed saw one:
+    /// the store's revision when it started, which may only make agents fetch once more).
+    pub fn catalog_revision(&self) -> Revision {
+        *self.catalog.borrow()
     }
 
     /// Waits until a change after `after` is known (`true`) or `wait` passes (`false`).
@@ -69,7 +83,13 @@ impl ChangeFeed {
 struct Follower {
     store: AnyStore,
     publish: watch::Sender<Revision>,
+    publish_catalog: watch::Sender<Revision>,
     spend_refresh: Duration,
+}
+
+/// Whether a change to `key` changes what agents read.
+fn agents_read(key: &str) -> bool {
+    !(key.starts_with(LIVE) || key.starts_with(SPEND) || key.starts_with(KEYS))
 }
 
 impl Follower {
@@ -86,7 +106,7 @@ impl Follower {
                     Ok(events) => events,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot watch the store; retrying");
-                        from = resync(store, publish, from).await;
+                        from = resync(store, &[publish, &self.publish_catalog], from).await;
                         pending = None;
                         if pause(&shutdown).await { return; }
                         continue;
@@ -109,6 +129,9 @@ impl Follower {
                     Some(Ok(event)) => {
                         let revision = event.mod_revision();
                         from = revision + 1;
+                        if agents_read(event.key()) {
+                            raise(&self.publish_catalog, revision);
+                        }
                         if event.key().starts_with(SPEND) {
                             pending = Some(revision);
                         } else {
@@ -120,7 +143,7 @@ impl Follower {
                         if !matches!(e, StoreError::Compacted { .. }) {
                             tracing::warn!(error = %e, "the store's watch failed; re-establishing it");
                         }
-                        from = resync(store, publish, from).await;
+                        from = resync(store, &[publish, &self.publish_catalog], from).await;
                         pending = None;
                         break;
                     }
@@ -146,11 +169,18 @@ fn raise(publish: &watch::Sender<Revision>, revision: Revision) {
 }
 
 /// After events may have been missed: publishes the store's current revision (waking every
-/// poll, which then reads a full snapshot) and returns where to watch from next.
-async fn resync(store: &AnyStore, publish: &watch::Sender<Revision>, from: Revision) -> Revision {
+/// poll, which then reads a full snapshot, and making agents fetch their catalog) and
+/// returns where to watch from next.
+async fn resync(
+    store: &AnyStore,
+    publish: &[&watch::Sender<Revision>],
+    from: Revision,
+) -> Revision {
     match store.revision().await {
         Ok(now) => {
-            raise(publish, now);
+            for feed in publish {
+                raise(feed, now);
+            }
             now + 1
         }
         Err(_) => from,
@@ -202,8 +232,25 @@ mod tests {
             let feed = feed.clone();
             tokio::spawn(async move { feed.changed_after(outside, Duration::from_secs(30)).await })
         };
-        store.delete("/meridian/v1/a").await.unwrap();
+        let deleted = store.delete("/meridian/v1/a").await.unwrap();
         assert!(waiting.await.unwrap());
+        assert_eq!(
+            feed.catalog_revision(),
+            deleted,
+            "a catalog change is one agents read"
+        );
+
+        // Live status, spend and API keys change what edges see, not what agents read.
+        let mut last = deleted;
+        for key in [
+            "/meridian/v1/live/eu-west",
+            "/meridian/v1/spend/2025-01/acme",
+            "/meridian/v1/keys/abc",
+        ] {
+            last = store.put(key, b"1".to_vec(), None).await.unwrap();
+        }
+        assert!(feed.changed_after(last - 1, Duration::from_secs(30)).await);
+        assert_eq!(feed.catalog_revision(), deleted);
 
         shutdown.cancel();
         if let AnyStore::Embedded(embedded) = &store {

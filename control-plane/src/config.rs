@@ -6,11 +6,11 @@
 //! are relative to the file's own directory. Every problem is reported at once, each naming
 //! its field and how to fix it.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use contract::{ConfigProblems, ParseError};
 use policy::CatalogSpec;
 use serde::Deserialize;
 
@@ -52,6 +52,11 @@ pub struct ConfigFile {
     /// once). Default 5000.
     #[serde(default = "default_spend_refresh")]
     pub spend_refresh_ms: u64,
+    /// Seconds of the store's history of old revisions kept (10–86400); older history is
+    /// compacted, so the store's size follows its live keys, not the writes that passed
+    /// through it. Default 300.
+    #[serde(default = "default_history_retention")]
+    pub history_retention_secs: u64,
 }
 
 fn default_listen() -> String {
@@ -68,6 +73,9 @@ fn default_poll_wait() -> u64 {
 }
 fn default_spend_refresh() -> u64 {
     5000
+}
+fn default_history_retention() -> u64 {
+    DEFAULT_HISTORY_RETENTION.as_secs()
 }
 
 /// The store section: `backend = "embedded"` (default) or `backend = "etcd"`.
@@ -110,24 +118,12 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// A valid catalog to write on the first start.
     pub seed_catalog: Option<CatalogSpec>,
+    /// How much of the store's history of old revisions is kept.
+    pub history_retention: Duration,
 }
 
-/// One problem in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The field, e.g. `store.endpoints`.
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-    /// How to fix it.
-    pub fix: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}; fix: {}", self.field, self.problem, self.fix)
-    }
-}
+/// Default of [`ServerConfig::history_retention`].
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(300);
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -140,17 +136,17 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for this schema.
+    /// The file is not valid TOML for this schema, or names a field it does not have.
     #[error("cannot parse {path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// What the parser said (with the line).
-        source: Box<toml::de::Error>,
+        source: ParseError,
     },
     /// Values break the rules.
-    #[error("{} problem(s) in the configuration:{}", .0.len(), .0.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
-    Invalid(Vec<ConfigProblem>),
+    #[error("{0}")]
+    Invalid(ConfigProblems),
 }
 
 /// Environment variables that override the file.
@@ -168,9 +164,9 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        contract::problems::from_toml_strict(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            source,
         })
     }
 
@@ -191,13 +187,9 @@ impl ConfigFile {
 
     /// Checks every rule; relative paths resolve against `base` (the file's directory).
     pub fn check(&self, base: &Path) -> Result<ServerConfig, ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = ConfigProblems::new();
         let mut problem = |field: &str, problem: String, fix: &str| {
-            problems.push(ConfigProblem {
-                field: field.to_owned(),
-                problem,
-                fix: fix.to_owned(),
-            });
+            problems.add(field, problem, fix);
         };
         let listen = self.listen.parse::<SocketAddr>().ok();
         if listen.is_none() {
@@ -261,6 +253,13 @@ impl ConfigFile {
                 "set how stale an edge's view of spend may get, e.g. 5000",
             );
         }
+        if !bounded(self.history_retention_secs, 10, 86_400) {
+            problem(
+                "history_retention_secs",
+                format!("{} is outside 10–86400", self.history_retention_secs),
+                "keep a few minutes of history, e.g. 300",
+            );
+        }
         let store = match &self.store {
             StoreFile::Embedded { data_dir } => {
                 if data_dir.as_os_str().is_empty() {
@@ -318,6 +317,7 @@ impl ConfigFile {
                     admin_token: Token::new(&self.admin_token),
                     edge_token: Token::new(&self.edge_token),
                     agent_token: Token::new(&self.agent_token),
+                    agent_secret: crate::api::Secret(self.agent_token.clone()),
                     max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
                     agent_lease_ttl: Duration::from_secs(self.agent_lease_ttl_secs),
                     max_poll_wait: Duration::from_secs(self.max_poll_wait_secs),
@@ -325,6 +325,7 @@ impl ConfigFile {
                 },
                 store,
                 seed_catalog,
+                history_retention: Duration::from_secs(self.history_retention_secs),
             }),
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -351,7 +352,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_embedded_store_on_loopback() {
-        let file: ConfigFile = toml::from_str(GOOD).unwrap();
+        let file: ConfigFile = contract::problems::from_toml_strict(GOOD).unwrap();
         let config = file.check(Path::new("/etc/meridian")).unwrap();
         assert_eq!(config.listen, "127.0.0.1:7070".parse().unwrap());
         assert_eq!(
@@ -367,13 +368,13 @@ mod tests {
         let text = format!(
             "{GOOD}\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n"
         );
-        let file: ConfigFile = toml::from_str(&text).unwrap();
+        let file: ConfigFile = contract::problems::from_toml_strict(&text).unwrap();
         let config = file.check(Path::new(".")).unwrap();
         assert!(
             matches!(config.store, StoreConfig::Etcd { ref endpoints } if endpoints.len() == 1)
         );
         let typo = text.replace("endpoints =", "endpoint =");
-        assert!(toml::from_str::<ConfigFile>(&typo).is_err());
+        assert!(contract::problems::from_toml_strict::<ConfigFile>(&typo).is_err());
     }
 
     #[test]
@@ -389,11 +390,11 @@ mod tests {
             backend = "etcd"
             endpoints = []
         "#;
-        let file: ConfigFile = toml::from_str(text).unwrap();
+        let file: ConfigFile = contract::problems::from_toml_strict(text).unwrap();
         let ConfigError::Invalid(problems) = file.check(Path::new(".")).unwrap_err() else {
             panic!("expected problems");
         };
-        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        let fields: Vec<&str> = problems.iter().map(|p| p.place.as_str()).collect();
         assert_eq!(
             fields,
             [
@@ -409,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_environment_overrides_the_file() {
-        let mut file: ConfigFile = toml::from_str(GOOD).unwrap();
+        let mut file: ConfigFile = contract::problems::from_toml_strict(GOOD).unwrap();
         file.apply_env(|name| (name == "MERIDIAN_LISTEN").then(|| "0.0.0.0:9000".to_owned()));
         assert_eq!(file.listen, "0.0.0.0:9000");
         assert_eq!(file.admin_token, "admin-0123456789abcdef");

@@ -1,4 +1,4 @@
-//! Meridian's control plane (DESIGN.md §5).
+//! Meridian's control plane (docs/design.md §5).
 //!
 //! It owns Meridian's state: tenants, API keys, regions, models and settings, stored in
 //! etcd (production) or an embedded raft store (one machine, the default). It serves the
@@ -14,13 +14,15 @@
 //!   `control-plane serve` command; [`InProcess`]: one started in-process on a free
 //!   loopback port.
 //! - [`reservations`]: GPU reservations and the clock that applies them to the catalog.
-//! - [`usage`]: usage records and their totals per day and month, kept exact under
-//!   at-least-once delivery.
+//! - [`usage`]: usage totals per day and month, fed by agents' numbered batches and kept
+//!   exact under at-least-once delivery; [`history`]: the store's old revisions compacted
+//!   as it goes, so its size follows its live keys.
 //! - [`offline`]: catalog checks that need no running control plane.
 
 pub mod api;
 pub mod changes;
 pub mod config;
+pub mod history;
 pub mod offline;
 pub mod records;
 pub mod registry;

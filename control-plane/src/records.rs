@@ -14,11 +14,13 @@
 //! /meridian/v1/spend/<YYYY-MM>/<tenant>   MonthlySpend (see crate::usage)
 //! ```
 //!
-//! Bookkeeping that edges do not need lives outside [`ROOT`]: `/meridian/meta/`, usage
-//! records (`/meridian/usage/v1/`) and daily usage totals (`/meridian/usage-daily/v1/`).
-//! Every value is wrapped in the [`versioned`](crate::store::versioned) envelope.
+//! Bookkeeping that edges do not need lives outside [`ROOT`]: `/meridian/meta/`, daily usage
+//! totals (`/meridian/usage-daily/v1/`) and the last usage batch applied from each agent's
+//! ledger (`/meridian/usage-ledgers/v1/`); see [`crate::usage`]. Per-job usage records are
+//! not in the store: they stay in their region, on the agent's disk. Every value is wrapped
+//! in the [`versioned`](crate::store::versioned) envelope.
 
-use control_plane_client::wire::{RegionLive, Settings, UsageRecord};
+use control_plane_client::wire::{RegionLive, Settings};
 use policy::spec::JurisdictionSpec;
 use policy::{ApiKeyRecord, CatalogSpec, ModelSpec, RegionSpec, TenantSpec};
 
@@ -34,14 +36,6 @@ pub const KEYS: &str = "/meridian/v1/keys/";
 pub const LIVE: &str = "/meridian/v1/live/";
 /// Written once a seed catalog has been applied, so it is applied only on the first start.
 pub const SEEDED_KEY: &str = "/meridian/meta/seeded";
-
-/// The prefix of usage records, one per job.
-pub const USAGE: &str = "/meridian/usage/v1/";
-
-/// The store key of job `job_id`'s usage record.
-pub fn usage_key(job_id: &str) -> String {
-    format!("{USAGE}{job_id}")
-}
 
 /// The store key of API key `id`.
 pub fn key_key(id: &str) -> String {
@@ -121,11 +115,6 @@ impl Versioned for ApiKeyRecord {
     const VERSION: u32 = 1;
 }
 
-impl Versioned for UsageRecord {
-    const KIND: &'static str = "usage record";
-    const VERSION: u32 = 1;
-}
-
 impl Versioned for RegionLive {
     const KIND: &'static str = "region status";
     const VERSION: u32 = 1;
@@ -161,6 +150,5 @@ mod tests {
             assert!(prefix.starts_with(ROOT), "{prefix}");
         }
         assert!(!SEEDED_KEY.starts_with(ROOT));
-        assert!(!usage_key("eu-west.abc").starts_with(ROOT));
     }
 }

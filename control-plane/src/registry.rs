@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 
-use control_plane_client::wire::{ErrorDetail, RegionLive, Reservation, Settings};
+use contract::ConfigProblem;
+use control_plane_client::wire::{RegionLive, Reservation, Settings};
 use policy::spec::JurisdictionSpec;
-use policy::{ApiKeyRecord, CatalogSpec, ConfigErrors, ModelSpec, RegionSpec, TenantSpec};
+use policy::{ApiKeyRecord, CatalogSpec, ConfigProblems, ModelSpec, RegionSpec, TenantSpec};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::api::ApiError;
@@ -322,11 +323,11 @@ pub fn check(spec: &CatalogSpec) -> Result<(), ApiError> {
     }
 }
 
-fn invalid(spec: &CatalogSpec, errors: &ConfigErrors) -> ApiError {
-    let details: Vec<ErrorDetail> = errors
+fn invalid(spec: &CatalogSpec, errors: &ConfigProblems) -> ApiError {
+    let details: Vec<ConfigProblem> = errors
         .iter()
-        .map(|e| ErrorDetail {
-            path: path_by_id(spec, &e.path),
+        .map(|e| ConfigProblem {
+            place: path_by_id(spec, &e.place),
             problem: e.problem.clone(),
             fix: e.fix.clone(),
         })
@@ -397,7 +398,7 @@ mod tests {
             panic!("expected an invalid catalog");
         };
         assert!(
-            details.iter().any(|d| d.path == "regions[eu-west].pools"),
+            details.iter().any(|d| d.place == "regions[eu-west].pools"),
             "{details:?}"
         );
     }

@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use control_plane_client::wire::{ErrorDetail, Reservation};
+use contract::ConfigProblem;
+use control_plane_client::wire::Reservation;
 use policy::{CatalogSpec, RegionId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -62,8 +63,8 @@ pub fn reservation_key(id: &str) -> String {
 pub fn check(id: &str, reservation: &Reservation, spec: &CatalogSpec) -> Result<(), ApiError> {
     let mut details = Vec::new();
     let mut problem = |field: &str, problem: String, fix: String| {
-        details.push(ErrorDetail {
-            path: format!("reservations[{id}].{field}"),
+        details.push(ConfigProblem {
+            place: format!("reservations[{id}].{field}"),
             problem,
             fix,
         });
@@ -155,7 +156,7 @@ pub fn check(id: &str, reservation: &Reservation, spec: &CatalogSpec) -> Result<
 /// Every reservation whose region or pool `spec` no longer has, as a 422 (a region or pool
 /// cannot be removed while reservations point at it).
 pub fn check_references(spec: &CatalogSpec, reservations: &[Reservation]) -> Result<(), ApiError> {
-    let details: Vec<ErrorDetail> = reservations
+    let details: Vec<ConfigProblem> = reservations
         .iter()
         .filter(|r| {
             !spec
@@ -163,8 +164,8 @@ pub fn check_references(spec: &CatalogSpec, reservations: &[Reservation]) -> Res
                 .iter()
                 .any(|region| region.id == r.region && region.pools.iter().any(|p| p.id == r.pool))
         })
-        .map(|r| ErrorDetail {
-            path: format!("reservations[{}]", r.id),
+        .map(|r| ConfigProblem {
+            place: format!("reservations[{}]", r.id),
             problem: format!(
                 "reservation {} is for pool {} of region {}, which the change removes",
                 r.id, r.pool, r.region

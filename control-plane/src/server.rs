@@ -31,12 +31,13 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Starts [`run`] on `127.0.0.1:0` with `api`, `store` and `seed_catalog`.
+    /// Starts [`run`] on `127.0.0.1:0` with `api`, `store` and `seed_catalog`, and returns
+    /// once it serves (its store open and seeded).
     ///
     /// # Errors
     ///
-    /// When no loopback port can be bound. Failures of the server itself (a store that
-    /// cannot be opened) show as refused calls, and in [`InProcess::stop`]'s result.
+    /// When no loopback port can be bound, or the server failed before it served (a store
+    /// that cannot be opened): then with the server's error.
     pub async fn start(
         api: ApiSettings,
         store: StoreConfig,
@@ -52,14 +53,27 @@ impl InProcess {
             api,
             store,
             seed_catalog,
+            history_retention: crate::config::DEFAULT_HISTORY_RETENTION,
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(config, listener, shutdown.clone()));
-        Ok(Self {
+        let (ready, serving) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(config, listener, shutdown.clone(), Some(ready)));
+        let mut started = Self {
             url,
             shutdown,
             task: Some(task),
-        })
+        };
+        if serving.await.is_err() {
+            // The server ended before it served: its error says why.
+            let failed = match started.task.take() {
+                Some(task) => task.await.context("the control plane task failed")?,
+                None => Ok(()),
+            };
+            return Err(failed
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the control plane stopped before it served")));
+        }
+        Ok(started)
     }
 
     /// Stops it and waits until it has drained and closed its store.
@@ -89,6 +103,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve(config, listener, shutdown, None).await
+}
+
+/// [`run`], telling `ready` once the API serves.
+async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
     let store = AnyStore::open(&config.store)
         .await
         .context("open the store")?;
@@ -100,6 +124,11 @@ pub async fn run(
     let changes = ChangeFeed::start(store.clone(), config.api.spend_refresh, shutdown.clone())
         .await
         .context("follow the store's changes")?;
+    tokio::spawn(crate::history::run(
+        store.clone(),
+        config.history_retention,
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::reservations::run_clock(
         store.clone(),
         changes.clone(),
@@ -111,6 +140,10 @@ pub async fn run(
         .local_addr()
         .context("read the listening address")?;
     tracing::info!(%address, "control plane serving");
+    if let Some(ready) = ready {
+        // Connections made from now on are served (those made before wait in the backlog).
+        let _ = ready.send(());
+    }
     let serve =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drained = tokio::select! {

@@ -1,27 +1,30 @@
-//! Usage accounting: each job's record stored once, and running totals per tenant, model,
-//! region and UTC day, and per tenant and UTC month, that always equal what the stored
-//! records sum to.
+//! Usage accounting: running totals per tenant, model, region and UTC day, and per tenant
+//! and UTC month, fed by the numbered batches of hourly aggregates each region agent sends.
 //!
-//! Agents deliver records at least once. A record, and every total it adds to, are written
-//! in one store [`Transaction`] that also compares the record's key with "absent" and each
-//! total's key with the mod revision it was read at. So a record is counted exactly when it
-//! is stored: a redelivery finds its key present and changes nothing, and two batches that
-//! race on one total cannot both add to the value they read — the loser reads again and
-//! retries. Sums are kept in integer billionths ([`Totals`]), so they are exact and do not
-//! depend on the order records arrive in.
+//! Per-job records stay in their region, on the agent's disk; the store holds only totals,
+//! so its size follows the catalog and time, never the number of jobs. Each agent numbers
+//! its batches (per ledger: a random id its data directory keeps), and the control plane
+//! keeps the last number it applied per ledger. A batch, the mark that it was applied and
+//! every total it adds to are written in one store [`Transaction`] that compares the mark's
+//! and each total's mod revision with what was read. So a batch is counted exactly once: a
+//! resend finds its number applied and changes nothing, and two batches that race on one
+//! total cannot both add to the value they read — the loser reads again and retries. Sums
+//! are kept in integer billionths ([`Totals`]), exactly as the agents computed them, so
+//! they equal the sum of the region's per-job records.
 //!
 //! ```text
-//! /meridian/usage/v1/<job id>                              UsageRecord (the dedup marker)
 //! /meridian/usage-daily/v1/<tenant>/<day>/<region>/<model> DailyUsage
-//! /meridian/v1/spend/<month>/<tenant>                      MonthlySpend (in edges' snapshot)
+//! /meridian/usage-ledgers/v1/<region>/<ledger>              LedgerMark (last batch applied)
+//! /meridian/v1/spend/<month>/<tenant>                       MonthlySpend (in edges' snapshot)
 //! ```
 
 use std::collections::BTreeMap;
 
-use control_plane_client::wire::{Capacity, TenantSpend, UsageReceipt, UsageRecord, UsageTotals};
+use control_plane_client::wire::{
+    Capacity, TenantSpend, UsageAggregate, UsageBatch, UsageReceipt, UsageTotals,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::records::usage_key;
 use crate::store::versioned::{self, VersionError, Versioned};
 use crate::store::{AnyStore, Revision, Store, StoreError, Transaction};
 
@@ -29,11 +32,10 @@ use crate::store::{AnyStore, Revision, Store, StoreError, Transaction};
 pub const DAILY: &str = "/meridian/usage-daily/v1/";
 /// The prefix of monthly spend, inside the snapshot root so edges receive it.
 pub const SPEND: &str = "/meridian/v1/spend/";
+/// The prefix of ledger marks: the last batch applied from each agent ledger.
+pub const LEDGERS: &str = "/meridian/usage-ledgers/v1/";
 
-/// Records per store transaction: each adds up to three compares (its key, its day, its
-/// month), which keeps a transaction under etcd's default limit of 128 operations.
-const CHUNK: usize = 32;
-/// How often a chunk is retried when concurrent writers changed its totals meanwhile.
+/// How often a batch is retried when concurrent writers changed its totals meanwhile.
 const ATTEMPTS: usize = 20;
 /// Billionths per unit.
 const NANO: f64 = 1e9;
@@ -41,8 +43,11 @@ const NANO: f64 = 1e9;
 /// Sums in billionths of a unit, exact and independent of the order they were added in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
-    /// Jobs counted.
+    /// Jobs counted (completed and failed).
     pub jobs: u64,
+    /// Of those, jobs that failed.
+    #[serde(default)]
+    pub failed_jobs: u64,
     /// Billionths of units of work.
     pub units: u64,
     /// Billionths of reserved GPU-seconds.
@@ -53,43 +58,29 @@ pub struct Totals {
     pub cost: u64,
 }
 
-/// `value` in billionths, rounded (ingestion only accepts finite values from 0 to
-/// [`MAX_VALUE`]).
-pub fn to_nano(value: f64) -> u64 {
-    let nano = (value * NANO).round();
-    if nano.is_finite() && nano > 0.0 {
-        // Saturating: the float-to-int cast clamps values above u64::MAX.
-        nano as u64
-    } else {
-        0
-    }
-}
-
-/// Largest units, GPU-seconds or cost one record may carry (a year of GPU time, or a
-/// billion of the currency), so no sum of realistic records overflows.
-pub const MAX_VALUE: f64 = 1e9;
-
 #[allow(clippy::cast_precision_loss)]
 fn from_nano(nano: u64) -> f64 {
     nano as f64 / NANO
 }
 
 impl Totals {
-    /// Adds one job's record.
-    pub fn add(&mut self, record: &UsageRecord) {
-        self.jobs = self.jobs.saturating_add(1);
-        self.units = self.units.saturating_add(to_nano(record.units));
-        let gpu = to_nano(record.gpu_seconds);
-        match record.capacity {
+    /// Adds one hourly aggregate.
+    pub fn add(&mut self, row: &UsageAggregate) {
+        self.jobs = self.jobs.saturating_add(row.jobs);
+        self.failed_jobs = self.failed_jobs.saturating_add(row.failed_jobs);
+        self.units = self.units.saturating_add(row.units_nanos.0);
+        let gpu = row.gpu_nanos.0;
+        match row.capacity {
             Capacity::Reserved => self.reserved_gpu = self.reserved_gpu.saturating_add(gpu),
             Capacity::OnDemand => self.on_demand_gpu = self.on_demand_gpu.saturating_add(gpu),
         }
-        self.cost = self.cost.saturating_add(to_nano(record.cost));
+        self.cost = self.cost.saturating_add(row.cost_nanos.0);
     }
 
     /// Adds another sum.
     pub fn merge(&mut self, other: &Self) {
         self.jobs = self.jobs.saturating_add(other.jobs);
+        self.failed_jobs = self.failed_jobs.saturating_add(other.failed_jobs);
         self.units = self.units.saturating_add(other.units);
         self.reserved_gpu = self.reserved_gpu.saturating_add(other.reserved_gpu);
         self.on_demand_gpu = self.on_demand_gpu.saturating_add(other.on_demand_gpu);
@@ -100,10 +91,12 @@ impl Totals {
     pub fn view(&self) -> UsageTotals {
         UsageTotals {
             jobs: self.jobs,
+            failed_jobs: self.failed_jobs,
             units: from_nano(self.units),
             reserved_gpu_seconds: from_nano(self.reserved_gpu),
             on_demand_gpu_seconds: from_nano(self.on_demand_gpu),
             cost: from_nano(self.cost),
+            cost_nanos: contract::Nanos(self.cost),
         }
     }
 }
@@ -158,6 +151,29 @@ impl Versioned for DailyUsage {
 impl Versioned for MonthlySpend {
     const KIND: &'static str = "monthly spend";
     const VERSION: u32 = 1;
+}
+
+/// The last batch applied from one agent ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerMark {
+    /// Region the ledger's jobs ran in.
+    pub region: String,
+    /// The ledger id.
+    pub ledger: String,
+    /// The number of the last batch applied.
+    pub seq: u64,
+    /// When it was applied, Unix ms.
+    pub applied_at_ms: u64,
+}
+
+impl Versioned for LedgerMark {
+    const KIND: &'static str = "usage ledger mark";
+    const VERSION: u32 = 1;
+}
+
+/// The store key of a ledger's mark.
+pub fn ledger_key(region: &str, ledger: &str) -> String {
+    format!("{LEDGERS}{region}/{ledger}")
 }
 
 /// The store key of a daily aggregate.
@@ -253,52 +269,48 @@ pub fn is_month(text: &str) -> bool {
     is_day(&format!("{text}-01"))
 }
 
-/// Stores a batch's new records and adds them to their totals; records whose job id is
-/// stored already (or repeats within the batch) are counted as duplicates and change
-/// nothing. Records are written in chunks, each atomically with its totals; when a later
-/// chunk fails, the earlier ones stay stored and a resent batch finds them as duplicates.
-pub async fn ingest(store: &AnyStore, records: &[UsageRecord]) -> Result<UsageReceipt, StoreError> {
-    let mut receipt = UsageReceipt {
-        accepted: 0,
-        duplicates: 0,
-    };
-    let mut seen = std::collections::HashSet::new();
-    let mut unique = Vec::with_capacity(records.len());
-    for record in records {
-        if seen.insert(record.job_id.as_str()) {
-            unique.push(record);
-        } else {
-            receipt.duplicates += 1;
-        }
-    }
-    for chunk in unique.chunks(CHUNK) {
-        let (accepted, duplicates) = ingest_chunk(store, chunk).await?;
-        receipt.accepted += accepted;
-        receipt.duplicates += duplicates;
-    }
-    Ok(receipt)
-}
-
-/// One chunk, retried from a fresh read while concurrent writers change what it read.
-async fn ingest_chunk(
-    store: &AnyStore,
-    chunk: &[&UsageRecord],
-) -> Result<(usize, usize), StoreError> {
+/// Applies a usage batch exactly once: adds its rows to their daily totals and their
+/// tenants' monthly spend and marks its number applied, all in one transaction; a batch
+/// whose number was applied before changes nothing (`applied: false`). The batch must
+/// already be checked (ids, hours, at most `MAX_USAGE_ROWS` rows).
+pub async fn ingest(store: &AnyStore, batch: &UsageBatch) -> Result<UsageReceipt, StoreError> {
+    let key = ledger_key(&batch.region, &batch.ledger);
     for _ in 0..ATTEMPTS {
-        let mut fresh = Vec::with_capacity(chunk.len());
-        for record in chunk {
-            if store.get(&usage_key(&record.job_id)).await?.is_none() {
-                fresh.push(*record);
-            }
+        let (mark, mark_revision) = read::<LedgerMark>(store, &key).await?;
+        let last = mark.map_or(0, |m| m.seq);
+        if batch.seq <= last {
+            return Ok(UsageReceipt {
+                seq: batch.seq,
+                applied: false,
+            });
         }
-        let duplicates = chunk.len() - fresh.len();
-        if fresh.is_empty() {
-            return Ok((0, duplicates));
+        if batch.seq > last + 1 {
+            tracing::warn!(
+                region = %batch.region,
+                ledger = %batch.ledger,
+                last,
+                seq = batch.seq,
+                "a usage ledger skipped batch numbers (was the store restored from an older backup?); applying this batch"
+            );
         }
-        let txn = chunk_transaction(store, &fresh).await?;
+        let mut txn = batch_transaction(store, batch).await?;
+        let mark = LedgerMark {
+            region: batch.region.clone(),
+            ledger: batch.ledger.clone(),
+            seq: batch.seq,
+            applied_at_ms: now_ms(),
+        };
+        txn.compares.push((key.clone(), mark_revision));
+        txn.puts
+            .push((key.clone(), versioned::encode(&mark).map_err(corrupt)?));
         match store.transact(txn).await {
-            Ok(_) => return Ok((fresh.len(), duplicates)),
-            // A record or a total changed since it was read: read again.
+            Ok(_) => {
+                return Ok(UsageReceipt {
+                    seq: batch.seq,
+                    applied: true,
+                });
+            }
+            // The mark or a total changed since it was read: read again.
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }
@@ -308,51 +320,47 @@ async fn ingest_chunk(
     ))
 }
 
-/// The transaction that stores `fresh` records and their updated totals, compared with
-/// the revisions the totals were read at.
-async fn chunk_transaction(
+/// The writes that add `batch`'s rows to their totals, compared with the revisions the
+/// totals were read at.
+async fn batch_transaction(
     store: &AnyStore,
-    fresh: &[&UsageRecord],
+    batch: &UsageBatch,
 ) -> Result<Transaction, StoreError> {
     let mut daily: BTreeMap<String, DailyUsage> = BTreeMap::new();
     let mut monthly: BTreeMap<String, MonthlySpend> = BTreeMap::new();
     let mut txn = Transaction::default();
-    for record in fresh {
-        let key = usage_key(&record.job_id);
-        txn.compares.push((key.clone(), 0));
-        txn.puts
-            .push((key, versioned::encode(*record).map_err(corrupt)?));
-        let day = day_of(record.finished_at_ms);
-        let month = month_of(record.finished_at_ms);
-        let dkey = daily_key(&record.tenant, &day, &record.region, &record.model);
+    for row in &batch.rows {
+        let day = day_of(row.hour_ms);
+        let month = month_of(row.hour_ms);
+        let dkey = daily_key(&row.tenant, &day, &batch.region, &row.model);
         if !daily.contains_key(&dkey) {
             let (current, revision) = read::<DailyUsage>(store, &dkey).await?;
             txn.compares.push((dkey.clone(), revision));
             let current = current.unwrap_or_else(|| DailyUsage {
-                tenant: record.tenant.clone(),
-                model: record.model.clone(),
-                region: record.region.clone(),
+                tenant: row.tenant.clone(),
+                model: row.model.clone(),
+                region: batch.region.clone(),
                 day: day.clone(),
                 totals: Totals::default(),
             });
             daily.insert(dkey.clone(), current);
         }
         if let Some(aggregate) = daily.get_mut(&dkey) {
-            aggregate.totals.add(record);
+            aggregate.totals.add(row);
         }
-        let mkey = spend_key(&month, &record.tenant);
+        let mkey = spend_key(&month, &row.tenant);
         if !monthly.contains_key(&mkey) {
             let (current, revision) = read::<MonthlySpend>(store, &mkey).await?;
             txn.compares.push((mkey.clone(), revision));
             let current = current.unwrap_or_else(|| MonthlySpend {
-                tenant: record.tenant.clone(),
+                tenant: row.tenant.clone(),
                 month: month.clone(),
                 totals: Totals::default(),
             });
             monthly.insert(mkey.clone(), current);
         }
         if let Some(spend) = monthly.get_mut(&mkey) {
-            spend.totals.add(record);
+            spend.totals.add(row);
         }
     }
     for (key, aggregate) in daily {
@@ -438,42 +446,42 @@ mod tests {
         assert!(!is_day("2024-01-+1"));
         assert!(is_month("2024-12"));
         assert!(!is_month("2024-00"));
-        assert!(SPEND.starts_with(ROOT) && !DAILY.starts_with(ROOT));
+        assert!(SPEND.starts_with(ROOT) && !DAILY.starts_with(ROOT) && !LEDGERS.starts_with(ROOT));
     }
 
     #[test]
     fn totals_are_exact_whatever_the_order() {
-        let record = |cost: f64, capacity| UsageRecord {
-            job_id: "j".into(),
+        let row = |cost: u64, capacity, failed| UsageAggregate {
             tenant: "t".into(),
             model: "m/x".into(),
-            region: "r".into(),
-            units: 0.1,
-            gpu_seconds: 0.7,
             capacity,
-            cost,
-            finished_at_ms: 0,
+            hour_ms: 0,
+            jobs: 1,
+            failed_jobs: failed,
+            units_nanos: contract::Nanos(100_000_000),
+            gpu_nanos: contract::Nanos(700_000_000),
+            cost_nanos: contract::Nanos(cost),
         };
-        let records = [
-            record(0.1, Capacity::Reserved),
-            record(0.2, Capacity::OnDemand),
-            record(1e-9, Capacity::Reserved),
-            record(0.3, Capacity::OnDemand),
+        let rows = [
+            row(100_000_000, Capacity::Reserved, 0),
+            row(200_000_000, Capacity::OnDemand, 0),
+            row(1, Capacity::Reserved, 0),
+            row(0, Capacity::OnDemand, 1),
+            row(300_000_000, Capacity::OnDemand, 0),
         ];
         let mut forward = Totals::default();
-        records.iter().for_each(|r| forward.add(r));
+        rows.iter().for_each(|r| forward.add(r));
         let mut backward = Totals::default();
-        records.iter().rev().for_each(|r| backward.add(r));
+        rows.iter().rev().for_each(|r| backward.add(r));
         assert_eq!(forward, backward);
         assert_eq!(forward.cost, 600_000_001);
+        assert_eq!((forward.jobs, forward.failed_jobs), (5, 1));
         assert_eq!(
             (forward.reserved_gpu, forward.on_demand_gpu),
-            (1_400_000_000, 1_400_000_000)
+            (1_400_000_000, 2_100_000_000)
         );
         let view = forward.view();
-        assert_eq!(view.jobs, 4);
+        assert_eq!(view.cost_nanos, contract::Nanos(600_000_001));
         assert!((view.cost - 0.600_000_001).abs() < 1e-15);
-        assert_eq!(to_nano(f64::NAN), 0);
-        assert_eq!(to_nano(-1.0), 0);
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use control_plane::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use control_plane::store::{Store, StoreError};
-use support::{PATIENCE, next_event, next_item};
+use support::{next_event, next_item};
+use testkit::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn open(dir: &Path) -> EmbeddedStore {
@@ -109,6 +110,51 @@ async fn history_and_compaction_survive_snapshots_and_restart() {
     );
 }
 
+/// Large writes snapshot the key space by the log's size, not only its length: the log on
+/// disk stays near its bound and a compacted history keeps snapshots to the live keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writes_keep_the_log_and_snapshots_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = 64 << 10;
+    let config = EmbeddedConfig {
+        snapshot_every: 1_000_000,
+        snapshot_log_bytes: bound,
+        ..EmbeddedConfig::new(dir.path())
+    };
+    let store = EmbeddedStore::open(config.clone()).await.unwrap();
+    let value = vec![7_u8; 4096];
+    let mut last = 0;
+    for i in 0..300 {
+        last = store
+            .put(&format!("big/{}", i % 10), value.clone(), None)
+            .await
+            .unwrap();
+        if i % 50 == 49 {
+            store.compact(last).await.unwrap();
+        }
+    }
+    let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+    assert!(
+        size("raft.log") < bound + 2 * 4096 + 1024,
+        "the log holds {} bytes",
+        size("raft.log")
+    );
+    // Ten live keys of 4 KiB and a short history: the snapshot is tens of KiB, not the
+    // 1.2 MB that passed through.
+    assert!(
+        size("raft.snapshot") < 200 << 10,
+        "{}",
+        size("raft.snapshot")
+    );
+    let before = store.list("big/").await.unwrap();
+    assert_eq!(before.kvs.len(), 10);
+    store.close().await;
+    let reopened = EmbeddedStore::open(config).await.unwrap();
+    assert_eq!(reopened.list("big/").await.unwrap(), before);
+    assert_eq!(reopened.revision().await.unwrap(), last);
+    reopened.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_survive_restart_with_a_fresh_ttl() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,9 +232,8 @@ async fn a_killed_process_loses_no_acknowledged_write() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut acked = Vec::new();
     while acked.len() < 150 {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        let line = within("the child's next line", lines.next_line())
             .await
-            .unwrap()
             .unwrap();
         let line = line.expect("the child writes until it is killed");
         if let Some(rest) = line.strip_prefix("acked ") {

@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
 
-use support::PATIENCE;
+use testkit::{eventually, within};
 
 fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_control-plane"))
@@ -82,43 +80,44 @@ async fn serve_answers_and_stops_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = binary()
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + PATIENCE;
-    let regions = loop {
+    // Ready once it answers: the port is free until the process binds it.
+    let regions = Mutex::new(serde_json::Value::Null);
+    eventually("serve answers", || async {
         let answer = http
             .get(format!("http://127.0.0.1:{port}/admin/v1/regions"))
             .bearer_auth("admin-token-0123456789")
             .send()
             .await;
-        if let Ok(r) = answer {
-            break r.json::<serde_json::Value>().await.unwrap();
+        match answer {
+            Ok(r) => {
+                *regions.lock().unwrap() = r.json().await.unwrap();
+                true
+            }
+            Err(_) => false,
         }
-        assert!(Instant::now() < deadline, "serve never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
+    let regions = regions.into_inner().unwrap();
     assert_eq!(regions["items"].as_array().unwrap().len(), 3, "{regions}");
 
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.id().unwrap().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = within("serve to stop on SIGTERM", child.wait())
+        .await
+        .unwrap();
     assert!(status.success(), "{status}");
     assert!(
         dir.path().join("data").is_dir(),

@@ -11,7 +11,8 @@ use std::time::Duration;
 use control_plane::store::{
     AnyStore, LeaseId, Store, StoreConfig, StoreError, Transaction, WatchEvent,
 };
-use support::{PATIENCE, next_event, next_item};
+use support::{next_event, next_item};
+use testkit::within;
 
 fn put_event(key: &str, value: &str, mod_revision: i64) -> WatchEvent {
     WatchEvent::Put {
@@ -287,10 +288,7 @@ async fn watch_from_a_compacted_revision_fails<S: Store + 'static>(store: Arc<S>
         })
     );
     assert!(
-        tokio::time::timeout(PATIENCE, watch.next())
-            .await
-            .unwrap()
-            .is_none(),
+        within("the watch to end", watch.next()).await.is_none(),
         "the watch ends"
     );
 
@@ -448,8 +446,8 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let server = crate::support::EtcdServer::start().await;
-                    super::$case(server.store().await).await;
+                    let etcd = crate::support::Etcd::start().await;
+                    super::$case(crate::support::etcd_store(&etcd).await).await;
                 }
             )*
         }
@@ -482,11 +480,8 @@ async fn any_store_opens_each_backend_from_config() {
     assert!(matches!(embedded, AnyStore::Embedded(_)));
     compare_and_set(Arc::new(embedded)).await;
 
-    let server = support::EtcdServer::start().await;
-    let config = StoreConfig::Etcd {
-        endpoints: vec![server.endpoint.clone()],
-    };
-    let etcd = AnyStore::open(&config).await.unwrap();
+    let server = support::Etcd::start().await;
+    let etcd = AnyStore::open(&server.store_config()).await.unwrap();
     assert!(matches!(etcd, AnyStore::Etcd(_)));
     compare_and_set(Arc::new(etcd)).await;
 }

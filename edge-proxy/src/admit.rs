@@ -1,6 +1,6 @@
 //! Admission: everything the edge decides before a request leaves it — which call it is,
 //! who is calling (the key), whether the tenant's quotas allow it, where the client is and
-//! which regions may serve it (DESIGN.md §3, §4).
+//! which regions may serve it (docs/design.md §3, §4).
 //!
 //! Quotas (rate, monthly budget, concurrency) apply to job submissions; calls about an
 //! existing request only need a valid key and go to the region named in the request id,

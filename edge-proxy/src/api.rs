@@ -1,8 +1,9 @@
-//! The public API's shape (DESIGN.md §4): which call a request is, where its client is, and
+//! The public API's shape (docs/design.md §4): which call a request is, where its client is, and
 //! the answers the edge gives itself (`GET /v1/models`).
 
 use std::net::IpAddr;
 
+use contract::RequestId;
 use http::Method;
 use policy::{Catalog, GeoIp, Location, Tenant};
 use serde_json::json;
@@ -77,6 +78,7 @@ impl Call {
             ["v1", "requests", id, rest @ ..] => {
                 let region = region_of(id)
                     .ok_or_else(|| ApiError::not_found(format!("no request {id:?}")))?
+                    .region()
                     .to_owned();
                 let call = Call::Request { region };
                 match rest {
@@ -100,18 +102,9 @@ fn valid_part(part: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// The region of a request id `<region>.<32 lowercase hex>`, if the id has that shape.
-pub fn region_of(id: &str) -> Option<&str> {
-    let (region, random) = id.rsplit_once('.')?;
-    let hex = random.len() == 32
-        && random
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let region_ok = !region.is_empty()
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    (hex && region_ok).then_some(region)
+/// The region of a request id (`contract::RequestId`), if the id has that shape.
+pub fn region_of(id: &str) -> Option<RequestId> {
+    RequestId::new(id).ok()
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the last address

@@ -10,6 +10,7 @@
 //! The agent's answer is streamed back to the client unchanged, with `x-meridian-region`.
 
 use bytes::{Bytes, BytesMut};
+use contract::headers;
 use http::header::{CONTENT_LENGTH, EXPECT, HeaderName};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -157,8 +158,8 @@ impl EdgeProxy {
         ) else {
             return Attempt::Failed(ApiError::internal("the edge cannot name itself to agents"));
         };
-        headers.insert("x-meridian-edge-token", token);
-        headers.insert("x-meridian-tenant", tenant);
+        headers.insert(headers::EDGE_TOKEN, token);
+        headers.insert(headers::TENANT, tenant);
         ctx.in_flight = Some(self.edge.regions.get(&region).start());
         ctx.region = Some(region.clone());
         let sent = self
@@ -172,8 +173,8 @@ impl EdgeProxy {
         match sent {
             Ok(response) => {
                 self.edge.regions.success(&region);
-                let refused = response.status() == 503
-                    && response.headers().contains_key("x-meridian-refused");
+                let refused =
+                    response.status() == 503 && response.headers().contains_key(headers::REFUSED);
                 if refused && self.fail_over(ctx, "refused") {
                     tracing::info!(%region, "agent refused; trying the next region");
                     return Attempt::Next;
@@ -221,9 +222,9 @@ impl EdgeProxy {
             }
         }
         if let Some(region) = &ctx.region
-            && !header.headers.contains_key("x-meridian-region")
+            && !header.headers.contains_key(headers::REGION)
         {
-            header.insert_header("x-meridian-region", region.as_str())?;
+            header.insert_header(headers::REGION, region.as_str())?;
         }
         session
             .write_response_header(Box::new(header), false)

@@ -6,11 +6,11 @@
 //! are relative to the file's own directory. Every problem is reported at once, each naming
 //! its field and how to fix it. See `examples/edge.toml` for a documented example.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use contract::{ConfigProblems, ParseError};
 use policy::Location;
 use serde::Deserialize;
 
@@ -280,23 +280,6 @@ pub struct EdgeConfig {
     pub breaker_cool_down: Duration,
 }
 
-/// One problem in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The field, e.g. `listen.http[0]`.
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-    /// How to fix it.
-    pub fix: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}; fix: {}", self.field, self.problem, self.fix)
-    }
-}
-
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -308,17 +291,17 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for this schema.
+    /// The file is not valid TOML for this schema, or names a field it does not have.
     #[error("cannot parse {path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// What the parser said.
-        source: Box<toml::de::Error>,
+        /// What the parser said (with the line).
+        source: ParseError,
     },
     /// Values break the rules.
-    #[error("{} problem(s) in the configuration:{}", .0.len(), .0.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
-    Invalid(Vec<ConfigProblem>),
+    #[error("{0}")]
+    Invalid(ConfigProblems),
 }
 
 /// Reads, parses and checks `path`, applying the environment overrides.
@@ -327,10 +310,11 @@ pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })?;
+    let file: ConfigFile =
+        contract::problems::from_toml_strict(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
     let base = path.parent().unwrap_or(Path::new("."));
     file.check(base, |name| std::env::var(name).ok())
 }
@@ -506,16 +490,13 @@ impl ConfigFile {
     }
 }
 
+/// The configuration's problems, with the checks the edge's fields share.
 #[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
+struct Problems(ConfigProblems);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, problem: impl Into<String>, fix: &str) {
-        self.0.push(ConfigProblem {
-            field: field.into(),
-            problem: problem.into(),
-            fix: fix.to_owned(),
-        });
+        self.0.add(field, problem, fix);
     }
 
     fn address(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
@@ -574,10 +555,11 @@ mod tests {
     "#;
 
     fn check(text: &str, env: &[(&str, &str)]) -> Result<EdgeConfig, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: "test.toml".into(),
-            source: Box::new(source),
-        })?;
+        let file: ConfigFile =
+            contract::problems::from_toml_strict(text).map_err(|source| ConfigError::Parse {
+                path: "test.toml".into(),
+                source,
+            })?;
         file.check(Path::new("/nonexistent"), |name| {
             env.iter()
                 .find(|(k, _)| *k == name)
@@ -623,7 +605,7 @@ mod tests {
         let Err(ConfigError::Invalid(problems)) = check(&text, &[]) else {
             panic!("expected problems");
         };
-        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        let fields: Vec<&str> = problems.iter().map(|p| p.place.as_str()).collect();
         assert_eq!(
             fields,
             [
@@ -652,6 +634,6 @@ mod tests {
         let Err(ConfigError::Invalid(problems)) = with(&format!("/{}", "x".repeat(120))) else {
             panic!("expected a problem");
         };
-        assert_eq!(problems[0].field, "listen.upgrade_socket");
+        assert!(problems.has_place("listen.upgrade_socket"), "{problems}");
     }
 }

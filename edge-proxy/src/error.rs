@@ -1,9 +1,9 @@
 //! The one error type of the public API: each kind maps to an HTTP status and the JSON body
-//! `{"error": {"type", "message"}}` (DESIGN.md §4).
+//! `{"error": {"type", "message"}}` (docs/design.md §4).
 
 use std::fmt;
 
-use serde_json::json;
+use contract::ErrorBody;
 
 /// What went wrong with a client's request, as the client is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +106,7 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
-        json!({"error": {"type": self.kind, "message": self.message}})
-            .to_string()
-            .into_bytes()
+        ErrorBody::new(self.kind, &self.message).to_json()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Meridian's edge proxy (DESIGN.md §1, §3, §4, §7).
+//! Meridian's edge proxy (docs/design.md §1, §3, §4, §7).
 //!
 //! Every client request arrives here. The edge authenticates the API key, applies the
 //! tenant's quotas, resolves the client's location with a MaxMind database, asks the `policy`

@@ -1,4 +1,4 @@
-//! The edge's Prometheus metrics (DESIGN.md §9) and the admin listener's app that serves
+//! The edge's Prometheus metrics (docs/design.md §9) and the admin listener's app that serves
 //! them at `GET /metrics`.
 //!
 //! Each edge has its own registry, so several edges in one process (as in tests) never

@@ -1,4 +1,4 @@
-//! The request path, as a pingora [`ProxyHttp`] service (DESIGN.md §1, §3, §4, §7).
+//! The request path, as a pingora [`ProxyHttp`] service (docs/design.md §1, §3, §4, §7).
 //!
 //! `request_filter` recognises the call, authenticates the key, applies the tenant's quotas,
 //! locates the client and asks the route decision for the ordered candidate regions (see
@@ -10,6 +10,7 @@
 //! Submissions whose bodies are too large for pingora to send twice take the same path in
 //! [`buffered`](crate::buffered).
 
+use contract::headers;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -133,7 +134,7 @@ impl EdgeProxy {
 /// Whether a client's request header goes on to the agent: not the client's key, not the
 /// host (the agent's own is set), and no `x-meridian-*` header a client could spoof.
 pub(crate) fn forwarded_header(name: &str) -> bool {
-    name != "authorization" && name != "host" && !name.starts_with("x-meridian-")
+    name != "authorization" && name != "host" && !headers::is_internal(name)
 }
 
 /// Writes a whole JSON answer.
@@ -267,8 +268,8 @@ impl ProxyHttp for EdgeProxy {
         for name in dropped {
             request.remove_header(&name);
         }
-        request.insert_header("x-meridian-edge-token", &self.edge.config.agent_token)?;
-        request.insert_header("x-meridian-tenant", &ctx.tenant)?;
+        request.insert_header(headers::EDGE_TOKEN, &self.edge.config.agent_token)?;
+        request.insert_header(headers::TENANT, &ctx.tenant)?;
         let upstream = ctx.state.as_ref().and_then(|state| {
             let index = *ctx.candidates.get(ctx.attempt)?;
             state.upstreams.get(index)?.as_ref()
@@ -291,7 +292,7 @@ impl ProxyHttp for EdgeProxy {
         if response.status.as_u16() == 503 {
             let reason = response
                 .headers
-                .get("x-meridian-refused")
+                .get(headers::REFUSED)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             if let Some(reason) = reason {
@@ -313,9 +314,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(region) = &ctx.region
-            && !response.headers.contains_key("x-meridian-region")
+            && !response.headers.contains_key(headers::REGION)
         {
-            response.insert_header("x-meridian-region", region.as_str())?;
+            response.insert_header(headers::REGION, region.as_str())?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! What this edge knows about each region by itself, beyond the snapshot: its circuit
-//! breaker, the requests it has in flight there (DESIGN.md §3 step 5), and the retry budget
-//! shared by all regions (DESIGN.md §7).
+//! breaker, the requests it has in flight there (docs/design.md §3 step 5), and the retry budget
+//! shared by all regions (docs/design.md §7).
 //!
 //! Kept by region id, so the state survives snapshot swaps that reorder the catalog.
 //!

@@ -1,4 +1,4 @@
-//! Following the control plane's snapshots (DESIGN.md §5, §7).
+//! Following the control plane's snapshots (docs/design.md §5, §7).
 //!
 //! At start the edge fetches the whole snapshot; when the control plane cannot be reached it
 //! loads the last good snapshot from its cache file instead (static stability). A background
@@ -35,7 +35,7 @@ pub type SharedState = Arc<ArcSwapOption<RoutingState>>;
 /// Whether this edge can reach the control plane, and when it last heard from it. While the
 /// control plane is unreachable the request path judges heartbeats by the time of its last
 /// word rather than the wall clock: a snapshot does not go stale because nobody can send a
-/// newer one (static stability, DESIGN.md §7). Dead agents are caught by the circuit
+/// newer one (static stability, docs/design.md §7). Dead agents are caught by the circuit
 /// breakers instead.
 #[derive(Debug, Default)]
 pub struct ControlPlaneContact {
@@ -306,27 +306,10 @@ async fn read_cache(path: &Path) -> anyhow::Result<Snapshot> {
 async fn write_cache(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .context("the snapshot cache path has no file name")?
-            .to_string_lossy()
-            .into_owned();
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let temp = dir.join(format!(".{name}.tmp"));
-        let mut file =
-            std::fs::File::create(&temp).with_context(|| format!("create {}", temp.display()))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("write {}", temp.display()))?;
-        std::fs::rename(&temp, &path).with_context(|| format!("rename to {}", path.display()))?;
-        if let Ok(dir) = std::fs::File::open(&dir) {
-            let _ = dir.sync_all();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
+        contract::fs::write_atomic(&path, &bytes)?;
         Ok(())
     })
     .await
@@ -393,6 +376,17 @@ mod tests {
         assert_eq!(shared.load_full().unwrap().revision, 7);
         assert_eq!(read_cache(&cache).await.unwrap().revision, 7);
         assert_eq!(metrics.snapshot_rejected.get(), 1);
+
+        // A snapshot of a schema major version this edge does not read is rejected the same
+        // way; a newer minor version is read.
+        let mut newer = snapshot("");
+        newer.revision = 9;
+        newer.schema = contract::Schema::new(2, 0);
+        assert!(!follower.apply(newer.clone()).await);
+        assert_eq!(shared.load_full().unwrap().revision, 7);
+        newer.schema = contract::Schema::new(1, 9);
+        assert!(follower.apply(newer).await);
+        assert_eq!(shared.load_full().unwrap().revision, 9);
 
         // A start with the control plane unreachable routes on the cache.
         let restarted: SharedState = Arc::new(ArcSwapOption::empty());

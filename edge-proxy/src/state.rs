@@ -74,6 +74,9 @@ impl RoutingState {
         previous: Option<&RoutingState>,
         received_unix: i64,
     ) -> Result<Self, String> {
+        contract::schema::SNAPSHOT
+            .accepts("snapshot", snapshot.schema)
+            .map_err(|e| e.to_string())?;
         let unchanged = previous.filter(|p| {
             let (catalog, keys) = &*p.source;
             *catalog == snapshot.catalog && *keys == snapshot.keys
@@ -249,6 +252,7 @@ pub(crate) mod testing {
         ))
         .unwrap();
         Snapshot {
+            schema: contract::schema::SNAPSHOT,
             revision: 7,
             catalog,
             keys: Vec::new(),

@@ -1,4 +1,4 @@
-//! Everything the edge does for one request before it proxies, on one thread (DESIGN.md
+//! Everything the edge does for one request before it proxies, on one thread (docs/design.md
 //! §11: key check + quota + geo-IP + route ≤ 10 µs median): parse the `Authorization`
 //! header and check the key against 10 000 stored keys, apply the tenant's rate limit,
 //! concurrency gate and monthly budget, resolve the client address with the MaxMind City

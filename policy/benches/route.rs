@@ -1,4 +1,4 @@
-//! The route decision over 50 regions and 200 models (DESIGN.md §11: ≤ 2 µs median):
+//! The route decision over 50 regions and 200 models (docs/design.md §11: ≤ 2 µs median):
 //! one-off (`route`), through a reused decision for clients it has seen (`route_into_reused`,
 //! three cities) and for clients it has not (`…_new_clients`, 4,096 places).
 //!

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::error::ConfigWarning;
-use contract::ids::{JurisdictionId, ModelId, PoolId, RegionId, TenantId};
 use crate::location::{Location, NetworkModel, UnitVector};
 use crate::quota::{MonthlyBudget, RateLimit};
 use crate::sets::IndexSet;
+use contract::ids::{JurisdictionId, ModelId, PoolId, RegionId, TenantId};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]

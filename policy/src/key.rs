@@ -1,4 +1,4 @@
-//! API keys: their format, hashing and constant-time check (DESIGN.md §2, §4).
+//! API keys: their format, hashing and constant-time check (docs/design.md §2, §4).
 //!
 //! A key reads `mk_live_<id>_<secret>`: `id` is 12 characters of `a–z0–9` (public: it names
 //! the key in logs and the admin API), `secret` is 40 characters of `A–Za–z0–9` (about 238

@@ -2,7 +2,7 @@
 //!
 //! Pure and synchronous: no I/O, no clocks, no global state. The control plane validates
 //! every write with it, the edge routes every request with it, and the simulator replays
-//! global traffic through it, so what is simulated is what runs (DESIGN.md §1–§3).
+//! global traffic through it, so what is simulated is what runs (docs/design.md §1–§3).
 //!
 //! - [`spec`]: the configuration as written (TOML) and carried (JSON);
 //!   [`CatalogSpec::validate`] checks it, reporting every problem with its path and fix,
@@ -26,12 +26,12 @@ mod validate;
 pub use catalog::{
     Catalog, Model, ModelKind, Pool, PricingUnit, Quotas, Region, Residency, Tenant,
 };
+pub use contract::ids;
+pub use contract::{ConfigProblem, ConfigProblems, ParseError};
 pub use decision::{
     Candidate, CapacityClass, Exclusion, LatencyEstimate, LiveStatus, ModelLoad, Refusal,
     RegionStatus, ResolvedRequest, RouteDecision, RouteError, RouteRequest, SlotPath,
 };
-pub use contract::ids;
-pub use contract::{ConfigProblem, ConfigProblems, ParseError};
 pub use error::ConfigWarning;
 pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};
 pub use ids::{IdError, JurisdictionId, ModelId, PoolId, RegionId, RequestId, TenantId};

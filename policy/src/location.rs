@@ -2,7 +2,7 @@
 //!
 //! The route decision estimates network round-trip time from great-circle distance: light in
 //! fibre covers about 200 km per millisecond, and real routes are longer than the great
-//! circle by a route-inflation factor (about 1.5). See DESIGN.md §3.
+//! circle by a route-inflation factor (about 1.5). See docs/design.md §3.
 
 use serde::{Deserialize, Serialize};
 

@@ -59,7 +59,7 @@ impl Default for CatalogSpec {
     }
 }
 
-/// Settings of the route decision (DESIGN.md §3).
+/// Settings of the route decision (docs/design.md §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutingSpec {
     /// Kilometres light travels in fibre per millisecond. Default 200.
@@ -390,10 +390,9 @@ mod tests {
         );
         let err = serde_json::from_str::<ResidencySpec>(r#""everywhere""#).unwrap_err();
         assert!(err.to_string().contains(r#"write "any""#), "{err}");
-        let err = contract::problems::from_json_strict::<ResidencySpec>(
-            br#"{"jurisdiction":["eu"]}"#,
-        )
-        .unwrap_err();
+        let err =
+            contract::problems::from_json_strict::<ResidencySpec>(br#"{"jurisdiction":["eu"]}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("jurisdiction"), "{err}");
     }
 
@@ -403,11 +402,17 @@ mod tests {
         let err = CatalogSpec::from_toml(&text).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unknown field `latency_goal`"), "{msg}");
-        assert!(msg.contains("at tenants[0].latency_goal (line 24)"), "{msg}");
+        assert!(
+            msg.contains("at tenants[0].latency_goal (line 24)"),
+            "{msg}"
+        );
         // Carried between components, the same record ignores what a newer sender added.
         let json = serde_json::to_string(&CatalogSpec::from_toml(EXAMPLE).unwrap())
             .unwrap()
-            .replace(r#""latency_goal_ms""#, r#""region_hint":"eu","latency_goal_ms""#);
+            .replace(
+                r#""latency_goal_ms""#,
+                r#""region_hint":"eu","latency_goal_ms""#,
+            );
         let carried: CatalogSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(carried.tenants[0].latency_goal_ms, Some(800.0));
         assert!(CatalogSpec::from_json(&json).is_err());

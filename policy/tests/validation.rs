@@ -184,9 +184,9 @@ fn all_problems_are_reported_together_with_their_fixes() {
         "tenants[0].quotas.max_concurrent",
         "tenants[0].quotas.monthly_budget",
     ] {
-        assert!(errs.has_path(path), "missing {path} in:\n{report}");
+        assert!(errs.has_place(path), "missing {path} in:\n{report}");
     }
-    assert_eq!(errs.0.len(), 9, "{report}");
+    assert_eq!(errs.len(), 9, "{report}");
     assert!(
         report.starts_with("9 problems in the configuration:"),
         "{report}"

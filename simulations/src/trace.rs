@@ -226,6 +226,7 @@ mod tests {
                 reserved_gpu_seconds: reserved,
                 on_demand_gpu_seconds: on_demand,
                 cost: 1.5,
+                ..wire::UsageTotals::default()
             },
         }
     }

@@ -279,7 +279,7 @@ fn the_control_planes_usage_report_plans_as_its_csv_does() {
                 units: r.units,
                 reserved_gpu_seconds: r.gpu_seconds * 0.25,
                 on_demand_gpu_seconds: r.gpu_seconds * 0.75,
-                cost: 0.0,
+                ..wire::UsageTotals::default()
             },
         })
         .collect();

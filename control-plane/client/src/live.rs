@@ -118,6 +118,7 @@ mod tests {
             ..AgentReport::default()
         };
         let snapshot = Snapshot {
+            schema: contract::schema::SNAPSHOT,
             revision: 9,
             catalog: spec,
             keys: Vec::new(),

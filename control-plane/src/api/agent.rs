@@ -1,25 +1,33 @@
-//! The agent API: region agents register, send heartbeats and deregister.
+//! The agent API: region agents register, send heartbeats, fetch their catalog and
+//! deregister.
 //!
 //! | call | does |
 //! | --- | --- |
 //! | `POST /agent/v1/regions/{id}/register` | grants a lease and stores the region's live status under it |
 //! | `POST /agent/v1/regions/{id}/heartbeat` | keeps the lease alive and replaces the status (404 `not_registered`: register again) |
+//! | `GET /agent/v1/regions/{id}/catalog` | the region's pools (with the reservations active now) and the models placed in it, with their prices |
 //! | `POST /agent/v1/regions/{id}/deregister` | revokes the lease: the status is gone at once |
 //!
-//! Bodies are [`AgentReport`]s. A silent agent's status disappears when its lease expires,
-//! so an edge never routes on a region whose agent stopped reporting.
+//! Bodies are [`AgentReport`]s, wire messages read whatever fields a newer agent adds; a
+//! report of a schema major version this build does not read is refused (400
+//! `unsupported_schema`, naming both versions). Answers carry the newest catalog revision,
+//! so an agent fetches its catalog again only when it changed. A silent agent's status
+//! disappears when its lease expires, so an edge never routes on a region whose agent
+//! stopped reporting.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use control_plane_client::wire::{AgentReport, ErrorDetail, RegionLive, Registration};
+use contract::ConfigProblem;
+use control_plane_client::wire::{AgentCatalog, AgentReport, RegionLive, Registration};
 use policy::RegionSpec;
 
-use super::{ApiError, AppState, JsonBody, Routes};
+use super::{ApiError, AppState, Routes, WireBody};
 use crate::records::{CatalogRecord, live_key};
-use crate::registry::not_found;
+use crate::registry::{not_found, read_state};
+use crate::reservations::effective_catalog;
 use crate::store::versioned;
 use crate::store::{LeaseId, Store, StoreError};
 
@@ -28,6 +36,7 @@ pub fn routes() -> Routes {
     Routes::new()
         .post("/agent/v1/regions/{region}/register", register)
         .post("/agent/v1/regions/{region}/heartbeat", heartbeat)
+        .get("/agent/v1/regions/{region}/catalog", catalog)
         .post("/agent/v1/regions/{region}/deregister", deregister)
 }
 
@@ -45,13 +54,15 @@ fn live_value(region: &str, report: AgentReport) -> Result<Vec<u8>, ApiError> {
     })?)
 }
 
-/// Every problem of a report (negative or non-finite times), as a 422.
+/// Every problem of a report (a schema this build cannot read: 400; negative or non-finite
+/// times: 422).
 fn check_report(report: &AgentReport) -> Result<(), ApiError> {
+    contract::schema::HEARTBEAT.accepts("heartbeat", report.schema)?;
     let mut details = Vec::new();
     let mut check = |path: String, value: f64| {
         if !(value.is_finite() && value >= 0.0) {
-            details.push(ErrorDetail {
-                path,
+            details.push(ConfigProblem {
+                place: path,
                 problem: format!("{value} is not a non-negative number of milliseconds"),
                 fix: "report 0 or more, or leave the optional field out".into(),
             });
@@ -84,13 +95,14 @@ fn registration(state: &AppState, region: String) -> Json<Registration> {
     Json(Registration {
         region,
         ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        catalog_revision: state.changes().catalog_revision(),
     })
 }
 
 async fn register(
     State(state): State<AppState>,
     Path(region): Path<String>,
-    JsonBody(report): JsonBody<AgentReport>,
+    WireBody(report): WireBody<AgentReport>,
 ) -> Result<Json<Registration>, ApiError> {
     check_report(&report)?;
     if state
@@ -142,7 +154,7 @@ fn lease_error(region: &str, e: StoreError) -> ApiError {
 async fn heartbeat(
     State(state): State<AppState>,
     Path(region): Path<String>,
-    JsonBody(report): JsonBody<AgentReport>,
+    WireBody(report): WireBody<AgentReport>,
 ) -> Result<Json<Registration>, ApiError> {
     check_report(&report)?;
     let lease = lease_of(&state, &region).await?;
@@ -174,4 +186,34 @@ async fn deregister(
         .map_err(|e| lease_error(&region, e))?;
     tracing::info!(region, "region agent deregistered");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The region's part of the catalog as in force now: the effective pools (active
+/// reservations applied, as edges see them) and the models the catalog places in it.
+async fn catalog(
+    State(state): State<AppState>,
+    Path(region): Path<String>,
+) -> Result<Json<AgentCatalog>, ApiError> {
+    let stored = read_state(state.store()).await?;
+    let effective = effective_catalog(
+        &stored.spec,
+        &stored.reservations,
+        &stored.active_reservations,
+    );
+    let Some(spec) = effective.regions.iter().find(|r| r.id == region).cloned() else {
+        return Err(not_found::<RegionSpec>(&region));
+    };
+    let models = effective
+        .models
+        .iter()
+        .filter(|m| m.regions.as_ref().is_none_or(|rs| rs.contains(&region)))
+        .cloned()
+        .collect();
+    Ok(Json(AgentCatalog {
+        schema: contract::schema::AGENT_CATALOG,
+        revision: stored.revision,
+        currency: effective.currency,
+        region: spec,
+        models,
+    }))
 }

@@ -67,6 +67,7 @@ async fn snapshot(
     }
     let stored = read_state(state.store()).await?;
     let body = Snapshot {
+        schema: contract::schema::SNAPSHOT,
         revision: stored.revision,
         catalog: reservations::effective_catalog(
             &stored.spec,

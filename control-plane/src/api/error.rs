@@ -6,7 +6,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use control_plane_client::wire::{ErrorBody, ErrorDetail, ErrorInfo};
+use contract::{ConfigProblem, ErrorBody, SchemaError};
 
 use crate::store::StoreError;
 use crate::store::versioned::VersionError;
@@ -57,13 +57,27 @@ pub enum ApiError {
         /// A summary.
         message: String,
         /// Every problem, with its path and fix.
-        details: Vec<ErrorDetail>,
+        details: Vec<ConfigProblem>,
     },
     /// A region agent must register (again) before it can send heartbeats.
     #[error("region {region} is not registered or its lease expired: register again")]
     NotRegistered {
         /// The region.
         region: String,
+    },
+    /// A message of a schema major version this build cannot read.
+    #[error(transparent)]
+    UnsupportedSchema(#[from] SchemaError),
+    /// A region's agent could not be reached or answered in a way that cannot be passed on.
+    #[error("{0}")]
+    RegionUnavailable(String),
+    /// A region's agent refused a forwarded call; its status and error are passed on.
+    #[error("the region's agent answered: {}", .body.error.message)]
+    Agent {
+        /// The agent's status (a 4xx).
+        status: StatusCode,
+        /// The agent's error.
+        body: ErrorBody,
     },
     /// The store cannot serve now.
     #[error("the store is unavailable: {0}")]
@@ -83,11 +97,7 @@ impl ApiError {
         let problem = problem.into();
         Self::Invalid {
             message: problem.clone(),
-            details: vec![ErrorDetail {
-                path: path.into(),
-                problem,
-                fix: fix.into(),
-            }],
+            details: vec![ConfigProblem::new(path, problem, fix)],
         }
     }
 
@@ -104,7 +114,9 @@ impl ApiError {
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnsupportedSchema(_) => StatusCode::BAD_REQUEST,
+            Self::Agent { status, .. } => *status,
+            Self::Unavailable(_) | Self::RegionUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,6 +133,9 @@ impl ApiError {
             Self::Conflict { .. } => "conflict",
             Self::Invalid { .. } => "invalid_catalog",
             Self::NotRegistered { .. } => "not_registered",
+            Self::UnsupportedSchema(_) => "unsupported_schema",
+            Self::RegionUnavailable(_) => "region_unavailable",
+            Self::Agent { .. } => "agent_error",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -150,16 +165,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let details = match &self {
-            Self::Invalid { details, .. } => details.clone(),
-            _ => Vec::new(),
-        };
-        let body = ErrorBody {
-            error: ErrorInfo {
-                kind: self.kind().to_owned(),
-                message: self.to_string(),
-                details,
-            },
+        let body = match &self {
+            Self::Agent { body, .. } => body.clone(),
+            Self::Invalid { details, .. } => {
+                ErrorBody::new(self.kind(), self.to_string()).with_details(details.clone())
+            }
+            _ => ErrorBody::new(self.kind(), self.to_string()),
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -1,5 +1,10 @@
 //! Reading requests: JSON bodies that answer every mistake with an [`ApiError`], and the
 //! `If-Match` / `If-None-Match` / `ETag` revision headers.
+//!
+//! Admin writes are configuration: [`JsonBody`] refuses fields the record does not have,
+//! so a misspelt setting is never silently dropped. Agents' messages are wire messages:
+//! [`WireBody`] ignores fields a newer agent added, so agents can be upgraded region by
+//! region.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -10,8 +15,8 @@ use super::{ApiError, AppState};
 use crate::registry::Precondition;
 use crate::store::Revision;
 
-/// A JSON body of type `T`: 413 above the body limit, 400 for malformed JSON, a wrong
-/// shape or an unknown field (the message names the line, column and field).
+/// A configuration record in a JSON body: 413 above the body limit, 400 for malformed
+/// JSON, a wrong shape or an unknown field (the message names the line, column or field).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -19,22 +24,40 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| match rejection.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
-                        limit: state.settings().max_body_bytes,
-                    },
-                    _ => ApiError::BadRequest(format!(
-                        "could not read the request body: {}",
-                        rejection.body_text()
-                    )),
-                })?;
+        let bytes = body_bytes(request, state).await?;
+        contract::problems::from_json_strict(&bytes)
+            .map(Self)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid for this call: {e}")))
+    }
+}
+
+/// A wire message in a JSON body, read as [`JsonBody`] reads but ignoring unknown fields.
+#[derive(Debug)]
+pub struct WireBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for WireBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = body_bytes(request, state).await?;
         serde_json::from_slice(&bytes).map(Self).map_err(|e| {
             ApiError::BadRequest(format!("the body is not valid JSON for this call: {e}"))
         })
     }
+}
+
+async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+                limit: state.settings().max_body_bytes,
+            },
+            _ => ApiError::BadRequest(format!(
+                "could not read the request body: {}",
+                rejection.body_text()
+            )),
+        })
 }
 
 /// The write precondition of a request: `If-Match: <revision>` (quoted or not) or

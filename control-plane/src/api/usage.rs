@@ -1,37 +1,41 @@
-//! Usage: region agents report what each finished job used; the admin API reads the
-//! records, their totals per group of days, and tenants' monthly spend.
+//! Usage: region agents send numbered batches of hourly aggregates; the admin API reads the
+//! totals per group of days, tenants' monthly spend, and — from the region that keeps
+//! them — the per-job records.
 //!
 //! | call | does |
 //! | --- | --- |
-//! | `POST /agent/v1/usage` (agent token) | stores a batch of [`UsageRecord`]s and adds them to the totals; a job id seen before is a redelivery and is ignored |
+//! | `POST /agent/v1/usage` (agent token) | applies a [`UsageBatch`] exactly once (a batch number applied before answers `applied: false` and changes nothing) |
 //! | `GET /admin/v1/usage?tenant=&model=&region=&from=&to=&group_by=` | totals per group over UTC days `from`–`to` (inclusive); `group_by` is a comma list of `tenant`, `model`, `region`, `day` (default all four) |
-//! | `GET /admin/v1/usage/records?tenant=&region=&model=` | the stored records themselves |
+//! | `GET /admin/v1/usage/records?region=&tenant=&model=&from_ms=&to_ms=&cursor=&limit=` | one page of the per-job records the region's agent keeps, read from it |
 //! | `GET /admin/v1/tenants/{id}/spend?month=YYYY-MM` | a tenant's spend in a UTC month (default the current one), next to its budgets |
 //!
-//! A batch is checked whole before anything is written (422 naming `records[i].field`), so
-//! an agent can resend it unchanged after any failure. Records for tenants, models or
-//! regions since removed from the catalog are still kept: the work happened and is billed.
-//! How records and totals stay consistent is described in [`crate::usage`].
+//! A batch is checked whole before anything is written (422 naming `rows[i].field`; 400
+//! `unsupported_schema` for a schema major version this build does not read), so an agent
+//! can resend it unchanged after any failure. Rows for tenants, models or regions since
+//! removed from the catalog are still kept: the work happened and is billed. How totals
+//! stay exact is described in [`crate::usage`].
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use contract::{ConfigProblems, ErrorBody, ModelId, RegionId, TenantId};
 use control_plane_client::wire::{
-    ErrorDetail, Listed, SpendReport, UsageBatch, UsageReceipt, UsageRecord, UsageReport, UsageRow,
+    MAX_USAGE_ROWS, SpendReport, UsageBatch, UsageReceipt, UsageRecordPage, UsageReport, UsageRow,
 };
-use policy::{ModelId, RegionId, TenantId, TenantSpec};
-use serde::Deserialize;
+use policy::{RegionSpec, TenantSpec};
+use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, JsonBody, Routes};
-use crate::records::{CatalogRecord, USAGE};
-use crate::store::Store;
-use crate::store::versioned;
-use crate::usage::{self, MAX_VALUE, Totals};
+use super::{ApiError, AppState, Routes, WireBody};
+use crate::records::CatalogRecord;
+use crate::usage::{self, Totals};
 
-/// Most records one batch may hold.
-pub const MAX_BATCH: usize = 1000;
+/// An hour in Unix ms.
+const HOUR_MS: u64 = 3_600_000;
+/// How long the control plane waits for a region's agent to answer a records page.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The agent's ingestion route (authentication is added by the router).
 pub fn agent_routes() -> Routes {
@@ -42,132 +46,208 @@ pub fn agent_routes() -> Routes {
 pub fn admin_routes() -> Routes {
     Routes::new()
         .get("/admin/v1/usage", report)
-        .get("/admin/v1/usage/records", list)
+        .get("/admin/v1/usage/records", records)
         .get("/admin/v1/tenants/{tenant}/spend", tenant_spend)
 }
 
-fn is_job_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
+fn is_ledger_id(id: &str) -> bool {
+    id.len() == 32
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Every problem of a batch, as a 422; `Ok` when it may be stored.
+/// Every problem of a batch, as a 422; `Ok` when it may be applied.
 fn check_batch(batch: &UsageBatch) -> Result<(), ApiError> {
-    let mut details = Vec::new();
-    let mut problem = |path: String, problem: String, fix: &str| {
-        details.push(ErrorDetail {
-            path,
-            problem,
-            fix: fix.to_owned(),
-        });
-    };
-    if batch.records.len() > MAX_BATCH {
-        problem(
-            "records".into(),
-            format!("{} records in one batch", batch.records.len()),
-            &format!("send at most {MAX_BATCH} records per batch"),
+    contract::schema::USAGE_BATCH.accepts("usage batch", batch.schema)?;
+    let mut problems = ConfigProblems::new();
+    if let Err(e) = RegionId::new(&batch.region) {
+        problems.add("region", e.to_string(), "send the region the jobs ran in");
+    }
+    if !is_ledger_id(&batch.ledger) {
+        problems.add(
+            "ledger",
+            format!("{:?} is not a ledger id", batch.ledger),
+            "send the agent's ledger id: 32 lowercase hex digits",
         );
     }
-    for (i, r) in batch.records.iter().enumerate() {
-        if !is_job_id(&r.job_id) {
-            problem(
-                format!("records[{i}].job_id"),
-                format!("{:?} is not a job id", r.job_id),
-                "use the job's request id: 1–128 characters of A–Z, a–z, 0–9, '.', '_' and '-'",
-            );
-        }
+    if batch.seq == 0 {
+        problems.add("seq", "is 0", "number batches from 1");
+    }
+    if batch.rows.len() > MAX_USAGE_ROWS {
+        problems.add(
+            "rows",
+            format!("{} rows in one batch", batch.rows.len()),
+            format!("send at most {MAX_USAGE_ROWS} rows per batch"),
+        );
+    }
+    for (i, row) in batch.rows.iter().enumerate() {
         let ids = [
-            ("tenant", TenantId::new(&r.tenant).err()),
-            ("model", ModelId::new(&r.model).err()),
-            ("region", RegionId::new(&r.region).err()),
+            ("tenant", TenantId::new(&row.tenant).err()),
+            ("model", ModelId::new(&row.model).err()),
         ];
         for (field, error) in ids {
             if let Some(error) = error {
-                problem(
-                    format!("records[{i}].{field}"),
+                problems.add(
+                    format!("rows[{i}].{field}"),
                     error.to_string(),
-                    "send the id the job ran under",
+                    "send the id the jobs ran under",
                 );
             }
         }
-        for (field, value) in [
-            ("units", r.units),
-            ("gpu_seconds", r.gpu_seconds),
-            ("cost", r.cost),
-        ] {
-            if !(value.is_finite() && (0.0..=MAX_VALUE).contains(&value)) {
-                problem(
-                    format!("records[{i}].{field}"),
-                    format!("{field} is {value}, not a number from 0 to {MAX_VALUE}"),
-                    "report what the job used: 0 or more",
-                );
-            }
+        if row.hour_ms % HOUR_MS != 0 {
+            problems.add(
+                format!("rows[{i}].hour_ms"),
+                format!("{} is not the start of a UTC hour", row.hour_ms),
+                "send a multiple of 3600000",
+            );
+        }
+        if row.failed_jobs > row.jobs {
+            problems.add(
+                format!("rows[{i}].failed_jobs"),
+                format!("{} failed of {} jobs", row.failed_jobs, row.jobs),
+                "count failed jobs among the row's jobs",
+            );
         }
     }
-    if details.is_empty() {
+    if problems.is_empty() {
         Ok(())
     } else {
         Err(ApiError::Invalid {
             message: format!(
-                "{} problem(s) in the usage batch; nothing was stored",
-                details.len()
+                "{} problem(s) in the usage batch; nothing was applied",
+                problems.len()
             ),
-            details,
+            details: problems.into_vec(),
         })
     }
 }
 
 async fn ingest(
     State(state): State<AppState>,
-    JsonBody(batch): JsonBody<UsageBatch>,
+    WireBody(batch): WireBody<UsageBatch>,
 ) -> Result<Json<UsageReceipt>, ApiError> {
     check_batch(&batch)?;
     // Batches of this control plane take turns, so they do not make each other retry;
     // the store's compare-and-set keeps several control planes exact.
     let _turn = state.usage_writes().lock().await;
-    Ok(Json(usage::ingest(state.store(), &batch.records).await?))
-}
-
-/// Filters of a record listing; each absent filter matches everything.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordQuery {
-    tenant: Option<String>,
-    region: Option<String>,
-    model: Option<String>,
+    Ok(Json(usage::ingest(state.store(), &batch).await?))
 }
 
 fn matches(filter: Option<&str>, value: &str) -> bool {
     filter.is_none_or(|f| f == value)
 }
 
-async fn list(
+/// Query of a records page: the region, and what its agent is asked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordQuery {
+    region: Option<String>,
+    tenant: Option<String>,
+    model: Option<String>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// What is passed on to the region's agent.
+#[derive(Debug, Serialize)]
+struct AgentRecordQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+}
+
+/// One page of a region's per-job records, read from the region's agent: per-job records
+/// never leave their region except page by page to an admin.
+async fn records(
     State(state): State<AppState>,
     query: Result<Query<RecordQuery>, QueryRejection>,
-) -> Result<Json<Listed<UsageRecord>>, ApiError> {
+) -> Result<Json<UsageRecordPage>, ApiError> {
     let Query(query) = query.map_err(|e| {
         ApiError::BadRequest(format!(
-            "{}; filter with ?tenant=&region=&model=",
+            "{}; use ?region=&tenant=&model=&from_ms=&to_ms=&cursor=&limit=",
             e.body_text()
         ))
     })?;
-    let listing = state.store().list(USAGE).await?;
-    let mut items = Vec::new();
-    for kv in &listing.kvs {
-        let record: UsageRecord = versioned::decode(&kv.value)?;
-        if matches(query.tenant.as_deref(), &record.tenant)
-            && matches(query.region.as_deref(), &record.region)
-            && matches(query.model.as_deref(), &record.model)
-        {
-            items.push(record);
-        }
+    let forward = AgentRecordQuery {
+        tenant: query.tenant,
+        model: query.model,
+        from_ms: query.from_ms,
+        to_ms: query.to_ms,
+        cursor: query.cursor,
+        limit: query.limit,
+    };
+    let Some(region) = query.region else {
+        return Err(ApiError::BadRequest(
+            "per-job records stay in the region that ran the jobs: name it with ?region=<id>"
+                .into(),
+        ));
+    };
+    if RegionId::new(&region).is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "region {region:?} is not a region id"
+        )));
     }
-    Ok(Json(Listed {
-        revision: listing.revision,
-        items,
-    }))
+    let spec = state
+        .registry()
+        .get::<RegionSpec>(&RegionSpec::key(&region))
+        .await?
+        .map(|(spec, _)| spec)
+        .ok_or_else(|| ApiError::NotFound {
+            what: format!("region {region}"),
+        })?;
+    let url = format!(
+        "{}/internal/v1/usage/records",
+        spec.endpoint.trim_end_matches('/')
+    );
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .query(&forward)
+        .bearer_auth(state.settings().agent_secret.expose())
+        .timeout(AGENT_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::RegionUnavailable(format!(
+                "region {region}'s agent at {} cannot be reached: {e}",
+                spec.endpoint
+            ))
+        })?;
+    agent_page(&region, answer).await.map(Json)
+}
+
+/// The agent's answer to a records call: its page, its 4xx passed on, or a 503.
+async fn agent_page(region: &str, answer: reqwest::Response) -> Result<UsageRecordPage, ApiError> {
+    let status = answer.status();
+    let unreadable = |e: reqwest::Error| {
+        ApiError::RegionUnavailable(format!("region {region}'s agent answered unreadably: {e}"))
+    };
+    if status.is_success() {
+        return answer.json().await.map_err(unreadable);
+    }
+    let body = answer.bytes().await.map_err(unreadable)?;
+    match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(body) if status.is_client_error() && status.as_u16() != 401 => Err(ApiError::Agent {
+            status: axum::http::StatusCode::from_u16(status.as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+            body,
+        }),
+        _ => Err(ApiError::RegionUnavailable(format!(
+            "region {region}'s agent answered {status} to the control plane (is its \
+             control_plane.agent_token the control plane's agent_token?)"
+        ))),
+    }
 }
 
 /// Query of a usage report.

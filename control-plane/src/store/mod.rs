@@ -13,7 +13,6 @@
 
 pub mod embedded;
 pub mod etcd;
-pub mod local_etcd;
 pub mod versioned;
 mod watch;
 

@@ -148,7 +148,7 @@ fn details(body: &Value) -> Vec<(String, String)> {
         .map(|d| {
             assert!(!d["problem"].as_str().unwrap().is_empty());
             (
-                d["path"].as_str().unwrap().to_owned(),
+                d["place"].as_str().unwrap().to_owned(),
                 d["fix"].as_str().unwrap().to_owned(),
             )
         })

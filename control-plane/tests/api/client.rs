@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use control_plane_client::wire::{AgentReport, Capacity, UsageRecord};
+use control_plane_client::wire::{AgentReport, Capacity, Nanos, UsageAggregate, UsageBatch};
 use control_plane_client::{ControlPlane, Revisioned};
 use policy::{KeyRing, TenantSpec};
 
@@ -90,21 +90,29 @@ async fn the_client_speaks_every_api(backend: Backend) {
     let west = catalog.region_index("eu-west").unwrap();
     assert_eq!(live.region(west).unwrap().free_reserved, 2);
     agent.heartbeat("eu-west", &report).await.unwrap();
-    let receipt = agent
-        .report_usage(vec![UsageRecord {
-            job_id: "eu-west.j1".into(),
+    let registration = agent.heartbeat("eu-west", &report).await.unwrap();
+    let catalog = agent.agent_catalog("eu-west").await.unwrap();
+    assert!(catalog.revision >= registration.catalog_revision);
+    assert_eq!(catalog.region.id, "eu-west");
+    let batch = UsageBatch {
+        schema: contract::schema::USAGE_BATCH,
+        region: "eu-west".into(),
+        ledger: "0123456789abcdef0123456789abcdef".into(),
+        seq: 1,
+        rows: vec![UsageAggregate {
             tenant: "acme".into(),
             model: "meridian/esrgan-x4".into(),
-            region: "eu-west".into(),
-            units: 1.0,
-            gpu_seconds: 0.4,
             capacity: Capacity::Reserved,
-            cost: 0.002,
-            finished_at_ms: 1,
-        }])
-        .await
-        .unwrap();
-    assert_eq!((receipt.accepted, receipt.duplicates), (1, 0));
+            hour_ms: 0,
+            jobs: 1,
+            failed_jobs: 0,
+            units_nanos: Nanos(1_000_000_000),
+            gpu_nanos: Nanos(400_000_000),
+            cost_nanos: Nanos(2_000_000),
+        }],
+    };
+    let receipt = agent.report_usage(&batch).await.unwrap();
+    assert!(receipt.applied);
     agent.deregister("eu-west").await.unwrap();
     let gone = agent.heartbeat("eu-west", &report).await.unwrap_err();
     assert_eq!(gone.kind(), Some("not_registered"));

@@ -12,6 +12,7 @@ mod edge_agent;
 mod openapi;
 mod reservations;
 mod server;
+mod skew;
 mod usage;
 mod usage_totals;
 

@@ -4,12 +4,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use control_plane_client::ControlPlane;
-use control_plane_client::wire::{Reservation, Snapshot};
+use control_plane_client::wire::{AgentReport, Reservation, Snapshot};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::server::{ADMIN, Backend, EDGE, TestServer, json, revision};
-use crate::support::PATIENCE;
+use crate::server::{ADMIN, AGENT, Backend, EDGE, TestServer, json, revision};
 
 fn now_ms() -> i64 {
     i64::try_from(
@@ -92,7 +91,7 @@ async fn reservations_crud_and_validation(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(stale.status(), StatusCode::CONFLICT);
-    let admin = ControlPlane::new(&server.base, ADMIN, PATIENCE).unwrap();
+    let admin = server.client(ADMIN);
     let current = admin
         .get::<Reservation>("reservations", "h100-2025")
         .await
@@ -128,7 +127,7 @@ async fn reservations_crud_and_validation(backend: Backend) {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
         let details = error["error"]["details"].as_array().unwrap();
         assert_eq!(details.len(), 1, "{error}");
-        assert_eq!(details[0]["path"], path);
+        assert_eq!(details[0]["place"], path);
         assert!(!details[0]["fix"].as_str().unwrap().is_empty());
     }
     let (status, _) = json(
@@ -154,7 +153,7 @@ async fn reservations_crud_and_validation(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
     assert_eq!(
-        error["error"]["details"][0]["path"],
+        error["error"]["details"][0]["place"],
         "reservations[h100-2025]"
     );
 
@@ -176,21 +175,23 @@ async fn reservations_crud_and_validation(backend: Backend) {
     server.stop().await;
 }
 
-/// Polls snapshots until `done` holds for one, failing the test after [`PATIENCE`].
+/// Long-polls snapshots, as an edge does, until `done` holds for one (failing the test
+/// after the test kit's patience).
 async fn snapshot_until(edge: &ControlPlane, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut snapshot = edge.snapshot().await.unwrap();
-    while !done(&snapshot) {
-        assert!(tokio::time::Instant::now() < deadline, "never happened");
-        if let Some(next) = edge
-            .poll_snapshot(snapshot.revision, Duration::from_secs(5))
-            .await
-            .unwrap()
-        {
-            snapshot = next;
+    testkit::within("a snapshot that shows it", async {
+        let mut snapshot = edge.snapshot().await.unwrap();
+        while !done(&snapshot) {
+            if let Some(next) = edge
+                .poll_snapshot(snapshot.revision, Duration::from_secs(5))
+                .await
+                .unwrap()
+            {
+                snapshot = next;
+            }
         }
-    }
-    snapshot
+        snapshot
+    })
+    .await
 }
 
 fn pool(snapshot: &Snapshot, region: &str) -> (i64, Option<f64>) {
@@ -208,12 +209,29 @@ fn pool(snapshot: &Snapshot, region: &str) -> (i64, Option<f64>) {
 
 async fn active_reservations_set_reserved_capacity(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let admin = ControlPlane::new(&server.base, ADMIN, PATIENCE).unwrap();
-    let edge = ControlPlane::new(&server.base, EDGE, PATIENCE).unwrap();
+    let admin = server.client(ADMIN);
+    let edge = server.client(EDGE);
+    let agent = server.client(AGENT);
     assert_eq!(
         pool(&edge.snapshot().await.unwrap(), "eu-west"),
         (2, Some(2.2))
     );
+    // The agent's view: its region's pools and the models placed in it, and heartbeats
+    // that say which catalog revision is current (live status alone does not change it).
+    let report = AgentReport {
+        healthy: true,
+        ..AgentReport::default()
+    };
+    let before = agent.register("eu-west", &report).await.unwrap();
+    let beat = agent.heartbeat("eu-west", &report).await.unwrap();
+    assert_eq!(beat.catalog_revision, before.catalog_revision);
+    let catalog = agent.agent_catalog("eu-west").await.unwrap();
+    assert!(catalog.revision >= before.catalog_revision);
+    assert_eq!(catalog.region.pools[0].reserved, 2);
+    let models: Vec<&str> = catalog.models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(models, ["meridian/esrgan-x4"]);
+    let missing = agent.agent_catalog("mars-1").await.unwrap_err();
+    assert_eq!(missing.status(), Some(404));
 
     let now = now_ms();
     let day = 86_400_000;
@@ -245,6 +263,13 @@ async fn active_reservations_set_reserved_capacity(backend: Backend) {
         "no reservations: as configured"
     );
     assert!(with.catalog.validate().is_ok());
+    // The agent is told a newer catalog exists, and its catalog carries the reservations.
+    let told = agent.heartbeat("eu-west", &report).await.unwrap();
+    assert!(told.catalog_revision > catalog.revision, "{told:?}");
+    let fetched = agent.agent_catalog("eu-west").await.unwrap();
+    assert!(fetched.revision >= told.catalog_revision);
+    assert_eq!(fetched.region.pools[0].reserved, 4);
+    assert!((fetched.region.pools[0].reserved_price_per_hour.unwrap() - 2.5).abs() < 1e-9);
 
     // When "short" ends the edge is woken with the smaller reservation.
     let after = snapshot_until(&edge, |s| pool(s, "eu-west").0 == 3).await;

@@ -1,19 +1,15 @@
-//! A control plane running in-process on port 0, with a seeded catalog and HTTP helpers.
+//! The control plane under test: the test kit's in-process control plane with this
+//! suite's seed catalog and settings, and HTTP helpers for calling it as each audience.
 
 use std::time::Duration;
 
-use control_plane::InProcess;
-use control_plane::api::ApiSettings;
-use control_plane::store::StoreConfig;
 use policy::CatalogSpec;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
+pub use testkit::Backend;
+use testkit::TestControlPlane;
+pub use testkit::tokens::{ADMIN, AGENT, EDGE};
 
-use crate::support::{EtcdServer, PATIENCE};
-
-pub const ADMIN: &str = "admin-token-0123456789";
-pub const EDGE: &str = "edge-token-0123456789";
-pub const AGENT: &str = "agent-token-0123456789";
 /// How often the test server passes spend changes on to waiting edges.
 pub const SPEND_REFRESH: Duration = Duration::from_millis(300);
 /// The body limit of the test server.
@@ -53,93 +49,39 @@ pub const SEED: &str = r#"
     latency_goal_ms = 800
 "#;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Embedded,
-    Etcd,
-}
-
-enum Holder {
-    Dir(#[allow(dead_code)] tempfile::TempDir),
-    Etcd(EtcdServer),
-}
-
 pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
-    server: Option<InProcess>,
-    holder: Option<Holder>,
-    store: StoreConfig,
+    control_plane: TestControlPlane,
 }
 
 impl TestServer {
     pub async fn start(backend: Backend) -> Self {
-        let (store, holder) = match backend {
-            Backend::Embedded => {
-                let dir = tempfile::tempdir().unwrap();
-                (StoreConfig::embedded(dir.path()), Holder::Dir(dir))
-            }
-            Backend::Etcd => {
-                let etcd = EtcdServer::start().await;
-                let config = StoreConfig::Etcd {
-                    endpoints: vec![etcd.endpoint.clone()],
-                };
-                (config, Holder::Etcd(etcd))
-            }
-        };
-        Self::serve(store, holder).await
-    }
-
-    async fn serve(store: StoreConfig, holder: Holder) -> Self {
-        let api = ApiSettings {
-            max_body_bytes: BODY_LIMIT,
-            agent_lease_ttl: Duration::from_secs(2),
-            max_poll_wait: Duration::from_secs(30),
-            spend_refresh: SPEND_REFRESH,
-            ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
-        };
-        let seed = CatalogSpec::from_toml(SEED).unwrap();
-        let running = InProcess::start(api, store.clone(), Some(seed))
-            .await
-            .unwrap();
-        let server = Self {
-            base: running.url.clone(),
+        let control_plane = TestControlPlane::builder(backend)
+            .seed(CatalogSpec::from_toml(SEED).unwrap())
+            .settings(|api| {
+                api.max_body_bytes = BODY_LIMIT;
+                api.agent_lease_ttl = Duration::from_secs(2);
+                api.max_poll_wait = Duration::from_secs(30);
+                api.spend_refresh = SPEND_REFRESH;
+            })
+            .start()
+            .await;
+        Self {
+            base: control_plane.url.clone(),
             http: reqwest::Client::builder()
-                .timeout(PATIENCE * 3)
+                .timeout(testkit::patience() * 3)
                 .build()
                 .unwrap(),
-            server: Some(running),
-            holder: Some(holder),
-            store,
-        };
-        server.wait_ready().await;
-        server
+            control_plane,
+        }
     }
 
     /// Stops the server and starts a new one on the same store (and seed catalog).
     pub async fn restart(mut self) -> Self {
-        if let Some(server) = self.server.take() {
-            server.stop().await.unwrap();
-        }
-        let holder = self.holder.take().unwrap();
-        Self::serve(self.store.clone(), holder).await
-    }
-
-    /// Waits until the server answers (the store is open and seeded).
-    async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(r) = self.admin(Method::GET, "/admin/v1/regions").send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server never got ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.control_plane.restart().await;
+        self.base = self.control_plane.url.clone();
+        self
     }
 
     /// A request with `token`.
@@ -161,22 +103,19 @@ impl TestServer {
         self.call(AGENT, Method::POST, path)
     }
 
-    /// The etcd server behind this control plane, if that is the backend.
-    pub fn etcd(&self) -> Option<&EtcdServer> {
-        match &self.holder {
-            Some(Holder::Etcd(etcd)) => Some(etcd),
-            _ => None,
-        }
+    /// A typed client with `token`.
+    pub fn client(&self, token: &str) -> control_plane_client::ControlPlane {
+        self.control_plane.client(token)
+    }
+
+    /// The etcd behind this control plane, if that is the backend.
+    pub fn etcd(&self) -> Option<&testkit::etcd::Etcd> {
+        self.control_plane.etcd()
     }
 
     /// Shuts the server down and waits for `run` to return.
     pub async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(PATIENCE, server.stop())
-                .await
-                .expect("run returns after shutdown")
-                .unwrap();
-        }
+        self.control_plane.stop().await;
     }
 }
 

@@ -1,23 +1,28 @@
-//! Usage totals: per tenant, model, region and day, and month-to-date spend, always equal to
-//! what the stored records sum to — across redeliveries and concurrent batches — and carried
-//! to edges in their snapshot.
+//! Usage totals: per tenant, model, region and day, and month-to-date spend, fed by agents'
+//! numbered batches of hourly aggregates — each batch applied exactly once, across resends
+//! and concurrent batches — and carried to edges in their snapshot.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use control_plane::store::{AnyStore, StoreConfig};
+use control_plane::store::{AnyStore, Store, StoreConfig};
 use control_plane::usage;
-use control_plane_client::wire::{Capacity, UsageRecord};
-use control_plane_client::{ControlPlane, UsageQuery};
+use control_plane_client::UsageQuery;
+use control_plane_client::wire::{
+    Capacity, MAX_USAGE_ROWS, Nanos, Schema, UsageAggregate, UsageBatch,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::server::{ADMIN, AGENT, Backend, EDGE, SPEND_REFRESH, TestServer, json};
-use crate::support::{EtcdServer, PATIENCE};
+use crate::support::Etcd;
 
 /// 2024-03-31T23:00:00Z and 2024-04-01T01:00:00Z: one hour apart, in two months.
 const MARCH_31: u64 = 1_711_926_000_000;
 const APRIL_1: u64 = 1_711_933_200_000;
+const HOUR: u64 = 3_600_000;
+const LEDGER_A: &str = "0123456789abcdef0123456789abcdef";
+const LEDGER_B: &str = "fedcba9876543210fedcba9876543210";
 
 fn now_ms() -> u64 {
     u64::try_from(
@@ -29,17 +34,28 @@ fn now_ms() -> u64 {
     .unwrap()
 }
 
-fn record(job: &str, tenant: &str, region: &str, at: u64, capacity: Capacity) -> UsageRecord {
-    UsageRecord {
-        job_id: job.into(),
+/// An hour's aggregate of `jobs` jobs, each 2.5 units, 1.1 GPU-seconds and 0.1 in money.
+fn row(tenant: &str, hour_ms: u64, capacity: Capacity, jobs: u64) -> UsageAggregate {
+    UsageAggregate {
         tenant: tenant.into(),
         model: "meridian/esrgan-x4".into(),
-        region: region.into(),
-        units: 2.5,
-        gpu_seconds: 1.1,
         capacity,
-        cost: 0.1,
-        finished_at_ms: at,
+        hour_ms: hour_ms - hour_ms % HOUR,
+        jobs,
+        failed_jobs: 0,
+        units_nanos: Nanos(2_500_000_000 * jobs),
+        gpu_nanos: Nanos(1_100_000_000 * jobs),
+        cost_nanos: Nanos(100_000_000 * jobs),
+    }
+}
+
+fn batch(region: &str, ledger: &str, seq: u64, rows: Vec<UsageAggregate>) -> UsageBatch {
+    UsageBatch {
+        schema: contract::schema::USAGE_BATCH,
+        region: region.into(),
+        ledger: ledger.into(),
+        seq,
+        rows,
     }
 }
 
@@ -53,20 +69,32 @@ fn close(a: &Value, b: f64) -> bool {
 
 async fn totals_group_by_day_and_dimension(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let agent = ControlPlane::new(&server.base, AGENT, PATIENCE).unwrap();
-    let batch = vec![
-        record("eu-west.1", "acme", "eu-west", MARCH_31, Capacity::Reserved),
-        record("eu-west.2", "acme", "eu-west", APRIL_1, Capacity::OnDemand),
-        record("us-east.3", "acme", "us-east", APRIL_1, Capacity::OnDemand),
-        record("us-east.4", "beta", "us-east", APRIL_1, Capacity::Reserved),
-        // Repeated inside the batch: counted once.
-        record("us-east.4", "beta", "us-east", APRIL_1, Capacity::Reserved),
-    ];
-    let receipt = agent.report_usage(batch.clone()).await.unwrap();
-    assert_eq!((receipt.accepted, receipt.duplicates), (4, 1));
-    // The whole batch again, as an agent that lost the answer would send it.
-    let receipt = agent.report_usage(batch).await.unwrap();
-    assert_eq!((receipt.accepted, receipt.duplicates), (0, 5));
+    let agent = server.client(AGENT);
+    let west = batch(
+        "eu-west",
+        LEDGER_A,
+        1,
+        vec![
+            row("acme", MARCH_31, Capacity::Reserved, 1),
+            row("acme", APRIL_1, Capacity::OnDemand, 1),
+        ],
+    );
+    let east = batch(
+        "us-east",
+        LEDGER_B,
+        1,
+        vec![
+            row("acme", APRIL_1, Capacity::OnDemand, 1),
+            row("beta", APRIL_1, Capacity::Reserved, 1),
+        ],
+    );
+    for b in [&west, &east] {
+        let receipt = agent.report_usage(b).await.unwrap();
+        assert!(receipt.applied && receipt.seq == 1, "{receipt:?}");
+    }
+    // The same batch again, as an agent that lost the answer sends it: nothing changes.
+    let receipt = agent.report_usage(&west).await.unwrap();
+    assert!(!receipt.applied, "a resent batch is applied once");
 
     let (status, all) = get(&server, "/admin/v1/usage").await;
     assert_eq!(status, StatusCode::OK, "{all}");
@@ -136,25 +164,76 @@ async fn totals_group_by_day_and_dimension(backend: Backend) {
     }
     let (status, _) = get(&server, "/admin/v1/tenants/nobody/spend").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    // Records with ids that are not ids are refused before anything is stored.
-    let bad = record(
-        "eu-west.9",
-        "Acme/../x",
+    // A batch with a bad row is refused whole before anything is applied, naming the row.
+    let mut bad = batch(
         "eu-west",
-        APRIL_1,
-        Capacity::Reserved,
+        LEDGER_A,
+        2,
+        vec![row("acme", APRIL_1, Capacity::Reserved, 1)],
     );
-    let refused = agent.report_usage(vec![bad]).await.unwrap_err();
-    assert_eq!(refused.status(), Some(422));
+    bad.rows
+        .push(row("Acme/../x", APRIL_1, Capacity::Reserved, 1));
+    bad.rows[0].hour_ms += 1;
+    let refused = agent.report_usage(&bad).await.unwrap_err();
+    assert_eq!(refused.status(), Some(422), "{refused}");
+    let control_plane_client::ClientError::Api { error, .. } = &refused else {
+        panic!("{refused}")
+    };
+    let places: Vec<&str> = error.details.iter().map(|d| d.place.as_str()).collect();
+    assert_eq!(places, ["rows[0].hour_ms", "rows[1].tenant"]);
+    for (change, place) in [
+        (batch("eu-west", LEDGER_A, 0, vec![]), "seq"),
+        (batch("eu-west", "not-a-ledger", 2, vec![]), "ledger"),
+        (batch("EU west", LEDGER_A, 2, vec![]), "region"),
+        (
+            batch(
+                "eu-west",
+                LEDGER_A,
+                2,
+                vec![row("acme", APRIL_1, Capacity::Reserved, 1); MAX_USAGE_ROWS + 1],
+            ),
+            "rows",
+        ),
+    ] {
+        let refused = agent.report_usage(&change).await.unwrap_err();
+        assert_eq!(refused.status(), Some(422), "{place}: {refused}");
+        let control_plane_client::ClientError::Api { error, .. } = &refused else {
+            panic!("{refused}")
+        };
+        assert_eq!(error.details[0].place, place);
+    }
+    // A batch of a schema major version this build does not read: both versions named.
+    let mut newer = batch("eu-west", LEDGER_A, 2, vec![]);
+    newer.schema = Schema::new(2, 0);
+    let refused = agent.report_usage(&newer).await.unwrap_err();
+    assert_eq!(refused.status(), Some(400));
+    assert_eq!(refused.kind(), Some("unsupported_schema"));
+    assert!(
+        refused.to_string().contains("usage batch schema 2.0"),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("1.x"), "{refused}");
     let (_, all) = get(&server, "/admin/v1/usage").await;
     assert_eq!(all["total"]["jobs"], 4);
+    // Ledger numbers go on where they stopped: seq 2 applies once.
+    let next = batch(
+        "eu-west",
+        LEDGER_A,
+        2,
+        vec![row("acme", APRIL_1, Capacity::Reserved, 3)],
+    );
+    assert!(agent.report_usage(&next).await.unwrap().applied);
+    assert!(!agent.report_usage(&next).await.unwrap().applied);
+    let (_, all) = get(&server, "/admin/v1/usage").await;
+    assert_eq!(all["total"]["jobs"], 7);
+    assert_eq!(all["total"]["cost_nanos"], 700_000_000);
     server.stop().await;
 }
 
 async fn spend_reaches_edges(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let agent = ControlPlane::new(&server.base, AGENT, PATIENCE).unwrap();
-    let edge = ControlPlane::new(&server.base, EDGE, PATIENCE).unwrap();
+    let agent = server.client(AGENT);
+    let edge = server.client(EDGE);
     let first = edge.snapshot().await.unwrap();
     assert!(first.spend.is_empty());
 
@@ -167,24 +246,16 @@ async fn spend_reaches_edges(backend: Backend) {
         })
     };
     let now = now_ms();
-    agent
-        .report_usage(vec![
-            record("eu-west.a", "acme", "eu-west", now, Capacity::Reserved),
-            record("eu-west.b", "acme", "eu-west", now, Capacity::OnDemand),
-            // Last month's work is not this month's spend.
-            record(
-                "eu-west.c",
-                "acme",
-                "eu-west",
-                now - 40 * 86_400_000,
-                Capacity::OnDemand,
-            ),
-        ])
+    let rows = vec![
+        row("acme", now, Capacity::Reserved, 1),
+        row("acme", now, Capacity::OnDemand, 1),
+        // Last month's work is not this month's spend.
+        row("acme", now - 40 * 86_400_000, Capacity::OnDemand, 1),
+    ];
+    let first_batch = batch("eu-west", LEDGER_A, 1, rows);
+    agent.report_usage(&first_batch).await.unwrap();
+    let next = testkit::within("the poll to return", poll)
         .await
-        .unwrap();
-    let next = tokio::time::timeout(PATIENCE, poll)
-        .await
-        .unwrap()
         .unwrap()
         .unwrap()
         .expect("spend wakes the poll");
@@ -195,7 +266,7 @@ async fn spend_reaches_edges(backend: Backend) {
     assert!((acme.cost - 0.2).abs() < 1e-9);
     assert!((acme.gpu_seconds - 2.2).abs() < 1e-9);
     // The admin's view of the month agrees with the edge's, and so do the daily totals.
-    let admin = ControlPlane::new(&server.base, ADMIN, PATIENCE).unwrap();
+    let admin = server.client(ADMIN);
     let spend = admin.spend("acme", None).await.unwrap();
     assert_eq!((spend.usage.jobs, spend.usage.cost), (2, acme.cost));
     let this_month = UsageQuery {
@@ -207,74 +278,60 @@ async fn spend_reaches_edges(backend: Backend) {
     let report = admin.usage(&this_month).await.unwrap();
     assert_eq!(report.rows.len(), 1);
     assert_eq!(report.rows[0].usage, spend.usage);
-    assert_eq!(
-        admin.usage_records(Some("acme")).await.unwrap().items.len(),
-        3
-    );
 
     // A redelivery changes nothing an edge sees: its poll runs out.
-    agent
-        .report_usage(vec![record(
-            "eu-west.a",
-            "acme",
-            "eu-west",
-            now,
-            Capacity::Reserved,
-        )])
-        .await
-        .unwrap();
+    assert!(!agent.report_usage(&first_batch).await.unwrap().applied);
     let wait = SPEND_REFRESH * 3 + Duration::from_secs(1);
     let quiet = edge.poll_snapshot(next.revision, wait).await.unwrap();
     assert!(quiet.is_none(), "a duplicate woke the edge");
     server.stop().await;
 }
 
-/// Concurrent batches over one store, each retried whole when it fails as an agent would,
-/// count every job exactly once: the totals equal the records' sum.
+/// Concurrent ledgers over one store, each resending every batch as an agent that lost
+/// the answers would, count every batch exactly once: the totals equal the rows' sum.
 async fn concurrent_batches_count_each_job_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = None;
     let config = match backend {
         Backend::Embedded => StoreConfig::embedded(dir.path()),
         Backend::Etcd => {
-            let server = EtcdServer::start().await;
-            let config = StoreConfig::Etcd {
-                endpoints: vec![server.endpoint.clone()],
-            };
+            let server = Etcd::start().await;
+            let config = server.store_config();
             etcd = Some(server);
             config
         }
     };
     let store = Arc::new(AnyStore::open(&config).await.unwrap());
-    let jobs: Vec<UsageRecord> = (0..120)
-        .map(|i| {
-            let capacity = if i % 3 == 0 {
-                Capacity::Reserved
-            } else {
-                Capacity::OnDemand
-            };
-            let mut r = record(
-                &format!("eu-west.j{i}"),
-                "acme",
-                "eu-west",
-                APRIL_1,
-                capacity,
-            );
-            r.cost = 0.001 * f64::from(i % 7 + 1);
-            r
+    // Four agents of one region, six batches each, all adding to the same day's totals.
+    let ledgers: Vec<Vec<UsageBatch>> = (0..4_u64)
+        .map(|w| {
+            let ledger = format!("{w:032x}");
+            (1..=6)
+                .map(|seq| {
+                    let capacity = if seq % 3 == 0 {
+                        Capacity::Reserved
+                    } else {
+                        Capacity::OnDemand
+                    };
+                    let mut r = row("acme", APRIL_1 + (seq % 2) * HOUR, capacity, w + seq);
+                    r.cost_nanos = Nanos(1_000_001 * (w + 1) * seq);
+                    r.failed_jobs = seq % 2;
+                    batch("eu-west", &ledger, seq, vec![r])
+                })
+                .collect()
         })
         .collect();
-    // Four writers, each sending overlapping halves of the jobs in batches of 20.
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
+    let writers: Vec<_> = ledgers
+        .iter()
+        .cloned()
+        .map(|batches| {
             let store = store.clone();
-            let mine: Vec<UsageRecord> = jobs.iter().skip(w * 20).take(60).cloned().collect();
             tokio::spawn(async move {
-                let mut accepted = 0;
-                for batch in mine.chunks(20) {
+                let mut applied = 0;
+                for b in batches.iter().chain(batches.iter()) {
                     let mut tries = 0;
                     let receipt = loop {
-                        match usage::ingest(&store, batch).await {
+                        match usage::ingest(&store, b).await {
                             Ok(receipt) => break receipt,
                             Err(e) if tries < 10 => {
                                 tries += 1;
@@ -283,25 +340,37 @@ async fn concurrent_batches_count_each_job_once(backend: Backend) {
                             Err(e) => panic!("a batch failed ten times: {e}"),
                         }
                     };
-                    accepted += receipt.accepted;
+                    applied += usize::from(receipt.applied);
                 }
-                accepted
+                applied
             })
         })
         .collect();
-    let mut accepted = 0;
+    let mut applied = 0;
     for writer in writers {
-        accepted += writer.await.unwrap();
+        applied += writer.await.unwrap();
     }
-    // Together the writers sent every job, most of them twice.
-    assert_eq!(accepted, jobs.len(), "every job accepted exactly once");
+    assert_eq!(applied, 24, "every batch applied exactly once");
     let (daily, _) = usage::daily(&store, Some("acme")).await.unwrap();
     assert_eq!(daily.len(), 1);
     let mut expected = usage::Totals::default();
-    jobs.iter().for_each(|r| expected.add(r));
+    ledgers
+        .iter()
+        .flatten()
+        .flat_map(|b| &b.rows)
+        .for_each(|r| expected.add(r));
     assert_eq!(daily[0].totals, expected);
     let spend = usage::spend(&store, "acme", "2024-04").await.unwrap();
     assert_eq!(spend.totals, expected);
+    // The store holds totals and one mark per ledger, never a key per job or batch.
+    let listing = store.list("/meridian/").await.unwrap();
+    let usage_keys = listing
+        .kvs
+        .iter()
+        .filter(|kv| !kv.key.starts_with("/meridian/v1/") || kv.key.contains("/spend/"))
+        .count();
+    let keys: Vec<&String> = listing.kvs.iter().map(|kv| &kv.key).collect();
+    assert_eq!(usage_keys, 1 + 4 + 1, "{keys:?}");
     if let AnyStore::Embedded(embedded) = &*store {
         embedded.close().await;
     }

@@ -11,7 +11,6 @@
 //! over the three regions, and the proxying to the chosen region's agent.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,11 +22,9 @@ use control_plane_client::wire::AgentReport;
 use edge_proxy::config::Cidr;
 use edge_proxy::{EdgeConfig, Listeners};
 use policy::{CatalogSpec, Location};
+use testkit::tokens::{ADMIN, AGENT, EDGE};
 use tokio_util::sync::CancellationToken;
 
-const ADMIN: &str = "bench-admin-token-0123456789";
-const EDGE: &str = "bench-edge-token-0123456789";
-const AGENT: &str = "bench-agent-token-0123456789";
 const TENANT: &str = "bench";
 /// Dublin, Frankfurt, Ashburn.
 const REGIONS: [(&str, &str, f64, f64); 3] = [
@@ -75,7 +72,7 @@ impl EdgeUnderTest {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (control_plane, url) = start_control_plane(&dir, backend);
         let key = seed(&url);
-        let config = edge_config(&url, dir.path().join("edge-snapshot.json"));
+        let config = edge_config(&url, dir.path());
         let listeners = Listeners::bind(&config).expect("bind the edge");
         let address = listeners.http[0].local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -121,6 +118,7 @@ fn start_control_plane(dir: &tempfile::TempDir, backend: SocketAddr) -> (Thread,
         },
         store: StoreConfig::embedded(dir.path().join("store")),
         seed_catalog: Some(catalog(backend)),
+        history_retention: control_plane::config::DEFAULT_HISTORY_RETENTION,
     };
     let listener = std::net::TcpListener::bind(config.listen).expect("bind the control plane");
     listener.set_nonblocking(true).unwrap();
@@ -155,17 +153,11 @@ fn seed(url: &str) -> String {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let patience = Duration::from_secs(30);
+        // The control plane's listener is bound before its thread starts, so these calls
+        // wait in its backlog until it serves.
+        let patience = testkit::patience();
         let admin = ControlPlane::new(url, ADMIN, patience).unwrap();
         let agent = ControlPlane::new(url, AGENT, patience).unwrap();
-        let deadline = tokio::time::Instant::now() + patience;
-        while admin.list::<serde_json::Value>("regions").await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the control plane never served"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
         let report = AgentReport {
             healthy: true,
             free_reserved: SLOTS,
@@ -225,30 +217,11 @@ fn catalog(backend: SocketAddr) -> CatalogSpec {
     CatalogSpec::from_toml(&text).expect("the bench's catalog")
 }
 
-fn edge_config(control_plane: &str, snapshot_cache: PathBuf) -> EdgeConfig {
+fn edge_config(control_plane: &str, dir: &std::path::Path) -> EdgeConfig {
     EdgeConfig {
-        http: vec!["127.0.0.1:0".parse().unwrap()],
-        https: Vec::new(),
         admin: None,
-        upgrade_socket: None,
-        control_plane_url: control_plane.to_owned(),
-        control_plane_token: EDGE.to_owned(),
-        snapshot_cache,
-        poll_wait: Duration::from_secs(5),
-        control_plane_timeout: Duration::from_secs(5),
-        geoip_database: Some(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../policy/tests/data/geoip/GeoIP2-City-Test.mmdb"),
-        ),
-        location: Location::new(50.11, 8.68),
-        trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap()],
-        agent_token: "bench-agent-edge-token-0123456789".to_owned(),
-        connect_timeout: Duration::from_secs(2),
+        trusted_proxies: vec![Cidr::parse("127.0.0.0/8").expect("a network")],
         read_timeout: Duration::from_secs(10),
-        max_body_bytes: 64 * 1024,
-        retry_ratio: 0.2,
-        retry_floor: 10,
-        breaker_failures: 5,
-        breaker_cool_down: Duration::from_secs(600),
+        ..testkit::edge::edge_config(control_plane, dir, Location::new(50.11, 8.68))
     }
 }

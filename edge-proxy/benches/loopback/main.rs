@@ -1,5 +1,5 @@
 //! The edge on loopback, side by side with the same backend reached directly and through an
-//! nginx reverse proxy (DESIGN.md §11: edge overhead vs direct ≤ 0.15 ms p50 and ≤ 1 ms p99
+//! nginx reverse proxy (docs/design.md §11: edge overhead vs direct ≤ 0.15 ms p50 and ≤ 1 ms p99
 //! at half of the edge's max rate; edge throughput with one worker ≥ nginx's).
 //!
 //! Four paths, one backend, the same request bytes (`POST /v1/run/meridian/esrgan-x4` with

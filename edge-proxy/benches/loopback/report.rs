@@ -1,5 +1,5 @@
 //! The results: per path, the median over rounds of its max rate and of its p50 and p99 at
-//! the fixed rate; then the ratios that DESIGN.md §11 sets targets for.
+//! the fixed rate; then the ratios that docs/design.md §11 sets targets for.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,18 +3,18 @@
 
 use serde_json::json;
 
-use crate::support::{Behaviour, ESRGAN, TestEdge, World, eventually};
+use crate::support::{Behaviour, ESRGAN, World, eventually, run_esrgan};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_missing_and_revoked_keys_get_401() {
     let world = World::start(&[]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("acme")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     let acme = world.key("acme").to_owned();
 
     let swap = if acme.ends_with('a') { 'b' } else { 'a' };
     let forged = format!("{}{swap}", &acme[..acme.len() - 1]);
     for key in ["mk_live_nope", "", forged.as_str()] {
-        let answer = edge.run_esrgan(key, None).await;
+        let answer = run_esrgan(&edge, key, None).await;
         assert_eq!(answer.status, 401, "{key:?}: {}", answer.body);
         assert_eq!(answer.error_type(), "unauthorized");
     }
@@ -29,12 +29,12 @@ async fn bad_missing_and_revoked_keys_get_401() {
     assert!(world.agents.values().all(|a| a.seen().is_empty()));
 
     // The key works until it is revoked; then the next snapshot makes it a 401.
-    assert_eq!(edge.run_esrgan(&acme, None).await.status, 200);
+    assert_eq!(run_esrgan(&edge, &acme, None).await.status, 200);
     let admin = world.client(crate::support::ADMIN);
     let keys = admin.keys("acme").await.unwrap();
     admin.revoke_key("acme", &keys.items[0].id).await.unwrap();
     eventually("the revocation reaches the edge", || async {
-        edge.run_esrgan(&acme, None).await.status == 401
+        run_esrgan(&edge, &acme, None).await.status == 401
     })
     .await;
     edge.stop().await;
@@ -43,23 +43,23 @@ async fn bad_missing_and_revoked_keys_get_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_rate_limit_gets_429_with_retry_after() {
     let world = World::start(&[]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("slow")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     // `slow` may send 0.2 requests per second with a burst of 1.
-    let first = edge.run_esrgan(world.key("slow"), None).await;
+    let first = run_esrgan(&edge, world.key("slow"), None).await;
     assert_eq!(first.status, 200, "{}", first.body);
-    let second = edge.run_esrgan(world.key("slow"), None).await;
+    let second = run_esrgan(&edge, world.key("slow"), None).await;
     assert_eq!(second.status, 429, "{}", second.body);
     assert_eq!(second.error_type(), "rate_limited");
     let retry_after: u64 = second.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=5).contains(&retry_after), "{retry_after}");
     // Another tenant is not affected.
-    assert_eq!(edge.run_esrgan(world.key("acme"), None).await.status, 200);
+    assert_eq!(run_esrgan(&edge, world.key("acme"), None).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_gets_413() {
     let world = World::start(&[]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("acme")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     let big = "a".repeat(100 * 1024);
     let response = edge
         .http
@@ -78,17 +78,16 @@ async fn a_body_over_the_limit_gets_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn residency_without_a_serving_region_is_451_and_no_live_region_is_503() {
     let world = World::start(&[]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("brit")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     // `brit` may only use uk-south, which does not serve ESRGAN.
-    let answer = edge.run_esrgan(world.key("brit"), None).await;
+    let answer = run_esrgan(&edge, world.key("brit"), None).await;
     assert_eq!(answer.status, 451, "{}", answer.body);
     assert_eq!(answer.error_type(), "residency");
     let message = answer.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("residency"), "{message}");
 
     // `nippon` may only use jp-east, whose agent never reported.
-    edge.wait_until_key_works(world.key("nippon")).await;
-    let answer = edge.run_esrgan(world.key("nippon"), None).await;
+    let answer = run_esrgan(&edge, world.key("nippon"), None).await;
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert_eq!(answer.error_type(), "unavailable");
     let message = answer.body["error"]["message"].as_str().unwrap();
@@ -99,7 +98,7 @@ async fn residency_without_a_serving_region_is_451_and_no_live_region_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_lists_what_the_key_may_call_with_prices_and_unknown_calls_are_404() {
     let world = World::start(&[("us-west", Behaviour::Down)]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("euro")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     let answer =
         crate::support::Answer::of(edge.get("/v1/models", world.key("euro")).await.unwrap()).await;
     assert_eq!(answer.status, 200);

@@ -1,10 +1,9 @@
 //! The edge proxy as a client sees it: a real control plane and edges in-process on port
-//! 0, with test stand-ins for region agents.
+//! 0, with stand-ins for region agents (from the test kit).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admission;
-mod agent;
 mod cli;
 mod routing;
 mod serving;

@@ -2,7 +2,9 @@
 //! outside the tenant's residency), around open circuits, and back to the region that holds
 //! a request.
 
-use crate::support::{AGENT_EDGE_TOKEN, Answer, Behaviour, ESRGAN, TestEdge, World, cidr};
+use testkit::stand_in::STAND_IN_COST;
+
+use crate::support::{AGENT_EDGE, Answer, Behaviour, ESRGAN, World, cidr, run_esrgan};
 
 /// London and a place near Seattle in MaxMind's test database.
 const LONDON: &str = "81.2.69.142";
@@ -13,16 +15,14 @@ async fn forwarded_for_from_a_trusted_proxy_picks_the_nearest_region() {
     let world = World::start(&[]).await;
     let mut config = world.edge_config();
     config.trusted_proxies = vec![cidr("127.0.0.0/8")];
-    let trusting = TestEdge::start(config, world.key("acme")).await;
+    let trusting = world.start_edge(config).await;
     let key = world.key("acme");
 
-    let london = trusting.run_esrgan(key, Some(LONDON)).await;
+    let london = run_esrgan(&trusting, key, Some(LONDON)).await;
     assert_eq!(london.status, 200, "{}", london.body);
     assert_eq!(london.header("x-meridian-region"), Some("eu-west"));
     assert_eq!(london.body["tenant"], "acme");
-    let seattle = trusting
-        .run_esrgan(key, Some(&format!("{NEAR_SEATTLE}, 127.0.0.1")))
-        .await;
+    let seattle = run_esrgan(&trusting, key, Some(&format!("{NEAR_SEATTLE}, 127.0.0.1"))).await;
     assert_eq!(seattle.header("x-meridian-region"), Some("us-west"));
     // The request id and the cost come from the agent.
     assert!(
@@ -31,12 +31,15 @@ async fn forwarded_for_from_a_trusted_proxy_picks_the_nearest_region() {
             .unwrap()
             .starts_with("us-west.")
     );
-    assert_eq!(seattle.header("x-meridian-cost"), Some("0.002"));
+    assert_eq!(
+        seattle.header("x-meridian-cost"),
+        Some(STAND_IN_COST.to_string().as_str())
+    );
 
     // An edge that trusts no proxy ignores the header: the client is on loopback, unknown
     // to geo-IP, so the edge's own place (Frankfurt) counts.
-    let wary = TestEdge::start(world.edge_config(), key).await;
-    let ignored = wary.run_esrgan(key, Some(NEAR_SEATTLE)).await;
+    let wary = world.start_edge(world.edge_config()).await;
+    let ignored = run_esrgan(&wary, key, Some(NEAR_SEATTLE)).await;
     assert_eq!(ignored.header("x-meridian-region"), Some("eu-central"));
 
     // The agent saw the tenant and the edge's token, never the client's key.
@@ -45,7 +48,7 @@ async fn forwarded_for_from_a_trusted_proxy_picks_the_nearest_region() {
     assert_eq!(seen[0].tenant.as_deref(), Some("acme"));
     assert_eq!(
         seen[0].edge_token.as_deref(),
-        Some(crate::support::AGENT_EDGE_TOKEN)
+        Some(crate::support::AGENT_EDGE)
     );
     assert!(!seen[0].authorization);
 }
@@ -54,17 +57,17 @@ async fn forwarded_for_from_a_trusted_proxy_picks_the_nearest_region() {
 async fn failover_on_connect_failure_and_refusal_stays_inside_residency() {
     // The edge is in Frankfurt: eu-central is first for `euro`, then eu-west.
     let world = World::start(&[("eu-central", Behaviour::Down)]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("euro")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     let key = world.key("euro");
 
-    let moved = edge.run_esrgan(key, None).await;
+    let moved = run_esrgan(&edge, key, None).await;
     assert_eq!(moved.status, 200, "{}", moved.body);
     assert_eq!(moved.header("x-meridian-region"), Some("eu-west"));
 
     // eu-west now refuses: both allowed regions are out, and the request is not sent to the
     // US regions, which would take it.
     world.agent("eu-west").set_refusing(true);
-    let refused = edge.run_esrgan(key, None).await;
+    let refused = run_esrgan(&edge, key, None).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     // The last allowed region's refusal is the answer: the agent's own 503.
     assert_eq!(refused.header("x-meridian-refused"), Some("queue_full"));
@@ -77,7 +80,7 @@ async fn failover_on_connect_failure_and_refusal_stays_inside_residency() {
     // (residency: anywhere) goes to eu-west (refusing), eu-central (down), then the US.
     let mut config = world.edge_config();
     config.location = policy::Location::new(53.35, -6.26);
-    let dublin = TestEdge::start(config, world.key("acme")).await;
+    let dublin = world.start_edge(config).await;
     let posts = |region: &str| {
         world
             .agent(region)
@@ -87,12 +90,12 @@ async fn failover_on_connect_failure_and_refusal_stays_inside_residency() {
             .count()
     };
     let before = posts("eu-west");
-    let answer = dublin.run_esrgan(world.key("acme"), None).await;
+    let answer = run_esrgan(&dublin, world.key("acme"), None).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("x-meridian-region"), Some("us-east"));
     assert_eq!(posts("eu-west"), before + 1, "eu-west refused it once");
     assert_eq!(posts("us-east"), 1);
-    let metrics = dublin.metrics().await;
+    let metrics = dublin.metrics().await.unwrap();
     assert!(
         metrics.contains("meridian_edge_retries_total{reason=\"refused\"} 1"),
         "{metrics}"
@@ -108,13 +111,13 @@ async fn the_breaker_opens_after_consecutive_failures() {
     let world = World::start(&[("eu-central", Behaviour::Down)]).await;
     let mut config = world.edge_config();
     config.breaker_failures = 2;
-    let edge = TestEdge::start(config, world.key("euro")).await;
+    let edge = world.start_edge(config).await;
     let key = world.key("euro");
     for _ in 0..2 {
-        let answer = edge.run_esrgan(key, None).await;
+        let answer = run_esrgan(&edge, key, None).await;
         assert_eq!(answer.header("x-meridian-region"), Some("eu-west"));
     }
-    let metrics = edge.metrics().await;
+    let metrics = edge.metrics().await.unwrap();
     assert!(
         metrics.contains("meridian_edge_circuit_state{region=\"eu-central\"} 1"),
         "{metrics}"
@@ -124,9 +127,9 @@ async fn the_breaker_opens_after_consecutive_failures() {
         "{metrics}"
     );
     // With the circuit open, eu-central is not tried at all: no further connect retry.
-    let answer = edge.run_esrgan(key, None).await;
+    let answer = run_esrgan(&edge, key, None).await;
     assert_eq!(answer.header("x-meridian-region"), Some("eu-west"));
-    let metrics = edge.metrics().await;
+    let metrics = edge.metrics().await.unwrap();
     assert!(
         metrics.contains("meridian_edge_retries_total{reason=\"connect\"} 2"),
         "{metrics}"
@@ -138,8 +141,7 @@ async fn request_id_calls_go_to_the_region_that_holds_the_request() {
     let world = World::start(&[]).await;
     let mut config = world.edge_config();
     config.trusted_proxies = vec![cidr("127.0.0.1/32")];
-    let edge = TestEdge::start(config, world.key("acme")).await;
-    edge.wait_until_key_works(world.key("euro")).await;
+    let edge = world.start_edge(config).await;
     let queued = Answer::of(
         edge.http
             .post(format!("{}/v1/queue/{}", edge.base, crate::support::ESRGAN))
@@ -226,7 +228,7 @@ async fn a_large_body_moves_on_whole_after_a_refusal() {
     let world = World::start(&[("eu-central", Behaviour::Refuse)]).await;
     let mut config = world.edge_config();
     config.max_body_bytes = 1 << 20;
-    let edge = TestEdge::start(config, world.key("euro")).await;
+    let edge = world.start_edge(config).await;
     let key = world.key("euro");
     let image: String = (0..300 * 1024u32)
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -259,7 +261,10 @@ async fn a_large_body_moves_on_whole_after_a_refusal() {
             .unwrap()
             .starts_with("eu-west.")
     );
-    assert_eq!(answer.header("x-meridian-cost"), Some("0.002"));
+    assert_eq!(
+        answer.header("x-meridian-cost"),
+        Some(STAND_IN_COST.to_string().as_str())
+    );
     assert_eq!(last_post("eu-central").body, body.as_bytes());
     let served = last_post("eu-west");
     assert_eq!(
@@ -268,7 +273,7 @@ async fn a_large_body_moves_on_whole_after_a_refusal() {
         "the whole body reached eu-west"
     );
     assert_eq!(served.tenant.as_deref(), Some("euro"));
-    assert_eq!(served.edge_token.as_deref(), Some(AGENT_EDGE_TOKEN));
+    assert_eq!(served.edge_token.as_deref(), Some(AGENT_EDGE));
     assert!(
         !served.authorization,
         "the client's key never reaches an agent"
@@ -310,7 +315,7 @@ async fn a_large_body_moves_on_whole_after_a_refusal() {
     for region in ["us-west", "us-east", "uk-south", "jp-east"] {
         assert!(world.agent(region).seen().is_empty(), "{region} was used");
     }
-    let metrics = edge.metrics().await;
+    let metrics = edge.metrics().await.unwrap();
     assert!(
         metrics.contains("meridian_edge_retries_total{reason=\"refused\"} 4"),
         "{metrics}"

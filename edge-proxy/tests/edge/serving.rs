@@ -5,23 +5,23 @@ use std::path::PathBuf;
 
 use edge_proxy::HttpsListen;
 
-use crate::support::{Answer, TestEdge, World, client};
+use crate::support::{Answer, World, client, run_esrgan};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_serves_from_its_cached_snapshot_when_the_control_plane_is_down_at_start() {
     let mut world = World::start(&[]).await;
     let config = world.edge_config();
     let cache = config.snapshot_cache.clone();
-    let first = TestEdge::start(config.clone(), world.key("acme")).await;
+    let first = world.start_edge(config.clone()).await;
     crate::support::eventually("the snapshot is cached", || async { cache.is_file() }).await;
     first.stop().await;
     world.stop_control_plane().await;
 
-    let second = TestEdge::start(config, world.key("acme")).await;
-    let answer = second.run_esrgan(world.key("acme"), None).await;
+    let second = world.start_edge(config).await;
+    let answer = run_esrgan(&second, world.key("acme"), None).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("x-meridian-region"), Some("eu-central"));
-    let metrics = second.metrics().await;
+    let metrics = second.metrics().await.unwrap();
     assert!(
         metrics.contains("meridian_edge_snapshot_revision"),
         "{metrics}"
@@ -38,23 +38,14 @@ async fn without_control_plane_or_cache_the_edge_answers_503_not_500() {
     let base = format!("http://{}", listeners.http[0].local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(edge_proxy::run(config, listeners, shutdown.clone()));
-    let http = client();
-    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
-    let answer = loop {
-        let sent = http
-            .get(format!("{base}/v1/models"))
-            .header("authorization", format!("Key {}", world.key("acme")))
-            .send()
-            .await;
-        match sent {
-            Ok(response) => break Some(Answer::of(response).await),
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            }
-            Err(_) => break None,
-        }
-    };
-    let answer = answer.expect("the edge answers");
+    // The listener is bound before the edge runs, so the request waits in its backlog.
+    let response = client()
+        .get(format!("{base}/v1/models"))
+        .header("authorization", format!("Key {}", world.key("acme")))
+        .send()
+        .await
+        .expect("the edge answers");
+    let answer = Answer::of(response).await;
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert_eq!(answer.error_type(), "unavailable");
     shutdown.cancel();
@@ -77,7 +68,7 @@ async fn https_with_a_certificate_from_files() {
         cert,
         key,
     }];
-    let edge = TestEdge::start(config, world.key("acme")).await;
+    let edge = world.start_edge(config).await;
     let address = edge.https.unwrap();
     let tls = reqwest::Client::builder()
         .no_proxy()
@@ -105,18 +96,18 @@ async fn https_with_a_certificate_from_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_region_model_and_status() {
     let world = World::start(&[]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("acme")).await;
-    assert_eq!(edge.run_esrgan(world.key("acme"), None).await.status, 200);
-    assert_eq!(edge.run_esrgan("mk_live_wrong", None).await.status, 401);
+    let edge = world.start_edge(world.edge_config()).await;
+    assert_eq!(run_esrgan(&edge, world.key("acme"), None).await.status, 200);
+    assert_eq!(run_esrgan(&edge, "mk_live_wrong", None).await.status, 401);
     // A request is counted when pingora logs it, just after the client has its answer.
     let served = "meridian_edge_requests_total{model=\"meridian/esrgan-x4\",region=\"eu-central\",status=\"200\"} 1";
     let refused = "meridian_edge_requests_total{model=\"-\",region=\"edge\",status=\"401\"} 1";
     crate::support::eventually("both requests are counted", || async {
-        let metrics = edge.metrics().await;
+        let metrics = edge.metrics().await.unwrap();
         metrics.contains(served) && metrics.contains(refused)
     })
     .await;
-    let metrics = edge.metrics().await;
+    let metrics = edge.metrics().await.unwrap();
     assert!(
         metrics.contains("meridian_edge_request_duration_seconds_bucket"),
         "{metrics}"
@@ -131,7 +122,7 @@ async fn metrics_count_requests_by_region_model_and_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_streams_pass_through_event_by_event() {
     let world = World::start(&[]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("acme")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     let key = world.key("acme");
     let queued = Answer::of(
         edge.http
@@ -179,7 +170,7 @@ async fn status_streams_pass_through_event_by_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting_and_lets_requests_in_flight_finish() {
     let world = World::start(&[]).await;
-    let edge = TestEdge::start(world.edge_config(), world.key("acme")).await;
+    let edge = world.start_edge(world.edge_config()).await;
     let base = edge.base.clone();
     let agent = world.agent("eu-central");
     agent.hold();
@@ -225,9 +216,9 @@ async fn an_agent_that_does_not_answer_in_time_gives_504() {
     let world = World::start(&[]).await;
     let mut config = world.edge_config();
     config.read_timeout = std::time::Duration::from_millis(300);
-    let edge = TestEdge::start(config, world.key("acme")).await;
+    let edge = world.start_edge(config).await;
     world.agent("eu-central").hold();
-    let answer = edge.run_esrgan(world.key("acme"), None).await;
+    let answer = run_esrgan(&edge, world.key("acme"), None).await;
     assert_eq!(answer.status, 504, "{}", answer.body);
     assert_eq!(answer.error_type(), "timeout");
     // The job may exist: it is not sent to another region.

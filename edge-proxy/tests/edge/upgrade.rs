@@ -2,13 +2,12 @@
 //! edge's listening sockets when it gets `SIGQUIT`; the old one finishes what it holds and
 //! exits. Real processes, so the handoff of file descriptors is the real one.
 
+use crate::support::{AGENT_EDGE, Answer, ESRGAN, World, client, eventually};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
-
-use crate::support::{AGENT_EDGE_TOKEN, Answer, EDGE, ESRGAN, PATIENCE, World, client, eventually};
+use testkit::tokens::EDGE;
 
 /// A loopback port nothing listens on right now.
 fn free_port() -> u16 {
@@ -39,7 +38,7 @@ fn write_config(dir: &Path, http: u16, admin: Option<u16>, url: &str) -> std::pa
             [geoip]
             location = {{ lat = 50.11, lon = 8.68 }}
             [agents]
-            edge_token = "{AGENT_EDGE_TOKEN}"
+            edge_token = "{AGENT_EDGE}"
             "#
         ),
     )
@@ -48,19 +47,10 @@ fn write_config(dir: &Path, http: u16, admin: Option<u16>, url: &str) -> std::pa
 }
 
 /// An edge process, killed if the test ends without stopping it.
-struct EdgeProcess(Child);
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+struct EdgeProcess(tokio::process::Child);
 
 fn start_edge(config: &Path, log: &Path, upgrade: bool) -> EdgeProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_edge-proxy"));
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-proxy"));
     command.arg("--config").arg(config);
     if upgrade {
         command.arg("--upgrade");
@@ -71,6 +61,7 @@ fn start_edge(config: &Path, log: &Path, upgrade: bool) -> EdgeProcess {
         .env("MERIDIAN_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true)
         .spawn()
         .map(EdgeProcess)
         .unwrap()
@@ -79,25 +70,21 @@ fn start_edge(config: &Path, log: &Path, upgrade: bool) -> EdgeProcess {
 fn signal(edge: &EdgeProcess, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
-        .arg(edge.0.id().to_string())
+        .arg(edge.0.id().expect("a running edge").to_string())
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name} failed");
 }
 
-/// Waits for `edge` to exit, failing after [`PATIENCE`].
+/// Waits for `edge` to exit, failing after the test kit's patience.
 async fn exit_of(edge: &mut EdgeProcess, log: &Path) -> std::process::ExitStatus {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = edge.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+    let status = tokio::time::timeout(testkit::patience(), edge.0.wait()).await;
+    match status {
+        Ok(status) => status.unwrap(),
+        Err(_) => panic!(
             "the edge did not exit: {}",
             std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        ),
     }
 }
 
@@ -106,7 +93,7 @@ async fn an_upgrade_hands_the_sockets_over_without_refusing_a_connection() {
     let world = World::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let (http, admin) = (free_port(), free_port());
-    let config = write_config(dir.path(), http, Some(admin), &world.url);
+    let config = write_config(dir.path(), http, Some(admin), world.url());
     let base = format!("http://127.0.0.1:{http}");
     let key = world.key("euro").to_owned();
     let (old_log, new_log) = (dir.path().join("old.log"), dir.path().join("new.log"));
@@ -158,7 +145,7 @@ async fn an_upgrade_hands_the_sockets_over_without_refusing_a_connection() {
             let fresh = reqwest::Client::builder()
                 .no_proxy()
                 .pool_max_idle_per_host(0)
-                .timeout(PATIENCE)
+                .timeout(testkit::patience())
                 .build()
                 .unwrap();
             let mut failures = Vec::new();
@@ -186,7 +173,12 @@ async fn an_upgrade_hands_the_sockets_over_without_refusing_a_connection() {
     .await;
 
     let mut new = start_edge(&config, &new_log, true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new edge is ready for the handoff once it listens on the upgrade socket.
+    let socket = dir.path().join("upgrade.sock");
+    eventually("the new edge waits on the upgrade socket", || async {
+        socket.exists()
+    })
+    .await;
     signal(&old, "QUIT");
     let log = || std::fs::read_to_string(&new_log).unwrap_or_default();
     eventually("the new edge took the sockets", || async {

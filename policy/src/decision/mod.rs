@@ -1,4 +1,4 @@
-//! The route decision (DESIGN.md §3): for one request, the ordered regions to try and, for
+//! The route decision (docs/design.md §3): for one request, the ordered regions to try and, for
 //! every other region, why not.
 //!
 //! 1. **Filter**: the region serves the model; lies inside the tenant's residency and the
@@ -96,7 +96,7 @@ pub enum RouteError {
 }
 
 impl RouteError {
-    /// The HTTP status the edge answers with (DESIGN.md §4).
+    /// The HTTP status the edge answers with (docs/design.md §4).
     pub fn http_status(&self) -> u16 {
         match self {
             RouteError::UnknownTenant(_) => 401,

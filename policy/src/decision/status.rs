@@ -58,7 +58,7 @@ pub struct RegionStatus {
     pub on_demand_startable: u32,
     /// Time to start an on-demand slot, ms; `None` uses the routing default.
     pub on_demand_start_ms: Option<f64>,
-    /// Requests this edge sent to the region since its last report (DESIGN.md §3 step 5).
+    /// Requests this edge sent to the region since its last report (docs/design.md §3 step 5).
     pub in_flight: u32,
     /// Per model, by catalog model index; `None` where the agent reported nothing.
     pub models: Vec<Option<ModelLoad>>,

@@ -4,10 +4,10 @@ use std::collections::HashSet;
 
 use super::{Names, Report, known_jurisdiction};
 use crate::catalog::{Model, ModelKind, Pool, PoolTotals, PricingUnit, Region};
-use contract::ids::{ModelId, PoolId, RegionId};
 use crate::location::UnitVector;
 use crate::sets::IndexSet;
 use crate::spec::{ModelSpec, PoolSpec, RegionSpec};
+use contract::ids::{ModelId, PoolId, RegionId};
 
 pub(super) fn check_region(
     i: usize,

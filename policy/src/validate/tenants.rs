@@ -3,10 +3,10 @@
 use super::regions::region_set;
 use super::{Names, Report, known_jurisdiction};
 use crate::catalog::{Model, Quotas, Region, Residency, Tenant};
-use contract::ids::TenantId;
 use crate::quota::{MonthlyBudget, RateLimit, RateLimiter};
 use crate::sets::IndexSet;
 use crate::spec::{QuotaSpec, ResidencySpec, TenantSpec};
+use contract::ids::TenantId;
 
 pub(super) fn check_tenant(
     i: usize,

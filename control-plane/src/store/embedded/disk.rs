@@ -48,6 +48,8 @@ struct DiskCore {
     /// The entries after the snapshot, contiguous.
     entries: Vec<Entry>,
     log: File,
+    /// Bytes in the log file.
+    log_bytes: u64,
     _lock: File,
 }
 
@@ -80,7 +82,7 @@ impl RaftDisk {
         // A snapshot only holds committed entries; the commit index itself is not fsynced on
         // every change (raft recovers it), so never let it lag behind the snapshot.
         hard_state.commit = hard_state.commit.max(meta.index);
-        let (entries, log) = load_log(dir, meta.index)?;
+        let (entries, log, log_bytes) = load_log(dir, meta.index)?;
         let core = DiskCore {
             dir: dir.to_owned(),
             hard_state,
@@ -88,6 +90,7 @@ impl RaftDisk {
             snapshot,
             entries,
             log,
+            log_bytes,
             _lock: lock,
         };
         Ok(Self {
@@ -103,6 +106,11 @@ impl RaftDisk {
     pub fn snapshot_data(&self) -> (u64, Vec<u8>) {
         let core = self.core();
         (core.snapshot_index(), core.snapshot.data.clone())
+    }
+
+    /// Bytes in the log since the latest snapshot (the log holds only what came after it).
+    pub fn log_bytes(&self) -> u64 {
+        self.core().log_bytes
     }
 
     /// Appends entries (replacing any suffix they overlap) and fsyncs them.
@@ -121,6 +129,7 @@ impl RaftDisk {
         core.log
             .sync_data()
             .map_err(|e| io_error("fsync", &core.dir.join(LOG_FILE), &e))?;
+        core.log_bytes += buffer.len() as u64;
         let keep = usize::try_from(first.index.saturating_sub(core.snapshot_index() + 1))
             .unwrap_or(usize::MAX);
         core.entries.truncate(keep);
@@ -179,6 +188,7 @@ impl RaftDisk {
         }
         write_atomic(&core.dir, LOG_FILE, &buffer)?;
         core.log = open_log(&core.dir)?;
+        core.log_bytes = buffer.len() as u64;
         core.entries = remaining;
         core.snapshot = snapshot;
         Ok(())
@@ -296,7 +306,7 @@ fn acquire_lock(dir: &Path, wait: Duration) -> Result<File> {
 }
 
 /// Reads the log's valid records, cuts off a torn tail, and opens it for appending.
-fn load_log(dir: &Path, snapshot_index: u64) -> Result<(Vec<Entry>, File)> {
+fn load_log(dir: &Path, snapshot_index: u64) -> Result<(Vec<Entry>, File, u64)> {
     let path = dir.join(LOG_FILE);
     let bytes = read_file(&path)?.unwrap_or_default();
     let mut entries: Vec<Entry> = Vec::new();
@@ -328,7 +338,7 @@ fn load_log(dir: &Path, snapshot_index: u64) -> Result<(Vec<Entry>, File)> {
             .map_err(|e| io_error("truncate", &path, &e))?;
         log.sync_all().map_err(|e| io_error("fsync", &path, &e))?;
     }
-    Ok((entries, log))
+    Ok((entries, log, offset as u64))
 }
 
 fn open_log(dir: &Path) -> Result<File> {

@@ -34,6 +34,10 @@ pub struct EmbeddedConfig {
     /// Snapshot the key space (and drop the log before it) every this many log entries.
     /// Default 10 000.
     pub snapshot_every: u64,
+    /// ... or as soon as the log holds this many bytes, whichever comes first, so large
+    /// writes (usage batches) do not let the log, and the memory holding it, grow long.
+    /// Default 16 MiB.
+    pub snapshot_log_bytes: u64,
     /// How long opening waits for a previous handle on the same directory to let go of it.
     /// Default 5 s.
     pub lock_wait: Duration,
@@ -45,6 +49,7 @@ impl EmbeddedConfig {
         Self {
             data_dir: data_dir.into(),
             snapshot_every: 10_000,
+            snapshot_log_bytes: 16 << 20,
             lock_wait: Duration::from_secs(5),
         }
     }
@@ -84,7 +89,8 @@ impl EmbeddedStore {
         let disk = tokio::task::spawn_blocking(move || RaftDisk::open(&dir, lock_wait))
             .await
             .map_err(|e| StoreError::Unavailable(format!("open the data directory: {e}")))??;
-        let (node, keyspace, applied) = Node::start(disk, config.snapshot_every).await?;
+        let (node, keyspace, applied) =
+            Node::start(disk, config.snapshot_every, config.snapshot_log_bytes).await?;
         let (requests, inbox) = mpsc::channel(REQUEST_QUEUE);
         tokio::spawn(node.run(inbox));
         Ok(Self {

@@ -55,6 +55,7 @@ pub(super) struct Node {
     applied_index: u64,
     snapshot_index: u64,
     snapshot_every: u64,
+    snapshot_log_bytes: u64,
 }
 
 impl Node {
@@ -63,6 +64,7 @@ impl Node {
     pub(super) async fn start(
         disk: RaftDisk,
         snapshot_every: u64,
+        snapshot_log_bytes: u64,
     ) -> Result<(Self, Arc<RwLock<KeySpace>>, watch::Receiver<Revision>)> {
         let (snapshot_index, data) = disk.snapshot_data();
         let keyspace = if data.is_empty() {
@@ -99,6 +101,7 @@ impl Node {
             applied_index: snapshot_index,
             snapshot_index,
             snapshot_every: snapshot_every.max(1),
+            snapshot_log_bytes: snapshot_log_bytes.max(1),
         };
         node.become_leader().await?;
         Ok((node, keyspace, applied_rx))
@@ -322,7 +325,10 @@ impl Node {
     }
 
     async fn maybe_snapshot(&mut self) -> Result<()> {
-        if self.applied_index < self.snapshot_index + self.snapshot_every {
+        let long = self.applied_index >= self.snapshot_index + self.snapshot_every;
+        let large = self.applied_index > self.snapshot_index
+            && self.disk.log_bytes() >= self.snapshot_log_bytes;
+        if !(long || large) {
             return Ok(());
         }
         let data = postcard::to_stdvec(&*self.read_keyspace())

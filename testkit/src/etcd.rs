@@ -1,6 +1,5 @@
-//! A real etcd server started on this machine for tests and local runs: Debian's `etcd`
-//! (installed by scripts/bootstrap) on free loopback ports with a data directory the caller
-//! owns; killed when dropped.
+//! A real etcd server for tests: Debian's `etcd` (installed by scripts/bootstrap) on free
+//! loopback ports with a temporary data directory; killed when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -92,6 +91,39 @@ impl LocalEtcd {
                     return Err(log.join("\n"));
                 }
             }
+        }
+    }
+}
+
+/// A real etcd with its own temporary data directory, started for one test.
+pub struct Etcd {
+    server: LocalEtcd,
+    _data: tempfile::TempDir,
+    /// The client URL.
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it serves clients. Panics (failing the test) when it
+    /// cannot: tests that need etcd never skip.
+    pub async fn start() -> Self {
+        tokio::task::spawn_blocking(|| {
+            let data = tempfile::tempdir().expect("a temporary directory");
+            let server = LocalEtcd::start(data.path()).unwrap_or_else(|log| panic!("{log}"));
+            Self {
+                endpoint: server.endpoint.clone(),
+                server,
+                _data: data,
+            }
+        })
+        .await
+        .expect("etcd start task")
+    }
+
+    /// The store configuration that reaches it.
+    pub fn store_config(&self) -> control_plane::store::StoreConfig {
+        control_plane::store::StoreConfig::Etcd {
+            endpoints: vec![self.server.endpoint.clone()],
         }
     }
 }

@@ -1,7 +1,8 @@
-//! A test stand-in for a region agent: an HTTP server that follows region-agent/API.md as
-//! far as the edge needs — accept jobs, refuse them with `503` + `x-meridian-refused`, be
-//! down, hold answers back until released, stream statuses, and show a request only to the
-//! tenant that created it. The real agent is used in the end-to-end suite.
+//! A stand-in for a region agent, for testing the edge alone: an HTTP server that follows
+//! region-agent/API.md as far as the edge needs — accept jobs, refuse them with `503` +
+//! `x-meridian-refused`, be down, hold answers back until released, stream statuses, and
+//! show a request only to the tenant that created it. It speaks the contract's headers and
+//! ids. The real agent is used in the end-to-end suite.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::support::AGENT_EDGE_TOKEN;
+use contract::{ErrorBody, Nanos, Refusal, headers};
+
+use crate::tokens::AGENT_EDGE;
 
 /// How a stand-in agent answers job submissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,21 +40,27 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-/// A test stand-in for a region agent.
-pub struct TestAgent {
+/// What the stand-in charges for every job it runs.
+pub const STAND_IN_COST: Nanos = Nanos(2_000_000);
+
+/// A stand-in for a region agent.
+pub struct StandInAgent {
     pub endpoint: String,
     refuse: Arc<AtomicBool>,
-    /// While set, job submissions wait for [`TestAgent::release`] before answering.
+    /// While set, job submissions wait for [`StandInAgent::release`] before answering.
     hold: Arc<AtomicBool>,
     gate: Arc<tokio::sync::Semaphore>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: Option<JoinHandle<()>>,
 }
 
-impl TestAgent {
+impl StandInAgent {
+    /// Starts the stand-in of `region` on a free loopback port.
     pub async fn start(region: &str, behaviour: Behaviour) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("a bound address");
         let refuse = Arc::new(AtomicBool::new(behaviour == Behaviour::Refuse));
         let hold = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -91,10 +100,13 @@ impl TestAgent {
 
     /// Every call this agent received, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    /// Makes job submissions and status streams wait for [`TestAgent::release`].
+    /// Makes job submissions and status streams wait for [`StandInAgent::release`].
     pub fn hold(&self) {
         self.hold.store(true, Ordering::SeqCst);
     }
@@ -110,7 +122,7 @@ impl TestAgent {
     }
 }
 
-impl Drop for TestAgent {
+impl Drop for StandInAgent {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
@@ -132,8 +144,10 @@ struct AgentState {
 impl AgentState {
     /// Waits for a release while the agent is held.
     async fn wait_if_held(&self) {
-        if self.hold.load(Ordering::SeqCst) {
-            self.gate.acquire().await.unwrap().forget();
+        if self.hold.load(Ordering::SeqCst)
+            && let Ok(permit) = self.gate.acquire().await
+        {
+            permit.forget();
         }
     }
 
@@ -150,29 +164,32 @@ impl AgentState {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let tenant = header("x-meridian-tenant");
-        self.seen.lock().unwrap().push(Seen {
+        let tenant = header(headers::TENANT);
+        lock(&self.seen).push(Seen {
             method: method.to_string(),
             path: uri.path().to_owned(),
             tenant: tenant.clone(),
-            edge_token: header("x-meridian-edge-token"),
+            edge_token: header(headers::EDGE_TOKEN),
             authorization: headers.contains_key("authorization"),
             body: body.clone(),
         });
-        if header("x-meridian-edge-token").as_deref() != Some(AGENT_EDGE_TOKEN) {
+        if header(headers::EDGE_TOKEN).as_deref() != Some(AGENT_EDGE) {
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
         let Some(tenant) = tenant else {
             return error(StatusCode::BAD_REQUEST, "bad_request");
         };
         let path = uri.path();
-        let region = [("x-meridian-region", self.region.clone())];
+        let region = [(headers::REGION, self.region.clone())];
         if *method == Method::POST {
             if self.refuse.load(Ordering::SeqCst) {
+                let refusal = Refusal::QueueFull;
+                let body =
+                    ErrorBody::new("refused", refusal.message()).with_reason(refusal.reason());
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    [("x-meridian-refused", "queue_full")],
-                    json!({"error": {"type": "queue_full", "message": "queue full"}}).to_string(),
+                    [(headers::REFUSED, refusal.reason())],
+                    body.to_json(),
                 )
                     .into_response();
             }
@@ -182,7 +199,7 @@ impl AgentState {
                 self.next.fetch_add(1, Ordering::SeqCst)
             );
             self.wait_if_held().await;
-            self.jobs.lock().unwrap().insert(id.clone(), tenant.clone());
+            lock(&self.jobs).insert(id.clone(), tenant.clone());
             let body = json!({"request_id": id, "region": self.region, "tenant": tenant});
             let status = if path.starts_with("/v1/queue/") {
                 StatusCode::ACCEPTED
@@ -192,8 +209,8 @@ impl AgentState {
             return (
                 status,
                 [
-                    ("x-request-id", id.clone()),
-                    ("x-meridian-cost", "0.002".to_owned()),
+                    (headers::REQUEST_ID, id.clone()),
+                    (headers::COST, STAND_IN_COST.to_string()),
                 ],
                 region,
                 body.to_string(),
@@ -205,7 +222,7 @@ impl AgentState {
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_default()
             .to_owned();
-        if self.jobs.lock().unwrap().get(&id) != Some(&tenant) {
+        if lock(&self.jobs).get(&id) != Some(&tenant) {
             return error(StatusCode::NOT_FOUND, "not_found");
         }
         if header("accept").as_deref() == Some("text/event-stream") {
@@ -214,7 +231,7 @@ impl AgentState {
         let body = json!({"request_id": id, "region": self.region, "status": "COMPLETED"});
         (
             StatusCode::OK,
-            [("x-request-id", id)],
+            [(headers::REQUEST_ID, id)],
             region,
             body.to_string(),
         )
@@ -261,9 +278,11 @@ impl futures_core::Stream for ReceiverStream {
 }
 
 fn error(status: StatusCode, kind: &str) -> Response {
-    (
-        status,
-        json!({"error": {"type": kind, "message": kind}}).to_string(),
-    )
-        .into_response()
+    (status, ErrorBody::new(kind, kind).to_json()).into_response()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
