@@ -3,13 +3,12 @@
 //! `max_batch = 8` (stacked into one `[8, 3, 48, 48]` pass). Includes queueing, persistence
 //! (fsync) and PNG encoding, as a client of the agent sees it. One CPU slot.
 //!
-//! Weights are fetched with `scripts/fetch-models` (into `$MERIDIAN_MODELS_DIR`, else a cache
-//! under the target dir) when not present.
+//! Weights are fetched once with `scripts/fetch-models` by the test kit
+//! (`testkit::weights`: into `$MERIDIAN_MODELS_DIR`, else a cache under the target dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,18 +28,7 @@ use serde_json::{Value, json};
 const JOBS: usize = 8;
 
 fn models_dir() -> PathBuf {
-    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-    let mut command = Command::new("bash");
-    command.arg(&script).arg(&target);
-    if let Some(converter) = option_env!("CARGO_BIN_EXE_convert-tfjs") {
-        command.env("MERIDIAN_CONVERT_TFJS", converter);
-    }
-    let status = command.status().expect("run scripts/fetch-models");
-    assert!(status.success(), "scripts/fetch-models failed (needs npm)");
-    target.join("esrgan-slim")
+    testkit::weights::esrgan_slim()
 }
 
 fn input() -> Value {

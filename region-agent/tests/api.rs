@@ -7,7 +7,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use region_agent::serving::Model;
 use region_agent::serving::test_model::{Gate, TestModel};
@@ -369,9 +368,8 @@ async fn status_stream_cancel_and_sync_run() {
     );
     gate.open();
     let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(support::PATIENCE, stream.chunk())
+    while let Some(chunk) = support::within("the next event", stream.chunk())
         .await
-        .unwrap()
         .unwrap()
     {
         text.push_str(&String::from_utf8_lossy(&chunk));
@@ -429,14 +427,10 @@ async fn shutdown_drains_refuses_new_jobs_and_results_survive_a_restart() {
         .await;
 
     agent.shutdown.cancel();
-    let began = std::time::Instant::now();
-    while agent.get("/healthz").await.0 != 503 {
-        assert!(
-            began.elapsed() < support::PATIENCE,
-            "healthz never said draining"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::eventually("healthz says draining", || async {
+        agent.get("/healthz").await.0 == 503
+    })
+    .await;
     let refused = agent
         .call(Method::POST, "/v1/queue/test/echo")
         .json(&json!({"input": {"text": "late"}}))

@@ -8,14 +8,13 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use image::{ImageFormat, RgbImage};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::{EDGE_TOKEN, ONE_SLOT, PATIENCE, catalog_toml, models_dir};
+use support::{EDGE_TOKEN, ONE_SLOT, catalog_toml, eventually, models_dir, patience};
 
 const BIN: &str = env!("CARGO_BIN_EXE_region-agent");
 
@@ -211,7 +210,7 @@ async fn sigterm_drains_queued_work_and_exits_cleanly() {
     });
     let mut log = Vec::new();
     let address = loop {
-        let line = match rx.recv_timeout(PATIENCE) {
+        let line = match rx.recv_timeout(patience()) {
             Ok(line) => strip_ansi(&line),
             Err(e) => panic!("no address logged ({e}); log:\n{}", log.join("\n")),
         };
@@ -248,17 +247,13 @@ async fn sigterm_drains_queued_work_and_exits_cleanly() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the agent did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut exited = None;
+    eventually("the agent exits after SIGTERM", || {
+        exited = child.try_wait().unwrap();
+        std::future::ready(exited.is_some())
+    })
+    .await;
+    let status = exited.unwrap();
     std::mem::forget(guard);
     log.extend(rx.try_iter().map(|l| strip_ansi(&l)));
     assert!(

@@ -9,25 +9,20 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use contract::Nanos;
-use control_plane::InProcess;
-use control_plane::api::ApiSettings;
-use control_plane::store::StoreConfig;
 use control_plane_client::wire::{AgentReport, Reservation};
 use control_plane_client::{ControlPlane, RecordQuery, UsageQuery};
 use policy::{CatalogSpec, ModelSpec, RegionSpec};
 use region_agent::serving::test_model::{Gate, TestModel};
 use reqwest::Method;
 use serde_json::json;
+use testkit::tokens::AGENT;
+use testkit::{Backend, TestControlPlane, eventually};
 
-use support::{Agent, PATIENCE, config};
-
-const ADMIN: &str = "admin-token-0123456789";
-const EDGE: &str = "edge-token-cp-0123456789";
-const AGENT: &str = "agent-token-0123456789";
+use support::{Agent, config};
 
 const SEED: &str = r#"
     [[jurisdictions]]
@@ -63,40 +58,41 @@ const SEED: &str = r#"
     residency = "any"
 "#;
 
-/// The control plane on an embedded store in a temporary directory.
-struct ControlPlaneUnderTest {
-    server: InProcess,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_control_plane() -> ControlPlaneUnderTest {
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiSettings {
-        agent_lease_ttl: Duration::from_secs(3),
-        max_poll_wait: Duration::from_secs(5),
-        spend_refresh: Duration::from_millis(200),
-        ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
-    };
-    let seed = CatalogSpec::from_toml(SEED).unwrap();
-    let server = InProcess::start(api, StoreConfig::embedded(dir.path()), Some(seed))
+/// The control plane on an embedded store, with short leases.
+async fn start_control_plane() -> TestControlPlane {
+    TestControlPlane::builder(Backend::Embedded)
+        .seed(CatalogSpec::from_toml(SEED).unwrap())
+        .settings(|api| {
+            api.agent_lease_ttl = Duration::from_secs(3);
+            api.max_poll_wait = Duration::from_secs(5);
+            api.spend_refresh = Duration::from_millis(200);
+        })
+        .start()
         .await
-        .unwrap();
-    ControlPlaneUnderTest { server, _dir: dir }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+/// Waits until `probe` gives a value, and returns it.
+async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
+    let found = Mutex::new(None);
+    eventually(what, || {
+        let value = probe();
+        let found = &found;
+        async move {
+            let value = value.await;
+            let got = value.is_some();
+            *found.lock().unwrap() = value;
+            got
         }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    found
+        .into_inner()
+        .unwrap()
+        .expect("a value once the condition holds")
 }
 
 /// The agent's report as the edges see it.
@@ -130,11 +126,11 @@ fn now_ms() -> i64 {
     i64::try_from(now.unwrap().as_millis()).unwrap()
 }
 
-async fn start_agent(cp: &ControlPlaneUnderTest, dir: &std::path::Path, slow: &Gate) -> Agent {
+async fn start_agent(cp: &TestControlPlane, dir: &std::path::Path, slow: &Gate) -> Agent {
     let extra = format!(
         "[control_plane]\nurl = \"{}\"\nagent_token = \"{AGENT}\"\nheartbeat_interval_ms = 100\n\
          usage_interval_ms = 100\n",
-        cp.server.url
+        cp.url
     );
     let models = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\n\n\
                   [[models]]\nid = \"test/slow\"\nweights_dir = \"unused\"\n";
@@ -149,9 +145,8 @@ async fn start_agent(cp: &ControlPlaneUnderTest, dir: &std::path::Path, slow: &G
 
 #[tokio::test]
 async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
-    let cp = start_control_plane().await;
-    let edge = ControlPlane::new(&cp.server.url, EDGE, Duration::from_secs(10)).unwrap();
-    let admin = ControlPlane::new(&cp.server.url, ADMIN, Duration::from_secs(10)).unwrap();
+    let mut cp = start_control_plane().await;
+    let (edge, admin) = (cp.edge(), cp.admin());
     let dir = tempfile::tempdir().unwrap();
     let slow_gate = Gate::closed();
     let mut agent = start_agent(&cp, dir.path(), &slow_gate).await;
@@ -169,7 +164,7 @@ async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
         .unwrap();
 
     // The edge sees the region with the agent's report and the catalog it runs with.
-    let first = eventually("the agent reports its catalog", || async {
+    let first = until("the agent reports its catalog", || async {
         report(&edge).await.filter(|r| r.catalog_revision.is_some())
     })
     .await;
@@ -207,13 +202,13 @@ async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
         .put("models", "test/echo", &model.record, Some(model.revision))
         .await
         .unwrap();
-    let changed = eventually("the reservation's GPUs are slots", || async {
+    let changed = until("the reservation's GPUs are slots", || async {
         report(&edge)
             .await
             .filter(|r| r.free_reserved == 2 && r.catalog_revision > first.catalog_revision)
     })
     .await;
-    let repriced = eventually("the new price is in force", || async {
+    let repriced = until("the new price is in force", || async {
         let cost = run(&agent, "globex", "after").await;
         (cost == Nanos(500_000_000)).then_some(cost)
     })
@@ -229,7 +224,7 @@ async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
     // The control plane's totals equal the headers, and the per-job records it reads from
     // the region, to the billionth.
     let charged: Nanos = costs.iter().copied().sum();
-    let usage = eventually("usage is delivered", || async {
+    let usage = until("usage is delivered", || async {
         let query = UsageQuery {
             region: Some("eu-west".into()),
             ..UsageQuery::default()
@@ -268,7 +263,7 @@ async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
         .await;
     agent.wait_status(&last, "IN_PROGRESS").await;
     agent.shutdown.cancel();
-    eventually("the agent reports draining", || async {
+    until("the agent reports draining", || async {
         report(&edge).await.filter(|r| r.draining)
     })
     .await;
@@ -292,5 +287,5 @@ async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
         ),
         "the last job's usage was flushed before the agent stopped"
     );
-    cp.server.stop().await.unwrap();
+    cp.stop().await;
 }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use control_plane_client::wire::AgentCatalog;
 use policy::{Location, ModelSpec, PoolSpec, RegionSpec};
@@ -12,8 +12,6 @@ use serde_json::json;
 use super::*;
 use crate::config::{AgentConfig, Capacity};
 use crate::serving::test_model::{Gate, TestModel};
-
-pub(super) const PATIENCE: Duration = Duration::from_secs(30);
 
 pub(super) fn config(dir: &std::path::Path, extra_model: &str) -> AgentConfig {
     AgentConfig::from_toml(&format!(
@@ -125,19 +123,17 @@ async fn submit_grouped(s: &Scheduler, text: &str, group: &str) -> JobRecord {
 /// Waits until job `id` reaches `state`.
 pub(super) async fn wait_state(s: &Scheduler, id: &str, state: JobState) -> JobRecord {
     let mut rx = s.watch("acme", id).unwrap();
-    tokio::time::timeout(PATIENCE, rx.wait_for(|r| r.state == state))
-        .await
-        .unwrap_or_else(|_| panic!("job {id} never reached {state:?}"))
-        .unwrap()
-        .clone()
+    testkit::within(
+        &format!("job {id} to reach {state:?}"),
+        rx.wait_for(|r| r.state == state),
+    )
+    .await
+    .unwrap()
+    .clone()
 }
 
 pub(super) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::eventually(what, || std::future::ready(condition())).await;
 }
 
 #[tokio::test]
@@ -398,8 +394,10 @@ async fn expired_results_are_swept() {
     let s = start(&cfg, vec![TestModel::new("test/echo")]);
     let job = submit(&s, "a", Priority::Normal).await;
     wait_state(&s, &job.id, JobState::Completed).await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(s.sweep_expired().await, 1);
+    testkit::eventually("the result expires and is swept", || async {
+        s.sweep_expired().await == 1
+    })
+    .await;
     assert!(s.get("acme", &job.id).is_none());
     assert!(!dir.path().join("jobs").join(&job.id).exists());
     s.stop().await;

