@@ -48,45 +48,10 @@ pub async fn run_with_models(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let hardware = tokio::task::spawn_blocking(Hardware::discover)
-        .await
-        .context("discover GPUs")?;
-    let scheduler = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Scheduler::start(&config, models, hardware))
-            .await
-            .context("start the scheduler")??
-    };
-    let link = match config.control_plane() {
-        Some(cp) => Some(Arc::new(
-            Link::new(cp, config.data_dir.clone(), scheduler.clone())
-                .context("create the control-plane client")?,
-        )),
-        None => None,
-    };
+    let (scheduler, link) = start_scheduler(&config, models).await?;
     first_catalog(&config, &scheduler, link.as_deref()).await?;
-    let tokens = Tokens {
-        edge: config.edge_token.clone(),
-        agent: config.control_plane().map(|cp| cp.agent_token.clone()),
-    };
-    let state = AppState::new(
-        scheduler.clone(),
-        tokens,
-        config.sync_timeout,
-        config.max_body_bytes,
-    );
-    let app = api::router(state);
-    let address = listener
-        .local_addr()
-        .context("read the listening address")?;
     let http_stop = CancellationToken::new();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
-    tracing::info!(%address, region = %config.region, "region agent serving");
-
+    let server = serve_http(&config, &scheduler, listener, http_stop.clone())?;
     let link_stop = CancellationToken::new();
     let link_task = link.clone().map(|link| {
         let stop = link_stop.clone();
@@ -95,11 +60,8 @@ pub async fn run_with_models(
     if link.is_none() {
         tracing::info!("no control plane configured; serving alone");
     }
-    let sweeper = tokio::spawn(sweep(
-        scheduler.clone(),
-        Retention::of(&config),
-        http_stop.clone(),
-    ));
+    let retention = Retention::of(&config);
+    let sweeper = tokio::spawn(sweep(scheduler.clone(), retention, http_stop.clone()));
 
     shutdown.cancelled().await;
     drain(&scheduler, link.as_deref(), config.drain_timeout).await;
@@ -118,6 +80,60 @@ pub async fn run_with_models(
     }
     tracing::info!("region agent stopped");
     Ok(())
+}
+
+/// Discovers the GPUs, starts the scheduler (restoring jobs) and, with a control plane, its
+/// link.
+async fn start_scheduler(
+    config: &AgentConfig,
+    models: Vec<Arc<dyn Model>>,
+) -> anyhow::Result<(Scheduler, Option<Arc<Link>>)> {
+    let hardware = tokio::task::spawn_blocking(Hardware::discover)
+        .await
+        .context("discover GPUs")?;
+    let scheduler = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Scheduler::start(&config, models, hardware))
+            .await
+            .context("start the scheduler")??
+    };
+    let link = match config.control_plane() {
+        Some(cp) => Some(Arc::new(
+            Link::new(cp, config.data_dir.clone(), scheduler.clone())
+                .context("create the control-plane client")?,
+        )),
+        None => None,
+    };
+    Ok((scheduler, link))
+}
+
+/// Serves the API on `listener` until `stop`.
+fn serve_http(
+    config: &AgentConfig,
+    scheduler: &Scheduler,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let tokens = Tokens {
+        edge: config.edge_token.clone(),
+        agent: config.control_plane().map(|cp| cp.agent_token.clone()),
+    };
+    let state = AppState::new(
+        scheduler.clone(),
+        tokens,
+        config.sync_timeout,
+        config.max_body_bytes,
+    );
+    let address = listener
+        .local_addr()
+        .context("read the listening address")?;
+    let server = tokio::spawn(
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(%address, region = %config.region, "region agent serving");
+    Ok(server)
 }
 
 /// Refuses new work, tells the control plane at once, and waits for the work to finish.

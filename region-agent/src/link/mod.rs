@@ -32,6 +32,8 @@ pub struct Link {
     usage_interval: Duration,
     /// The last catalog problem logged, so a problem that lasts is logged once.
     last_catalog_problem: Mutex<Option<String>>,
+    /// The last usage delivery problem logged, likewise.
+    last_usage_problem: Mutex<Option<String>>,
 }
 
 impl Link {
@@ -50,6 +52,7 @@ impl Link {
             heartbeat: config.heartbeat_interval,
             usage_interval: config.usage_interval,
             last_catalog_problem: Mutex::new(None),
+            last_usage_problem: Mutex::new(None),
         })
     }
 
@@ -65,11 +68,7 @@ impl Link {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = beats.tick() => registered = self.beat(registered).await,
-                _ = usage.tick() => {
-                    if let Err(e) = self.flush_usage(ROUND_BATCHES).await {
-                        tracing::debug!(error = %e, "usage not delivered yet; kept on disk");
-                    }
-                }
+                _ = usage.tick() => self.deliver_usage().await,
             }
         }
         self.beat(registered).await;
@@ -173,6 +172,27 @@ impl Link {
             tracing::error!(error = %problem, revision = ?self.scheduler.catalog_revision(), "no newer catalog; serving on with the copy in force");
             *last = Some(problem);
         }
+    }
+
+    /// One round of usage batches; a delivery problem is logged once while it lasts.
+    async fn deliver_usage(&self) {
+        let problem = self
+            .flush_usage(ROUND_BATCHES)
+            .await
+            .err()
+            .map(|e| format!("{e:#}"));
+        let mut last = self
+            .last_usage_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &problem {
+            Some(p) if last.as_deref() != Some(p.as_str()) => {
+                tracing::warn!(error = %p, "usage not delivered yet; kept on disk and sent again");
+            }
+            None if last.is_some() => tracing::info!("usage delivered again"),
+            _ => {}
+        }
+        *last = problem;
     }
 
     /// Sends up to `batches` usage batches, each until its receipt; returns how many were

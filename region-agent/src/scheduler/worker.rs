@@ -104,38 +104,7 @@ fn run_batch(
     let ids: Vec<String> = batch.iter().map(|job| job.id.clone()).collect();
     let units: Vec<f64> = batch.iter().map(|job| job.input.units).collect();
     let records: Vec<Option<JobRecord>> = ids.iter().map(|id| mark_started(shared, id)).collect();
-    let results = match ensure_loaded(shared, lane, loaded) {
-        Ok(model) => {
-            let started = Instant::now();
-            let inputs = batch.into_iter().map(|job| job.input).collect();
-            let results = model.run(inputs);
-            let elapsed = started.elapsed();
-            record_timing(lane, elapsed, &units);
-            shared.metrics.batch(
-                lane.config.id.as_str(),
-                ids.len(),
-                lease.capacity,
-                elapsed.as_secs_f64(),
-                lease.price_per_hour,
-            );
-            if elapsed > lane.config.timeout {
-                let error = timeout_error(lane.config.timeout);
-                Outcome::Failed(error).repeat(ids.len(), elapsed)
-            } else {
-                results
-                    .into_iter()
-                    .map(|r| (Outcome::from(r), elapsed))
-                    .collect()
-            }
-        }
-        Err(e) => {
-            let error = JobError {
-                kind: "model_error".into(),
-                message: format!("load the model: {e}"),
-            };
-            Outcome::Failed(error).repeat(ids.len(), Duration::ZERO)
-        }
-    };
+    let results = run_on_model(shared, lane, loaded, batch, lease);
     let total_units: f64 = units.iter().sum();
     for (i, record) in records.into_iter().enumerate() {
         let Some(record) = record else { continue };
@@ -146,6 +115,7 @@ fn run_batch(
             };
             (Outcome::Failed(error), Duration::ZERO)
         });
+        // The batch's slot time, shared by units (equally when no job has any).
         let share = if total_units > 0.0 {
             units[i] / total_units
         } else {
@@ -160,6 +130,45 @@ fn run_batch(
     }
     let mut state = lane.lock();
     state.running -= ids.len();
+}
+
+/// Loads the model if needed and runs the batch: one outcome per job, with the batch's run
+/// time; all failed (and timed) when the model cannot be loaded or the batch overran.
+fn run_on_model(
+    shared: &Shared,
+    lane: &Lane,
+    loaded: &mut Option<Box<dyn LoadedModel>>,
+    batch: Vec<Queued>,
+    lease: &SlotLease,
+) -> Vec<(Outcome, Duration)> {
+    let jobs = batch.len();
+    let model = match ensure_loaded(shared, lane, loaded) {
+        Ok(model) => model,
+        Err(e) => {
+            let error = JobError {
+                kind: "model_error".into(),
+                message: format!("load the model: {e}"),
+            };
+            return Outcome::Failed(error).repeat(jobs, Duration::ZERO);
+        }
+    };
+    let units: Vec<f64> = batch.iter().map(|job| job.input.units).collect();
+    let started = Instant::now();
+    let results = model.run(batch.into_iter().map(|job| job.input).collect());
+    let elapsed = started.elapsed();
+    record_timing(lane, elapsed, &units);
+    let seconds = elapsed.as_secs_f64();
+    let id = lane.config.id.as_str();
+    shared
+        .metrics
+        .batch(id, jobs, lease.capacity, seconds, lease.price_per_hour);
+    if elapsed > lane.config.timeout {
+        return Outcome::Failed(timeout_error(lane.config.timeout)).repeat(jobs, elapsed);
+    }
+    results
+        .into_iter()
+        .map(|r| (Outcome::from(r), elapsed))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
