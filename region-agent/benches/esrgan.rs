@@ -1,13 +1,12 @@
 //! ESRGAN-slim on CPU with the real weights: ×2 and ×4 on a 128×128 input, and the cold start
 //! (memory-map the safetensors file and build the network).
 //!
-//! Weights are fetched with `scripts/fetch-models` (into `$MERIDIAN_MODELS_DIR`, else a cache
-//! under the target dir) when not present.
+//! Weights are fetched once with `scripts/fetch-models` by the test kit
+//! (`testkit::weights`: into `$MERIDIAN_MODELS_DIR`, else a cache under the target dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use candle_core::Device;
@@ -16,19 +15,7 @@ use image::{Rgb, RgbImage};
 use region_agent::models::esrgan::Esrgan;
 
 fn models_dir() -> PathBuf {
-    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-    let mut command = Command::new("bash");
-    command.arg(&script).arg(&target);
-    // Set for benchmarks built by `cargo bench`; otherwise the script builds the converter.
-    if let Some(converter) = option_env!("CARGO_BIN_EXE_convert-tfjs") {
-        command.env("MERIDIAN_CONVERT_TFJS", converter);
-    }
-    let status = command.status().expect("run scripts/fetch-models");
-    assert!(status.success(), "scripts/fetch-models failed (needs npm)");
-    target.join("esrgan-slim")
+    testkit::weights::esrgan_slim()
 }
 
 fn input_128() -> RgbImage {

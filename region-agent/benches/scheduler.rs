@@ -3,21 +3,22 @@
 //! `max_batch = 8` (stacked into one `[8, 3, 48, 48]` pass). Includes queueing, persistence
 //! (fsync) and PNG encoding, as a client of the agent sees it. One CPU slot.
 //!
-//! Weights are fetched with `scripts/fetch-models` (into `$MERIDIAN_MODELS_DIR`, else a cache
-//! under the target dir) when not present.
+//! Weights are fetched once with `scripts/fetch-models` by the test kit
+//! (`testkit::weights`: into `$MERIDIAN_MODELS_DIR`, else a cache under the target dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use candle_core::Device;
+use contract::TenantId;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use image::{ImageFormat, Rgb, RgbImage};
+use region_agent::catalog::source;
 use region_agent::config::AgentConfig;
+use region_agent::gpu::Hardware;
 use region_agent::jobs::{JobState, Priority};
 use region_agent::scheduler::Scheduler;
 use region_agent::serving::Model;
@@ -27,18 +28,7 @@ use serde_json::{Value, json};
 const JOBS: usize = 8;
 
 fn models_dir() -> PathBuf {
-    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-    let mut command = Command::new("bash");
-    command.arg(&script).arg(&target);
-    if let Some(converter) = option_env!("CARGO_BIN_EXE_convert-tfjs") {
-        command.env("MERIDIAN_CONVERT_TFJS", converter);
-    }
-    let status = command.status().expect("run scripts/fetch-models");
-    assert!(status.success(), "scripts/fetch-models failed (needs npm)");
-    target.join("esrgan-slim")
+    testkit::weights::esrgan_slim()
 }
 
 fn input() -> Value {
@@ -56,26 +46,50 @@ fn input() -> Value {
     json!({"image": base64::engine::general_purpose::STANDARD.encode(bytes)})
 }
 
+/// The catalog the bench runs under: one reserved CPU slot.
+const CATALOG: &str = r#"
+[[jurisdictions]]
+id = "eu"
+
+[[regions]]
+id = "bench"
+jurisdiction = "eu"
+location = { lat = 53.35, lon = -6.26 }
+endpoint = "http://127.0.0.1:9102"
+pools = [{ id = "cpu", gpu = "cpu", reserved = 1, reserved_price_per_hour = 1.0 }]
+
+[[models]]
+id = "meridian/esrgan-x2"
+kind = "image-to-image"
+unit = "megapixel"
+price_per_unit = 0.001
+gpu_seconds_per_unit = 0.05
+"#;
+
 fn scheduler(data: &std::path::Path, weights: &std::path::Path, max_batch: usize) -> Scheduler {
     let config = AgentConfig::from_toml(&format!(
         "region = \"bench\"\nedge_token = \"bench-token-0123456789\"\ndata_dir = \"{}\"\n\
-         result_retention_s = 3600\n[[pools]]\nid = \"cpu\"\nreserved = 1\n\
+         result_retention_s = 3600\ncatalog_file = \"installed-below\"\n\
          [[models]]\nid = \"meridian/esrgan-x2\"\nweights_dir = \"{}\"\nmax_batch = {max_batch}\nqueue_bound = 1000\n",
         data.display(),
         weights.display()
     ))
     .unwrap();
     let model: Arc<dyn Model> = Arc::new(EsrganModel::new("meridian/esrgan-x2", 2, weights));
-    Scheduler::start(&config, vec![model], Device::Cpu).unwrap()
+    let scheduler = Scheduler::start(&config, vec![model], Hardware::cpu()).unwrap();
+    let catalog = source::from_toml(CATALOG, &config.region).unwrap();
+    scheduler.install_catalog(&catalog).unwrap();
+    scheduler
 }
 
 /// Queues `JOBS` images and waits until all have completed.
 async fn round(scheduler: &Scheduler, input: &Value) {
     let mut ids = Vec::with_capacity(JOBS);
+    let tenant = TenantId::new("bench").unwrap();
     for _ in 0..JOBS {
         let record = scheduler
             .submit(
-                "bench",
+                &tenant,
                 "meridian/esrgan-x2",
                 Priority::Normal,
                 input.clone(),

@@ -2,13 +2,12 @@
 //! another and as one batch (every 32 ms window step runs the four streams together), and
 //! the cold start (memory-map the safetensors file and build the network).
 //!
-//! Weights are fetched with `scripts/fetch-models` (into `$MERIDIAN_MODELS_DIR`, else a cache
-//! under the target dir) when not present.
+//! Weights are fetched once with `scripts/fetch-models` by the test kit
+//! (`testkit::weights`: into `$MERIDIAN_MODELS_DIR`, else a cache under the target dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use candle_core::Device;
@@ -16,18 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use region_agent::models::silero_vad::{SegmentParams, SileroVad};
 
 fn model_dir() -> PathBuf {
-    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-    let status = Command::new("bash")
-        .arg(&script)
-        .arg(&target)
-        .arg("silero-vad")
-        .status()
-        .expect("run scripts/fetch-models");
-    assert!(status.success(), "scripts/fetch-models failed (needs pip)");
-    target.join("silero-vad")
+    testkit::weights::silero_vad()
 }
 
 /// 10 s of a tone that comes and goes, with a little noise: something to score.

@@ -7,14 +7,19 @@
 //! control plane.
 //!
 //! - [`config`]: the TOML file and its validation.
+//! - [`catalog`]: the catalog copy in force (pools, slots, prices), from the control plane
+//!   (kept on disk) or a catalog file.
 //! - [`serving`]: the [`serving::Model`] trait the scheduler drives, and the models served.
-//! - [`scheduler`]: queues, priorities, batching, slots, timeouts, keep-alive.
-//! - [`jobs`]: job records and their on-disk store; [`usage`]: usage records until sent.
-//! - [`api`]: the HTTP API; [`link`]: registration, heartbeats and usage to the control
-//!   plane; [`gpu`]: GPU discovery; [`server`]: the agent's lifecycle ([`run`]).
+//! - [`scheduler`]: queues, priorities, batching, slots, timeouts, keep-alive, billing.
+//! - [`jobs`]: job records and their on-disk store; [`usage`]: the usage ledger (per-job
+//!   journal, numbered batches of aggregates for the control plane, audit pages).
+//! - [`api`]: the HTTP API; [`link`]: registration, heartbeats, catalog updates and usage
+//!   batches to the control plane; [`gpu`]: GPU discovery; [`server`]: the agent's lifecycle
+//!   ([`run`]).
 //! - [`models`]: the plain candle models and their weight converters.
 
 pub mod api;
+pub mod catalog;
 pub mod config;
 pub mod gpu;
 pub mod jobs;

@@ -4,11 +4,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use region_agent::config::AgentConfig;
-use region_agent::serving;
+use region_agent::catalog::{RegionCatalog, source};
+use region_agent::config::{AgentConfig, CatalogSource};
+use region_agent::serving::{self, Model};
 use tokio_util::sync::CancellationToken;
 
 /// Meridian's region agent.
@@ -21,13 +23,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the edge→agent API with the configured models and pools.
+    /// Serve the edge→agent API with the configured models and the catalog's pools.
     Serve {
         /// The configuration file (TOML); see examples/region-agent.toml.
         #[arg(long)]
         config: PathBuf,
-        /// Check the configuration (and that every model's weights exist), print a summary
-        /// and exit.
+        /// Check the configuration (that every model's weights exist and, with a catalog
+        /// file, the catalog and what it lets the agent serve), print a summary and exit.
         #[arg(long)]
         validate_config: bool,
         /// Address to listen on, overriding the file and MERIDIAN_LISTEN.
@@ -66,28 +68,9 @@ fn serve(path: PathBuf, validate_only: bool, listen: Option<SocketAddr>) -> anyh
     if let Some(listen) = listen {
         config.listen = listen;
     }
-    serving::builtin::build(&config)?;
+    let models = serving::builtin::build(&config)?;
     if validate_only {
-        let mut out = std::io::stdout();
-        writeln!(
-            out,
-            "{}: region {}, listen {}, {} slot(s), models {}, control plane {}",
-            path.display(),
-            config.region,
-            config.listen,
-            config.slots.len(),
-            config
-                .models
-                .iter()
-                .map(|m| m.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            config
-                .control_plane
-                .as_ref()
-                .map_or("none", |c| c.url.as_str()),
-        )?;
-        return Ok(());
+        return summary(&path, &config, &models);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +84,40 @@ fn serve(path: PathBuf, validate_only: bool, listen: Option<SocketAddr>) -> anyh
         tokio::spawn(on_signal(shutdown.clone()));
         region_agent::run(config, listener, shutdown).await
     })
+}
+
+/// Prints what `--validate-config` checked; with a catalog file, also the slots it gives and
+/// why a configured model would not be served.
+fn summary(
+    path: &std::path::Path,
+    config: &AgentConfig,
+    models: &[Arc<dyn Model>],
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    let ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
+    let catalog = match &config.catalog {
+        CatalogSource::ControlPlane(cp) => format!("from the control plane at {}", cp.url),
+        CatalogSource::File(file) => {
+            let wire = source::read_file(file, &config.region)?;
+            let copy = RegionCatalog::from_wire(&wire, &config.region)?;
+            for model in models {
+                if let Err(why) = copy.quote(model.id(), model.unit()) {
+                    writeln!(out, "warning: {} would not be served: {why}", model.id())?;
+                }
+            }
+            let slots = copy.slots(config.on_demand);
+            format!("from {} ({} slot(s))", file.display(), slots.len())
+        }
+    };
+    writeln!(
+        out,
+        "{}: region {}, listen {}, models {}, catalog {catalog}",
+        path.display(),
+        config.region,
+        config.listen,
+        ids.join(", "),
+    )?;
+    Ok(())
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

@@ -1,6 +1,8 @@
-//! The agent's lifecycle: discover GPUs, restore jobs and start the model threads, serve the
-//! API, link to the control plane and sweep expired results — then, when shutdown is asked
-//! for (SIGTERM), drain in a fixed order:
+//! The agent's lifecycle: discover GPUs, restore jobs and start the model threads, put the
+//! first catalog copy in force (the catalog file's; or the control plane's, else the copy
+//! kept on disk, else none: jobs are refused with `no_catalog` until one arrives), serve the
+//! API, link to the control plane, and sweep expired results and usage records — then, when
+//! shutdown is asked for (SIGTERM), drain in a fixed order:
 //!
 //! 1. report draining and refuse new jobs (`503`, `x-meridian-refused: draining`; `/healthz`
 //!    answers 503), while status, result and file calls go on being served;
@@ -15,9 +17,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
-use crate::config::AgentConfig;
-use crate::gpu;
+use crate::api::{self, AppState, Tokens};
+use crate::catalog::source;
+use crate::config::{AgentConfig, CatalogSource};
+use crate::gpu::Hardware;
+use crate::jobs::now_ms;
 use crate::link::Link;
 use crate::scheduler::Scheduler;
 use crate::serving::{self, Model};
@@ -44,64 +48,26 @@ pub async fn run_with_models(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let device = {
-        let pools = config.pools.clone();
-        tokio::task::spawn_blocking(move || gpu::select_device(&gpu::discover(), &pools))
-            .await
-            .context("discover GPUs")?
-    };
-    let scheduler = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Scheduler::start(&config, models, device))
-            .await
-            .context("start the scheduler")??
-    };
-    let state = AppState::new(
-        scheduler.clone(),
-        &config.edge_token,
-        config.sync_timeout,
-        config.max_body_bytes,
-    );
-    let app = api::router(state);
-    let address = listener
-        .local_addr()
-        .context("read the listening address")?;
+    let (scheduler, link) = start_scheduler(&config, models).await?;
+    first_catalog(&config, &scheduler, link.as_deref()).await?;
     let http_stop = CancellationToken::new();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
-    tracing::info!(%address, region = %config.region, "region agent serving");
-
+    let server = serve_http(&config, &scheduler, listener, http_stop.clone())?;
     let link_stop = CancellationToken::new();
-    let link = match &config.control_plane {
-        Some(cp) => {
-            let link =
-                Link::new(cp, scheduler.clone()).context("create the control-plane client")?;
-            Some((link.clone(), tokio::spawn(link.run(link_stop.clone()))))
-        }
-        None => {
-            tracing::info!("no control plane configured; serving alone");
-            None
-        }
-    };
-    let sweeper = tokio::spawn(sweep(
-        scheduler.clone(),
-        config.result_retention,
-        http_stop.clone(),
-    ));
+    let link_task = link.clone().map(|link| {
+        let stop = link_stop.clone();
+        tokio::spawn(async move { link.run(stop).await })
+    });
+    if link.is_none() {
+        tracing::info!("no control plane configured; serving alone");
+    }
+    let retention = Retention::of(&config);
+    let sweeper = tokio::spawn(sweep(scheduler.clone(), retention, http_stop.clone()));
 
     shutdown.cancelled().await;
-    drain(
-        &scheduler,
-        link.as_ref().map(|(l, _)| l),
-        config.drain_timeout,
-    )
-    .await;
+    drain(&scheduler, link.as_deref(), config.drain_timeout).await;
     scheduler.stop().await;
     link_stop.cancel();
-    if let Some((_, task)) = link {
+    if let Some(task) = link_task {
         let _ = task.await;
     }
     http_stop.cancel();
@@ -114,6 +80,60 @@ pub async fn run_with_models(
     }
     tracing::info!("region agent stopped");
     Ok(())
+}
+
+/// Discovers the GPUs, starts the scheduler (restoring jobs) and, with a control plane, its
+/// link.
+async fn start_scheduler(
+    config: &AgentConfig,
+    models: Vec<Arc<dyn Model>>,
+) -> anyhow::Result<(Scheduler, Option<Arc<Link>>)> {
+    let hardware = tokio::task::spawn_blocking(Hardware::discover)
+        .await
+        .context("discover GPUs")?;
+    let scheduler = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Scheduler::start(&config, models, hardware))
+            .await
+            .context("start the scheduler")??
+    };
+    let link = match config.control_plane() {
+        Some(cp) => Some(Arc::new(
+            Link::new(cp, config.data_dir.clone(), scheduler.clone())
+                .context("create the control-plane client")?,
+        )),
+        None => None,
+    };
+    Ok((scheduler, link))
+}
+
+/// Serves the API on `listener` until `stop`.
+fn serve_http(
+    config: &AgentConfig,
+    scheduler: &Scheduler,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let tokens = Tokens {
+        edge: config.edge_token.clone(),
+        agent: config.control_plane().map(|cp| cp.agent_token.clone()),
+    };
+    let state = AppState::new(
+        scheduler.clone(),
+        tokens,
+        config.sync_timeout,
+        config.max_body_bytes,
+    );
+    let address = listener
+        .local_addr()
+        .context("read the listening address")?;
+    let server = tokio::spawn(
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(%address, region = %config.region, "region agent serving");
+    Ok(server)
 }
 
 /// Refuses new work, tells the control plane at once, and waits for the work to finish.
@@ -139,14 +159,93 @@ async fn drain(scheduler: &Scheduler, link: Option<&Link>, deadline: Duration) {
     tracing::info!(took_ms = started.elapsed().as_millis(), "all jobs finished");
 }
 
-/// Deletes expired results every so often.
-async fn sweep(scheduler: Scheduler, retention: Duration, stop: CancellationToken) {
-    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+/// Puts the first catalog copy in force.
+async fn first_catalog(
+    config: &AgentConfig,
+    scheduler: &Scheduler,
+    link: Option<&Link>,
+) -> anyhow::Result<()> {
+    if let CatalogSource::File(path) = &config.catalog {
+        let (path, region) = (path.clone(), config.region.clone());
+        let catalog = tokio::task::spawn_blocking(move || source::read_file(&path, &region))
+            .await
+            .context("read the catalog file")??;
+        scheduler.install_catalog(&catalog)?;
+        return Ok(());
+    }
+    let link = link.context("a control plane is configured but has no link")?;
+    let fetched = link.fetch_catalog().await;
+    let error = match fetched {
+        Ok(revision) => {
+            tracing::info!(revision, "catalog received from the control plane");
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    let data_dir = config.data_dir.clone();
+    let cached = tokio::task::spawn_blocking(move || source::load_cache(&data_dir))
+        .await
+        .context("read the cached catalog")?;
+    match cached.map(|c| (c.revision, scheduler.install_catalog(&c))) {
+        Some((revision, Ok(()))) => tracing::warn!(
+            error = %format!("{error:#}"), revision,
+            "the control plane did not give a catalog; serving with the copy kept on disk"
+        ),
+        Some((_, Err(e))) => tracing::error!(
+            error = %e,
+            "the control plane did not give a catalog and the copy on disk is unusable; \
+             refusing jobs (no_catalog) until the control plane answers"
+        ),
+        None => tracing::warn!(
+            error = %format!("{error:#}"),
+            "the control plane did not give a catalog and none is kept on disk; refusing \
+             jobs (no_catalog) until it answers"
+        ),
+    }
+    Ok(())
+}
+
+/// How long results and usage records are kept.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    results: Duration,
+    usage: Duration,
+    /// Usage not yet sent is kept (with a control plane to send it to).
+    keep_unsent: bool,
+}
+
+impl Retention {
+    fn of(config: &AgentConfig) -> Self {
+        Self {
+            results: config.result_retention,
+            usage: config.usage_retention,
+            keep_unsent: config.control_plane().is_some(),
+        }
+    }
+}
+
+/// Deletes expired results (and retries billing) every so often, and usage records past
+/// their retention.
+async fn sweep(scheduler: Scheduler, retention: Retention, stop: CancellationToken) {
+    let every = (retention.results / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
         scheduler.sweep_expired().await;
+        let ledger_owner = scheduler.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            ledger_owner
+                .ledger()
+                .sweep(now_ms(), retention.usage, retention.keep_unsent)
+        })
+        .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(files)) => tracing::info!(files, "usage records past their retention deleted"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot delete old usage records"),
+            Err(e) => tracing::error!(error = %e, "the usage sweep failed"),
+        }
     }
 }

@@ -7,7 +7,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use region_agent::serving::Model;
 use region_agent::serving::test_model::{Gate, TestModel};
@@ -16,15 +15,15 @@ use serde_json::{Value, json};
 
 use support::{Agent, EDGE_TOKEN, config};
 
-const ECHO: &str =
-    "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\nprice_per_unit = 0.25\n";
+const ECHO: &str = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\n";
 
 fn models(model: TestModel) -> Vec<Arc<dyn Model>> {
     vec![Arc::new(model)]
 }
 
 async fn start(dir: &std::path::Path, model: TestModel, extra: &str) -> Agent {
-    Agent::start(config(dir, ECHO, extra), models(model)).await
+    let prices = [("test/echo", "image", 0.25)];
+    Agent::start(config(dir, ECHO, extra, &prices), models(model)).await
 }
 
 fn error_type(body: &Value) -> &str {
@@ -50,8 +49,10 @@ async fn queue_status_result_and_file() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-meridian-region"], "eu-west");
     assert_eq!(response.headers()["x-request-id"], id.as_str());
-    assert_eq!(response.headers()["x-meridian-cost"], "0.250000");
+    assert_eq!(response.headers()["x-meridian-cost"], "0.250000000");
     let result: Value = response.json().await.unwrap();
+    assert_eq!(result["cost_nanos"], 250_000_000);
+    assert_eq!(result["cost"], 0.25);
     assert_eq!(result["status"], "COMPLETED");
     assert_eq!(result["output"]["text"], "HELLO");
     assert_eq!(result["capacity"], "reserved");
@@ -213,6 +214,23 @@ async fn bad_input_gets_a_4xx_and_never_a_500() {
         .await
         .unwrap();
     assert_eq!(missing_tenant.status(), 400);
+    for bad in ["ACME", "acme corp", "-acme", ""] {
+        let response = agent
+            .as_tenant(bad, Method::POST, "/v1/run/test/echo")
+            .json(&json!({"input": {"text": "a"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "tenant {bad:?}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tenant"),
+            "{body}"
+        );
+    }
     let jobs = std::fs::read_dir(dir.path().join("jobs")).unwrap().count();
     assert_eq!(jobs, 0, "no refused or invalid request created a job");
     agent.stop().await;
@@ -231,6 +249,11 @@ async fn refusals_are_503_with_a_reason_and_create_nothing() {
         .unwrap();
     assert_eq!(unknown.status(), 503);
     assert_eq!(unknown.headers()["x-meridian-refused"], "model_not_served");
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(
+        (error_type(&body), body["error"]["reason"].as_str()),
+        ("refused", Some("model_not_served"))
+    );
 
     // Default queue bound is 64: one job runs, 64 wait, the next is refused.
     let running = agent
@@ -345,9 +368,8 @@ async fn status_stream_cancel_and_sync_run() {
     );
     gate.open();
     let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(support::PATIENCE, stream.chunk())
+    while let Some(chunk) = support::within("the next event", stream.chunk())
         .await
-        .unwrap()
         .unwrap()
     {
         text.push_str(&String::from_utf8_lossy(&chunk));
@@ -405,14 +427,10 @@ async fn shutdown_drains_refuses_new_jobs_and_results_survive_a_restart() {
         .await;
 
     agent.shutdown.cancel();
-    let began = std::time::Instant::now();
-    while agent.get("/healthz").await.0 != 503 {
-        assert!(
-            began.elapsed() < support::PATIENCE,
-            "healthz never said draining"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::eventually("healthz says draining", || async {
+        agent.get("/healthz").await.0 == 503
+    })
+    .await;
     let refused = agent
         .call(Method::POST, "/v1/queue/test/echo")
         .json(&json!({"input": {"text": "late"}}))

@@ -8,18 +8,19 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use image::{ImageFormat, RgbImage};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::{EDGE_TOKEN, PATIENCE, models_dir};
+use support::{EDGE_TOKEN, ONE_SLOT, catalog_toml, eventually, models_dir, patience};
 
 const BIN: &str = env!("CARGO_BIN_EXE_region-agent");
 
 fn write_config(dir: &Path, extra_model: &str) -> std::path::PathBuf {
+    let catalog = catalog_toml(ONE_SLOT, &[("meridian/esrgan-x2", "megapixel", 0.001)]);
+    std::fs::write(dir.join("catalog.toml"), catalog).unwrap();
     let text = format!(
         r#"
 region = "eu-west"
@@ -27,10 +28,7 @@ listen = "127.0.0.1:0"
 edge_token = "{EDGE_TOKEN}"
 data_dir = "data"
 drain_timeout_s = 60
-
-[[pools]]
-id = "cpu"
-reserved = 1
+catalog_file = "catalog.toml"
 
 [[models]]
 id = "meridian/esrgan-x2"
@@ -63,8 +61,31 @@ fn validate_config_accepts_good_files_and_names_each_problem() {
     );
     let summary = String::from_utf8_lossy(&good.stdout);
     assert!(
-        summary.contains("region eu-west") && summary.contains("meridian/esrgan-x2"),
+        summary.contains("region eu-west")
+            && summary.contains("meridian/esrgan-x2")
+            && summary.contains("(1 slot(s))"),
         "{summary}"
+    );
+    assert!(!summary.contains("warning"), "{summary}");
+
+    // A catalog that bills the model in another unit: valid, but the model is not served.
+    let per_image = catalog_toml(ONE_SLOT, &[("meridian/esrgan-x2", "image", 0.001)]);
+    std::fs::write(dir.path().join("catalog.toml"), per_image).unwrap();
+    let warned = validate(&dir.path().join("agent.toml"));
+    let summary = String::from_utf8_lossy(&warned.stdout);
+    assert!(warned.status.success());
+    assert!(
+        summary.contains("warning: meridian/esrgan-x2 would not be served")
+            && summary.contains("per image"),
+        "{summary}"
+    );
+    // Pools and prices belong to the catalog.
+    let pools = validate(&write_config(dir.path(), "price_per_unit = 0.002"));
+    let stderr = String::from_utf8_lossy(&pools.stderr);
+    assert!(!pools.status.success());
+    assert!(
+        stderr.contains("models[0].price_per_unit") && stderr.contains("come from the catalog"),
+        "{stderr}"
     );
 
     let bad = validate(&write_config(dir.path(), "max_batch = 0\nqueue_size = 3"));
@@ -93,20 +114,37 @@ fn validate_config_accepts_good_files_and_names_each_problem() {
 }
 
 #[test]
-fn the_shipped_example_parses() {
-    // Its weights live in ./models after scripts/fetch-models; only the syntax and the
+fn the_shipped_examples_parse_and_name_no_price_or_slot_count() {
+    // Their weights live in ./models after scripts/fetch-models; only the syntax and the
     // rules are checked here, so a missing-weights problem is the only one allowed.
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/region-agent.toml");
-    let out = validate(&example);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success()
-            || stderr
-                .lines()
-                .filter(|l| l.contains("  - "))
-                .all(|l| l.contains("weights_dir")),
-        "{stderr}"
-    );
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files = vec![examples.join("region-agent.toml")];
+    for entry in std::fs::read_dir(examples.join("dev")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("agent-") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    for example in files {
+        let out = validate(&example);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success()
+                || stderr
+                    .lines()
+                    .filter(|l| l.contains("  - "))
+                    .all(|l| l.contains("weights_dir")),
+            "{}: {stderr}",
+            example.display()
+        );
+        // One truth per fact: no price, pool or slot count in an agent's configuration.
+        let text = std::fs::read_to_string(&example).unwrap().to_lowercase();
+        for word in ["price", "[[pools]]", "reserved", "on_demand_max"] {
+            assert!(!text.contains(word), "{} names {word}", example.display());
+        }
+    }
 }
 
 /// Kills the agent if the test fails before it exits by itself.
@@ -172,7 +210,7 @@ async fn sigterm_drains_queued_work_and_exits_cleanly() {
     });
     let mut log = Vec::new();
     let address = loop {
-        let line = match rx.recv_timeout(PATIENCE) {
+        let line = match rx.recv_timeout(patience()) {
             Ok(line) => strip_ansi(&line),
             Err(e) => panic!("no address logged ({e}); log:\n{}", log.join("\n")),
         };
@@ -209,17 +247,13 @@ async fn sigterm_drains_queued_work_and_exits_cleanly() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the agent did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut exited = None;
+    eventually("the agent exits after SIGTERM", || {
+        exited = child.try_wait().unwrap();
+        std::future::ready(exited.is_some())
+    })
+    .await;
+    let status = exited.unwrap();
     std::mem::forget(guard);
     log.extend(rx.try_iter().map(|l| strip_ansi(&l)));
     assert!(

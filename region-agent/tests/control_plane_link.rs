@@ -1,29 +1,28 @@
 //! The agent against the real control plane, both in-process on port 0 (the control plane
-//! on its embedded store): the agent registers and heartbeats its report (edges see it in
-//! their snapshot), delivers usage until acknowledged, reports draining at shutdown and
-//! deregisters. Jobs run on the in-code test model.
+//! on its embedded store): the agent takes its catalog from the control plane (and keeps
+//! it on disk), registers and heartbeats its report (edges see it in their snapshot), follows
+//! a reservation and a price change without a restart, sends its usage as numbered batches
+//! whose totals equal its per-job records (read through the control plane) and the cost
+//! headers to the billionth, reports draining at shutdown and deregisters. Jobs run on the
+//! in-code test model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use control_plane::InProcess;
-use control_plane::api::ApiSettings;
-use control_plane::store::StoreConfig;
-use control_plane_client::ControlPlane;
-use control_plane_client::wire::{Capacity, UsageRecord};
-use policy::CatalogSpec;
+use contract::Nanos;
+use control_plane_client::wire::{AgentReport, Reservation};
+use control_plane_client::{ControlPlane, RecordQuery, UsageQuery};
+use policy::{CatalogSpec, ModelSpec, RegionSpec};
 use region_agent::serving::test_model::{Gate, TestModel};
 use reqwest::Method;
 use serde_json::json;
+use testkit::tokens::AGENT;
+use testkit::{Backend, TestControlPlane, eventually};
 
-use support::{Agent, PATIENCE, config};
-
-const ADMIN: &str = "admin-token-0123456789";
-const EDGE: &str = "edge-token-cp-0123456789";
-const AGENT: &str = "agent-token-0123456789";
+use support::{Agent, config};
 
 const SEED: &str = r#"
     [[jurisdictions]]
@@ -34,7 +33,7 @@ const SEED: &str = r#"
     jurisdiction = "eu"
     location = { lat = 53.35, lon = -6.26 }
     endpoint = "http://127.0.0.1:9102"
-    pools = [{ id = "cpu", gpu = "H100", reserved = 1, reserved_price_per_hour = 2.2 }]
+    pools = [{ id = "cpu", gpu = "cpu", reserved = 1, reserved_price_per_hour = 2.2 }]
 
     [[models]]
     id = "test/echo"
@@ -43,143 +42,229 @@ const SEED: &str = r#"
     price_per_unit = 0.25
     gpu_seconds_per_unit = 0.1
 
+    [[models]]
+    id = "test/slow"
+    kind = "image-to-image"
+    unit = "image"
+    price_per_unit = 0.1
+    gpu_seconds_per_unit = 0.1
+
     [[tenants]]
     id = "acme"
     residency = { jurisdictions = ["eu"] }
+
+    [[tenants]]
+    id = "globex"
+    residency = "any"
 "#;
 
-/// The control plane on an embedded store in a temporary directory.
-struct ControlPlaneUnderTest {
-    server: InProcess,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_control_plane() -> ControlPlaneUnderTest {
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiSettings {
-        agent_lease_ttl: Duration::from_secs(3),
-        max_poll_wait: Duration::from_secs(5),
-        spend_refresh: Duration::from_millis(200),
-        ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
-    };
-    let seed = CatalogSpec::from_toml(SEED).unwrap();
-    let server = InProcess::start(api, StoreConfig::embedded(dir.path()), Some(seed))
+/// The control plane on an embedded store, with short leases.
+async fn start_control_plane() -> TestControlPlane {
+    TestControlPlane::builder(Backend::Embedded)
+        .seed(CatalogSpec::from_toml(SEED).unwrap())
+        .settings(|api| {
+            api.agent_lease_ttl = Duration::from_secs(3);
+            api.max_poll_wait = Duration::from_secs(5);
+            api.spend_refresh = Duration::from_millis(200);
+        })
+        .start()
         .await
-        .unwrap();
-    ControlPlaneUnderTest { server, _dir: dir }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+/// Waits until `probe` gives a value, and returns it.
+async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
+    let found = Mutex::new(None);
+    eventually(what, || {
+        let value = probe();
+        let found = &found;
+        async move {
+            let value = value.await;
+            let got = value.is_some();
+            *found.lock().unwrap() = value;
+            got
         }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    found
+        .into_inner()
+        .unwrap()
+        .expect("a value once the condition holds")
 }
 
-#[tokio::test]
-async fn heartbeats_usage_draining_and_deregistration() {
-    let cp = start_control_plane().await;
-    let edge = ControlPlane::new(&cp.server.url, EDGE, Duration::from_secs(10)).unwrap();
-    let admin = ControlPlane::new(&cp.server.url, ADMIN, Duration::from_secs(10)).unwrap();
+/// The agent's report as the edges see it.
+async fn report(edge: &ControlPlane) -> Option<AgentReport> {
+    let snapshot = edge.snapshot().await.ok()?;
+    let live = snapshot
+        .regions
+        .into_iter()
+        .find(|r| r.region == "eu-west")?;
+    Some(live.report)
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[control_plane]\nurl = \"{}\"\nagent_token = \"{AGENT}\"\nheartbeat_interval_ms = 100\n",
-        cp.server.url
-    );
-    let models = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\nprice_per_unit = 0.25\n\n\
-                  [[models]]\nid = \"test/slow\"\nweights_dir = \"unused\"\n";
-    let gate = Gate::closed();
-    let model = TestModel::new("test/echo").gated(&gate);
-    let slow_gate = Gate::closed();
-    let slow = TestModel::new("test/slow").gated(&slow_gate);
-    let mut agent = Agent::start(
-        config(dir.path(), models, &extra),
-        vec![Arc::new(model), Arc::new(slow)],
-    )
-    .await;
-
-    // The edge sees the region with the agent's report.
-    let live = eventually("the agent's report is in the snapshot", || async {
-        let snapshot = edge.snapshot().await.ok()?;
-        snapshot.regions.into_iter().find(|r| r.region == "eu-west")
-    })
-    .await;
-    assert!(live.report.healthy && !live.report.draining);
-    assert_eq!(live.report.free_reserved, 1);
-    assert!(live.report.models.contains_key("test/echo"));
-
-    // A running job and a queued one show in the reports.
-    let running = agent
-        .queue("test/echo", json!({"input": {"text": "a"}}))
-        .await;
-    agent.wait_status(&running, "IN_PROGRESS").await;
-    let queued = agent
-        .queue("test/echo", json!({"input": {"text": "b"}}))
-        .await;
-    eventually("the queue depth is reported", || async {
-        let snapshot = edge.snapshot().await.ok()?;
-        let live = snapshot
-            .regions
-            .into_iter()
-            .find(|r| r.region == "eu-west")?;
-        let model = &live.report.models["test/echo"];
-        (model.queue_depth == 1 && live.report.free_reserved == 0 && model.loaded).then_some(())
-    })
-    .await;
-    gate.open();
-    agent.wait_status(&queued, "COMPLETED").await;
-
-    // Usage reaches the control plane, and the agent forgets it once acknowledged.
-    let records: Vec<UsageRecord> = eventually("usage is delivered", || async {
-        let listed = admin
-            .list::<UsageRecord>("usage/records?region=eu-west")
-            .await
-            .ok()?;
-        (listed.items.len() == 2).then_some(listed.items)
-    })
-    .await;
-    let record = records.iter().find(|r| r.job_id == queued).unwrap();
-    assert_eq!(
-        (record.tenant.as_str(), record.model.as_str()),
-        ("acme", "test/echo")
-    );
-    assert_eq!(record.capacity, Capacity::Reserved);
-    assert_eq!(record.cost, 0.25);
-    eventually("the usage spool is empty", || async {
-        let left = std::fs::read_dir(dir.path().join("usage")).ok()?.count();
-        (left == 0).then_some(())
-    })
-    .await;
-    let result = agent
-        .call(Method::GET, &format!("/v1/requests/{queued}"))
+/// Runs a job for `tenant`; returns its `x-meridian-cost`.
+async fn run(agent: &Agent, tenant: &str, text: &str) -> Nanos {
+    let response = agent
+        .as_tenant(tenant, Method::POST, "/v1/run/test/echo")
+        .json(&json!({"input": {"text": text}}))
         .send()
         .await
         .unwrap();
-    assert_eq!(result.status(), 200);
+    assert_eq!(response.status(), 200);
+    response.headers()["x-meridian-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    i64::try_from(now.unwrap().as_millis()).unwrap()
+}
+
+async fn start_agent(cp: &TestControlPlane, dir: &std::path::Path, slow: &Gate) -> Agent {
+    let extra = format!(
+        "[control_plane]\nurl = \"{}\"\nagent_token = \"{AGENT}\"\nheartbeat_interval_ms = 100\n\
+         usage_interval_ms = 100\n",
+        cp.url
+    );
+    let models = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\n\n\
+                  [[models]]\nid = \"test/slow\"\nweights_dir = \"unused\"\n";
+    let echo = TestModel::new("test/echo");
+    let slow = TestModel::new("test/slow").gated(slow);
+    Agent::start(
+        config(dir, models, &extra, &[]),
+        vec![Arc::new(echo), Arc::new(slow)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
+    let mut cp = start_control_plane().await;
+    let (edge, admin) = (cp.edge(), cp.admin());
+    let dir = tempfile::tempdir().unwrap();
+    let slow_gate = Gate::closed();
+    let mut agent = start_agent(&cp, dir.path(), &slow_gate).await;
+
+    // The control plane reads the agent's records at the region's endpoint.
+    let mut region = admin
+        .get::<RegionSpec>("regions", "eu-west")
+        .await
+        .unwrap()
+        .unwrap();
+    region.record.endpoint = agent.base.clone();
+    admin
+        .put("regions", "eu-west", &region.record, Some(region.revision))
+        .await
+        .unwrap();
+
+    // The edge sees the region with the agent's report and the catalog it runs with.
+    let first = until("the agent reports its catalog", || async {
+        report(&edge).await.filter(|r| r.catalog_revision.is_some())
+    })
+    .await;
+    assert!(first.healthy && !first.draining);
+    assert_eq!(first.free_reserved, 1);
+    assert!(first.models.contains_key("test/echo"));
+    let mut costs = Vec::new();
+    for (i, tenant) in ["acme", "globex", "acme"].iter().enumerate() {
+        costs.push(run(&agent, tenant, &format!("job {i}")).await);
+    }
+    assert_eq!(costs[0], Nanos(250_000_000));
+
+    // A reservation and a new price reach the running agent.
+    let reservation = Reservation {
+        id: "cpu-2026".into(),
+        region: "eu-west".into(),
+        pool: "cpu".into(),
+        gpus: 2,
+        price_per_gpu_hour: 1.5,
+        start_ms: now_ms() - 60_000,
+        end_ms: now_ms() + 3_600_000,
+        note: None,
+    };
+    admin
+        .put("reservations", "cpu-2026", &reservation, None)
+        .await
+        .unwrap();
+    let mut model = admin
+        .get::<ModelSpec>("models", "test/echo")
+        .await
+        .unwrap()
+        .unwrap();
+    model.record.price_per_unit = 0.5;
+    admin
+        .put("models", "test/echo", &model.record, Some(model.revision))
+        .await
+        .unwrap();
+    let changed = until("the reservation's GPUs are slots", || async {
+        report(&edge)
+            .await
+            .filter(|r| r.free_reserved == 2 && r.catalog_revision > first.catalog_revision)
+    })
+    .await;
+    let repriced = until("the new price is in force", || async {
+        let cost = run(&agent, "globex", "after").await;
+        (cost == Nanos(500_000_000)).then_some(cost)
+    })
+    .await;
+    costs.push(repriced);
+    let cached = std::fs::read(dir.path().join("catalog.json")).unwrap();
+    let cached: serde_json::Value = serde_json::from_slice(&cached).unwrap();
+    assert!(
+        cached["revision"].as_i64() >= changed.catalog_revision,
+        "the copy is kept on disk"
+    );
+
+    // The control plane's totals equal the headers, and the per-job records it reads from
+    // the region, to the billionth.
+    let charged: Nanos = costs.iter().copied().sum();
+    let usage = until("usage is delivered", || async {
+        let query = UsageQuery {
+            region: Some("eu-west".into()),
+            ..UsageQuery::default()
+        };
+        let report = admin.usage(&query).await.ok()?;
+        (report.total.jobs == costs.len() as u64).then_some(report)
+    })
+    .await;
+    assert_eq!(usage.total.cost_nanos, charged);
+    let mut records = Vec::new();
+    let mut query = RecordQuery {
+        region: "eu-west".into(),
+        limit: Some(2),
+        ..RecordQuery::default()
+    };
+    loop {
+        let page = admin.usage_records(&query).await.unwrap();
+        records.extend(page.records);
+        match page.next {
+            Some(next) => query.cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(records.len(), costs.len());
+    assert_eq!(records.iter().map(|r| r.cost_nanos).sum::<Nanos>(), charged);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.price_per_unit == 0.5 && r.catalog_revision > 0)
+    );
 
     // Shutdown with a job still running: the agent reports draining while it finishes it,
-    // then the region disappears from the snapshot at once (deregistered, not expired).
+    // sends its last batch, then the region disappears from the snapshot at once.
     let last = agent
         .queue("test/slow", json!({"input": {"text": "last"}}))
         .await;
     agent.wait_status(&last, "IN_PROGRESS").await;
     agent.shutdown.cancel();
-    eventually("the agent reports draining", || async {
-        let snapshot = edge.snapshot().await.ok()?;
-        let live = snapshot
-            .regions
-            .into_iter()
-            .find(|r| r.region == "eu-west")?;
-        live.report.draining.then_some(())
+    until("the agent reports draining", || async {
+        report(&edge).await.filter(|r| r.draining)
     })
     .await;
     slow_gate.open();
@@ -189,13 +274,18 @@ async fn heartbeats_usage_draining_and_deregistration() {
         snapshot.regions.iter().all(|r| r.region != "eu-west"),
         "deregistered"
     );
-    let usage = admin
-        .list::<UsageRecord>("usage/records?region=eu-west")
-        .await
-        .unwrap();
-    assert!(
-        usage.items.iter().any(|r| r.job_id == last),
+    let query = UsageQuery {
+        region: Some("eu-west".into()),
+        ..UsageQuery::default()
+    };
+    let usage = admin.usage(&query).await.unwrap();
+    assert_eq!(
+        (usage.total.jobs, usage.total.cost_nanos),
+        (
+            costs.len() as u64 + 1,
+            charged.saturating_add(Nanos(100_000_000))
+        ),
         "the last job's usage was flushed before the agent stopped"
     );
-    cp.server.stop().await.unwrap();
+    cp.stop().await;
 }

@@ -29,10 +29,14 @@ fn encoded(width: u32, height: u32, format: ImageFormat) -> String {
 async fn start(dir: &std::path::Path) -> Agent {
     let weights = models_dir().display().to_string();
     let models = format!(
-        "[[models]]\nid = \"meridian/esrgan-x2\"\nweights_dir = \"{weights}\"\nmax_batch = 4\nprice_per_unit = 0.002\n\n\
-         [[models]]\nid = \"meridian/esrgan-x4\"\nweights_dir = \"{weights}\"\nprice_per_unit = 0.002\n"
+        "[[models]]\nid = \"meridian/esrgan-x2\"\nweights_dir = \"{weights}\"\nmax_batch = 4\n\n\
+         [[models]]\nid = \"meridian/esrgan-x4\"\nweights_dir = \"{weights}\"\n"
     );
-    let config = config(dir, &models, "");
+    let prices = [
+        ("meridian/esrgan-x2", "megapixel", 0.002),
+        ("meridian/esrgan-x4", "megapixel", 0.002),
+    ];
+    let config = config(dir, &models, "", &prices);
     let models = region_agent::serving::builtin::build(&config).unwrap();
     Agent::start(config, models).await
 }
@@ -71,7 +75,8 @@ async fn upscales_png_and_jpeg_and_bills_output_megapixels() {
     assert_eq!(output_image(&agent, &result).await.dimensions(), (24, 20));
     let units = result["units"].as_f64().unwrap();
     assert!((units - 24.0 * 20.0 / 1e6).abs() < 1e-12, "{units}");
-    assert!((result["cost"].as_f64().unwrap() - units * 0.002).abs() < 1e-12);
+    let cost = contract::charge(24.0 * 20.0 / 1e6, 0.002);
+    assert_eq!(result["cost_nanos"], cost.0, "{result}");
 
     let data_url = format!(
         "data:image/jpeg;base64,{}",

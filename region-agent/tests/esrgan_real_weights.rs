@@ -1,6 +1,6 @@
 //! ESRGAN-slim with the real weights of `@upscalerjs/esrgan-slim`: fetched and converted by
-//! `scripts/fetch-models` (into `$MERIDIAN_MODELS_DIR`, else a cache under the target dir)
-//! when not present. These tests never skip: without npm they fail and say why.
+//! `scripts/fetch-models` through the test kit (into `$MERIDIAN_MODELS_DIR`, else a cache
+//! under the target dir) when not present. These tests never skip: without npm they fail and say why.
 //!
 //! Quality check: a synthetic scene (gradients, hard and soft edges, thin strokes like text)
 //! is downscaled with bicubic filtering, upscaled with the model and with bilinear
@@ -8,36 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 
 use candle_core::Device;
 use image::imageops::{FilterType, resize};
 use image::{Rgb, RgbImage};
 use region_agent::models::esrgan::Esrgan;
 
-/// Runs `scripts/fetch-models` once per test process and returns the ESRGAN-slim directory.
-fn models_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(&target)
-            .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "scripts/fetch-models failed; the real-weights tests need npm and the npm registry \
-             to download @upscalerjs/esrgan-slim.\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        target.join("esrgan-slim")
-    })
+/// The ESRGAN-slim directory, fetched once per test process by the test kit.
+fn models_dir() -> PathBuf {
+    testkit::weights::esrgan_slim()
 }
 
 fn load(scale: usize) -> Esrgan {

@@ -20,10 +20,16 @@ const MAX_BODY: usize = 1 << 20;
 async fn start(dir: &std::path::Path) -> Agent {
     let weights = support::fetch_models("silero-vad");
     let models = format!(
-        "[[models]]\nid = \"meridian/silero-vad\"\nweights_dir = \"{}\"\nprice_per_unit = 0.001\n",
+        "[[models]]\nid = \"meridian/silero-vad\"\nweights_dir = \"{}\"\n",
         weights.display()
     );
-    let config = config(dir, &models, &format!("max_body_bytes = {MAX_BODY}"));
+    let prices = [("meridian/silero-vad", "audio_second", 0.001)];
+    let config = config(
+        dir,
+        &models,
+        &format!("max_body_bytes = {MAX_BODY}"),
+        &prices,
+    );
     let models = region_agent::serving::builtin::build(&config).unwrap();
     Agent::start(config, models).await
 }
@@ -87,7 +93,8 @@ async fn a_spoken_sentence_gives_segments_and_silence_gives_none() {
     );
     let units = result["units"].as_f64().unwrap();
     assert!((units - duration).abs() < 1e-9, "{units} vs {duration}");
-    assert!((result["cost"].as_f64().unwrap() - units * 0.001).abs() < 1e-12);
+    let cost = contract::charge(duration, 0.001);
+    assert_eq!(result["cost_nanos"], cost.0, "{result}");
 
     let silence = encode_wav_mono_i16(&vec![0.0; 2 * SR], SR as u32).unwrap();
     let id = agent

@@ -16,10 +16,8 @@ use support::{Agent, config};
 const MODEL: &str = "meridian/tiny-sd";
 
 async fn start(dir: &std::path::Path) -> Agent {
-    let models = format!(
-        "[[models]]\nid = \"{MODEL}\"\npipeline_test = true\nmax_batch = 4\nprice_per_unit = 0.001\n"
-    );
-    let config = config(dir, &models, "");
+    let models = format!("[[models]]\nid = \"{MODEL}\"\npipeline_test = true\nmax_batch = 4\n");
+    let config = config(dir, &models, "", &[(MODEL, "megapixel_step", 0.001)]);
     let models = region_agent::serving::builtin::build(&config).unwrap();
     Agent::start(config, models).await
 }
@@ -73,9 +71,14 @@ async fn draws_a_png_of_the_requested_size_and_the_same_input_gives_the_same_byt
     assert_eq!(image.dimensions(), (96, 64));
     let corner = *image.get_pixel(0, 0);
     assert!(image.pixels().any(|p| *p != corner), "a flat image");
-    // One image.
-    assert_eq!(first["units"].as_f64(), Some(1.0), "{first}");
-    assert!((first["cost"].as_f64().unwrap() - 0.001).abs() < 1e-12);
+    // Billed by its work: 96 × 64 pixels in 3 steps.
+    let units = 96.0 * 64.0 / 1e6 * 3.0;
+    assert_eq!(first["units"].as_f64(), Some(units), "{first}");
+    assert_eq!(
+        first["cost_nanos"],
+        contract::charge(units, 0.001).0,
+        "{first}"
+    );
 
     let (status, again) = run(&agent, input.clone()).await;
     assert_eq!(status, 200, "{again}");

@@ -22,10 +22,10 @@ const MODEL: &str = "meridian/video-upscale-x2";
 async fn start(dir: &std::path::Path) -> Agent {
     let weights = support::fetch_models("esrgan-slim");
     let models = format!(
-        "[[models]]\nid = \"{MODEL}\"\nweights_dir = \"{}\"\nprice_per_unit = 0.01\n",
+        "[[models]]\nid = \"{MODEL}\"\nweights_dir = \"{}\"\n",
         weights.display()
     );
-    let config = config(dir, &models, "");
+    let config = config(dir, &models, "", &[(MODEL, "megapixel", 0.01)]);
     let models = region_agent::serving::builtin::build(&config).unwrap();
     Agent::start(config, models).await
 }
@@ -135,7 +135,8 @@ async fn gif_and_apng_come_back_as_apng_with_the_same_frames_at_twice_the_size()
         let units = result["units"].as_f64().unwrap();
         // Output megapixels over all frames.
         assert!((units - 32.0 * 24.0 * 3.0 / 1e6).abs() < 1e-12, "{units}");
-        assert!((result["cost"].as_f64().unwrap() - units * 0.01).abs() < 1e-12);
+        let cost = contract::charge(32.0 * 24.0 * 3.0 / 1e6, 0.01);
+        assert_eq!(result["cost_nanos"], cost.0, "{result}");
     }
     agent.stop().await;
 }

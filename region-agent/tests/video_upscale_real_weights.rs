@@ -8,8 +8,6 @@
 //! frame must come closer to the original than bilinear upscaling does (PSNR).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::Device;
@@ -24,24 +22,7 @@ use region_agent::models::video_upscale::{VideoUpscaleError, VideoUpscaler};
 fn upscaler() -> &'static VideoUpscaler {
     static MODEL: OnceLock<VideoUpscaler> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(&target)
-            .arg("esrgan-slim")
-            .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "scripts/fetch-models failed; the video tests need npm and the npm registry to \
-             download @upscalerjs/esrgan-slim.\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = target.join("esrgan-slim/x2.safetensors");
+        let path = testkit::weights::esrgan_slim().join("x2.safetensors");
         VideoUpscaler::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
     })
 }

@@ -1,12 +1,12 @@
-//! The API's one error type: each variant maps to an HTTP status and the JSON body
-//! `{"error": {"type", "message"}}` (API.md). Bad input is always a 4xx.
+//! The API's one error type: each variant maps to an HTTP status and the contract's JSON
+//! error body ([`contract::ErrorBody`], `{"error": {"type", "message", "reason"?}}`, API.md).
+//! Bad input is always a 4xx.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use contract::{ErrorBody, Refusal, headers};
 use serde_json::json;
-
-use crate::scheduler::Refusal;
 
 /// Everything a `/v1/` call can answer with instead of success.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +14,9 @@ pub enum ApiError {
     /// Wrong or missing edge token.
     #[error("missing or wrong x-meridian-edge-token")]
     Unauthorized,
+    /// Wrong or missing agent token on an internal call.
+    #[error("missing or wrong Authorization: Bearer <agent token>")]
+    UnauthorizedInternal,
     /// Malformed JSON, a missing field or header.
     #[error("{0}")]
     BadRequest(String),
@@ -55,7 +58,9 @@ impl ApiError {
     /// The status and the error `type`.
     pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Unauthorized | Self::UnauthorizedInternal => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::NotReady(_) => (StatusCode::CONFLICT, "not_ready"),
@@ -75,23 +80,32 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status_and_kind();
-        let mut body = json!({"error": {"type": kind, "message": self.to_string()}});
+        let mut body = ErrorBody::new(kind, self.to_string());
         let mut headers = Vec::new();
+        let mut request_id = None;
         match &self {
             Self::Refused(refusal) => {
-                body["error"]["reason"] = json!(refusal.reason());
-                headers.push(("x-meridian-refused", refusal.reason().to_owned()));
+                body = body.with_reason(refusal.reason());
+                headers.push((headers::REFUSED, refusal.reason().to_owned()));
             }
-            Self::Timeout { request_id, .. } => {
-                body["request_id"] = json!(request_id);
-                headers.push(("x-request-id", request_id.clone()));
+            Self::Timeout { request_id: id, .. } => {
+                request_id = Some(id.clone());
+                headers.push((headers::REQUEST_ID, id.clone()));
             }
             Self::Internal(message) => {
                 tracing::error!(%message, "internal error answered with 500")
             }
             _ => {}
         }
-        let mut response = (status, Json(body)).into_response();
+        let mut response = match request_id {
+            // A timed-out run also names its job beside the error, to poll it.
+            Some(id) => {
+                let mut value = serde_json::to_value(&body).unwrap_or_default();
+                value["request_id"] = json!(id);
+                (status, Json(value)).into_response()
+            }
+            None => (status, Json(body)).into_response(),
+        };
         for (name, value) in headers {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 response.headers_mut().insert(name, value);

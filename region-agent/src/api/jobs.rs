@@ -6,10 +6,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use contract::{RequestId, TenantId, headers};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Tenant};
-use crate::jobs::{JobRecord, JobState, Priority, is_request_id, now_ms};
+use crate::jobs::{JobRecord, JobState, Priority, now_ms};
 use crate::scheduler::{CancelError, SubmitError};
 use crate::serving::InputError;
 
@@ -76,28 +77,23 @@ impl From<SubmitError> for ApiError {
 
 async fn submit(
     state: &AppState,
-    tenant: &str,
+    tenant: &TenantId,
     model: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<JobRecord, ApiError> {
-    // A model this agent does not serve is refused before the body is even looked at, so
-    // the edge can try the next region.
+    // A job that would be refused (draining, no catalog, model not served) is refused
+    // before its body is even looked at, so the edge can try the next region.
     let body = parse_body(headers, body, state.0.max_body_bytes);
     let scheduler = state.scheduler();
-    if !scheduler.serves(model) {
-        scheduler.metrics().refused("model_not_served");
-        return Err(ApiError::Refused(crate::scheduler::Refusal::ModelNotServed));
-    }
-    if scheduler.is_draining() {
-        scheduler.metrics().refused("draining");
-        return Err(ApiError::Refused(crate::scheduler::Refusal::Draining));
+    if let Some(refusal) = scheduler.refusal(model) {
+        return Err(ApiError::Refused(refusal));
     }
     let body = body?;
     let record = scheduler
         .submit(tenant, model, body.priority, body.input)
         .await?;
-    tracing::info!(job = %record.id, model, tenant, "job accepted");
+    tracing::info!(job = %record.id, model, %tenant, "job accepted");
     Ok(record)
 }
 
@@ -134,7 +130,7 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     let model = format!("{owner}/{model}");
     let record = submit(&state, &tenant, &model, &headers, body).await?;
-    let Some(mut rx) = state.scheduler().watch(&tenant, &record.id) else {
+    let Some(mut rx) = state.scheduler().watch(tenant.as_str(), &record.id) else {
         return Err(ApiError::Internal(format!(
             "request {} vanished",
             record.id
@@ -157,7 +153,7 @@ pub async fn result(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = find(&state, &tenant, &id)?;
+    let record = find(&state, tenant.as_str(), &id)?;
     if !record.state.is_final() {
         return Err(ApiError::NotReady(id));
     }
@@ -170,8 +166,8 @@ pub async fn cancel(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    find(&state, &tenant, &id)?;
-    match state.scheduler().cancel(&tenant, &id).await {
+    find(&state, tenant.as_str(), &id)?;
+    match state.scheduler().cancel(tenant.as_str(), &id).await {
         Ok(record) => {
             tracing::info!(job = %id, "job cancelled");
             let body = record.status_json(None, now_ms());
@@ -189,7 +185,7 @@ pub async fn file(
     Tenant(tenant): Tenant,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let record = find(&state, &tenant, &id)?;
+    let record = find(&state, tenant.as_str(), &id)?;
     let content_type = record
         .output
         .as_ref()
@@ -204,7 +200,7 @@ pub async fn file(
     let content_type = content_type.ok_or_else(no_file)?;
     let bytes = state
         .scheduler()
-        .file(&tenant, &id, &name)
+        .file(tenant.as_str(), &id, &name)
         .await
         .ok_or_else(no_file)?;
     let mut response = ([("content-type", content_type)], bytes).into_response();
@@ -214,7 +210,7 @@ pub async fn file(
 
 /// The job `id` when `tenant` owns it; otherwise 404, the same as for an unknown id.
 pub(super) fn find(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
-    if !is_request_id(id) {
+    if RequestId::new(id).is_err() {
         return Err(unknown(id));
     }
     state.scheduler().get(tenant, id).ok_or_else(|| unknown(id))
@@ -227,18 +223,18 @@ fn unknown(id: &str) -> ApiError {
 /// Adds `x-request-id`.
 pub(super) fn with_id(mut response: Response, id: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(headers::REQUEST_ID, value);
     }
     response
 }
 
-/// `200` with the result JSON, `x-request-id` and `x-meridian-cost`.
+/// `200` with the result JSON, `x-request-id` and `x-meridian-cost` (the exact cost of the
+/// job's usage record, nine decimals).
 fn result_response(record: &JobRecord) -> Response {
     let body = record.result_json(now_ms());
     let mut response = with_id(Json(body).into_response(), &record.id);
-    let cost = record.cost.unwrap_or(0.0);
-    if let Ok(value) = HeaderValue::from_str(&format!("{cost:.6}")) {
-        response.headers_mut().insert("x-meridian-cost", value);
+    if let Ok(value) = HeaderValue::from_str(&record.cost().to_string()) {
+        response.headers_mut().insert(headers::COST, value);
     }
     if record.state == JobState::Completed {
         tracing::debug!(job = %record.id, "result served");

@@ -1,9 +1,11 @@
-//! The edge→agent HTTP API (region-agent/API.md) on axum: routes, the edge-token check, the
-//! tenant header, and the headers every `/v1/` answer carries.
+//! The agent's HTTP API (region-agent/API.md) on axum: the edge→agent calls under `/v1/`
+//! (the edge-token check, the tenant header, the headers every answer carries) and the
+//! control plane's internal calls under `/internal/v1/` (its agent token).
 
 mod error;
 mod jobs;
 mod sse;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use contract::{TenantId, headers};
 use serde_json::json;
 
 pub use self::error::ApiError;
@@ -27,25 +30,37 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     scheduler: Scheduler,
     edge_token: String,
+    agent_token: Option<String>,
     sync_timeout: Duration,
     max_body_bytes: usize,
     region_header: HeaderValue,
 }
 
+/// The secrets the API checks.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// What edges send in `x-meridian-edge-token` (`/v1/`).
+    pub edge: String,
+    /// What the control plane sends as `Authorization: Bearer` (`/internal/v1/`); without
+    /// a control plane, the internal calls answer 401.
+    pub agent: Option<String>,
+}
+
 impl AppState {
-    /// The API over `scheduler`, checking `edge_token`; synchronous runs wait up to
+    /// The API over `scheduler`, checking `tokens`; synchronous runs wait up to
     /// `sync_timeout`; bodies over `max_body_bytes` are refused.
     pub fn new(
         scheduler: Scheduler,
-        edge_token: &str,
+        tokens: Tokens,
         sync_timeout: Duration,
         max_body_bytes: usize,
     ) -> Self {
-        let region_header = HeaderValue::from_str(scheduler.region())
+        let region_header = HeaderValue::from_str(scheduler.region().as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self(Arc::new(Inner {
             scheduler,
-            edge_token: edge_token.to_owned(),
+            edge_token: tokens.edge,
+            agent_token: tokens.agent,
             sync_timeout,
             max_body_bytes,
             region_header,
@@ -57,7 +72,8 @@ impl AppState {
     }
 }
 
-/// The router: `/v1/…` behind the edge token, `/healthz` and `/metrics` open.
+/// The router: `/v1/…` behind the edge token, `/internal/v1/…` behind the agent token,
+/// `/healthz` and `/metrics` open.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.0.max_body_bytes;
     let v1 = Router::new()
@@ -73,6 +89,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/internal/v1/usage/records", get(usage::records))
         .merge(v1)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -85,7 +102,7 @@ pub fn router(state: AppState) -> Router {
 async fn v1_layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let token = request
         .headers()
-        .get("x-meridian-edge-token")
+        .get(headers::EDGE_TOKEN)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
     let mut response = if constant_time_eq(token, state.0.edge_token.as_bytes()) {
@@ -95,7 +112,7 @@ async fn v1_layer(State(state): State<AppState>, request: Request, next: Next) -
     };
     response
         .headers_mut()
-        .insert("x-meridian-region", state.0.region_header.clone());
+        .insert(headers::REGION, state.0.region_header.clone());
     response
 }
 
@@ -108,7 +125,7 @@ async fn count_responses(State(state): State<AppState>, request: Request, next: 
     response
 }
 
-/// Compares secrets without leaking where they differ.
+/// Compares secrets without leaking where they differ (beyond their length).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -140,19 +157,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The tenant the edge authenticated (`x-meridian-tenant`).
-pub struct Tenant(pub String);
+/// The tenant the edge authenticated (`x-meridian-tenant`), checked against the tenant id
+/// grammar: a bad one is a 400 and never reaches a job or the usage ledger.
+pub struct Tenant(pub TenantId);
 
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .headers
-            .get("x-meridian-tenant")
-            .and_then(|v| v.to_str().ok())
-            .filter(|t| !t.is_empty() && t.len() <= 128)
-            .map(|t| Self(t.to_owned()))
-            .ok_or_else(|| ApiError::BadRequest("the x-meridian-tenant header is missing".into()))
+        let value = parts.headers.get(headers::TENANT).ok_or_else(|| {
+            ApiError::BadRequest(format!("the {} header is missing", headers::TENANT))
+        })?;
+        let text = value.to_str().map_err(|_| {
+            ApiError::BadRequest(format!("the {} header is not text", headers::TENANT))
+        })?;
+        TenantId::new(text)
+            .map(Self)
+            .map_err(|e| ApiError::BadRequest(format!("the {} header: {e}", headers::TENANT)))
     }
 }

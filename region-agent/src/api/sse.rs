@@ -30,6 +30,7 @@ pub async fn status(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant.to_string();
     find(&state, &tenant, &id)?;
     let wants_stream = query.get("stream").is_some_and(|v| v == "true" || v == "1")
         || headers

@@ -1,6 +1,11 @@
 //! The agent's configuration file as written (TOML). Every field says its unit and default;
-//! unknown fields are rejected. [`super::AgentConfig::from_file`] validates it into the
-//! runtime configuration.
+//! unknown fields are rejected with their line ([`contract::problems::from_toml_strict`]).
+//! [`super::AgentConfig::from_file`] validates it into the runtime configuration.
+//!
+//! The file says which region the agent is, where its weights and data live, how to reach
+//! the control plane (or which catalog file to read without one) and how to operate (queue
+//! bounds, batching, keep-alive, timeouts, on-demand start and stop). Pools, GPU counts and
+//! what jobs cost come only from the catalog.
 
 use std::path::PathBuf;
 
@@ -8,20 +13,24 @@ use serde::Deserialize;
 
 /// The whole file (see `examples/region-agent.toml`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AgentFile {
-    /// Region id this agent serves, e.g. `eu-west` (required; `[a-z0-9-]`, as in the catalog).
+    /// Region id this agent serves, e.g. `eu-west` (required; the catalog's region id).
     pub region: String,
     /// Address to listen on for the edge→agent API. Default `127.0.0.1:9100`.
     #[serde(default)]
     pub listen: Option<String>,
     /// Shared secret edges send in `x-meridian-edge-token` (required; at least 16 characters).
     pub edge_token: String,
-    /// Directory for queued jobs, results and unsent usage (required; created if missing).
+    /// Directory for queued jobs, results, the usage ledger and the last catalog copy
+    /// (required; created if missing).
     pub data_dir: PathBuf,
     /// How long finished results (and their files) are kept, in seconds. Default 86400 (1 day).
     #[serde(default)]
     pub result_retention_s: Option<u64>,
+    /// How long per-job usage records are kept in the region, in days. Default 90. Records
+    /// not yet sent to the control plane are kept however old they are.
+    #[serde(default)]
+    pub usage_retention_days: Option<u64>,
     /// Largest request body accepted, in bytes. Default 33554432 (32 MiB).
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
@@ -32,24 +41,34 @@ pub struct AgentFile {
     /// seconds, before it stops anyway (unfinished jobs stay queued on disk). Default 30.
     #[serde(default)]
     pub drain_timeout_s: Option<u64>,
-    /// The control plane; leave the table out to serve without one.
+    /// Time to start a stopped on-demand GPU, in milliseconds. Default 0.
+    #[serde(default)]
+    pub on_demand_start_ms: Option<u64>,
+    /// An idle on-demand GPU stops after this long, in seconds. Default 60.
+    #[serde(default)]
+    pub on_demand_idle_stop_s: Option<u64>,
+    /// A Meridian catalog file (TOML, as `control-plane validate-catalog` reads) to take this
+    /// region's pools and the models' pricing from, for an agent without a control plane.
+    /// Exactly one of `catalog_file` and `[control_plane]` is required.
+    #[serde(default)]
+    pub catalog_file: Option<PathBuf>,
+    /// The control plane, which the agent takes its catalog from and reports to. Exactly one
+    /// of `catalog_file` and `[control_plane]` is required.
     #[serde(default)]
     pub control_plane: Option<ControlPlaneFile>,
-    /// GPU pools; their slots are shared by all models (at least one slot in all).
-    #[serde(default)]
-    pub pools: Vec<PoolFile>,
-    /// The models this agent serves (at least one).
+    /// The models this agent has weights for (at least one). Each is served while the
+    /// catalog places it in this region.
     #[serde(default)]
     pub models: Vec<ModelFile>,
 }
 
-/// `[control_plane]`: where heartbeats and usage go.
+/// `[control_plane]`: where the catalog comes from and heartbeats and usage go.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ControlPlaneFile {
     /// Base URL of the control plane, e.g. `http://10.0.0.2:7070` (required).
     pub url: String,
     /// The agent token of the control plane's agent API (required; at least 16 characters).
+    /// The control plane also presents it when it reads this agent's usage records.
     pub agent_token: String,
     /// Time between heartbeats, in milliseconds. Default 1000.
     #[serde(default)]
@@ -57,43 +76,14 @@ pub struct ControlPlaneFile {
     /// Timeout of each call to the control plane, in milliseconds. Default 5000.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
-    /// Most usage records sent in one batch. Default 100 (the control plane takes ≤ 1000).
+    /// Time between usage batches sent to the control plane, in milliseconds. Default: the
+    /// heartbeat interval.
     #[serde(default)]
-    pub usage_batch: Option<u32>,
+    pub usage_interval_ms: Option<u64>,
 }
 
-/// `[[pools]]`: GPUs of one type. Each GPU is one slot: it runs one batch at a time.
+/// `[[models]]`: one model this agent has weights for.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolFile {
-    /// Pool id, e.g. `h100` (required).
-    pub id: String,
-    /// GPU type, e.g. `H100` (informational; checked against discovered GPUs). Default `cpu`.
-    #[serde(default)]
-    pub gpu: Option<String>,
-    /// Reserved slots (already paid for). Default 0.
-    #[serde(default)]
-    pub reserved: Option<u32>,
-    /// Committed price of one reserved slot, money per hour. Default 0.
-    #[serde(default)]
-    pub reserved_price_per_hour: Option<f64>,
-    /// Most on-demand slots (bought per use, after reserved ones are busy). Default 0.
-    #[serde(default)]
-    pub on_demand_max: Option<u32>,
-    /// Price of one on-demand slot, money per hour. Default 0.
-    #[serde(default)]
-    pub on_demand_price_per_hour: Option<f64>,
-    /// Time to start a stopped on-demand slot, in milliseconds. Default 0.
-    #[serde(default)]
-    pub on_demand_start_ms: Option<u64>,
-    /// An idle on-demand slot stops after this long, in seconds. Default 60.
-    #[serde(default)]
-    pub on_demand_idle_stop_s: Option<u64>,
-}
-
-/// `[[models]]`: one model this agent serves.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelFile {
     /// Model id `owner/name`, one the agent knows (e.g. `meridian/esrgan-x2`) (required).
     pub id: String,
@@ -118,8 +108,4 @@ pub struct ModelFile {
     /// Longest a job may run once started, in seconds; later it fails with `timeout`. Default 120.
     #[serde(default)]
     pub timeout_s: Option<u64>,
-    /// What the tenant is charged per unit of work (the model's unit), in the catalog's
-    /// currency. Default 0.
-    #[serde(default)]
-    pub price_per_unit: Option<f64>,
 }

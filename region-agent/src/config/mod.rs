@@ -1,6 +1,10 @@
 //! Configuration: the TOML file ([`file::AgentFile`]) validated into [`AgentConfig`], whose
-//! values are already checked (non-empty ids, positive bounds, at least one slot and model).
-//! Every problem names its field and says how to fix it; all problems are reported at once.
+//! values are already checked (ids in the contract's grammar, positive bounds, exactly one
+//! catalog source, at least one model). Every problem names its place and says how to fix
+//! it ([`contract::ConfigProblems`]); all problems are reported at once.
+//!
+//! The configuration holds no pool, GPU count or price: those come from the catalog
+//! ([`crate::catalog`]), either the control plane's or a catalog file's.
 
 pub mod file;
 
@@ -8,24 +12,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use self::file::{AgentFile, ControlPlaneFile, ModelFile, PoolFile};
+use contract::problems::{ParseError, UnknownField};
+use contract::{ConfigProblems, ModelId, RegionId};
 
-/// One thing wrong with a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// Where, e.g. `models[0].max_batch`.
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-    /// How to fix it.
-    pub fix: String,
-}
+use self::file::{AgentFile, ControlPlaneFile, ModelFile};
 
-impl std::fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}; fix: {}", self.field, self.problem, self.fix)
-    }
-}
+/// Whether a slot is reserved (already paid) or on-demand (paid per use).
+pub use control_plane_client::wire::Capacity;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -39,51 +32,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown or mistyped fields.
+    /// The file is not valid TOML or has mistyped fields.
     #[error("parse the configuration: {0}")]
     Parse(String),
-    /// The values break a rule.
-    #[error("{} problem(s) in the configuration:\n{}", .0.len(), list(.0))]
-    Invalid(Vec<ConfigProblem>),
-}
-
-fn list(problems: &[ConfigProblem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Whether a slot is reserved (already paid) or on-demand (paid per use).
-pub use control_plane_client::wire::Capacity;
-
-/// One slot: a GPU (or the CPU) that runs one batch at a time.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SlotConfig {
-    /// The pool it belongs to.
-    pub pool: String,
-    /// Reserved or on-demand.
-    pub capacity: Capacity,
-    /// Money per hour the slot costs while it runs (on-demand) or always (reserved).
-    pub price_per_hour: f64,
-    /// Time to start it when stopped (on-demand only; zero for reserved).
-    pub start_delay: Duration,
-    /// An idle on-demand slot stops after this long.
-    pub idle_stop: Duration,
-}
-
-/// A GPU pool as configured.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolConfig {
-    /// Pool id.
-    pub id: String,
-    /// GPU type (`cpu` when not given).
-    pub gpu: String,
-    /// Reserved slots.
-    pub reserved: u32,
-    /// Most on-demand slots.
-    pub on_demand_max: u32,
+    /// Unknown fields, or values that break a rule.
+    #[error("{0}")]
+    Invalid(ConfigProblems),
 }
 
 /// Where a model's weights come from.
@@ -96,11 +50,11 @@ pub enum ModelWeights {
     PipelineTest,
 }
 
-/// One served model's settings.
+/// One configured model's settings (it is served while the catalog places it here).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// `owner/name`.
-    pub id: String,
+    pub id: ModelId,
     /// Its weights.
     pub weights: ModelWeights,
     /// Most queued jobs (≥ 1).
@@ -111,8 +65,6 @@ pub struct ModelConfig {
     pub keep_alive: Duration,
     /// Longest run of one job (> 0).
     pub timeout: Duration,
-    /// Money per unit of work.
-    pub price_per_unit: f64,
 }
 
 /// The control-plane link's settings.
@@ -120,21 +72,39 @@ pub struct ModelConfig {
 pub struct ControlPlaneConfig {
     /// Base URL.
     pub url: String,
-    /// Agent token.
+    /// Agent token: sent to the control plane, and expected from it on the internal API.
     pub agent_token: String,
     /// Time between heartbeats (> 0).
     pub heartbeat_interval: Duration,
     /// Timeout of each call (> 0).
     pub request_timeout: Duration,
-    /// Most usage records per batch (1..=1000).
-    pub usage_batch: usize,
+    /// Time between usage batches (> 0).
+    pub usage_interval: Duration,
+}
+
+/// Where the agent's catalog comes from: exactly one source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogSource {
+    /// A catalog file (no control plane); its revision is 0.
+    File(PathBuf),
+    /// The control plane, with the last copy kept in `<data_dir>/catalog.json`.
+    ControlPlane(ControlPlaneConfig),
+}
+
+/// How on-demand GPUs start and stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnDemandConfig {
+    /// Time to start a stopped one.
+    pub start_delay: Duration,
+    /// An idle one stops after this long.
+    pub idle_stop: Duration,
 }
 
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     /// Region id.
-    pub region: String,
+    pub region: RegionId,
     /// Listen address.
     pub listen: SocketAddr,
     /// The edges' shared secret.
@@ -143,89 +113,34 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// How long results are kept.
     pub result_retention: Duration,
+    /// How long per-job usage records are kept (once sent).
+    pub usage_retention: Duration,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// How long a synchronous run waits.
     pub sync_timeout: Duration,
     /// How long draining may take.
     pub drain_timeout: Duration,
-    /// The control plane, when configured.
-    pub control_plane: Option<ControlPlaneConfig>,
-    /// Pools as configured.
-    pub pools: Vec<PoolConfig>,
-    /// Every slot, reserved ones first (in pool order), then on-demand ones.
-    pub slots: Vec<SlotConfig>,
-    /// Served models.
+    /// On-demand start and stop.
+    pub on_demand: OnDemandConfig,
+    /// Where the catalog comes from.
+    pub catalog: CatalogSource,
+    /// Configured models.
     pub models: Vec<ModelConfig>,
 }
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9100";
 const MIN_TOKEN: usize = 16;
+const DAY: Duration = Duration::from_secs(86_400);
 
-/// Collects problems while a file is checked.
-#[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
-
-impl Problems {
-    fn add(
-        &mut self,
-        field: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) {
-        self.0.push(ConfigProblem {
-            field: field.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        });
-    }
-
-    fn id(&mut self, field: &str, value: &str, what: &str) {
-        let ok = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !ok {
-            self.add(
-                field,
-                format!("{value:?} is not a valid {what} id"),
-                "use 1–64 characters of a–z, 0–9 and '-'",
-            );
-        }
-    }
-
-    fn token(&mut self, field: &str, value: &str) {
-        if value.len() < MIN_TOKEN {
-            self.add(
-                field,
-                format!("the token has {} characters", value.len()),
-                format!("use a random secret of at least {MIN_TOKEN} characters"),
-            );
-        }
-    }
-
-    fn price(&mut self, field: &str, value: f64) {
-        if !(value.is_finite() && value >= 0.0) {
-            self.add(
-                field,
-                format!("{value} is not a price"),
-                "set 0 or a positive amount",
-            );
-        }
-    }
-
-    fn positive(&mut self, field: &str, value: u64, unit: &str) {
-        if value == 0 {
-            self.add(field, "is 0", format!("set 1 {unit} or more"));
-        }
-    }
-}
+/// Fields of older configurations that moved to the catalog, and what to do instead.
+const MOVED_TO_CATALOG: &str = "remove it: pools, GPU counts and prices come from the catalog \
+                                (the control plane's, or catalog_file without one)";
 
 impl AgentConfig {
     /// Reads and validates a configuration file. Relative paths in it (`data_dir`,
-    /// `weights_dir`) are taken relative to the file's directory.
+    /// `weights_dir`, `catalog_file`) are taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -234,6 +149,9 @@ impl AgentConfig {
         let mut config = Self::from_toml(&text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
+        if let CatalogSource::File(file) = &mut config.catalog {
+            *file = base.join(&*file);
+        }
         for model in &mut config.models {
             if let ModelWeights::Dir(dir) = &mut model.weights {
                 *dir = base.join(&*dir);
@@ -244,16 +162,18 @@ impl AgentConfig {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let file: AgentFile =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let file: AgentFile = contract::problems::from_toml_strict(text).map_err(|e| match e {
+            ParseError::Syntax(message) => ConfigError::Parse(message),
+            ParseError::UnknownFields(fields) => ConfigError::Invalid(unknown(&fields)),
+        })?;
         Self::from_file(file)
     }
 
     /// Validates a parsed file.
     pub fn from_file(file: AgentFile) -> Result<Self, ConfigError> {
-        let mut p = Problems::default();
-        p.id("region", &file.region, "region");
-        p.token("edge_token", &file.edge_token);
+        let mut p = ConfigProblems::new();
+        let region = region(&mut p, &file.region);
+        token(&mut p, "edge_token", &file.edge_token);
         let listen = parse_listen(&mut p, file.listen.as_deref());
         if file.data_dir.as_os_str().is_empty() {
             p.add(
@@ -262,44 +182,116 @@ impl AgentConfig {
                 "name a directory the agent may write",
             );
         }
-        let retention = file.result_retention_s.unwrap_or(86_400);
-        p.positive("result_retention_s", retention, "second");
-        let max_body = file.max_body_bytes.unwrap_or(32 << 20);
-        p.positive("max_body_bytes", max_body, "byte");
-        let sync_timeout = file.sync_timeout_ms.unwrap_or(60_000);
-        p.positive("sync_timeout_ms", sync_timeout, "millisecond");
-        let control_plane = file
-            .control_plane
-            .as_ref()
-            .map(|c| control_plane(&mut p, c));
-        let (pools, slots) = pools(&mut p, &file.pools);
+        let retention = positive(
+            &mut p,
+            "result_retention_s",
+            file.result_retention_s,
+            86_400,
+        );
+        let usage_days = positive(
+            &mut p,
+            "usage_retention_days",
+            file.usage_retention_days,
+            90,
+        );
+        let max_body = positive(&mut p, "max_body_bytes", file.max_body_bytes, 32 << 20);
+        let sync_timeout = positive(&mut p, "sync_timeout_ms", file.sync_timeout_ms, 60_000);
+        let catalog = catalog_source(&mut p, &file);
         let models = models(&mut p, &file.models);
-        if !p.0.is_empty() {
-            return Err(ConfigError::Invalid(p.0));
-        }
+        let on_demand = OnDemandConfig {
+            start_delay: Duration::from_millis(file.on_demand_start_ms.unwrap_or(0)),
+            idle_stop: Duration::from_secs(file.on_demand_idle_stop_s.unwrap_or(60)),
+        };
+        // Every value is present when no problem was found.
+        let (Some(region), Some(catalog), true) = (region, catalog, p.is_empty()) else {
+            return Err(ConfigError::Invalid(p));
+        };
         Ok(Self {
-            region: file.region,
+            region,
             listen,
             edge_token: file.edge_token,
             data_dir: file.data_dir,
             result_retention: Duration::from_secs(retention),
+            usage_retention: DAY.saturating_mul(u32::try_from(usage_days).unwrap_or(u32::MAX)),
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
             sync_timeout: Duration::from_millis(sync_timeout),
             drain_timeout: Duration::from_secs(file.drain_timeout_s.unwrap_or(30)),
-            control_plane,
-            pools,
-            slots,
+            on_demand,
+            catalog,
             models,
         })
     }
 
     /// The settings of model `id`.
     pub fn model(&self, id: &str) -> Option<&ModelConfig> {
-        self.models.iter().find(|m| m.id == id)
+        self.models.iter().find(|m| m.id.as_str() == id)
+    }
+
+    /// The control plane, when the catalog comes from one.
+    pub fn control_plane(&self) -> Option<&ControlPlaneConfig> {
+        match &self.catalog {
+            CatalogSource::ControlPlane(cp) => Some(cp),
+            CatalogSource::File(_) => None,
+        }
     }
 }
 
-fn parse_listen(p: &mut Problems, listen: Option<&str>) -> SocketAddr {
+/// Unknown fields as problems; fields that moved to the catalog say so.
+fn unknown(fields: &[UnknownField]) -> ConfigProblems {
+    let mut p = ConfigProblems::new();
+    for field in fields {
+        let name = field.place.rsplit('.').next().unwrap_or(&field.place);
+        let moved = field.place.starts_with("pools")
+            || name.contains("price")
+            || matches!(name, "reserved" | "on_demand_max");
+        let line = field
+            .line
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        let fix = if moved {
+            MOVED_TO_CATALOG
+        } else {
+            "remove it or check its spelling"
+        };
+        p.add(&field.place, format!("unknown field `{name}`{line}"), fix);
+    }
+    p
+}
+
+fn region(p: &mut ConfigProblems, value: &str) -> Option<RegionId> {
+    match RegionId::new(value) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            p.add(
+                "region",
+                e.to_string(),
+                "write the region's id as the catalog names it",
+            );
+            None
+        }
+    }
+}
+
+fn token(p: &mut ConfigProblems, place: &str, value: &str) {
+    if value.len() < MIN_TOKEN {
+        p.add(
+            place,
+            format!("the token has {} characters", value.len()),
+            format!("use a random secret of at least {MIN_TOKEN} characters"),
+        );
+    }
+}
+
+/// `value` (or `default`), which must not be 0.
+fn positive(p: &mut ConfigProblems, place: &str, value: Option<u64>, default: u64) -> u64 {
+    let value = value.unwrap_or(default);
+    if value == 0 {
+        p.add(place, "is 0", format!("set 1 or more (default {default})"));
+    }
+    value
+}
+
+fn parse_listen(p: &mut ConfigProblems, listen: Option<&str>) -> SocketAddr {
     let fallback = SocketAddr::from(([127, 0, 0, 1], 9100));
     match listen.unwrap_or(DEFAULT_LISTEN).parse() {
         Ok(address) => address,
@@ -314,7 +306,40 @@ fn parse_listen(p: &mut Problems, listen: Option<&str>) -> SocketAddr {
     }
 }
 
-fn control_plane(p: &mut Problems, c: &ControlPlaneFile) -> ControlPlaneConfig {
+fn catalog_source(p: &mut ConfigProblems, file: &AgentFile) -> Option<CatalogSource> {
+    match (&file.catalog_file, &file.control_plane) {
+        (Some(path), None) if path.as_os_str().is_empty() => {
+            p.add(
+                "catalog_file",
+                "is empty",
+                "name a Meridian catalog file (TOML)",
+            );
+            None
+        }
+        (Some(path), None) => Some(CatalogSource::File(path.clone())),
+        (None, Some(cp)) => Some(CatalogSource::ControlPlane(control_plane(p, cp))),
+        (Some(_), Some(_)) => {
+            p.add(
+                "catalog_file",
+                "catalog_file and [control_plane] are both set",
+                "remove catalog_file: with a control plane the agent takes its catalog from it",
+            );
+            None
+        }
+        (None, None) => {
+            p.add(
+                "control_plane",
+                "neither [control_plane] nor catalog_file is set: the agent has no catalog \
+                 to take its pools and prices from",
+                "add a [control_plane] table with url and agent_token, or set catalog_file \
+                 to a Meridian catalog (e.g. examples/catalog.toml) to serve without one",
+            );
+            None
+        }
+    }
+}
+
+fn control_plane(p: &mut ConfigProblems, c: &ControlPlaneFile) -> ControlPlaneConfig {
     if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
         p.add(
             "control_plane.url",
@@ -322,110 +347,59 @@ fn control_plane(p: &mut Problems, c: &ControlPlaneFile) -> ControlPlaneConfig {
             "write e.g. http://10.0.0.2:7070",
         );
     }
-    p.token("control_plane.agent_token", &c.agent_token);
-    let heartbeat = c.heartbeat_interval_ms.unwrap_or(1000);
-    p.positive(
+    token(p, "control_plane.agent_token", &c.agent_token);
+    let heartbeat = positive(
+        p,
         "control_plane.heartbeat_interval_ms",
-        heartbeat,
-        "millisecond",
+        c.heartbeat_interval_ms,
+        1000,
     );
-    let timeout = c.request_timeout_ms.unwrap_or(5000);
-    p.positive("control_plane.request_timeout_ms", timeout, "millisecond");
-    let batch = c.usage_batch.unwrap_or(100);
-    if !(1..=1000).contains(&batch) {
-        p.add(
-            "control_plane.usage_batch",
-            format!("{batch} records per batch"),
-            "set 1 to 1000",
-        );
-    }
+    let timeout = positive(
+        p,
+        "control_plane.request_timeout_ms",
+        c.request_timeout_ms,
+        5000,
+    );
+    let usage = positive(
+        p,
+        "control_plane.usage_interval_ms",
+        c.usage_interval_ms,
+        heartbeat.max(1),
+    );
     ControlPlaneConfig {
         url: c.url.clone(),
         agent_token: c.agent_token.clone(),
         heartbeat_interval: Duration::from_millis(heartbeat),
         request_timeout: Duration::from_millis(timeout),
-        usage_batch: batch as usize,
+        usage_interval: Duration::from_millis(usage),
     }
 }
 
-fn pools(p: &mut Problems, pools: &[PoolFile]) -> (Vec<PoolConfig>, Vec<SlotConfig>) {
-    let mut configs = Vec::new();
-    let (mut reserved, mut on_demand) = (Vec::new(), Vec::new());
-    for (i, pool) in pools.iter().enumerate() {
-        let at = |field: &str| format!("pools[{i}].{field}");
-        p.id(&at("id"), &pool.id, "pool");
-        if pools[..i].iter().any(|other| other.id == pool.id) {
-            p.add(
-                at("id"),
-                format!("{:?} appears twice", pool.id),
-                "give each pool its own id",
-            );
-        }
-        let reserved_price = pool.reserved_price_per_hour.unwrap_or(0.0);
-        let on_demand_price = pool.on_demand_price_per_hour.unwrap_or(0.0);
-        p.price(&at("reserved_price_per_hour"), reserved_price);
-        p.price(&at("on_demand_price_per_hour"), on_demand_price);
-        let config = PoolConfig {
-            id: pool.id.clone(),
-            gpu: pool.gpu.clone().unwrap_or_else(|| "cpu".to_owned()),
-            reserved: pool.reserved.unwrap_or(0),
-            on_demand_max: pool.on_demand_max.unwrap_or(0),
-        };
-        let slot = |capacity, price_per_hour, start_delay| SlotConfig {
-            pool: pool.id.clone(),
-            capacity,
-            price_per_hour,
-            start_delay,
-            idle_stop: Duration::from_secs(pool.on_demand_idle_stop_s.unwrap_or(60)),
-        };
-        for _ in 0..config.reserved {
-            reserved.push(slot(Capacity::Reserved, reserved_price, Duration::ZERO));
-        }
-        let start = Duration::from_millis(pool.on_demand_start_ms.unwrap_or(0));
-        for _ in 0..config.on_demand_max {
-            on_demand.push(slot(Capacity::OnDemand, on_demand_price, start));
-        }
-        configs.push(config);
-    }
-    if reserved.len() + on_demand.len() == 0 {
-        p.add(
-            "pools",
-            "no slot is configured",
-            "add a [[pools]] table with reserved = 1 or more (or on_demand_max)",
-        );
-    }
-    reserved.extend(on_demand);
-    (configs, reserved)
-}
-
-fn models(p: &mut Problems, models: &[ModelFile]) -> Vec<ModelConfig> {
+fn models(p: &mut ConfigProblems, models: &[ModelFile]) -> Vec<ModelConfig> {
     if models.is_empty() {
         p.add(
             "models",
-            "no model is served",
+            "no model is configured",
             "add a [[models]] table, e.g. id = \"meridian/esrgan-x2\"",
         );
     }
     models
         .iter()
         .enumerate()
-        .map(|(i, m)| model(p, i, m, &models[..i]))
+        .filter_map(|(i, m)| model(p, i, m, &models[..i]))
         .collect()
 }
 
-fn model(p: &mut Problems, i: usize, m: &ModelFile, before: &[ModelFile]) -> ModelConfig {
+fn model(
+    p: &mut ConfigProblems,
+    i: usize,
+    m: &ModelFile,
+    before: &[ModelFile],
+) -> Option<ModelConfig> {
     let at = |field: &str| format!("models[{i}].{field}");
-    let valid_id = m
-        .id
-        .split_once('/')
-        .is_some_and(|(owner, name)| !owner.is_empty() && !name.is_empty() && !name.contains('/'));
-    if !valid_id {
-        p.add(
-            at("id"),
-            format!("{:?} is not owner/name", m.id),
-            "write e.g. meridian/esrgan-x2",
-        );
-    }
+    let id = ModelId::new(&m.id)
+        .map_err(|e| p.add(at("id"), e.to_string(), "write e.g. meridian/esrgan-x2"))
+        .ok();
     if before.iter().any(|other| other.id == m.id) {
         p.add(
             at("id"),
@@ -433,27 +407,21 @@ fn model(p: &mut Problems, i: usize, m: &ModelFile, before: &[ModelFile]) -> Mod
             "list each model once",
         );
     }
-    let queue_bound = m.queue_bound.unwrap_or(64);
-    p.positive(&at("queue_bound"), u64::from(queue_bound), "job");
-    let max_batch = m.max_batch.unwrap_or(1);
-    p.positive(&at("max_batch"), u64::from(max_batch), "job");
-    let timeout = m.timeout_s.unwrap_or(120);
-    p.positive(&at("timeout_s"), timeout, "second");
-    let price = m.price_per_unit.unwrap_or(0.0);
-    p.price(&at("price_per_unit"), price);
+    let queue_bound = positive(p, &at("queue_bound"), m.queue_bound.map(u64::from), 64);
+    let max_batch = positive(p, &at("max_batch"), m.max_batch.map(u64::from), 1);
+    let timeout = positive(p, &at("timeout_s"), m.timeout_s, 120);
     let weights = weights(p, i, m);
-    ModelConfig {
-        id: m.id.clone(),
+    Some(ModelConfig {
+        id: id?,
         weights,
-        queue_bound: queue_bound as usize,
-        max_batch: max_batch as usize,
+        queue_bound: usize::try_from(queue_bound).unwrap_or(usize::MAX),
+        max_batch: usize::try_from(max_batch).unwrap_or(usize::MAX),
         keep_alive: Duration::from_secs(m.keep_alive_s.unwrap_or(300)),
         timeout: Duration::from_secs(timeout),
-        price_per_unit: price,
-    }
+    })
 }
 
-fn weights(p: &mut Problems, i: usize, m: &ModelFile) -> ModelWeights {
+fn weights(p: &mut ConfigProblems, i: usize, m: &ModelFile) -> ModelWeights {
     match (&m.weights_dir, m.pipeline_test.unwrap_or(false)) {
         (Some(dir), false) if dir.as_os_str().is_empty() => {
             p.add(

@@ -8,19 +8,11 @@ region = "eu-west"
 listen = "127.0.0.1:0"
 edge_token = "edge-token-0123456789"
 data_dir = "/tmp/agent"
+on_demand_start_ms = 250
 
 [control_plane]
 url = "http://127.0.0.1:7070"
 agent_token = "agent-token-0123456789"
-
-[[pools]]
-id = "h100"
-gpu = "H100"
-reserved = 2
-reserved_price_per_hour = 2.2
-on_demand_max = 1
-on_demand_price_per_hour = 3.9
-on_demand_start_ms = 250
 
 [[models]]
 id = "meridian/esrgan-x2"
@@ -28,75 +20,106 @@ weights_dir = "models/esrgan-slim"
 max_batch = 4
 "#;
 
+fn problems(text: &str) -> Vec<contract::ConfigProblem> {
+    match AgentConfig::from_toml(text) {
+        Err(ConfigError::Invalid(problems)) => problems.into_vec(),
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+fn places(text: &str) -> Vec<String> {
+    problems(text).into_iter().map(|p| p.place).collect()
+}
+
 #[test]
 fn a_complete_file_gets_its_values_and_defaults() {
     let config = AgentConfig::from_toml(GOOD).unwrap();
-    assert_eq!(config.region, "eu-west");
+    assert_eq!(config.region.as_str(), "eu-west");
     assert_eq!(config.result_retention, Duration::from_secs(86_400));
+    assert_eq!(config.usage_retention, Duration::from_secs(90 * 86_400));
     assert_eq!(config.max_body_bytes, 32 << 20);
     assert_eq!(config.sync_timeout, Duration::from_secs(60));
-    let cp = config.control_plane.as_ref().unwrap();
+    assert_eq!(config.on_demand.start_delay, Duration::from_millis(250));
+    assert_eq!(config.on_demand.idle_stop, Duration::from_secs(60));
+    let cp = config.control_plane().unwrap();
     assert_eq!(cp.heartbeat_interval, Duration::from_secs(1));
-    let classes: Vec<_> = config.slots.iter().map(|s| s.capacity).collect();
-    assert_eq!(
-        classes,
-        [Capacity::Reserved, Capacity::Reserved, Capacity::OnDemand]
-    );
-    assert_eq!(config.slots[2].start_delay, Duration::from_millis(250));
-    assert_eq!(config.slots[0].start_delay, Duration::ZERO);
+    assert_eq!(cp.usage_interval, cp.heartbeat_interval);
     let model = config.model("meridian/esrgan-x2").unwrap();
     assert_eq!((model.max_batch, model.queue_bound), (4, 64));
     assert_eq!(model.keep_alive, Duration::from_secs(300));
 }
 
 #[test]
-fn the_control_plane_is_optional() {
-    let text = GOOD.replace("[control_plane]", "[unused]");
-    // An unknown table is refused …
-    let err = AgentConfig::from_toml(&text).unwrap_err();
-    assert!(matches!(err, ConfigError::Parse(_)), "{err}");
-    // … and without the table the agent serves alone.
+fn exactly_one_catalog_source_is_required() {
     let start = GOOD.find("[control_plane]").unwrap();
-    let end = GOOD.find("[[pools]]").unwrap();
-    let text = format!("{}{}", &GOOD[..start], &GOOD[end..]);
-    assert!(
-        AgentConfig::from_toml(&text)
-            .unwrap()
-            .control_plane
-            .is_none()
+    let end = GOOD.find("[[models]]").unwrap();
+    let without = format!("{}{}", &GOOD[..start], &GOOD[end..]);
+    let with_file = without.replace(
+        "on_demand_start_ms",
+        "catalog_file = \"catalog.toml\"\non_demand_start_ms",
     );
+    let config = AgentConfig::from_toml(&with_file).unwrap();
+    assert_eq!(config.catalog, CatalogSource::File("catalog.toml".into()));
+    assert!(config.control_plane().is_none());
+
+    let neither = problems(&without);
+    assert_eq!(neither[0].place, "control_plane");
+    assert!(neither[0].fix.contains("catalog_file"), "{}", neither[0]);
+    let both = GOOD.replace(
+        "on_demand_start_ms",
+        "catalog_file = \"catalog.toml\"\non_demand_start_ms",
+    );
+    assert_eq!(places(&both), ["catalog_file"]);
 }
 
 #[test]
-fn unknown_fields_are_rejected_with_their_name() {
+fn unknown_fields_are_refused_with_their_line() {
     let text = GOOD.replace("max_batch = 4", "max_batch = 4\nbatch_size = 3");
-    let err = AgentConfig::from_toml(&text).unwrap_err().to_string();
-    assert!(err.contains("batch_size"), "{err}");
+    let problems = problems(&text);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].place, "models[0].batch_size");
+    assert!(problems[0].problem.contains("line 16"), "{}", problems[0]);
+    let err = AgentConfig::from_toml("region = ").unwrap_err();
+    assert!(matches!(err, ConfigError::Parse(_)), "{err}");
+}
+
+#[test]
+fn pools_and_prices_are_refused_as_the_catalog_s() {
+    let text = format!("{GOOD}price_per_unit = 0.25\n\n[[pools]]\nid = \"h100\"\nreserved = 2\n");
+    let problems = problems(&text);
+    let places: Vec<_> = problems.iter().map(|p| p.place.as_str()).collect();
+    assert_eq!(places, ["models[0].price_per_unit", "pools"]);
+    assert!(
+        problems.iter().all(|p| p.fix.contains("catalog")),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn every_problem_is_named_with_its_fix() {
     let text = GOOD
         .replace("edge-token-0123456789", "short")
-        .replace("reserved = 2", "reserved = 0")
-        .replace("on_demand_max = 1", "on_demand_max = 0")
-        .replace("max_batch = 4", "max_batch = 0\nprice_per_unit = -1.0")
-        .replace("\"eu-west\"", "\"EU West\"");
-    let ConfigError::Invalid(problems) = AgentConfig::from_toml(&text).unwrap_err() else {
-        panic!("expected validation problems");
-    };
-    let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        .replace("max_batch = 4", "max_batch = 0\ntimeout_s = 0")
+        .replace("\"eu-west\"", "\"EU West\"")
+        .replace("agent-token-0123456789", "x");
+    let found = problems(&text);
+    let places: Vec<_> = found.iter().map(|p| p.place.as_str()).collect();
     assert_eq!(
-        fields,
+        places,
         [
             "region",
             "edge_token",
-            "pools",
+            "control_plane.agent_token",
             "models[0].max_batch",
-            "models[0].price_per_unit"
+            "models[0].timeout_s"
         ]
     );
-    assert!(problems.iter().all(|p| !p.fix.is_empty()));
+    assert!(
+        found[0].problem.contains("not a valid region id"),
+        "{}",
+        found[0]
+    );
+    assert!(found.iter().all(|p| !p.fix.is_empty()));
 }
 
 #[test]
@@ -104,11 +127,7 @@ fn duplicate_models_and_bad_ids_are_refused() {
     let text = format!(
         "{GOOD}\n[[models]]\nid = \"meridian/esrgan-x2\"\nweights_dir = \"x\"\n\n[[models]]\nid = \"esrgan\"\nweights_dir = \"x\"\n"
     );
-    let ConfigError::Invalid(problems) = AgentConfig::from_toml(&text).unwrap_err() else {
-        panic!("expected validation problems");
-    };
-    let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, ["models[1].id", "models[2].id"]);
+    assert_eq!(places(&text), ["models[1].id", "models[2].id"]);
 }
 
 #[test]
@@ -134,16 +153,35 @@ fn weights_must_be_named_once() {
         "weights_dir = \"models/esrgan-slim\"\npipeline_test = true",
     );
     let empty = GOOD.replace("\"models/esrgan-slim\"", "\"\"");
-    for (text, field) in [
+    for (text, place) in [
         (neither, "models[0].weights_dir"),
         (both, "models[0].pipeline_test"),
         (empty, "models[0].weights_dir"),
     ] {
-        let ConfigError::Invalid(problems) = AgentConfig::from_toml(&text).unwrap_err() else {
-            panic!("expected validation problems for {field}");
-        };
-        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, [field]);
-        assert!(!problems[0].fix.is_empty());
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].place, place);
+        assert!(!found[0].fix.is_empty());
     }
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_file_s_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let text = GOOD.replace(
+        "[control_plane]\nurl = \"http://127.0.0.1:7070\"\nagent_token = \"agent-token-0123456789\"\n",
+        "",
+    );
+    let text = text.replace(
+        "on_demand_start_ms",
+        "catalog_file = \"catalog.toml\"\non_demand_start_ms",
+    );
+    std::fs::write(&path, text.replace("/tmp/agent", "data")).unwrap();
+    let config = AgentConfig::load(&path).unwrap();
+    assert_eq!(config.data_dir, dir.path().join("data"));
+    assert_eq!(
+        config.catalog,
+        CatalogSource::File(dir.path().join("catalog.toml"))
+    );
 }

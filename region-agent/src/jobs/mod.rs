@@ -1,12 +1,16 @@
-//! Jobs: their records (what is persisted and what the status and result calls show), ids,
-//! and the on-disk store ([`store::JobStore`]).
+//! Jobs: their records (what is persisted and what the status and result calls show) and
+//! the on-disk store ([`store::JobStore`]). Request ids are [`contract::RequestId`]s.
 
 pub mod store;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use control_plane_client::wire::UsageRecord;
+
 pub use control_plane_client::wire::Capacity;
+
+use crate::catalog::Quote;
 
 /// A job's priority; higher ones run first, FIFO within one.
 #[derive(
@@ -101,18 +105,14 @@ pub struct JobRecord {
     /// The output (file objects already carry their URLs).
     #[serde(default)]
     pub output: Option<Value>,
-    /// Units billed.
+    /// The price the job was accepted under, used when its model has left the catalog by
+    /// the time it finishes.
     #[serde(default)]
-    pub units: Option<f64>,
-    /// GPU-seconds used.
+    pub quote: Option<Quote>,
+    /// What the job used and cost, once it finished on a slot: the per-job usage record,
+    /// written here before it is appended to the usage journal.
     #[serde(default)]
-    pub gpu_seconds: Option<f64>,
-    /// What the tenant is charged.
-    #[serde(default)]
-    pub cost: Option<f64>,
-    /// Capacity class it ran on.
-    #[serde(default)]
-    pub capacity: Option<Capacity>,
+    pub usage: Option<UsageRecord>,
 }
 
 impl JobRecord {
@@ -138,38 +138,37 @@ impl JobRecord {
         })
     }
 
-    /// The result JSON: the status plus output, units, cost and capacity.
+    /// The result JSON: the status plus output, units, cost (exact: `cost_nanos` billionths)
+    /// and capacity.
     pub fn result_json(&self, now_ms: u64) -> Value {
         let mut value = self.status_json(None, now_ms);
+        let usage = self.usage.as_ref();
         if let Value::Object(map) = &mut value {
             map.insert("output".into(), self.output.clone().unwrap_or(Value::Null));
-            map.insert("units".into(), json!(self.units));
-            map.insert("cost".into(), json!(self.cost));
-            map.insert("capacity".into(), json!(self.capacity));
-            map.insert("gpu_seconds".into(), json!(self.gpu_seconds));
+            map.insert(
+                "units".into(),
+                json!(usage.map(|u| u.units_nanos.as_amount())),
+            );
+            map.insert(
+                "cost".into(),
+                json!(usage.map(|u| u.cost_nanos.as_amount())),
+            );
+            map.insert("cost_nanos".into(), json!(usage.map(|u| u.cost_nanos.0)));
+            map.insert("capacity".into(), json!(usage.map(|u| u.capacity)));
+            map.insert(
+                "gpu_seconds".into(),
+                json!(usage.map(|u| u.gpu_nanos.as_amount())),
+            );
         }
         value
     }
-}
 
-/// A new request id for `region`: the region, a dot and 128 random bits in lowercase hex.
-pub fn new_request_id(region: &str) -> String {
-    format!("{region}.{:032x}", rand::random::<u128>())
-}
-
-/// Whether `id` has the shape of a request id (so it is safe as a directory name).
-pub fn is_request_id(id: &str) -> bool {
-    let Some((region, hex)) = id.rsplit_once('.') else {
-        return false;
-    };
-    !region.is_empty()
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && hex.len() == 32
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    /// What the job cost (0 when it was charged nothing).
+    pub fn cost(&self) -> contract::Nanos {
+        self.usage
+            .as_ref()
+            .map_or(contract::Nanos::ZERO, |u| u.cost_nanos)
+    }
 }
 
 /// Unix time in ms.
@@ -178,26 +177,4 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_carry_the_region_and_128_bits() {
-        let a = new_request_id("eu-west");
-        let b = new_request_id("eu-west");
-        assert_ne!(a, b);
-        assert!(a.starts_with("eu-west."), "{a}");
-        assert!(is_request_id(&a), "{a}");
-        for bad in [
-            "eu-west",
-            "eu-west.xyz",
-            "../etc.0123",
-            "a.0123456789abcdef0123456789ABCDEF",
-        ] {
-            assert!(!is_request_id(bad), "{bad}");
-        }
-    }
 }

@@ -6,16 +6,18 @@
 //! <data_dir>/jobs/<request id>/files/<name>  output files
 //! ```
 //!
-//! Every file is written to a temporary name, fsynced, renamed into place and its directory
-//! fsynced, so a crash leaves either the old or the new content, never a torn file.
+//! Every file is written with [`contract::fs::write_atomic`] (temporary name, fsync, rename,
+//! fsync of the directory), so a crash leaves either the old or the new content, never a torn
+//! file.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use contract::RequestId;
+use contract::fs::{sync_dir, write_atomic};
 use serde_json::Value;
 
-use super::{JobRecord, is_request_id};
+use super::JobRecord;
 
 /// Why the store failed (the agent's disk, never the user's input).
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A durable write failed.
+    #[error(transparent)]
+    File(#[from] contract::fs::FileError),
     /// A record could not be encoded or decoded.
     #[error("record {path}: {source}")]
     Json {
@@ -48,28 +53,6 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let mut file = fs::File::create(&tmp).map_err(io("create", &tmp))?;
-    file.write_all(bytes).map_err(io("write", &tmp))?;
-    file.sync_all().map_err(io("fsync", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io("rename into", path))?;
-    sync_dir(dir)
-}
-
-/// Fsyncs a directory so a rename or a new entry in it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
 }
 
 /// The jobs directory of one agent.
@@ -101,7 +84,7 @@ impl JobStore {
         })?;
         write_atomic(&input_path, &bytes)?;
         self.save(record)?;
-        sync_dir(&self.root)
+        Ok(sync_dir(&self.root)?)
     }
 
     /// Replaces a job's record.
@@ -111,7 +94,7 @@ impl JobStore {
             path: path.clone(),
             source,
         })?;
-        write_atomic(&path, &bytes)
+        Ok(write_atomic(&path, &bytes)?)
     }
 
     /// Reads a job's input.
@@ -119,6 +102,11 @@ impl JobStore {
         let path = self.dir(id).join("input.json");
         let bytes = fs::read(&path).map_err(io("read", &path))?;
         serde_json::from_slice(&bytes).map_err(|source| StoreError::Json { path, source })
+    }
+
+    /// Whether a job's input is still on disk (a finished job keeps it until it is billed).
+    pub fn has_input(&self, id: &str) -> bool {
+        self.dir(id).join("input.json").exists()
     }
 
     /// Deletes a finished job's input (its output is all that is kept).
@@ -133,7 +121,7 @@ impl JobStore {
 
     /// Writes an output file.
     pub fn write_file(&self, id: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        write_atomic(&self.dir(id).join("files").join(name), bytes)
+        Ok(write_atomic(&self.dir(id).join("files").join(name), bytes)?)
     }
 
     /// Reads an output file; `None` when it does not exist or the name is not a plain name.
@@ -143,7 +131,7 @@ impl JobStore {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !plain || !is_request_id(id) {
+        if !plain || RequestId::new(id).is_err() {
             return None;
         }
         fs::read(self.dir(id).join("files").join(name)).ok()
@@ -165,7 +153,7 @@ impl JobStore {
         for entry in fs::read_dir(&self.root).map_err(io("list", &self.root))? {
             let entry = entry.map_err(io("list", &self.root))?;
             let name = entry.file_name();
-            let Some(id) = name.to_str().filter(|id| is_request_id(id)) else {
+            let Some(id) = name.to_str().filter(|id| RequestId::new(id).is_ok()) else {
                 continue;
             };
             let path = entry.path().join("record.json");

@@ -1,78 +1,101 @@
 //! The link to the control plane: register under a lease, heartbeat (≈1 s) with the agent's
-//! report, send usage records in batches until acknowledged, and at shutdown report draining,
-//! flush usage and deregister. The agent serves whether or not the control plane answers.
+//! report, fetch the agent catalog when the control plane says a newer one exists (and keep
+//! it on disk), send the usage ledger's batches until each is receipted, and at shutdown
+//! report draining, flush usage and deregister. The agent serves whether or not the control
+//! plane answers.
 
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use anyhow::Context;
+use contract::RegionId;
 use control_plane_client::ControlPlane;
-use control_plane_client::wire::UsageRecord;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::source;
 use crate::config::ControlPlaneConfig;
 use crate::scheduler::Scheduler;
 
-/// How many rounds of usage batches a final flush tries.
-const FINAL_FLUSH_ROUNDS: usize = 20;
+/// Most batches sent in one round of the usage interval.
+const ROUND_BATCHES: usize = 10;
+/// Most batches the final flush at shutdown sends.
+const FINAL_BATCHES: usize = 200;
 
 /// The agent's side of the control-plane API.
-#[derive(Clone)]
 pub struct Link {
     client: ControlPlane,
-    region: String,
+    region: RegionId,
     scheduler: Scheduler,
-    interval: Duration,
-    usage_batch: usize,
+    data_dir: PathBuf,
+    heartbeat: Duration,
+    usage_interval: Duration,
+    /// The last catalog problem logged, so a problem that lasts is logged once.
+    last_catalog_problem: Mutex<Option<String>>,
+    /// The last usage delivery problem logged, likewise.
+    last_usage_problem: Mutex<Option<String>>,
 }
 
 impl Link {
-    /// A link for `scheduler`'s region.
-    pub fn new(config: &ControlPlaneConfig, scheduler: Scheduler) -> anyhow::Result<Self> {
+    /// A link for `scheduler`'s region, keeping the catalog copy in `data_dir`.
+    pub fn new(
+        config: &ControlPlaneConfig,
+        data_dir: PathBuf,
+        scheduler: Scheduler,
+    ) -> anyhow::Result<Self> {
         let client = ControlPlane::new(&config.url, &config.agent_token, config.request_timeout)?;
         Ok(Self {
             client,
-            region: scheduler.region().to_owned(),
+            region: scheduler.region().clone(),
             scheduler,
-            interval: config.heartbeat_interval,
-            usage_batch: config.usage_batch,
+            data_dir,
+            heartbeat: config.heartbeat_interval,
+            usage_interval: config.usage_interval,
+            last_catalog_problem: Mutex::new(None),
+            last_usage_problem: Mutex::new(None),
         })
     }
 
-    /// Heartbeats and usage until `stop`; then the final draining report, usage flush and
-    /// deregistration.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Heartbeats, catalog updates and usage until `stop`; then the final draining report,
+    /// usage flush and deregistration.
+    pub async fn run(&self, stop: CancellationToken) {
         let mut registered = false;
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = tokio::time::interval(self.heartbeat);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut usage = tokio::time::interval(self.usage_interval);
+        usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            registered = self.beat(registered).await;
-            if let Err(e) = self.flush_usage(1).await {
-                tracing::debug!(error = %e, "usage not delivered yet; kept on disk");
+                _ = beats.tick() => registered = self.beat(registered).await,
+                _ = usage.tick() => self.deliver_usage().await,
             }
         }
         self.beat(registered).await;
-        match self.flush_usage(FINAL_FLUSH_ROUNDS).await {
+        match self.flush_usage(FINAL_BATCHES).await {
             Ok(0) => {}
-            Ok(sent) => tracing::info!(sent, "usage flushed at shutdown"),
+            Ok(sent) => tracing::info!(batches = sent, "usage flushed at shutdown"),
             Err(e) => {
-                tracing::warn!(error = %e, left = self.scheduler.usage().len(), "usage not flushed at shutdown; kept on disk for the next start")
+                tracing::warn!(error = %e, "usage not flushed at shutdown; kept on disk for the next start")
             }
         }
-        match self.client.deregister(&self.region).await {
+        match self.client.deregister(self.region.as_str()).await {
             Ok(()) => tracing::info!(region = %self.region, "deregistered from the control plane"),
             Err(e) => tracing::warn!(error = %e, "cannot deregister; the lease will run out"),
         }
     }
 
-    /// One heartbeat (or registration when not registered); returns whether registered.
+    /// One heartbeat (or registration when not registered), then a catalog fetch when the
+    /// answer names a newer catalog; returns whether registered.
     pub async fn beat(&self, registered: bool) -> bool {
         let report = self.scheduler.report();
+        let region = self.region.as_str();
         if registered {
-            match self.client.heartbeat(&self.region, &report).await {
-                Ok(_) => return true,
+            match self.client.heartbeat(region, &report).await {
+                Ok(answer) => {
+                    self.follow_catalog(answer.catalog_revision).await;
+                    return true;
+                }
                 Err(e) if e.kind() == Some("not_registered") => {
                     tracing::warn!("the control plane lost this agent's lease; registering again");
                 }
@@ -82,9 +105,14 @@ impl Link {
                 }
             }
         }
-        match self.client.register(&self.region, &report).await {
+        match self.client.register(region, &report).await {
             Ok(registration) => {
-                tracing::info!(region = %self.region, ttl_ms = registration.ttl_ms, "registered with the control plane");
+                tracing::info!(
+                    region,
+                    ttl_ms = registration.ttl_ms,
+                    "registered with the control plane"
+                );
+                self.follow_catalog(registration.catalog_revision).await;
                 true
             }
             Err(e) => {
@@ -94,40 +122,108 @@ impl Link {
         }
     }
 
-    /// Sends up to `rounds` batches of pending usage; returns how many records were
-    /// acknowledged.
-    pub async fn flush_usage(
-        &self,
-        rounds: usize,
-    ) -> Result<usize, control_plane_client::ClientError> {
-        let mut sent = 0;
-        for _ in 0..rounds {
-            let batch = self.pending().await;
-            if batch.is_empty() {
-                break;
-            }
-            let full = batch.len() == self.usage_batch;
-            let receipt = self.client.report_usage(batch.clone()).await?;
-            tracing::debug!(
-                accepted = receipt.accepted,
-                duplicates = receipt.duplicates,
-                "usage delivered"
-            );
-            sent += batch.len();
-            let spool = self.scheduler.usage().clone();
-            let _ = tokio::task::spawn_blocking(move || spool.acknowledge(&batch)).await;
-            if !full {
-                break;
-            }
+    /// Fetches the catalog when the control plane's `newest` revision is newer than the copy
+    /// in force, or there is none.
+    async fn follow_catalog(&self, newest: i64) {
+        let stale = self
+            .scheduler
+            .catalog_revision()
+            .is_none_or(|own| own < newest);
+        if stale && let Err(e) = self.fetch_catalog().await {
+            self.catalog_problem(format!("{e:#}"));
         }
-        Ok(sent)
     }
 
-    async fn pending(&self) -> Vec<UsageRecord> {
-        let spool = self.scheduler.usage().clone();
-        let limit = self.usage_batch;
-        tokio::task::spawn_blocking(move || spool.pending(limit))
+    /// Fetches the region's agent catalog, puts it in force and keeps it on disk.
+    pub async fn fetch_catalog(&self) -> anyhow::Result<i64> {
+        let catalog = self
+            .client
+            .agent_catalog(self.region.as_str())
             .await
-            .unwrap_or_default()
+            .context("fetch the agent catalog")?;
+        self.scheduler
+            .install_catalog(&catalog)
+            .context("use the agent catalog")?;
+        let data_dir = self.data_dir.clone();
+        let revision = catalog.revision;
+        let saved =
+            tokio::task::spawn_blocking(move || source::save_cache(&data_dir, &catalog)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot keep the catalog on disk; a start without the control plane would have none")
+            }
+            Err(e) => tracing::error!(error = %e, "cannot keep the catalog on disk"),
+        }
+        *self
+            .last_catalog_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(revision)
+    }
+
+    /// Logs a catalog problem once while it lasts.
+    fn catalog_problem(&self, problem: String) {
+        let mut last = self
+            .last_catalog_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() != Some(problem.as_str()) {
+            tracing::error!(error = %problem, revision = ?self.scheduler.catalog_revision(), "no newer catalog; serving on with the copy in force");
+            *last = Some(problem);
+        }
+    }
+
+    /// One round of usage batches; a delivery problem is logged once while it lasts.
+    async fn deliver_usage(&self) {
+        let problem = self
+            .flush_usage(ROUND_BATCHES)
+            .await
+            .err()
+            .map(|e| format!("{e:#}"));
+        let mut last = self
+            .last_usage_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &problem {
+            Some(p) if last.as_deref() != Some(p.as_str()) => {
+                tracing::warn!(error = %p, "usage not delivered yet; kept on disk and sent again");
+            }
+            None if last.is_some() => tracing::info!("usage delivered again"),
+            _ => {}
+        }
+        *last = problem;
+    }
+
+    /// Sends up to `batches` usage batches, each until its receipt; returns how many were
+    /// receipted.
+    pub async fn flush_usage(&self, batches: usize) -> anyhow::Result<usize> {
+        let mut sent = 0;
+        while sent < batches {
+            let scheduler = self.scheduler.clone();
+            let pending = tokio::task::spawn_blocking(move || scheduler.ledger().pending_batch())
+                .await
+                .context("build a usage batch")??;
+            let Some(batch) = pending else { break };
+            let receipt = self.client.report_usage(&batch).await?;
+            anyhow::ensure!(
+                receipt.seq == batch.seq,
+                "the control plane receipted batch {} for batch {}",
+                receipt.seq,
+                batch.seq
+            );
+            let scheduler = self.scheduler.clone();
+            tokio::task::spawn_blocking(move || scheduler.ledger().acknowledge(receipt.seq))
+                .await
+                .context("record a usage receipt")??;
+            tracing::debug!(
+                seq = batch.seq,
+                rows = batch.rows.len(),
+                applied = receipt.applied,
+                "usage batch receipted"
+            );
+            sent += 1;
+        }
+        Ok(sent)
     }
 }

@@ -39,8 +39,12 @@ pub struct Gauges {
     pub models: Vec<(String, usize, usize, bool)>,
     /// Busy slots, free reserved, free on-demand, startable on-demand.
     pub slots: (u32, u32, u32, u32),
-    /// Unsent usage records.
-    pub usage_pending: usize,
+    /// Finished jobs not billed yet (their usage record is not in the journal).
+    pub unbilled: usize,
+    /// Whether a usage batch waits in the outbox.
+    pub usage_batch_pending: bool,
+    /// Revision of the catalog copy in force.
+    pub catalog_revision: Option<i64>,
     /// Whether the agent is draining.
     pub draining: bool,
 }
@@ -292,15 +296,39 @@ impl Metrics {
         }
         family(
             o,
-            "meridian_agent_usage_records_pending",
+            "meridian_agent_unbilled_jobs",
             "gauge",
-            "Usage records not yet acknowledged.",
+            "Finished jobs whose usage record is not in the journal yet.",
         );
         line(
             o,
-            "meridian_agent_usage_records_pending",
+            "meridian_agent_unbilled_jobs",
             &[],
-            gauges.usage_pending as f64,
+            gauges.unbilled as f64,
+        );
+        family(
+            o,
+            "meridian_agent_usage_batch_pending",
+            "gauge",
+            "1 while a usage batch waits in the outbox for the control plane's receipt.",
+        );
+        line(
+            o,
+            "meridian_agent_usage_batch_pending",
+            &[],
+            f64::from(u8::from(gauges.usage_batch_pending)),
+        );
+        family(
+            o,
+            "meridian_agent_catalog_revision",
+            "gauge",
+            "Revision of the catalog copy in force (-1 before the first).",
+        );
+        line(
+            o,
+            "meridian_agent_catalog_revision",
+            &[],
+            gauges.catalog_revision.map_or(-1.0, |r| r as f64),
         );
         family(
             o,

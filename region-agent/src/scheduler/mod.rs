@@ -1,62 +1,50 @@
 //! The scheduler: a bounded priority queue per model, one dedicated model thread per model
 //! (it owns the loaded weights, loads them on first use and unloads them after the model's
 //! keep-alive), shared slots (reserved before on-demand), batching, cancellation while
-//! queued, per-job timeouts, persistence of every state change, and usage records.
+//! queued, per-job timeouts, persistence of every state change, and billing.
+//!
+//! Slots and prices come from the catalog copy in force ([`Scheduler::install_catalog`]);
+//! before the first copy every job is refused with `no_catalog`. A configured model is
+//! served while the copy places it in the region and bills it in the unit the model measures
+//! ([`crate::serving::Model::unit`]). A job is priced by the copy in force when it finishes
+//! ([`billing`]).
 //!
 //! The async side ([`Scheduler::submit`], [`Scheduler::cancel`], …) only touches the queues
 //! under short locks and does disk work on blocking threads; models never run on the async
 //! runtime.
 
+mod admission;
+mod billing;
+mod catalog_copy;
 pub mod metrics;
 pub mod queue;
 mod restore;
 pub mod slots;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use candle_core::Device;
+use contract::{RegionId, TenantId};
 use control_plane_client::wire::{AgentReport, ModelReport};
 use serde_json::Value;
 use tokio::sync::watch;
 
+pub use contract::Refusal;
+
 use self::metrics::{Gauges, Metrics};
-use self::queue::{ModelQueue, Queued};
+use self::queue::ModelQueue;
 use self::slots::SlotPool;
-use crate::config::{AgentConfig, ModelConfig};
+use crate::catalog::RegionCatalog;
+use crate::config::{AgentConfig, ModelConfig, OnDemandConfig};
+use crate::gpu::Hardware;
 use crate::jobs::store::{JobStore, StoreError};
-use crate::jobs::{JobRecord, JobState, Priority, new_request_id, now_ms};
+use crate::jobs::{JobRecord, JobState, Priority, now_ms};
 use crate::serving::{InputError, Model};
-use crate::usage::UsageSpool;
-
-/// Why a job was not accepted. Nothing was created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// The agent is draining.
-    #[error("the agent is draining")]
-    Draining,
-    /// The model's queue is full.
-    #[error("the model's queue is full")]
-    QueueFull,
-    /// This agent does not serve the model.
-    #[error("this agent does not serve the model")]
-    ModelNotServed,
-}
-
-impl Refusal {
-    /// The `x-meridian-refused` value.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Draining => "draining",
-            Self::QueueFull => "queue_full",
-            Self::ModelNotServed => "model_not_served",
-        }
-    }
-}
+use crate::usage::Ledger;
 
 /// Why [`Scheduler::submit`] did not accept a job.
 #[derive(Debug, thiserror::Error)]
@@ -124,14 +112,19 @@ impl Lane {
 
 /// State shared by the API, the model threads and the background tasks.
 pub(crate) struct Shared {
-    region: String,
+    region: RegionId,
     store: JobStore,
-    usage: UsageSpool,
+    ledger: Ledger,
     slots: SlotPool,
-    device: Device,
+    hardware: Hardware,
+    on_demand: OnDemandConfig,
     retention: Duration,
+    /// The catalog copy in force; `None` until the first one arrives.
+    catalog: RwLock<Option<Arc<RegionCatalog>>>,
     jobs: Mutex<HashMap<String, watch::Sender<JobRecord>>>,
     lanes: BTreeMap<String, Arc<Lane>>,
+    /// Finished jobs whose usage record is not in the journal yet (their inputs are kept).
+    unbilled: Mutex<BTreeSet<String>>,
     draining: AtomicBool,
     next_seq: AtomicU64,
     metrics: Metrics,
@@ -146,9 +139,27 @@ impl Shared {
         self.table().get(id).map(|tx| tx.borrow().clone())
     }
 
+    /// The catalog copy in force.
+    fn catalog(&self) -> Option<Arc<RegionCatalog>> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn unbilled(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.unbilled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stores `record` and publishes it to watchers.
     fn publish(&self, record: JobRecord) -> Result<(), StoreError> {
         let saved = self.store.save(&record);
+        self.show(record);
+        saved
+    }
+
+    /// Publishes `record` to watchers (already stored).
+    fn show(&self, record: JobRecord) {
         let mut table = self.table();
         match table.get(&record.id) {
             Some(tx) => {
@@ -158,7 +169,6 @@ impl Shared {
                 table.insert(record.id.clone(), watch::Sender::new(record));
             }
         }
-        saved
     }
 }
 
@@ -170,39 +180,43 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Opens the data directory, restores queued jobs and results, and starts one thread per
-    /// model. `models` must hold a model for every configured model id.
+    /// Opens the data directory (jobs and the usage ledger), restores queued jobs and
+    /// results, bills finished jobs a crash left unbilled, and starts one thread per model.
+    /// `models` must hold a model for every configured model id. It has no slots and refuses
+    /// jobs until a catalog copy is installed ([`Scheduler::install_catalog`]).
     pub fn start(
         config: &AgentConfig,
         models: Vec<Arc<dyn Model>>,
-        device: Device,
+        hardware: Hardware,
     ) -> anyhow::Result<Self> {
         let mut lanes = BTreeMap::new();
         for model_config in &config.models {
+            let id = model_config.id.as_str();
             let model = models
                 .iter()
-                .find(|m| m.id() == model_config.id)
+                .find(|m| m.id() == id)
                 .cloned()
-                .ok_or_else(|| {
-                    anyhow::anyhow!("no implementation for model {}", model_config.id)
-                })?;
+                .ok_or_else(|| anyhow::anyhow!("no implementation for model {id}"))?;
             let lane = Lane {
                 model,
                 config: model_config.clone(),
                 state: Mutex::new(LaneState::default()),
                 wake: Condvar::new(),
             };
-            lanes.insert(model_config.id.clone(), Arc::new(lane));
+            lanes.insert(id.to_owned(), Arc::new(lane));
         }
         let shared = Arc::new(Shared {
             region: config.region.clone(),
             store: JobStore::open(&config.data_dir)?,
-            usage: UsageSpool::open(&config.data_dir)?,
-            slots: SlotPool::new(config.slots.clone()),
-            device,
+            ledger: Ledger::open(&config.data_dir, &config.region)?,
+            slots: SlotPool::default(),
+            hardware,
+            on_demand: config.on_demand,
             retention: config.result_retention,
+            catalog: RwLock::new(None),
             jobs: Mutex::new(HashMap::new()),
             lanes,
+            unbilled: Mutex::new(BTreeSet::new()),
             draining: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
             metrics: Metrics::default(),
@@ -225,7 +239,7 @@ impl Scheduler {
     }
 
     /// The region id.
-    pub fn region(&self) -> &str {
+    pub fn region(&self) -> &RegionId {
         &self.shared.region
     }
 
@@ -233,15 +247,15 @@ impl Scheduler {
     /// blocking thread.
     pub async fn submit(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         model: &str,
         priority: Priority,
         input: Value,
     ) -> Result<JobRecord, SubmitError> {
         let shared = self.shared.clone();
-        let (tenant, model) = (tenant.to_owned(), model.to_owned());
+        let (tenant, model) = (tenant.clone(), model.to_owned());
         tokio::task::spawn_blocking(move || {
-            submit_blocking(&shared, &tenant, &model, priority, input)
+            admission::submit(&shared, &tenant, &model, priority, input)
         })
         .await
         .map_err(|e| {
@@ -253,9 +267,9 @@ impl Scheduler {
         })?
     }
 
-    /// Whether this agent serves `model`.
-    pub fn serves(&self, model: &str) -> bool {
-        self.shared.lanes.contains_key(model)
+    /// Whether a job of `model` would be refused now, and why (before its body is read).
+    pub fn refusal(&self, model: &str) -> Option<Refusal> {
+        admission::refusal(&self.shared, model).err()
     }
 
     /// A job's record when `tenant` owns it.
@@ -288,7 +302,7 @@ impl Scheduler {
     pub async fn cancel(&self, tenant: &str, id: &str) -> Result<JobRecord, CancelError> {
         let shared = self.shared.clone();
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        tokio::task::spawn_blocking(move || cancel_blocking(&shared, &tenant, &id))
+        tokio::task::spawn_blocking(move || admission::cancel(&shared, &tenant, &id))
             .await
             .map_err(|_| CancelError::NotFound)?
     }
@@ -340,32 +354,38 @@ impl Scheduler {
         let _ = joined.await;
     }
 
-    /// Deletes results older than the retention time; returns how many.
+    /// Deletes results older than the retention time (never a job not yet billed) and
+    /// retries billing jobs whose usage record could not be journaled; returns how many
+    /// results were deleted.
     pub async fn sweep_expired(&self) -> usize {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || restore::sweep(&shared, now_ms()))
-            .await
-            .unwrap_or(0)
+        tokio::task::spawn_blocking(move || {
+            billing::retry_unbilled(&shared);
+            restore::sweep(&shared, now_ms())
+        })
+        .await
+        .unwrap_or(0)
     }
 
-    /// Unacknowledged usage records.
-    pub fn usage(&self) -> &UsageSpool {
-        &self.shared.usage
+    /// The usage ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.shared.ledger
     }
 
-    /// What a heartbeat reports.
+    /// What a heartbeat reports: slots, and the queues of the models served now.
     pub fn report(&self) -> AgentReport {
         let counts = self.shared.slots.counts();
-        let draining = self.is_draining();
+        let catalog = self.shared.catalog();
         let models = self
             .shared
             .lanes
             .iter()
+            .filter(|(_, lane)| catalog_copy::serves(catalog.as_deref(), lane))
             .map(|(id, lane)| (id.clone(), model_report(lane)))
             .collect();
         AgentReport {
             healthy: true,
-            draining,
+            draining: self.is_draining(),
             free_reserved: counts.free_reserved,
             free_on_demand: counts.free_on_demand,
             on_demand_startable: counts.on_demand_startable,
@@ -375,6 +395,8 @@ impl Scheduler {
                 .on_demand_start()
                 .map(|d| d.as_secs_f64() * 1000.0),
             models,
+            catalog_revision: catalog.map(|c| c.revision),
+            ..AgentReport::default()
         }
     }
 
@@ -402,10 +424,14 @@ impl Scheduler {
                 counts.free_on_demand,
                 counts.on_demand_startable,
             ),
-            usage_pending: self.shared.usage.len(),
+            unbilled: self.shared.unbilled().len(),
+            usage_batch_pending: self.shared.ledger.has_outbox(),
+            catalog_revision: self.shared.catalog().map(|c| c.revision),
             draining: self.is_draining(),
         };
-        self.shared.metrics.render(&self.shared.region, &gauges)
+        self.shared
+            .metrics
+            .render(self.shared.region.as_str(), &gauges)
     }
 
     /// The counters, for the API to count responses.
@@ -437,102 +463,7 @@ fn model_report(lane: &Lane) -> ModelReport {
     }
 }
 
-fn submit_blocking(
-    shared: &Shared,
-    tenant: &str,
-    model: &str,
-    priority: Priority,
-    input: Value,
-) -> Result<JobRecord, SubmitError> {
-    let refuse = |refusal: Refusal| {
-        shared.metrics.refused(refusal.reason());
-        SubmitError::Refused(refusal)
-    };
-    if shared.draining.load(Ordering::SeqCst) {
-        return Err(refuse(Refusal::Draining));
-    }
-    let lane = shared
-        .lanes
-        .get(model)
-        .ok_or_else(|| refuse(Refusal::ModelNotServed))?;
-    {
-        let mut state = lane.lock();
-        if state.queue.len() + state.reserved >= lane.config.queue_bound {
-            return Err(refuse(Refusal::QueueFull));
-        }
-        state.reserved += 1;
-    }
-    let accepted = store_new_job(shared, lane, tenant, priority, &input);
-    let mut state = lane.lock();
-    state.reserved -= 1;
-    let (record, job) = accepted?;
-    state.queue.push(job);
-    drop(state);
-    lane.wake.notify_all();
-    Ok(record)
-}
-
-/// Checks the input and stores the new job (its place in the queue is already reserved).
-fn store_new_job(
-    shared: &Shared,
-    lane: &Lane,
-    tenant: &str,
-    priority: Priority,
-    input: &Value,
-) -> Result<(JobRecord, Queued), SubmitError> {
-    let prepared = lane.model.prepare(input)?;
-    let record = JobRecord {
-        id: new_request_id(&shared.region),
-        tenant: tenant.to_owned(),
-        model: lane.config.id.clone(),
-        region: shared.region.clone(),
-        priority,
-        seq: shared.next_seq.fetch_add(1, Ordering::SeqCst),
-        state: JobState::InQueue,
-        queued_at_ms: now_ms(),
-        started_at_ms: None,
-        finished_at_ms: None,
-        attempts: 0,
-        error: None,
-        output: None,
-        units: None,
-        gpu_seconds: None,
-        cost: None,
-        capacity: None,
-    };
-    shared.store.create(&record, input)?;
-    shared
-        .table()
-        .insert(record.id.clone(), watch::Sender::new(record.clone()));
-    let job = Queued {
-        id: record.id.clone(),
-        priority,
-        input: prepared,
-    };
-    Ok((record, job))
-}
-
-fn cancel_blocking(shared: &Shared, tenant: &str, id: &str) -> Result<JobRecord, CancelError> {
-    let record = shared
-        .record(id)
-        .filter(|r| r.tenant == tenant)
-        .ok_or(CancelError::NotFound)?;
-    let lane = shared.lanes.get(&record.model);
-    let removed = lane.and_then(|lane| lane.lock().queue.remove(id));
-    if removed.is_none() {
-        let current = shared.record(id).unwrap_or(record);
-        return Err(CancelError::NotCancellable(Box::new(current)));
-    }
-    let mut record = shared.record(id).unwrap_or(record);
-    record.state = JobState::Cancelled;
-    record.finished_at_ms = Some(now_ms());
-    shared.publish(record.clone())?;
-    shared.store.drop_input(id);
-    shared
-        .metrics
-        .job_finished(&record.model, JobState::Cancelled.as_str());
-    Ok(record)
-}
-
+#[cfg(test)]
+mod billing_tests;
 #[cfg(test)]
 mod tests;

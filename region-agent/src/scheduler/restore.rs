@@ -2,24 +2,34 @@
 //! that deletes results past their retention time.
 //!
 //! At start every job on disk is looked at: finished jobs are served again until their
-//! retention ends; queued jobs are queued again in their original order (the queue bound
-//! does not apply: they were accepted already); jobs that were running when the agent
-//! stopped are queued again too (their work is repeated; their usage is reported once, as
-//! the control plane deduplicates by job id). A job that cannot be resumed (its input is
-//! gone or unreadable, or its model is no longer served) fails with a reason — none vanishes.
+//! retention ends, and those a crash left unbilled (input still on disk) are billed once
+//! ([`super::billing::repair`]); queued jobs are queued again in their original order (the
+//! queue bound does not apply: they were accepted already); jobs that were running when the
+//! agent stopped are queued again too (their work is repeated; they are billed once, when
+//! they finish). A job that cannot be resumed (its input is gone or unreadable, or its model
+//! is no longer configured) fails with a reason — none vanishes; it never ran on a slot, so
+//! it has no usage record. The sweep never deletes a job that is not billed yet.
 
 use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 
-use super::Shared;
 use super::queue::Queued;
-use crate::jobs::store::StoreError;
+use super::{Shared, billing};
 use crate::jobs::{JobError, JobRecord, JobState, now_ms};
 
 /// Loads every job from disk into the scheduler (before the model threads start).
-pub(super) fn restore(shared: &Shared) -> Result<(), StoreError> {
+pub(super) fn restore(shared: &Shared) -> anyhow::Result<()> {
     let records = shared.store.load_all()?;
+    let finished: Vec<JobRecord> = records
+        .iter()
+        .filter(|r| r.state.is_final())
+        .cloned()
+        .collect();
+    billing::repair(shared, &finished)?;
+    for record in finished.iter().filter(|r| r.usage.is_none()) {
+        shared.store.drop_input(&record.id);
+    }
     let now = now_ms();
     let retention_ms = u64::try_from(shared.retention.as_millis()).unwrap_or(u64::MAX);
     let (mut resumed, mut kept, mut expired, mut failed) = (0, 0, 0, 0);
@@ -29,7 +39,8 @@ pub(super) fn restore(shared: &Shared) -> Result<(), StoreError> {
             .fetch_max(record.seq.saturating_add(1), Ordering::SeqCst);
         if record.state.is_final() {
             let finished = record.finished_at_ms.unwrap_or(record.queued_at_ms);
-            if finished.saturating_add(retention_ms) <= now {
+            let billed = !shared.unbilled().contains(&record.id);
+            if billed && finished.saturating_add(retention_ms) <= now {
                 shared.store.delete(&record.id)?;
                 expired += 1;
             } else {
@@ -103,7 +114,6 @@ fn fail(shared: &Shared, mut record: JobRecord, message: String) -> Box<JobRecor
     tracing::error!(job = %record.id, reason = %message, "job cannot be resumed after a restart; failed");
     record.state = JobState::Failed;
     record.finished_at_ms = Some(now_ms());
-    record.cost = Some(0.0);
     record.error = Some(JobError {
         kind: "restart".into(),
         message,
@@ -118,14 +128,15 @@ fn fail(shared: &Shared, mut record: JobRecord, message: String) -> Box<JobRecor
 /// Deletes finished jobs whose retention has ended; returns how many.
 pub(super) fn sweep(shared: &Shared, now: u64) -> usize {
     let retention_ms = u64::try_from(shared.retention.as_millis()).unwrap_or(u64::MAX);
+    let unbilled = shared.unbilled().clone();
     let expired: Vec<String> = shared
         .table()
         .iter()
         .filter_map(|(id, tx)| {
             let record = tx.borrow();
             let finished = record.finished_at_ms?;
-            (record.state.is_final() && finished.saturating_add(retention_ms) <= now)
-                .then(|| id.clone())
+            let due = finished.saturating_add(retention_ms) <= now;
+            (record.state.is_final() && due && !unbilled.contains(id)).then(|| id.clone())
         })
         .collect();
     let mut deleted = 0;

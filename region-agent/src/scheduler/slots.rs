@@ -1,24 +1,74 @@
 //! Slots: the agent's GPUs (or CPU workers), each running one batch at a time. Reserved
 //! slots are always taken before on-demand ones; an on-demand slot that has been idle past
 //! its `idle_stop` (or never ran) must be started first, which takes its `start_delay`.
+//!
+//! The slots come from the catalog copy in force ([`crate::catalog::RegionCatalog::slots`])
+//! and change with it ([`SlotPool::reconfigure`]): new slots are free at once, a slot the new
+//! copy no longer has leaves when it is idle — a busy one finishes its batch first.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::config::{Capacity, SlotConfig};
+use crate::config::Capacity;
 
-#[derive(Debug, Clone, Copy)]
-struct SlotState {
+/// One slot as the catalog gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotConfig {
+    /// The pool it belongs to.
+    pub pool: String,
+    /// Reserved or on-demand.
+    pub capacity: Capacity,
+    /// Money per hour the slot costs while it runs (on-demand) or always (reserved).
+    pub price_per_hour: f64,
+    /// Time to start it when stopped (on-demand only; zero for reserved).
+    pub start_delay: Duration,
+    /// An idle on-demand slot stops after this long.
+    pub idle_stop: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    /// Stable while the slot exists (leases name it).
+    id: u64,
+    config: SlotConfig,
     busy: bool,
     /// On-demand: running until then (None = stopped).
     warm_until: Option<Instant>,
+    /// The catalog no longer has it: it leaves when released.
+    retired: bool,
+}
+
+impl Slot {
+    fn warm(&self, now: Instant) -> bool {
+        self.warm_until.is_some_and(|until| until > now)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    slots: Vec<Slot>,
+    next_id: u64,
+}
+
+impl Slots {
+    /// A new free slot.
+    fn new_slot(&mut self, config: SlotConfig) -> Slot {
+        self.next_id += 1;
+        Slot {
+            id: self.next_id,
+            config,
+            busy: false,
+            warm_until: None,
+            retired: false,
+        }
+    }
 }
 
 /// A slot taken by a model thread; give it back with [`SlotPool::release`].
 #[derive(Debug, Clone)]
 pub struct SlotLease {
-    /// Index into the configured slots.
-    pub index: usize,
+    /// The slot's id.
+    pub id: u64,
     /// Its capacity class.
     pub capacity: Capacity,
     /// Its price per hour.
@@ -41,44 +91,68 @@ pub struct SlotCounts {
 }
 
 /// All slots of the agent.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SlotPool {
-    configs: Vec<SlotConfig>,
-    state: Mutex<Vec<SlotState>>,
+    state: Mutex<Slots>,
     freed: Condvar,
 }
 
 impl SlotPool {
-    /// Slots as configured (reserved first).
+    /// Slots as given (reserved first).
     pub fn new(configs: Vec<SlotConfig>) -> Self {
-        let state = vec![
-            SlotState {
-                busy: false,
-                warm_until: None
+        let pool = Self::default();
+        pool.reconfigure(configs);
+        pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the slots those of `configs`: per pool and class, existing slots are kept (busy
+    /// ones first) up to the new count and take the new prices and delays; the rest leave
+    /// (at once when idle, after their batch when busy); missing ones are added, free.
+    pub fn reconfigure(&self, configs: Vec<SlotConfig>) {
+        let mut state = self.lock();
+        let mut kept: Vec<Slot> = Vec::new();
+        let mut old = std::mem::take(&mut state.slots);
+        // Busy slots first, so that shrinking retires idle ones before busy ones.
+        old.sort_by_key(|s| (s.retired, !s.busy));
+        for config in configs {
+            let same = |s: &Slot| {
+                !s.retired && s.config.pool == config.pool && s.config.capacity == config.capacity
             };
-            configs.len()
-        ];
-        Self {
-            configs,
-            state: Mutex::new(state),
-            freed: Condvar::new(),
+            match old.iter().position(same) {
+                Some(i) => {
+                    let mut slot = old.remove(i);
+                    slot.config = config;
+                    kept.push(slot);
+                }
+                None => kept.push(state.new_slot(config)),
+            }
         }
+        for mut slot in old.into_iter().filter(|s| s.busy) {
+            slot.retired = true;
+            kept.push(slot);
+        }
+        state.slots = kept;
+        drop(state);
+        self.freed.notify_all();
     }
 
     /// Takes a free slot without waiting: a reserved one if any, else a running on-demand
     /// one, else a stopped on-demand one (to be started).
     pub fn try_acquire(&self) -> Option<SlotLease> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.pick(&mut state, Instant::now())
+        Self::pick(&mut self.lock(), Instant::now())
     }
 
     /// Takes a free slot, waiting up to `patience` for one.
     pub fn acquire(&self, patience: Duration) -> Option<SlotLease> {
         let deadline = Instant::now() + patience;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         loop {
             let now = Instant::now();
-            if let Some(lease) = self.pick(&mut state, now) {
+            if let Some(lease) = Self::pick(&mut state, now) {
                 return Some(lease);
             }
             if now >= deadline {
@@ -92,53 +166,56 @@ impl SlotPool {
         }
     }
 
-    fn pick(&self, state: &mut [SlotState], now: Instant) -> Option<SlotLease> {
-        let warm = |s: &SlotState| s.warm_until.is_some_and(|until| until > now);
+    fn pick(state: &mut Slots, now: Instant) -> Option<SlotLease> {
         let free = |class: Capacity, want_warm: bool| {
-            (0..state.len()).find(|&i| {
-                !state[i].busy
-                    && self.configs[i].capacity == class
-                    && (class == Capacity::Reserved || warm(&state[i]) == want_warm)
+            state.slots.iter().position(|s| {
+                !s.busy
+                    && !s.retired
+                    && s.config.capacity == class
+                    && (class == Capacity::Reserved || s.warm(now) == want_warm)
             })
         };
         let index = free(Capacity::Reserved, true)
             .or_else(|| free(Capacity::OnDemand, true))
             .or_else(|| free(Capacity::OnDemand, false))?;
-        let config = &self.configs[index];
-        let start_delay = match config.capacity {
-            Capacity::OnDemand if !warm(&state[index]) => config.start_delay,
+        let slot = &mut state.slots[index];
+        let start_delay = match slot.config.capacity {
+            Capacity::OnDemand if !slot.warm(now) => slot.config.start_delay,
             _ => Duration::ZERO,
         };
-        state[index].busy = true;
+        slot.busy = true;
         Some(SlotLease {
-            index,
-            capacity: config.capacity,
-            price_per_hour: config.price_per_hour,
+            id: slot.id,
+            capacity: slot.config.capacity,
+            price_per_hour: slot.config.price_per_hour,
             start_delay,
         })
     }
 
-    /// Gives a slot back; an on-demand one keeps running for its `idle_stop`.
+    /// Gives a slot back; an on-demand one keeps running for its `idle_stop`, a retired one
+    /// leaves.
     pub fn release(&self, lease: &SlotLease) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = state.get_mut(lease.index) {
+        let mut state = self.lock();
+        if let Some(i) = state.slots.iter().position(|s| s.id == lease.id) {
+            let slot = &mut state.slots[i];
             slot.busy = false;
-            if lease.capacity == Capacity::OnDemand {
-                slot.warm_until = Some(Instant::now() + self.configs[lease.index].idle_stop);
+            if slot.retired {
+                state.slots.remove(i);
+            } else if slot.config.capacity == Capacity::OnDemand {
+                slot.warm_until = Some(Instant::now() + slot.config.idle_stop);
             }
         }
         drop(state);
         self.freed.notify_all();
     }
 
-    /// Free and busy slots now.
+    /// Free and busy slots now (a retired slot counts while it is busy).
     pub fn counts(&self) -> SlotCounts {
         let now = Instant::now();
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.lock();
         let mut counts = SlotCounts::default();
-        for (slot, config) in state.iter().zip(&self.configs) {
-            let warm = slot.warm_until.is_some_and(|until| until > now);
-            match (slot.busy, config.capacity, warm) {
+        for slot in &state.slots {
+            match (slot.busy, slot.config.capacity, slot.warm(now)) {
                 (true, ..) => counts.busy += 1,
                 (false, Capacity::Reserved, _) => counts.free_reserved += 1,
                 (false, Capacity::OnDemand, true) => counts.free_on_demand += 1,
@@ -148,12 +225,13 @@ impl SlotPool {
         counts
     }
 
-    /// The longest on-demand start delay configured, when there are on-demand slots.
+    /// The longest on-demand start delay, when there are on-demand slots.
     pub fn on_demand_start(&self) -> Option<Duration> {
-        self.configs
+        self.lock()
+            .slots
             .iter()
-            .filter(|c| c.capacity == Capacity::OnDemand)
-            .map(|c| c.start_delay)
+            .filter(|s| s.config.capacity == Capacity::OnDemand && !s.retired)
+            .map(|s| s.config.start_delay)
             .max()
     }
 }
@@ -204,6 +282,56 @@ mod tests {
         let again = pool.try_acquire().unwrap();
         assert_eq!(again.capacity, Capacity::OnDemand);
         assert_eq!(again.start_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_new_catalog_reshapes_the_slots_and_busy_ones_finish_first() {
+        let pool = SlotPool::new(vec![
+            slot(Capacity::Reserved, 0),
+            slot(Capacity::Reserved, 0),
+        ]);
+        let busy = pool.try_acquire().unwrap();
+        // The reservation ends: one on-demand slot is left; the busy one finishes its batch.
+        pool.reconfigure(vec![slot(Capacity::OnDemand, 0)]);
+        let counts = pool.counts();
+        assert_eq!(
+            (
+                counts.busy,
+                counts.free_reserved,
+                counts.on_demand_startable
+            ),
+            (1, 0, 1)
+        );
+        let on_demand = pool.try_acquire().unwrap();
+        assert_eq!(on_demand.capacity, Capacity::OnDemand);
+        assert!(
+            pool.try_acquire().is_none(),
+            "the retiring slot takes no new work"
+        );
+        pool.release(&busy);
+        assert_eq!(
+            pool.counts(),
+            SlotCounts {
+                busy: 1,
+                ..SlotCounts::default()
+            }
+        );
+
+        // A new reservation at another price: the running slot keeps running.
+        let mut reserved = slot(Capacity::Reserved, 0);
+        reserved.price_per_hour = 5.0;
+        pool.reconfigure(vec![reserved, slot(Capacity::OnDemand, 0)]);
+        let lease = pool.try_acquire().unwrap();
+        assert_eq!(
+            (lease.capacity, lease.price_per_hour),
+            (Capacity::Reserved, 5.0)
+        );
+        pool.release(&on_demand);
+        assert_eq!(
+            pool.counts().free_on_demand,
+            1,
+            "still warm after the change"
+        );
     }
 
     #[test]

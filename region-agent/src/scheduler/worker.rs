@@ -1,17 +1,18 @@
 //! A model's thread: waits for work, takes a slot (reserved first), takes a batch, loads the
-//! model if it is not loaded (the cold start, measured), runs the batch, stores the outputs,
-//! usage and final records, and unloads the model after its keep-alive without work.
+//! model if it is not loaded (the cold start, measured), runs the batch, stores the outputs
+//! and bills each job ([`super::billing`]), and unloads the model after its keep-alive
+//! without work.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::billing::{self, Work};
 use super::queue::Queued;
 use super::slots::SlotLease;
 use super::{Lane, Shared};
 use crate::jobs::{JobError, JobRecord, JobState, now_ms};
 use crate::serving::{LoadedModel, ModelError, ModelOutput};
-use control_plane_client::wire::UsageRecord;
 
 /// How often a thread waiting for a slot checks whether it should stop.
 const SLOT_POLL: Duration = Duration::from_millis(100);
@@ -103,38 +104,7 @@ fn run_batch(
     let ids: Vec<String> = batch.iter().map(|job| job.id.clone()).collect();
     let units: Vec<f64> = batch.iter().map(|job| job.input.units).collect();
     let records: Vec<Option<JobRecord>> = ids.iter().map(|id| mark_started(shared, id)).collect();
-    let results = match ensure_loaded(shared, lane, loaded) {
-        Ok(model) => {
-            let started = Instant::now();
-            let inputs = batch.into_iter().map(|job| job.input).collect();
-            let results = model.run(inputs);
-            let elapsed = started.elapsed();
-            record_timing(lane, elapsed, &units);
-            shared.metrics.batch(
-                &lane.config.id,
-                ids.len(),
-                lease.capacity,
-                elapsed.as_secs_f64(),
-                lease.price_per_hour,
-            );
-            if elapsed > lane.config.timeout {
-                let error = timeout_error(lane.config.timeout);
-                Outcome::Failed(error).repeat(ids.len(), elapsed)
-            } else {
-                results
-                    .into_iter()
-                    .map(|r| (Outcome::from(r), elapsed))
-                    .collect()
-            }
-        }
-        Err(e) => {
-            let error = JobError {
-                kind: "model_error".into(),
-                message: format!("load the model: {e}"),
-            };
-            Outcome::Failed(error).repeat(ids.len(), Duration::ZERO)
-        }
-    };
+    let results = run_on_model(shared, lane, loaded, batch, lease);
     let total_units: f64 = units.iter().sum();
     for (i, record) in records.into_iter().enumerate() {
         let Some(record) = record else { continue };
@@ -145,23 +115,60 @@ fn run_batch(
             };
             (Outcome::Failed(error), Duration::ZERO)
         });
+        // The batch's slot time, shared by units (equally when no job has any).
         let share = if total_units > 0.0 {
             units[i] / total_units
         } else {
             1.0 / ids.len() as f64
         };
-        finish(
-            shared,
-            lane,
-            record,
-            outcome,
-            elapsed.as_secs_f64() * share,
-            units[i],
-            lease,
-        );
+        let work = Work {
+            units: units[i],
+            gpu_seconds: elapsed.as_secs_f64() * share,
+            capacity: lease.capacity,
+        };
+        finish(shared, lane, record, outcome, work);
     }
     let mut state = lane.lock();
     state.running -= ids.len();
+}
+
+/// Loads the model if needed and runs the batch: one outcome per job, with the batch's run
+/// time; all failed (and timed) when the model cannot be loaded or the batch overran.
+fn run_on_model(
+    shared: &Shared,
+    lane: &Lane,
+    loaded: &mut Option<Box<dyn LoadedModel>>,
+    batch: Vec<Queued>,
+    lease: &SlotLease,
+) -> Vec<(Outcome, Duration)> {
+    let jobs = batch.len();
+    let model = match ensure_loaded(shared, lane, loaded) {
+        Ok(model) => model,
+        Err(e) => {
+            let error = JobError {
+                kind: "model_error".into(),
+                message: format!("load the model: {e}"),
+            };
+            return Outcome::Failed(error).repeat(jobs, Duration::ZERO);
+        }
+    };
+    let units: Vec<f64> = batch.iter().map(|job| job.input.units).collect();
+    let started = Instant::now();
+    let results = model.run(batch.into_iter().map(|job| job.input).collect());
+    let elapsed = started.elapsed();
+    record_timing(lane, elapsed, &units);
+    let seconds = elapsed.as_secs_f64();
+    let id = lane.config.id.as_str();
+    shared
+        .metrics
+        .batch(id, jobs, lease.capacity, seconds, lease.price_per_hour);
+    if elapsed > lane.config.timeout {
+        return Outcome::Failed(timeout_error(lane.config.timeout)).repeat(jobs, elapsed);
+    }
+    results
+        .into_iter()
+        .map(|r| (Outcome::from(r), elapsed))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -216,12 +223,12 @@ fn ensure_loaded<'a>(
 ) -> Result<&'a mut Box<dyn LoadedModel>, ModelError> {
     if loaded.is_none() {
         let started = Instant::now();
-        let model = lane.model.load(&shared.device)?;
+        let model = lane.model.load(&shared.hardware.device)?;
         let elapsed = started.elapsed();
         tracing::info!(model = %lane.config.id, cold_start_ms = elapsed.as_secs_f64() * 1000.0, "model loaded");
         shared
             .metrics
-            .cold_start(&lane.config.id, elapsed.as_secs_f64());
+            .cold_start(lane.config.id.as_str(), elapsed.as_secs_f64());
         let mut state = lane.lock();
         state.stats.loaded = true;
         state.stats.cold_start_ms = elapsed.as_secs_f64() * 1000.0;
@@ -246,63 +253,28 @@ fn record_timing(lane: &Lane, elapsed: Duration, units: &[f64]) {
     }
 }
 
-fn finish(
-    shared: &Shared,
-    lane: &Lane,
-    mut record: JobRecord,
-    outcome: Outcome,
-    gpu_seconds: f64,
-    units: f64,
-    lease: &SlotLease,
-) {
-    let finished = now_ms();
-    record.finished_at_ms = Some(finished);
-    record.capacity = Some(lease.capacity);
-    record.gpu_seconds = Some(gpu_seconds);
+/// Settles a job's final state (its output files written first) and bills it.
+fn finish(shared: &Shared, lane: &Lane, mut record: JobRecord, outcome: Outcome, work: Work) {
+    record.finished_at_ms = Some(now_ms());
     match outcome {
         Outcome::Done(output) => match store_output(shared, &record.id, output) {
             Ok(output) => {
-                let cost = units * lane.config.price_per_unit;
                 record.state = JobState::Completed;
                 record.output = Some(output);
-                record.units = Some(units);
-                record.cost = Some(cost);
-                let usage = UsageRecord {
-                    job_id: record.id.clone(),
-                    tenant: record.tenant.clone(),
-                    model: record.model.clone(),
-                    region: record.region.clone(),
-                    units,
-                    gpu_seconds,
-                    capacity: lease.capacity,
-                    cost,
-                    finished_at_ms: finished,
-                };
-                if let Err(e) = shared.usage.record(&usage) {
-                    tracing::error!(error = %e, job = %record.id, "cannot store a usage record");
-                }
-                shared.metrics.charged(&record.model, cost);
             }
             Err(e) => fail(&mut record, "storage", format!("store the output: {e}")),
         },
         Outcome::Failed(error) => {
             record.state = JobState::Failed;
             record.error = Some(error);
-            record.cost = Some(0.0);
         }
     }
-    if let Err(e) = shared.publish(record.clone()) {
-        tracing::error!(error = %e, job = %record.id, "cannot store a finished job's record");
-    }
-    shared.store.drop_input(&record.id);
-    shared
-        .metrics
-        .job_finished(&record.model, record.state.as_str());
+    record.usage = Some(billing::usage_record(shared, lane, &record, work));
+    billing::close(shared, record);
 }
 
 fn fail(record: &mut JobRecord, kind: &str, message: String) {
     record.state = JobState::Failed;
-    record.cost = Some(0.0);
     record.error = Some(JobError {
         kind: kind.into(),
         message,

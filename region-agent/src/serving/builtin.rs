@@ -8,7 +8,9 @@ use super::esrgan::EsrganModel;
 use super::silero_vad::SileroVadModel;
 use super::tiny_sd::{TinySdModel, TinySdWeights};
 use super::video_upscale::VideoUpscaleModel;
-use crate::config::{AgentConfig, ConfigError, ConfigProblem, ModelConfig, ModelWeights};
+use contract::ConfigProblems;
+
+use crate::config::{AgentConfig, ConfigError, ModelConfig, ModelWeights};
 
 /// Model ids the agent can serve.
 pub const KNOWN: &[&str] = &[
@@ -28,23 +30,17 @@ type Problem = (&'static str, String, String);
 
 /// Builds every configured model, checking that each is known and its weights exist.
 pub fn build(config: &AgentConfig) -> Result<Vec<Arc<dyn Model>>, ConfigError> {
-    let mut problems = Vec::new();
+    let mut problems = ConfigProblems::new();
     let mut models: Vec<Arc<dyn Model>> = Vec::new();
     for (i, m) in config.models.iter().enumerate() {
         match model(m) {
             Ok(model) => models.push(model),
-            Err((field, problem, fix)) => problems.push(ConfigProblem {
-                field: format!("models[{i}].{field}"),
-                problem,
-                fix,
-            }),
+            Err((field, problem, fix)) => {
+                problems.add(format!("models[{i}].{field}"), problem, fix)
+            }
         }
     }
-    if problems.is_empty() {
-        Ok(models)
-    } else {
-        Err(ConfigError::Invalid(problems))
-    }
+    problems.into_result(models).map_err(ConfigError::Invalid)
 }
 
 fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
@@ -58,7 +54,10 @@ fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
     let dir = match &m.weights {
         ModelWeights::Dir(dir) => dir.as_path(),
         ModelWeights::PipelineTest if WITH_PIPELINE_TEST.contains(&m.id.as_str()) => {
-            return Ok(Arc::new(tiny_sd(&m.id, TinySdWeights::PipelineTest)?));
+            return Ok(Arc::new(tiny_sd(
+                m.id.as_str(),
+                TinySdWeights::PipelineTest,
+            )?));
         }
         ModelWeights::PipelineTest => {
             return Err((
@@ -76,22 +75,25 @@ fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
     };
     Ok(match m.id.as_str() {
         "meridian/esrgan-x2" | "meridian/esrgan-x4" => {
-            let scale = if m.id.ends_with("x2") { 2 } else { 4 };
-            let model = EsrganModel::new(&m.id, scale, dir);
+            let scale = if m.id.as_str().ends_with("x2") { 2 } else { 4 };
+            let model = EsrganModel::new(m.id.as_str(), scale, dir);
             weights_file(model.weights(), fetched("esrgan-slim"))?;
             Arc::new(model)
         }
         "meridian/video-upscale-x2" => {
-            let model = VideoUpscaleModel::new(&m.id, dir);
+            let model = VideoUpscaleModel::new(m.id.as_str(), dir);
             weights_file(model.weights(), fetched("esrgan-slim"))?;
             Arc::new(model)
         }
         "meridian/silero-vad" => {
-            let model = SileroVadModel::new(&m.id, dir);
+            let model = SileroVadModel::new(m.id.as_str(), dir);
             weights_file(model.weights(), fetched("silero-vad"))?;
             Arc::new(model)
         }
-        _ => Arc::new(tiny_sd(&m.id, TinySdWeights::Dir(dir.to_path_buf()))?),
+        _ => Arc::new(tiny_sd(
+            m.id.as_str(),
+            TinySdWeights::Dir(dir.to_path_buf()),
+        )?),
     })
 }
 
@@ -127,15 +129,15 @@ mod tests {
 
     use super::*;
 
-    fn problems(models: &str) -> Vec<ConfigProblem> {
+    fn problems(models: &str) -> Vec<contract::ConfigProblem> {
         let config = AgentConfig::from_toml(&format!(
             "region = \"eu-west\"\nedge_token = \"edge-token-0123456789\"\n\
-             data_dir = \"/tmp/agent\"\n[[pools]]\nid = \"cpu\"\nreserved = 1\n{models}"
+             data_dir = \"/tmp/agent\"\ncatalog_file = \"catalog.toml\"\n{models}"
         ))
         .unwrap();
         match build(&config) {
             Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid(problems)) => problems,
+            Err(ConfigError::Invalid(problems)) => problems.into_vec(),
             Err(e) => panic!("{e}"),
         }
     }
@@ -158,7 +160,7 @@ mod tests {
             ));
         }
         let problems = problems(&models);
-        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        let fields: Vec<_> = problems.iter().map(|p| p.place.as_str()).collect();
         assert_eq!(
             fields,
             [
@@ -187,7 +189,7 @@ mod tests {
         let models = "[[models]]\nid = \"meridian/esrgan-x4\"\npipeline_test = true\n\
                       [[models]]\nid = \"meridian/whisper\"\nweights_dir = \"x\"\n";
         let problems = problems(models);
-        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        let fields: Vec<_> = problems.iter().map(|p| p.place.as_str()).collect();
         assert_eq!(fields, ["models[0].pipeline_test", "models[1].id"]);
         assert!(
             problems[1].fix.contains("meridian/tiny-sd"),

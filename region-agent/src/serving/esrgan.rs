@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Module, Tensor};
 use image::{ImageFormat, RgbImage};
+use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
@@ -47,6 +48,10 @@ impl EsrganModel {
 impl Model for EsrganModel {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn unit(&self) -> PricingUnit {
+        PricingUnit::Megapixel
     }
 
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {

@@ -4,7 +4,9 @@
 //! Adding a model to the agent means: implement [`Model`] (and [`LoadedModel`]) in a module
 //! here that adapts a plain model from [`crate::models`], then list its id in
 //! [`builtin::KNOWN`] and build it in [`builtin::build`]. Everything else — the queue,
-//! batching, slots, timeouts, persistence, usage and the HTTP API — is the same for all.
+//! batching, slots, timeouts, persistence, pricing, usage and the HTTP API — is the same for
+//! all. A model says which unit it measures work in ([`Model::unit`]); the catalog must bill
+//! it in that unit.
 
 pub mod builtin;
 pub mod esrgan;
@@ -16,11 +18,13 @@ pub mod video_upscale;
 use std::any::Any;
 
 use candle_core::Device;
+use policy::PricingUnit;
 use serde_json::{Map, Value};
 
 /// A job's input, checked and decoded: what the model thread runs.
 pub struct JobInput {
-    /// Units of work the job is billed for, in the model's unit (e.g. output megapixels).
+    /// Units of work the job is billed for, in the model's unit ([`Model::unit`], e.g.
+    /// output megapixels), known before it runs.
     pub units: f64,
     /// Jobs with equal keys may run in one batch (e.g. images of one size); ignored when the
     /// model's `max_batch` is 1.
@@ -87,6 +91,10 @@ pub struct ModelError(pub String);
 pub trait Model: Send + Sync + 'static {
     /// The model id, `owner/name`.
     fn id(&self) -> &str;
+
+    /// The unit the model measures a job's work in ([`JobInput::units`]). The agent serves
+    /// the model only while the catalog bills it in the same unit.
+    fn unit(&self) -> PricingUnit;
 
     /// Checks a job's `input` JSON and decodes it. Called before the job is accepted (so
     /// bad input is refused with 400/422) and again when a queued job is resumed after a

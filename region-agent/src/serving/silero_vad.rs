@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
@@ -50,6 +51,10 @@ impl SileroVadModel {
 impl Model for SileroVadModel {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn unit(&self) -> PricingUnit {
+        PricingUnit::AudioSecond
     }
 
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {

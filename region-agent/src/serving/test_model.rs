@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use candle_core::Device;
+use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
@@ -94,6 +95,10 @@ impl TestModel {
 impl Model for TestModel {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn unit(&self) -> PricingUnit {
+        PricingUnit::Image
     }
 
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {

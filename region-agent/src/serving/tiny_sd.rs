@@ -3,8 +3,9 @@
 //! Input `{"prompt": "…", "steps": 4, "seed": 0, "width": 64, "height": 64, "guidance": 0}`
 //! (only `prompt` is required; `width`/`height` default to the model's training size and
 //! must be multiples of its size step; `guidance` above 1 turns on classifier-free
-//! guidance), output `{"image": {file}}` (PNG). Units: images (one per job, whatever its
-//! size and steps).
+//! guidance), output `{"image": {file}}` (PNG). Units: megapixel-steps, the output's
+//! megapixels times the denoising steps (`width × height / 10⁶ × steps`), known before the
+//! job runs: a diffusion model's work grows with both.
 //!
 //! The same input run alone gives the same bytes. Run in a batch with other jobs, its pixels
 //! may differ by one level (the batched U-Net sums in another order).
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use image::{ImageFormat, RgbImage};
+use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile};
@@ -141,6 +143,11 @@ fn size_step(config: &PipelineConfig) -> usize {
     config.latent_factor() << config.unet.blocks.len().saturating_sub(1)
 }
 
+/// The work of one picture: its megapixels times its denoising steps.
+pub fn megapixel_steps(width: usize, height: usize, steps: usize) -> f64 {
+    (width * height) as f64 / 1e6 * steps as f64
+}
+
 fn field(name: &str, message: &str) -> InputError {
     InputError::Field {
         field: name.to_owned(),
@@ -164,6 +171,10 @@ impl Model for TinySdModel {
         &self.id
     }
 
+    fn unit(&self) -> PricingUnit {
+        PricingUnit::MegapixelStep
+    }
+
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
         let request = self.request(input)?;
         let (w, h) = (
@@ -171,7 +182,7 @@ impl Model for TinySdModel {
             request.height.unwrap_or_default(),
         );
         Ok(JobInput {
-            units: 1.0,
+            units: megapixel_steps(w, h, request.steps),
             batch_key: format!("{w}x{h}/{}/{}", request.steps, request.guidance),
             payload: Box::new(request),
         })
@@ -252,10 +263,12 @@ mod tests {
     }
 
     #[test]
-    fn prepare_fills_defaults_bills_one_image_and_keys_by_size_steps_and_guidance() {
+    fn prepare_fills_defaults_bills_megapixel_steps_and_keys_by_size_steps_and_guidance() {
         let m = model();
+        assert_eq!(m.unit(), PricingUnit::MegapixelStep);
         let input = m.prepare(&json!({"prompt": "a fox"})).unwrap();
-        assert_eq!(input.units, 1.0);
+        // 64 × 64 pixels in the default 4 steps.
+        assert_eq!(input.units, 64.0 * 64.0 / 1e6 * 4.0);
         assert_eq!(input.batch_key, "64x64/4/0");
         let request = input.payload.downcast::<Request>().unwrap();
         assert_eq!(
@@ -270,6 +283,8 @@ mod tests {
             .prepare(&json!({"prompt": "x", "steps": 2, "seed": 9, "width": 96, "height": 32}))
             .unwrap();
         assert_eq!(input.batch_key, "96x32/2/0");
+        assert_eq!(input.units, 96.0 * 32.0 / 1e6 * 2.0);
+        assert_eq!(megapixel_steps(512, 512, 4), 1.048_576);
     }
 
     #[test]

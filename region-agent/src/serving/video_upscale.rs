@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
@@ -56,6 +57,10 @@ impl VideoUpscaleModel {
 impl Model for VideoUpscaleModel {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn unit(&self) -> PricingUnit {
+        PricingUnit::Megapixel
     }
 
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {

