@@ -1,4 +1,4 @@
-//! Meridian's region agent (DESIGN.md §6, §10).
+//! Meridian's region agent (docs/design.md §6, §10).
 //!
 //! One agent runs per region (or GPU pool). It serves the edge→agent API (`API.md`), queues
 //! and batches jobs per model, runs candle models on dedicated threads on the GPUs it manages

@@ -1,6 +1,7 @@
 //! Meridian's end-to-end harness: a whole stack on loopback, on free ports — the control
-//! plane (on a real etcd the harness starts, or the embedded store), region agents running
-//! the real ESRGAN-slim model, and an edge — driven as a client would drive it.
+//! plane (on a real etcd, or the embedded store), region agents running the real
+//! ESRGAN-slim model, and an edge — driven as a client would drive it. The control plane,
+//! the edge, the waits and the weights come from the test kit.
 //!
 //! Every component is the real one, started in-process through the same `run` functions its
 //! binary calls. Each agent runs on a runtime of its own so that a test can kill it outright
@@ -9,30 +10,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 mod stack;
-mod weights;
 
 pub use stack::{Answer, Backend, RegionDef, Stack};
-
-use std::time::Duration;
-
-/// How long any awaited condition may take before a scenario fails.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Waits until `condition` holds, failing the test after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use testkit::{eventually, patience, within};
 
 /// A small PNG (a gradient) as base64, the input of every ESRGAN job here.
 pub fn small_png_base64(size: u32) -> String {

@@ -2,39 +2,22 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use control_plane::InProcess;
-use control_plane::api::ApiSettings;
-use control_plane::store::StoreConfig;
-use control_plane::store::local_etcd::LocalEtcd;
 use control_plane_client::ControlPlane;
+use edge_proxy::EdgeConfig;
 use edge_proxy::config::Cidr;
-use edge_proxy::{EdgeConfig, Listeners};
 use policy::{CatalogSpec, Location};
 use region_agent::config::AgentConfig;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
+use testkit::tokens::{ADMIN, AGENT, AGENT_EDGE, EDGE};
+use testkit::{TestControlPlane, TestEdge, eventually, patience, weights};
 use tokio_util::sync::CancellationToken;
 
-use crate::{PATIENCE, eventually, weights};
+pub use testkit::Backend;
 
-const ADMIN: &str = "e2e-admin-token-0123456789";
-const EDGE: &str = "e2e-edge-token-0123456789";
-const AGENT: &str = "e2e-agent-token-0123456789";
-const AGENT_EDGE: &str = "e2e-agent-edge-token-0123456789";
 /// The model every agent here serves.
 pub const MODEL: &str = "meridian/esrgan-x2";
-
-/// Which store the control plane runs on.
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    /// A real etcd the harness starts.
-    Etcd,
-    /// The embedded raft store in a temporary directory.
-    Embedded,
-}
 
 /// A region of the test world and its agent's pool.
 #[derive(Debug, Clone, Copy)]
@@ -105,24 +88,14 @@ struct RunningAgent {
     shutdown: CancellationToken,
 }
 
-/// The edge, in-process.
-struct RunningEdge {
-    base: String,
-    admin: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
 /// The stack.
 pub struct Stack {
     pub dir: tempfile::TempDir,
-    _etcd: Option<LocalEtcd>,
-    control_plane_url: String,
-    control_plane: Option<InProcess>,
+    control_plane: TestControlPlane,
     regions: Vec<RegionDef>,
     addresses: BTreeMap<&'static str, SocketAddr>,
     agents: BTreeMap<&'static str, RunningAgent>,
-    edge: Option<RunningEdge>,
+    edge: Option<TestEdge>,
     /// Tenant id → an API key of it.
     pub keys: BTreeMap<String, String>,
     pub http: reqwest::Client,
@@ -141,59 +114,37 @@ impl Stack {
         edge_location: Location,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let etcd = match backend {
-            Backend::Etcd => {
-                let data = dir.path().join("etcd");
-                Some(
-                    tokio::task::spawn_blocking(move || LocalEtcd::start(&data))
-                        .await
-                        .unwrap()
-                        .unwrap_or_else(|log| panic!("{log}")),
-                )
-            }
-            Backend::Embedded => None,
-        };
-        let store = match &etcd {
-            Some(etcd) => StoreConfig::Etcd {
-                endpoints: vec![etcd.endpoint.clone()],
-            },
-            None => StoreConfig::embedded(dir.path().join("store")),
-        };
         let mut addresses = BTreeMap::new();
         for r in regions {
             addresses.insert(r.id, free_address());
         }
-        let api = ApiSettings {
-            // Long enough that a killed agent stays in the snapshot while a scenario runs:
-            // the edge must route around it by itself (connect failures, its breaker).
-            agent_lease_ttl: Duration::from_secs(6),
-            max_poll_wait: Duration::from_secs(5),
-            spend_refresh: Duration::from_millis(200),
-            ..ApiSettings::with_tokens(ADMIN, EDGE, AGENT)
-        };
-        let seed = catalog(regions, &addresses, tenants);
-        let control_plane = InProcess::start(api, store, Some(seed)).await.unwrap();
+        let control_plane = TestControlPlane::builder(backend)
+            .seed(catalog(regions, &addresses, tenants))
+            .settings(|api| {
+                // Long enough that a killed agent stays in the snapshot while a scenario
+                // runs: the edge must route around it by itself (connect failures, its
+                // breaker).
+                api.agent_lease_ttl = Duration::from_secs(6);
+                api.max_poll_wait = Duration::from_secs(5);
+                api.spend_refresh = Duration::from_millis(200);
+            })
+            .start()
+            .await;
         let mut stack = Self {
             dir,
-            _etcd: etcd,
-            control_plane_url: control_plane.url.clone(),
-            control_plane: Some(control_plane),
+            control_plane,
             regions: regions.to_vec(),
             addresses,
             agents: BTreeMap::new(),
             edge: None,
             keys: BTreeMap::new(),
             http: reqwest::Client::builder()
-                .timeout(PATIENCE)
+                .timeout(patience())
                 .build()
                 .unwrap(),
             edge_location,
         };
         let admin = stack.control_plane(ADMIN);
-        eventually("the control plane serves", || async {
-            admin.list::<Value>("regions").await.is_ok()
-        })
-        .await;
         for r in regions {
             stack.start_agent(r.id);
         }
@@ -215,8 +166,13 @@ impl Stack {
     }
 
     /// A typed client of the control plane with `token`.
-    fn control_plane(&self, token: &str) -> ControlPlane {
-        ControlPlane::new(&self.control_plane_url, token, PATIENCE).unwrap()
+    pub fn control_plane(&self, token: &str) -> ControlPlane {
+        self.control_plane.client(token)
+    }
+
+    /// A typed client of the control plane's admin API.
+    pub fn admin(&self) -> ControlPlane {
+        self.control_plane.admin()
     }
 
     /// Waits until `n` agents hold a lease at the control plane.
@@ -239,34 +195,20 @@ impl Stack {
             edge_token = "{AGENT_EDGE}"
             data_dir = "{data}"
             drain_timeout_s = 5
+            on_demand_start_ms = 0
             [control_plane]
             url = "{cp}"
             agent_token = "{AGENT}"
             heartbeat_interval_ms = 200
-            [[pools]]
-            id = "gpu"
-            reserved = {reserved}
-            reserved_price_per_hour = {reserved_price}
-            {on_demand}
+            usage_interval_ms = 200
             [[models]]
             id = "{MODEL}"
             weights_dir = "{weights}"
-            price_per_unit = 0.001
             "#,
             id = def.id,
             data = self.dir.path().join(format!("agent-{}", def.id)).display(),
-            cp = self.control_plane_url,
-            reserved = def.reserved,
-            reserved_price = def.reserved_price,
-            on_demand = if def.on_demand > 0 {
-                format!(
-                    "on_demand_max = {}\non_demand_price_per_hour = {}\non_demand_start_ms = 0",
-                    def.on_demand, def.on_demand_price
-                )
-            } else {
-                String::new()
-            },
-            weights = weights::esrgan_dir().display(),
+            cp = self.control_plane.url,
+            weights = weights::esrgan_slim().display(),
         ))
         .unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -302,69 +244,41 @@ impl Stack {
         .await;
     }
 
-    /// Starts (or restarts) the edge; waits until its snapshot lets a key list models.
+    /// Starts (or restarts) the edge; returns once it routes on the control plane's newest
+    /// snapshot (or, with the control plane down, on the one it cached).
     pub async fn start_edge(&mut self) {
         let config = EdgeConfig {
-            http: vec!["127.0.0.1:0".parse().unwrap()],
-            https: Vec::new(),
-            admin: Some("127.0.0.1:0".parse().unwrap()),
-            upgrade_socket: None,
-            control_plane_url: self.control_plane_url.clone(),
-            control_plane_token: EDGE.to_owned(),
-            snapshot_cache: self.dir.path().join("edge-snapshot.json"),
-            poll_wait: Duration::from_secs(5),
-            control_plane_timeout: Duration::from_secs(2),
-            geoip_database: Some(geoip_db()),
-            location: self.edge_location,
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap()],
-            agent_token: AGENT_EDGE.to_owned(),
+            control_plane_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(500),
-            read_timeout: Duration::from_secs(60),
             max_body_bytes: 256 * 1024,
             retry_ratio: 1.0,
             retry_floor: 100,
             breaker_failures: 2,
             breaker_cool_down: Duration::from_secs(1),
+            ..testkit::edge::edge_config(
+                &self.control_plane.url,
+                self.dir.path(),
+                self.edge_location,
+            )
         };
-        let listeners = Listeners::bind(&config).unwrap();
-        let base = format!("http://{}", listeners.http[0].local_addr().unwrap());
-        let admin = format!(
-            "http://{}",
-            listeners.admin.as_ref().unwrap().local_addr().unwrap()
-        );
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(edge_proxy::run(config, listeners, shutdown.clone()));
-        self.edge = Some(RunningEdge {
-            base,
-            admin,
-            shutdown,
-            task,
-        });
-        let key = self.keys.values().next().cloned().unwrap();
-        eventually("the edge has a snapshot", || async {
-            self.get("/v1/models", &key).await.status == 200
-        })
-        .await;
+        let ready_at = match self.control_plane(EDGE).snapshot().await {
+            Ok(snapshot) => snapshot.revision,
+            // Down: the edge starts from its cache, whatever revision that holds.
+            Err(_) => 1,
+        };
+        self.edge = Some(TestEdge::start(config, ready_at).await);
     }
 
     /// Stops the edge gracefully.
     pub async fn stop_edge(&mut self) {
         let edge = self.edge.take().expect("a running edge");
-        edge.shutdown.cancel();
-        tokio::time::timeout(PATIENCE, edge.task)
-            .await
-            .expect("the edge stops")
-            .unwrap()
-            .unwrap();
+        edge.stop().await;
     }
 
     /// Stops the control plane (etcd stays up; edges and agents keep running).
     pub async fn stop_control_plane(&mut self) {
-        let control_plane = self.control_plane.take().expect("a running control plane");
-        tokio::time::timeout(PATIENCE, control_plane.stop())
-            .await
-            .expect("the control plane stops")
-            .unwrap();
+        self.control_plane.stop().await;
     }
 
     /// The API key of `tenant`.
@@ -372,7 +286,7 @@ impl Stack {
         &self.keys[tenant]
     }
 
-    fn edge(&self) -> &RunningEdge {
+    fn edge(&self) -> &TestEdge {
         self.edge.as_ref().expect("a running edge")
     }
 
@@ -456,14 +370,7 @@ impl Stack {
 
     /// The edge's Prometheus metrics.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.edge().admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.edge().metrics().await.unwrap()
     }
 }
 
@@ -473,18 +380,8 @@ impl Drop for Stack {
             agent.shutdown.cancel();
             agent.runtime.shutdown_background();
         }
-        if let Some(edge) = &self.edge {
-            edge.shutdown.cancel();
-        }
-        // The control plane stops when its `InProcess` is dropped.
+        // The edge and the control plane stop when they are dropped.
     }
-}
-
-/// The MaxMind test database that `policy`'s tests ship (81.2.69.142 is London,
-/// 216.160.83.56 near Seattle).
-fn geoip_db() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../policy/tests/data/geoip/GeoLite2-City-Test.mmdb")
 }
 
 /// A loopback address no one listens on now.
@@ -493,21 +390,20 @@ fn free_address() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Binds `address`, retrying while a killed agent's socket is still being released.
+/// Binds `address`, waiting while a killed agent's socket is still being released.
 async fn bind_retrying(address: SocketAddr) -> tokio::net::TcpListener {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let listener = std::sync::Mutex::new(None);
+    eventually(&format!("{address} can be bound again"), || async {
         match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => return listener,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "cannot bind {address}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(bound) => {
+                *listener.lock().unwrap() = Some(bound);
+                true
             }
+            Err(_) => false,
         }
-    }
+    })
+    .await;
+    listener.into_inner().unwrap().unwrap()
 }
 
 fn catalog(

@@ -1,6 +1,6 @@
 //! The agent's copy of the catalog: its region's pools (with the reservations in force already
 //! applied) and the models the catalog places in the region, with their pricing unit and
-//! price. It is the agent's only source of slot counts and prices (DESIGN.md §6: one truth
+//! price. It is the agent's only source of slot counts and prices (docs/design.md §6: one truth
 //! per fact).
 //!
 //! A copy comes from the control plane (`GET /agent/v1/regions/{id}/catalog`, kept on disk

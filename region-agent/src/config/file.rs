@@ -76,8 +76,9 @@ pub struct ControlPlaneFile {
     /// Timeout of each call to the control plane, in milliseconds. Default 5000.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
-    /// Time between usage batches sent to the control plane, in milliseconds. Default: the
-    /// heartbeat interval.
+    /// Time between usage batches sent to the control plane, in milliseconds (tenants'
+    /// month-to-date spend, which edges check budgets against, lags this much). Default
+    /// 10000.
     #[serde(default)]
     pub usage_interval_ms: Option<u64>,
 }

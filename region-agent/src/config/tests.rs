@@ -43,7 +43,7 @@ fn a_complete_file_gets_its_values_and_defaults() {
     assert_eq!(config.on_demand.idle_stop, Duration::from_secs(60));
     let cp = config.control_plane().unwrap();
     assert_eq!(cp.heartbeat_interval, Duration::from_secs(1));
-    assert_eq!(cp.usage_interval, cp.heartbeat_interval);
+    assert_eq!(cp.usage_interval, Duration::from_secs(10));
     let model = config.model("meridian/esrgan-x2").unwrap();
     assert_eq!((model.max_batch, model.queue_bound), (4, 64));
     assert_eq!(model.keep_alive, Duration::from_secs(300));

@@ -1,4 +1,4 @@
-//! The usage ledger, kept on the agent's disk in its region (DESIGN.md §6).
+//! The usage ledger, kept on the agent's disk in its region (docs/design.md §6).
 //!
 //! Every finished job's per-job [`UsageRecord`] is appended to the [`journal`] and kept for
 //! the usage retention time, readable page by page for audits ([`audit`]). The control plane

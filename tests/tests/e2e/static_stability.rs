@@ -3,6 +3,11 @@
 
 use tests::{Backend, Stack};
 
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    u64::try_from(since.unwrap().as_millis()).unwrap()
+}
+
 use crate::{ASHBURN, DUBLIN, LONDON_IP, NEW_YORK, TENANTS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -17,9 +22,22 @@ async fn the_edge_serves_while_the_control_plane_is_down_and_after_its_own_resta
         a.body
     );
 
+    // The newest agent report the edge can have, and when it goes stale by the catalog's
+    // heartbeat timeout (6 s).
+    let last = stack
+        .control_plane(testkit::tokens::EDGE)
+        .snapshot()
+        .await
+        .unwrap();
+    let newest = last.regions.iter().map(|r| r.reported_at_ms).max().unwrap();
+    let stale_at = newest + u64::try_from(last.catalog.routing.heartbeat_timeout_ms).unwrap();
     stack.stop_control_plane().await;
-    // Longer than the catalog's heartbeat timeout (6 s): the snapshot's reports are old now.
-    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    // Agents keep heartbeating into the void; the edge's last reports age past the timeout.
+    tests::eventually(
+        "the edge's last reports are older than the heartbeat timeout",
+        || async { now_ms() > stale_at },
+    )
+    .await;
     let a = stack.submit("run", &acme, Some(LONDON_IP)).await;
     assert_eq!(
         (a.status, a.region.as_deref()),
