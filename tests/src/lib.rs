@@ -11,7 +11,7 @@
 
 mod stack;
 
-pub use stack::{Answer, Backend, RegionDef, Stack};
+pub use stack::{Answer, Backend, MODEL, RegionDef, Stack};
 pub use testkit::{eventually, patience, within};
 
 /// A small PNG (a gradient) as base64, the input of every ESRGAN job here.
@@ -25,4 +25,10 @@ pub fn small_png_base64(size: u32) -> String {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    u64::try_from(since.unwrap().as_millis()).unwrap()
 }

@@ -2,6 +2,7 @@
 //! control plane on a real etcd where residency and failover are at stake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod billing;
 mod failover;
 mod lifecycle;
 mod limits;

@@ -3,11 +3,6 @@
 
 use tests::{Backend, Stack};
 
-fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    u64::try_from(since.unwrap().as_millis()).unwrap()
-}
-
 use crate::{ASHBURN, DUBLIN, LONDON_IP, NEW_YORK, TENANTS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,7 +30,7 @@ async fn the_edge_serves_while_the_control_plane_is_down_and_after_its_own_resta
     // Agents keep heartbeating into the void; the edge's last reports age past the timeout.
     tests::eventually(
         "the edge's last reports are older than the heartbeat timeout",
-        || async { now_ms() > stale_at },
+        || async { tests::now_ms() > stale_at },
     )
     .await;
     let a = stack.submit("run", &acme, Some(LONDON_IP)).await;
