@@ -27,6 +27,6 @@ pub use ids::{
     IdError, JurisdictionId, ModelId, PoolId, RegionId, RequestId, ReservationId, TenantId,
 };
 pub use money::{Nanos, charge};
-pub use problems::{ConfigProblem, ConfigProblems, ParseError};
+pub use problems::{ConfigError, ConfigProblem, ConfigProblems, ParseError};
 pub use refusal::Refusal;
 pub use schema::{Schema, SchemaError};

@@ -140,6 +140,55 @@ impl fmt::Display for ConfigProblems {
 
 impl std::error::Error for ConfigProblems {}
 
+/// Why a component's configuration cannot be used: every component's configuration loader
+/// answers with this.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for the configuration's schema (the message names the
+    /// line).
+    #[error("cannot parse {}: {source}", .path.as_deref().map_or("the configuration".into(), |p| p.display().to_string()))]
+    Parse {
+        /// The file, when the configuration came from one.
+        path: Option<std::path::PathBuf>,
+        /// What the parser said.
+        #[source]
+        source: ParseError,
+    },
+    /// Values break the rules (or name fields the configuration does not have).
+    #[error("{0}")]
+    Invalid(ConfigProblems),
+}
+
+impl ConfigError {
+    /// Reads the text of the configuration file at `path`.
+    pub fn read(path: &std::path::Path) -> Result<String, Self> {
+        std::fs::read_to_string(path).map_err(|source| Self::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Parses TOML `text` (from the file at `path`, if any) strictly into `T`.
+    pub fn parse<T: DeserializeOwned>(
+        text: &str,
+        path: Option<&std::path::Path>,
+    ) -> Result<T, Self> {
+        from_toml_strict(text).map_err(|source| Self::Parse {
+            path: path.map(std::path::Path::to_path_buf),
+            source,
+        })
+    }
+}
+
 /// Why a configuration file could not be read into its type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

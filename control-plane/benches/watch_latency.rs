@@ -15,29 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use policy::CatalogSpec;
 use policy::spec::JurisdictionSpec;
 use testkit::{Backend, TestControlPlane};
-
-const SEED: &str = r#"
-    [[jurisdictions]]
-    id = "eu"
-    [[regions]]
-    id = "eu-west"
-    jurisdiction = "eu"
-    location = { lat = 53.35, lon = -6.26 }
-    endpoint = "http://127.0.0.1:9102"
-    pools = [{ id = "h100", gpu = "H100", reserved = 2, reserved_price_per_hour = 2.2 }]
-    [[models]]
-    id = "meridian/esrgan-x4"
-    kind = "image-to-image"
-    unit = "megapixel"
-    price_per_unit = 0.002
-    gpu_seconds_per_unit = 0.4
-    [[tenants]]
-    id = "acme"
-    residency = { jurisdictions = ["eu"] }
-"#;
 
 /// How long an edge's poll may wait for one change before the run fails.
 const POLL_WAIT: Duration = Duration::from_secs(20);
@@ -68,7 +47,7 @@ fn main() {
 /// Per change: (write sent → edge has it, write sent → write acknowledged).
 async fn measure(backend: Backend, changes: usize) -> Vec<(Duration, Duration)> {
     let mut server = TestControlPlane::builder(backend)
-        .seed(CatalogSpec::from_toml(SEED).unwrap())
+        .seed(testkit::catalog::eu_west("http://127.0.0.1:9102").build())
         .start()
         .await;
     let (admin, edge) = (server.admin(), server.edge());

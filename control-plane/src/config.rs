@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use contract::{ConfigProblems, ParseError};
+pub use contract::ConfigError;
+use contract::ConfigProblems;
 use policy::CatalogSpec;
 use serde::Deserialize;
 
@@ -125,30 +126,6 @@ pub struct ServerConfig {
 /// Default of [`ServerConfig::history_retention`].
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(300);
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema, or names a field it does not have.
-    #[error("cannot parse {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said (with the line).
-        source: ParseError,
-    },
-    /// Values break the rules.
-    #[error("{0}")]
-    Invalid(ConfigProblems),
-}
-
 /// Environment variables that override the file.
 pub const ENV_OVERRIDES: [&str; 4] = [
     "MERIDIAN_LISTEN",
@@ -160,14 +137,7 @@ pub const ENV_OVERRIDES: [&str; 4] = [
 impl ConfigFile {
     /// Reads and parses the file at `path`.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        contract::problems::from_toml_strict(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        ConfigError::parse(&ConfigError::read(path)?, Some(path))
     }
 
     /// Applies environment overrides, looked up with `var`.

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use contract::{ConfigProblems, ParseError};
+pub use contract::ConfigError;
+use contract::ConfigProblems;
 use policy::Location;
 use serde::Deserialize;
 
@@ -280,41 +281,9 @@ pub struct EdgeConfig {
     pub breaker_cool_down: Duration,
 }
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema, or names a field it does not have.
-    #[error("cannot parse {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said (with the line).
-        source: ParseError,
-    },
-    /// Values break the rules.
-    #[error("{0}")]
-    Invalid(ConfigProblems),
-}
-
 /// Reads, parses and checks `path`, applying the environment overrides.
 pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let file: ConfigFile =
-        contract::problems::from_toml_strict(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+    let file: ConfigFile = ConfigError::parse(&ConfigError::read(path)?, Some(path))?;
     let base = path.parent().unwrap_or(Path::new("."));
     file.check(base, |name| std::env::var(name).ok())
 }
@@ -555,11 +524,7 @@ mod tests {
     "#;
 
     fn check(text: &str, env: &[(&str, &str)]) -> Result<EdgeConfig, ConfigError> {
-        let file: ConfigFile =
-            contract::problems::from_toml_strict(text).map_err(|source| ConfigError::Parse {
-                path: "test.toml".into(),
-                source,
-            })?;
+        let file: ConfigFile = ConfigError::parse(text, None)?;
         file.check(Path::new("/nonexistent"), |name| {
             env.iter()
                 .find(|(k, _)| *k == name)

@@ -24,6 +24,7 @@ use region_agent::scheduler::Scheduler;
 use region_agent::serving::Model;
 use region_agent::serving::esrgan::EsrganModel;
 use serde_json::{Value, json};
+use testkit::catalog::{self, Catalog, Region};
 
 const JOBS: usize = 8;
 
@@ -47,24 +48,19 @@ fn input() -> Value {
 }
 
 /// The catalog the bench runs under: one reserved CPU slot.
-const CATALOG: &str = r#"
-[[jurisdictions]]
-id = "eu"
-
-[[regions]]
-id = "bench"
-jurisdiction = "eu"
-location = { lat = 53.35, lon = -6.26 }
-endpoint = "http://127.0.0.1:9102"
-pools = [{ id = "cpu", gpu = "cpu", reserved = 1, reserved_price_per_hour = 1.0 }]
-
-[[models]]
-id = "meridian/esrgan-x2"
-kind = "image-to-image"
-unit = "megapixel"
-price_per_unit = 0.001
-gpu_seconds_per_unit = 0.05
-"#;
+fn catalog() -> String {
+    Catalog::new()
+        .region(
+            Region::new("bench", "eu", (53.35, -6.26), "http://127.0.0.1:9102")
+                .pool("cpu", "cpu")
+                .reserved(1, 1.0),
+        )
+        .model(
+            catalog::Model::new("meridian/esrgan-x2", "image-to-image", "megapixel", 0.001)
+                .gpu_seconds(0.05),
+        )
+        .toml()
+}
 
 fn scheduler(data: &std::path::Path, weights: &std::path::Path, max_batch: usize) -> Scheduler {
     let config = AgentConfig::from_toml(&format!(
@@ -77,7 +73,7 @@ fn scheduler(data: &std::path::Path, weights: &std::path::Path, max_batch: usize
     .unwrap();
     let model: Arc<dyn Model> = Arc::new(EsrganModel::new("meridian/esrgan-x2", 2, weights));
     let scheduler = Scheduler::start(&config, vec![model], Hardware::cpu()).unwrap();
-    let catalog = source::from_toml(CATALOG, &config.region).unwrap();
+    let catalog = source::from_toml(&catalog(), &config.region).unwrap();
     scheduler.install_catalog(&catalog).unwrap();
     scheduler
 }

@@ -17,7 +17,7 @@ use region_agent::serving::test_model::TestModel;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::{Agent, ONE_SLOT, catalog_toml, config};
+use support::{Agent, catalog_toml, config};
 
 const AGENT_TOKEN: &str = "agent-token-0123456789";
 const ECHO: &str = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\n";
@@ -36,7 +36,7 @@ async fn unreachable_control_plane() -> String {
 /// Keeps a catalog copy of `revision` in `data_dir`, as a control plane once gave it.
 fn keep_catalog(data_dir: &std::path::Path, revision: i64, unit: &str, price: f64) {
     let region = RegionId::new("eu-west").unwrap();
-    let text = catalog_toml(ONE_SLOT, &[("test/echo", unit, price)]);
+    let text = catalog_toml(&[("test/echo", unit, price)]);
     let mut catalog = source::from_toml(&text, &region).unwrap();
     catalog.revision = revision;
     source::save_cache(data_dir, &catalog).unwrap();

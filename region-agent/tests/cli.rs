@@ -14,12 +14,12 @@ use image::{ImageFormat, RgbImage};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::{EDGE_TOKEN, ONE_SLOT, catalog_toml, eventually, models_dir, patience};
+use support::{EDGE_TOKEN, catalog_toml, eventually, models_dir, patience};
 
 const BIN: &str = env!("CARGO_BIN_EXE_region-agent");
 
 fn write_config(dir: &Path, extra_model: &str) -> std::path::PathBuf {
-    let catalog = catalog_toml(ONE_SLOT, &[("meridian/esrgan-x2", "megapixel", 0.001)]);
+    let catalog = catalog_toml(&[("meridian/esrgan-x2", "megapixel", 0.001)]);
     std::fs::write(dir.join("catalog.toml"), catalog).unwrap();
     let text = format!(
         r#"
@@ -69,7 +69,7 @@ fn validate_config_accepts_good_files_and_names_each_problem() {
     assert!(!summary.contains("warning"), "{summary}");
 
     // A catalog that bills the model in another unit: valid, but the model is not served.
-    let per_image = catalog_toml(ONE_SLOT, &[("meridian/esrgan-x2", "image", 0.001)]);
+    let per_image = catalog_toml(&[("meridian/esrgan-x2", "image", 0.001)]);
     std::fs::write(dir.path().join("catalog.toml"), per_image).unwrap();
     let warned = validate(&dir.path().join("agent.toml"));
     let summary = String::from_utf8_lossy(&warned.stdout);

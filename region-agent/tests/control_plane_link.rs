@@ -15,7 +15,7 @@ use std::time::Duration;
 use contract::Nanos;
 use control_plane_client::wire::{AgentReport, Reservation};
 use control_plane_client::{ControlPlane, RecordQuery, UsageQuery};
-use policy::{CatalogSpec, ModelSpec, RegionSpec};
+use policy::{ModelSpec, RegionSpec};
 use region_agent::serving::test_model::{Gate, TestModel};
 use reqwest::Method;
 use serde_json::json;
@@ -24,44 +24,17 @@ use testkit::{Backend, TestControlPlane, eventually};
 
 use support::{Agent, config};
 
-const SEED: &str = r#"
-    [[jurisdictions]]
-    id = "eu"
-
-    [[regions]]
-    id = "eu-west"
-    jurisdiction = "eu"
-    location = { lat = 53.35, lon = -6.26 }
-    endpoint = "http://127.0.0.1:9102"
-    pools = [{ id = "cpu", gpu = "cpu", reserved = 1, reserved_price_per_hour = 2.2 }]
-
-    [[models]]
-    id = "test/echo"
-    kind = "image-to-image"
-    unit = "image"
-    price_per_unit = 0.25
-    gpu_seconds_per_unit = 0.1
-
-    [[models]]
-    id = "test/slow"
-    kind = "image-to-image"
-    unit = "image"
-    price_per_unit = 0.1
-    gpu_seconds_per_unit = 0.1
-
-    [[tenants]]
-    id = "acme"
-    residency = { jurisdictions = ["eu"] }
-
-    [[tenants]]
-    id = "globex"
-    residency = "any"
-"#;
-
 /// The control plane on an embedded store, with short leases.
 async fn start_control_plane() -> TestControlPlane {
     TestControlPlane::builder(Backend::Embedded)
-        .seed(CatalogSpec::from_toml(SEED).unwrap())
+        .seed(
+            support::catalog(&[("test/echo", "image", 0.25), ("test/slow", "image", 0.1)])
+                .tenants(
+                    "[[tenants]]\nid = \"acme\"\nresidency = { jurisdictions = [\"eu\"] }\n\
+                     [[tenants]]\nid = \"globex\"\nresidency = \"any\"",
+                )
+                .build(),
+        )
         .settings(|api| {
             api.agent_lease_ttl = Duration::from_secs(3);
             api.max_poll_wait = Duration::from_secs(5);

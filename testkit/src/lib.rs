@@ -3,7 +3,7 @@
 //!
 //! - [`patience`]: one patience setting; [`eventually`](patience::eventually) and
 //!   [`within`](patience::within) wait on conditions, never on fixed sleeps.
-//! - [`tokens`]: the secrets a test world's components share.
+//! - [`tokens`]: the secrets a test world's components share; [`catalog`]: test catalogs.
 //! - [`etcd`]: a real etcd on free loopback ports.
 //! - [`control_plane`]: a real control plane in-process, embedded store or etcd, returning
 //!   once it serves.
@@ -14,6 +14,7 @@
 //!
 //! It is a dev-dependency only: nothing here ships in a Meridian binary.
 
+pub mod catalog;
 pub mod control_plane;
 pub mod edge;
 pub mod etcd;

@@ -10,6 +10,7 @@ use edge_proxy::config::Cidr;
 use policy::{CatalogSpec, Location};
 use region_agent::config::AgentConfig;
 use serde_json::{Value, json};
+use testkit::catalog::{Catalog, Model, Region};
 use testkit::tokens::{ADMIN, AGENT, AGENT_EDGE, EDGE};
 use testkit::{TestControlPlane, TestEdge, eventually, patience, weights};
 use tokio_util::sync::CancellationToken;
@@ -411,51 +412,20 @@ fn catalog(
     addresses: &BTreeMap<&'static str, SocketAddr>,
     tenants: &str,
 ) -> CatalogSpec {
-    let mut text = String::from(
-        r#"
-        [routing]
-        heartbeat_timeout_ms = 6000
-        [[jurisdictions]]
-        id = "eu"
-        [[jurisdictions]]
-        id = "us"
-        [[jurisdictions]]
-        id = "uk"
-        [[jurisdictions]]
-        id = "jp"
-        "#,
-    );
+    let mut catalog = Catalog::new()
+        .routing("heartbeat_timeout_ms = 6000")
+        .jurisdictions(&["eu", "us", "uk", "jp"]);
     for r in regions {
-        let on_demand = if r.on_demand > 0 {
-            format!(
-                ", on_demand_max = {}, on_demand_price_per_hour = {}",
-                r.on_demand, r.on_demand_price
-            )
-        } else {
-            String::new()
-        };
-        text.push_str(&format!(
-            r#"
-            [[regions]]
-            id = "{}"
-            jurisdiction = "{}"
-            location = {{ lat = {}, lon = {} }}
-            endpoint = "http://{}"
-            pools = [{{ id = "gpu", gpu = "H100", reserved = {}, reserved_price_per_hour = {}{on_demand} }}]
-            "#,
-            r.id, r.jurisdiction, r.lat, r.lon, addresses[r.id], r.reserved, r.reserved_price
-        ));
+        let endpoint = format!("http://{}", addresses[r.id]);
+        catalog = catalog.region(
+            Region::new(r.id, r.jurisdiction, (r.lat, r.lon), &endpoint)
+                .pool("gpu", "H100")
+                .reserved(r.reserved, r.reserved_price)
+                .on_demand(r.on_demand, r.on_demand_price),
+        );
     }
-    text.push_str(&format!(
-        r#"
-        [[models]]
-        id = "{MODEL}"
-        kind = "image-to-image"
-        unit = "megapixel"
-        price_per_unit = 0.001
-        gpu_seconds_per_unit = 0.05
-        {tenants}
-        "#
-    ));
-    CatalogSpec::from_toml(&text).unwrap()
+    catalog
+        .model(Model::new(MODEL, "image-to-image", "megapixel", 0.001).gpu_seconds(0.05))
+        .tenants(tenants)
+        .build()
 }

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 
 use control_plane_client::wire::{AgentReport, ModelReport, RegionLive, Snapshot, TenantSpend};
-use policy::CatalogSpec;
 use rand::SeedableRng;
 use serde::Deserialize;
+use testkit::catalog::{Catalog, Model, Region};
 
 /// The snapshot as an edge of schema 1.0 reads it.
 mod v1_0 {
@@ -112,26 +112,6 @@ mod v1_0 {
     }
 }
 
-const CATALOG: &str = r#"
-    [[jurisdictions]]
-    id = "eu"
-    [[regions]]
-    id = "eu-west"
-    jurisdiction = "eu"
-    location = { lat = 53.35, lon = -6.26 }
-    endpoint = "http://127.0.0.1:9102"
-    pools = [{ id = "h100", gpu = "H100", reserved = 2, reserved_price_per_hour = 2.2 }]
-    [[models]]
-    id = "meridian/tiny-sd"
-    kind = "text-to-image"
-    unit = "megapixel_step"
-    price_per_unit = 0.0038
-    gpu_seconds_per_unit = 0.12
-    [[tenants]]
-    id = "acme"
-    residency = { jurisdictions = ["eu"] }
-"#;
-
 fn snapshot_of_this_build() -> Snapshot {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let key = policy::key::generate(&mut rng, "acme".parse().unwrap(), Some("ci".into()), 1);
@@ -155,7 +135,24 @@ fn snapshot_of_this_build() -> Snapshot {
     Snapshot {
         schema: contract::schema::SNAPSHOT,
         revision: 42,
-        catalog: CatalogSpec::from_toml(CATALOG).unwrap(),
+        catalog: Catalog::new()
+            .region(Region::new(
+                "eu-west",
+                "eu",
+                (53.35, -6.26),
+                "http://127.0.0.1:9102",
+            ))
+            .model(
+                Model::new(
+                    "meridian/tiny-sd",
+                    "text-to-image",
+                    "megapixel_step",
+                    0.0038,
+                )
+                .gpu_seconds(0.12),
+            )
+            .tenants("[[tenants]]\nid = \"acme\"\nresidency = { jurisdictions = [\"eu\"] }")
+            .build(),
         keys: vec![key.record],
         regions: vec![RegionLive {
             region: "eu-west".into(),

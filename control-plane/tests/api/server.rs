@@ -8,6 +8,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 pub use testkit::Backend;
 use testkit::TestControlPlane;
+use testkit::catalog::{Catalog, Model, Region};
 pub use testkit::tokens::{ADMIN, AGENT, EDGE};
 
 /// How often the test server passes spend changes on to waiting edges.
@@ -15,39 +16,28 @@ pub const SPEND_REFRESH: Duration = Duration::from_millis(300);
 /// The body limit of the test server.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// The catalog every test server starts with.
-pub const SEED: &str = r#"
-    [[jurisdictions]]
-    id = "eu"
-    [[jurisdictions]]
-    id = "us"
-
-    [[regions]]
-    id = "eu-west"
-    jurisdiction = "eu"
-    location = { lat = 53.35, lon = -6.26 }
-    endpoint = "http://127.0.0.1:9102"
-    pools = [{ id = "h100", gpu = "H100", reserved = 2, reserved_price_per_hour = 2.2 }]
-
-    [[regions]]
-    id = "us-east"
-    jurisdiction = "us"
-    location = { lat = 39.04, lon = -77.49 }
-    endpoint = "http://127.0.0.1:9101"
-    pools = [{ id = "h100", gpu = "H100", on_demand_max = 4, on_demand_price_per_hour = 3.9 }]
-
-    [[models]]
-    id = "meridian/esrgan-x4"
-    kind = "image-to-image"
-    unit = "megapixel"
-    price_per_unit = 0.002
-    gpu_seconds_per_unit = 0.4
-
-    [[tenants]]
-    id = "acme"
-    residency = { jurisdictions = ["eu"] }
-    latency_goal_ms = 800
-"#;
+/// The catalog every test server starts with: `eu-west` with two reserved H100s, `us-east`
+/// with four on-demand ones, ESRGAN ×4, and `acme` in the EU with an 800 ms goal.
+pub fn seed() -> CatalogSpec {
+    Catalog::new()
+        .region(Region::new(
+            "eu-west",
+            "eu",
+            (53.35, -6.26),
+            "http://127.0.0.1:9102",
+        ))
+        .region(
+            Region::new("us-east", "us", (39.04, -77.49), "http://127.0.0.1:9101")
+                .reserved(0, 0.0)
+                .on_demand(4, 3.9),
+        )
+        .model(Model::esrgan_x4())
+        .tenants(
+            "[[tenants]]\nid = \"acme\"\nresidency = { jurisdictions = [\"eu\"] }\n\
+             latency_goal_ms = 800",
+        )
+        .build()
+}
 
 pub struct TestServer {
     pub base: String,
@@ -58,7 +48,7 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(backend: Backend) -> Self {
         let control_plane = TestControlPlane::builder(backend)
-            .seed(CatalogSpec::from_toml(SEED).unwrap())
+            .seed(seed())
             .settings(|api| {
                 api.max_body_bytes = BODY_LIMIT;
                 api.agent_lease_ttl = Duration::from_secs(2);

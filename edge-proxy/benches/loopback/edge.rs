@@ -22,6 +22,7 @@ use control_plane_client::wire::AgentReport;
 use edge_proxy::config::Cidr;
 use edge_proxy::{EdgeConfig, Listeners};
 use policy::{CatalogSpec, Location};
+use testkit::catalog::{Catalog, Model, Region};
 use testkit::tokens::{ADMIN, AGENT, EDGE};
 use tokio_util::sync::CancellationToken;
 
@@ -178,43 +179,20 @@ fn seed(url: &str) -> String {
 }
 
 fn catalog(backend: SocketAddr) -> CatalogSpec {
-    let mut text = String::from(
-        r#"
-        [routing]
-        heartbeat_timeout_ms = 86400000
-        [[jurisdictions]]
-        id = "eu"
-        [[jurisdictions]]
-        id = "us"
-        "#,
-    );
+    let endpoint = format!("http://{backend}");
+    let mut catalog = Catalog::new().routing("heartbeat_timeout_ms = 86400000");
     for (id, jurisdiction, lat, lon) in REGIONS {
-        text.push_str(&format!(
-            r#"
-            [[regions]]
-            id = "{id}"
-            jurisdiction = "{jurisdiction}"
-            location = {{ lat = {lat}, lon = {lon} }}
-            endpoint = "http://{backend}"
-            pools = [{{ id = "h100", gpu = "H100", reserved = {SLOTS}, reserved_price_per_hour = 2.0 }}]
-            "#
-        ));
+        catalog = catalog
+            .region(Region::new(id, jurisdiction, (lat, lon), &endpoint).reserved(SLOTS, 2.0));
     }
-    text.push_str(&format!(
-        r#"
-        [[models]]
-        id = "meridian/esrgan-x4"
-        kind = "image-to-image"
-        unit = "megapixel"
-        price_per_unit = 0.002
-        gpu_seconds_per_unit = 0.4
-        [[tenants]]
-        id = "{TENANT}"
-        residency = "any"
-        quotas = {{ requests_per_second = 1000000.0, burst = 1000000, max_concurrent = 100000, monthly_budget = 1000000000.0 }}
-        "#
-    ));
-    CatalogSpec::from_toml(&text).expect("the bench's catalog")
+    catalog
+        .model(Model::esrgan_x4())
+        .tenants(&format!(
+            "[[tenants]]\nid = \"{TENANT}\"\nresidency = \"any\"\nquotas = {{ \
+             requests_per_second = 1000000.0, burst = 1000000, max_concurrent = 100000, \
+             monthly_budget = 1000000000.0 }}"
+        ))
+        .build()
 }
 
 fn edge_config(control_plane: &str, dir: &std::path::Path) -> EdgeConfig {

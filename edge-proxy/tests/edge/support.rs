@@ -10,6 +10,7 @@ use edge_proxy::EdgeConfig;
 use edge_proxy::config::Cidr;
 use policy::{CatalogSpec, Location};
 use serde_json::json;
+use testkit::catalog::{Catalog, Model, Region};
 pub use testkit::edge::{Answer, client};
 pub use testkit::stand_in::{Behaviour, StandInAgent};
 pub use testkit::tokens::{ADMIN, AGENT_EDGE};
@@ -140,75 +141,48 @@ pub async fn run_esrgan(edge: &TestEdge, key: &str, forwarded_for: Option<&str>)
 }
 
 fn catalog(agents: &HashMap<String, StandInAgent>) -> CatalogSpec {
-    let mut text = String::from(
-        r#"
-        [routing]
-        heartbeat_timeout_ms = 86400000
-        [[jurisdictions]]
-        id = "eu"
-        [[jurisdictions]]
-        id = "us"
-        [[jurisdictions]]
-        id = "uk"
-        [[jurisdictions]]
-        id = "jp"
-        "#,
-    );
+    let mut catalog = Catalog::new()
+        .routing("heartbeat_timeout_ms = 86400000")
+        .jurisdictions(&["eu", "us", "uk", "jp"]);
     for (id, jurisdiction, lat, lon, _) in REGIONS {
-        text.push_str(&format!(
-            r#"
-            [[regions]]
-            id = "{id}"
-            jurisdiction = "{jurisdiction}"
-            location = {{ lat = {lat}, lon = {lon} }}
-            endpoint = "{}"
-            pools = [{{ id = "h100", gpu = "H100", reserved = 2, reserved_price_per_hour = 2.0 }}]
-            "#,
-            agents[id].endpoint
-        ));
+        catalog = catalog.region(
+            Region::new(id, jurisdiction, (lat, lon), &agents[id].endpoint).reserved(2, 2.0),
+        );
     }
-    let esrgan: Vec<String> = REGIONS
-        .iter()
-        .filter(|r| r.4)
-        .map(|r| format!("\"{}\"", r.0))
-        .collect();
-    text.push_str(&format!(
-        r#"
-        [[models]]
-        id = "{ESRGAN}"
-        kind = "image-to-image"
-        unit = "megapixel"
-        price_per_unit = 0.002
-        gpu_seconds_per_unit = 0.4
-        regions = [{}]
-        [[models]]
-        id = "meridian/silero-vad"
-        kind = "audio-analysis"
-        unit = "audio_second"
-        price_per_unit = 0.0001
-        gpu_seconds_per_unit = 0.01
-        regions = ["uk-south"]
-
-        [[tenants]]
-        id = "acme"
-        residency = "any"
-        [[tenants]]
-        id = "euro"
-        residency = {{ jurisdictions = ["eu"] }}
-        [[tenants]]
-        id = "brit"
-        residency = {{ jurisdictions = ["uk"] }}
-        [[tenants]]
-        id = "nippon"
-        residency = {{ jurisdictions = ["jp"] }}
-        [[tenants]]
-        id = "slow"
-        residency = "any"
-        quotas = {{ requests_per_second = 0.2, burst = 1 }}
-        "#,
-        esrgan.join(", ")
-    ));
-    CatalogSpec::from_toml(&text).unwrap()
+    let esrgan: Vec<&str> = REGIONS.iter().filter(|r| r.4).map(|r| r.0).collect();
+    catalog
+        .model(Model::esrgan_x4().only_in(&esrgan))
+        .model(
+            Model::new(
+                "meridian/silero-vad",
+                "audio-analysis",
+                "audio_second",
+                0.0001,
+            )
+            .gpu_seconds(0.01)
+            .only_in(&["uk-south"]),
+        )
+        .tenants(
+            r#"
+            [[tenants]]
+            id = "acme"
+            residency = "any"
+            [[tenants]]
+            id = "euro"
+            residency = { jurisdictions = ["eu"] }
+            [[tenants]]
+            id = "brit"
+            residency = { jurisdictions = ["uk"] }
+            [[tenants]]
+            id = "nippon"
+            residency = { jurisdictions = ["jp"] }
+            [[tenants]]
+            id = "slow"
+            residency = "any"
+            quotas = { requests_per_second = 0.2, burst = 1 }
+            "#,
+        )
+        .build()
 }
 
 /// A trusted-proxy network.

@@ -20,25 +20,8 @@ use self::file::{AgentFile, ControlPlaneFile, ModelFile};
 /// Whether a slot is reserved (already paid) or on-demand (paid per use).
 pub use control_plane_client::wire::Capacity;
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has mistyped fields.
-    #[error("parse the configuration: {0}")]
-    Parse(String),
-    /// Unknown fields, or values that break a rule.
-    #[error("{0}")]
-    Invalid(ConfigProblems),
-}
+/// Why a configuration cannot be used (the contract's one configuration error).
+pub use contract::ConfigError;
 
 /// Where a model's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,11 +125,7 @@ impl AgentConfig {
     /// Reads and validates a configuration file. Relative paths in it (`data_dir`,
     /// `weights_dir`, `catalog_file`) are taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config = Self::from_toml(&text)?;
+        let mut config = Self::from_toml(&ConfigError::read(path)?)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         if let CatalogSource::File(file) = &mut config.catalog {
@@ -163,8 +142,11 @@ impl AgentConfig {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let file: AgentFile = contract::problems::from_toml_strict(text).map_err(|e| match e {
-            ParseError::Syntax(message) => ConfigError::Parse(message),
             ParseError::UnknownFields(fields) => ConfigError::Invalid(unknown(&fields)),
+            syntax => ConfigError::Parse {
+                path: None,
+                source: syntax,
+            },
         })?;
         Self::from_file(file)
     }

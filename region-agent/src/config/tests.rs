@@ -80,7 +80,7 @@ fn unknown_fields_are_refused_with_their_line() {
     assert_eq!(problems[0].place, "models[0].batch_size");
     assert!(problems[0].problem.contains("line 16"), "{}", problems[0]);
     let err = AgentConfig::from_toml("region = ").unwrap_err();
-    assert!(matches!(err, ConfigError::Parse(_)), "{err}");
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 pub mod builtin;
 pub mod esrgan;
 pub mod silero_vad;
+#[cfg(any(test, feature = "test-model"))]
 pub mod test_model;
 pub mod tiny_sd;
 pub mod video_upscale;

@@ -18,38 +18,30 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const EDGE_TOKEN: &str = "edge-token-0123456789";
+use testkit::catalog::{self, Catalog, Region};
 pub use testkit::{eventually, patience, within};
 
 /// A model as the catalog lists it: id, pricing unit, price per unit.
 pub type Priced<'a> = (&'a str, &'a str, f64);
 
-/// A Meridian catalog with region eu-west, one CPU pool (`pool`: its fields after `id`, e.g.
-/// `reserved = 1, reserved_price_per_hour = 2.2`) and `models`.
-pub fn catalog_toml(pool: &str, models: &[Priced<'_>]) -> String {
-    let mut text = format!(
-        r#"
-[[jurisdictions]]
-id = "eu"
-
-[[regions]]
-id = "eu-west"
-jurisdiction = "eu"
-location = {{ lat = 53.35, lon = -6.26 }}
-endpoint = "http://127.0.0.1:9102"
-pools = [{{ id = "cpu", gpu = "cpu", {pool} }}]
-"#
+/// A Meridian catalog with region eu-west (one reserved CPU slot at 2.2 an hour) and
+/// `models`, each expecting 0.1 GPU-seconds a unit.
+pub fn catalog(models: &[Priced<'_>]) -> Catalog {
+    let mut catalog = Catalog::new().region(
+        Region::new("eu-west", "eu", (53.35, -6.26), "http://127.0.0.1:9102")
+            .pool("cpu", "cpu")
+            .reserved(1, 2.2),
     );
     for (id, unit, price) in models {
-        text.push_str(&format!(
-            "\n[[models]]\nid = \"{id}\"\nkind = \"image-to-image\"\nunit = \"{unit}\"\n\
-             price_per_unit = {price}\ngpu_seconds_per_unit = 0.1\n"
-        ));
+        catalog = catalog.model(catalog::Model::new(id, "image-to-image", unit, *price));
     }
-    text
+    catalog
 }
 
-/// One reserved slot.
-pub const ONE_SLOT: &str = "reserved = 1, reserved_price_per_hour = 2.2";
+/// [`catalog`] as TOML, as a `catalog_file` holds it.
+pub fn catalog_toml(models: &[Priced<'_>]) -> String {
+    catalog(models).toml()
+}
 
 /// A configuration serving `models` (TOML `[[models]]` tables), priced by `prices` in a
 /// catalog file (written to `<data_dir>/catalog.toml`) with one reserved slot.
@@ -61,7 +53,7 @@ pub fn config(
 ) -> AgentConfig {
     std::fs::create_dir_all(data_dir).unwrap();
     let catalog = data_dir.join("catalog.toml");
-    std::fs::write(&catalog, catalog_toml(ONE_SLOT, prices)).unwrap();
+    std::fs::write(&catalog, catalog_toml(prices)).unwrap();
     AgentConfig::from_toml(&format!(
         r#"
 region = "eu-west"
