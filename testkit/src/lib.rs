@@ -9,11 +9,13 @@
 //!   once it serves.
 //! - [`edge`]: a real edge in-process, ready once it routes on a given snapshot revision;
 //!   [`Answer`](edge::Answer), what a client sees.
-//! - [`stand_in`]: a stand-in region agent for testing the edge alone.
+//! - [`agent`]: a real region agent in-process, with real models or stand-ins, called as an
+//!   edge calls it; [`stand_in`]: a stand-in region agent for testing the edge alone.
 //! - [`weights`]: real model weights from their registry packages, fetched once.
 //!
 //! It is a dev-dependency only: nothing here ships in a Meridian binary.
 
+pub mod agent;
 pub mod catalog;
 pub mod control_plane;
 pub mod edge;
@@ -23,6 +25,7 @@ pub mod stand_in;
 pub mod tokens;
 pub mod weights;
 
+pub use agent::TestAgent;
 pub use control_plane::{Backend, TestControlPlane};
 pub use edge::{Answer, TestEdge};
 pub use patience::{eventually, patience, within};

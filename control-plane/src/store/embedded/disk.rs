@@ -415,19 +415,11 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Replaces `dir/name` with `bytes` so that a crash leaves either the old or the new file.
+/// Replaces `dir/name` with `bytes` so that a crash leaves either the old or the new file
+/// (`contract::fs::write_atomic`).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let temporary = dir.join(format!("{name}.tmp"));
-    let target = dir.join(name);
-    let mut file = File::create(&temporary).map_err(|e| io_error("create", &temporary, &e))?;
-    file.write_all(bytes)
-        .map_err(|e| io_error("write", &temporary, &e))?;
-    file.sync_all()
-        .map_err(|e| io_error("fsync", &temporary, &e))?;
-    fs::rename(&temporary, &target).map_err(|e| io_error("rename", &target, &e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("fsync", dir, &e))
+    contract::fs::write_atomic(&dir.join(name), bytes)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 fn io_error(action: &str, path: &Path, error: &std::io::Error) -> StoreError {
