@@ -247,6 +247,27 @@ impl Catalog {
     }
 }
 
+/// The tenants of a test world: `acme` may run anywhere, `euro` only in the EU, `brit` only
+/// in the UK, `nippon` only in Japan, `slow` anywhere but at one request per five seconds.
+pub const TENANTS: &str = r#"
+[[tenants]]
+id = "acme"
+residency = "any"
+[[tenants]]
+id = "euro"
+residency = { jurisdictions = ["eu"] }
+[[tenants]]
+id = "brit"
+residency = { jurisdictions = ["uk"] }
+[[tenants]]
+id = "nippon"
+residency = { jurisdictions = ["jp"] }
+[[tenants]]
+id = "slow"
+residency = "any"
+quotas = { requests_per_second = 0.2, burst = 1 }
+"#;
+
 /// The smallest useful world: region `eu-west` (jurisdiction `eu`, Dublin, two reserved H100s
 /// at 2.2 an hour, its agent at `endpoint`), ESRGAN ×4, and tenant `acme` restricted to the
 /// EU.

@@ -162,26 +162,7 @@ fn catalog(agents: &HashMap<String, StandInAgent>) -> CatalogSpec {
             .gpu_seconds(0.01)
             .only_in(&["uk-south"]),
         )
-        .tenants(
-            r#"
-            [[tenants]]
-            id = "acme"
-            residency = "any"
-            [[tenants]]
-            id = "euro"
-            residency = { jurisdictions = ["eu"] }
-            [[tenants]]
-            id = "brit"
-            residency = { jurisdictions = ["uk"] }
-            [[tenants]]
-            id = "nippon"
-            residency = { jurisdictions = ["jp"] }
-            [[tenants]]
-            id = "slow"
-            residency = "any"
-            quotas = { requests_per_second = 0.2, burst = 1 }
-            "#,
-        )
+        .tenants(testkit::catalog::TENANTS)
         .build()
 }
 

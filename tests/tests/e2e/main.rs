@@ -23,20 +23,6 @@ pub const DUBLIN: RegionDef = RegionDef::reserved("eu-west", "eu", 53.35, -6.26)
 pub const FRANKFURT: RegionDef = RegionDef::reserved("eu-central", "eu", 50.11, 8.68);
 pub const ASHBURN: RegionDef = RegionDef::reserved("us-east", "us", 39.04, -77.49);
 
-/// `acme` may run anywhere, `euro` only in the EU, `nippon` only in Japan (where no region
-/// is), `slow` anywhere but at one request per five seconds.
-pub const TENANTS: &str = r#"
-[[tenants]]
-id = "acme"
-residency = "any"
-[[tenants]]
-id = "euro"
-residency = { jurisdictions = ["eu"] }
-[[tenants]]
-id = "nippon"
-residency = { jurisdictions = ["jp"] }
-[[tenants]]
-id = "slow"
-residency = "any"
-quotas = { requests_per_second = 0.2, burst = 1 }
-"#;
+/// The test kit's tenants: `acme` anywhere, `euro` only in the EU, `brit` only in the UK,
+/// `nippon` only in Japan (where no region is), `slow` at one request per five seconds.
+pub const TENANTS: &str = testkit::catalog::TENANTS;
