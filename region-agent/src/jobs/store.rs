@@ -22,18 +22,7 @@ use super::JobRecord;
 /// Why the store failed (the agent's disk, never the user's input).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Reading or writing failed.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A durable write failed.
+    /// Reading or writing a file failed.
     #[error(transparent)]
     File(#[from] contract::fs::FileError),
     /// A record could not be encoded or decoded.
@@ -48,10 +37,12 @@ pub enum StoreError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        StoreError::File(contract::fs::FileError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

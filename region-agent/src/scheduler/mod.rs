@@ -259,11 +259,11 @@ impl Scheduler {
         })
         .await
         .map_err(|e| {
-            SubmitError::Storage(StoreError::Io {
+            SubmitError::Storage(StoreError::File(contract::fs::FileError {
                 action: "run",
                 path: "submit".into(),
                 source: std::io::Error::other(e.to_string()),
-            })
+            }))
         })?
     }
 

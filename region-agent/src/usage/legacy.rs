@@ -71,10 +71,12 @@ pub fn migrate(dir: &Path, journal: &Journal) -> Result<usize, LedgerError> {
         if !journaled.contains(&record.job_id) {
             journal.append(record, record.finished_at_ms)?;
         }
-        std::fs::remove_file(path).map_err(|source| LedgerError::Io {
-            action: "delete",
-            path: path.clone(),
-            source,
+        std::fs::remove_file(path).map_err(|source| {
+            LedgerError::File(contract::fs::FileError {
+                action: "delete",
+                path: path.clone(),
+                source,
+            })
         })?;
     }
     contract::fs::sync_dir(dir)?;
@@ -87,10 +89,12 @@ pub fn migrate(dir: &Path, journal: &Journal) -> Result<usize, LedgerError> {
 
 /// The earlier version's record files in `dir` (named `<request id>.json`).
 fn read(dir: &Path) -> Result<Vec<(PathBuf, UsageRecord)>, LedgerError> {
-    let io = |action, source| LedgerError::Io {
-        action,
-        path: dir.to_path_buf(),
-        source,
+    let io = |action, source| {
+        LedgerError::File(contract::fs::FileError {
+            action,
+            path: dir.to_path_buf(),
+            source,
+        })
     };
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io("list", e))? {

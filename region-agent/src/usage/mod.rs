@@ -31,18 +31,7 @@ use crate::jobs::now_ms;
 /// Why the ledger failed (the agent's disk).
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// Reading or writing failed.
-    #[error("{action} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A durable write failed.
+    /// Reading or writing a file failed.
     #[error(transparent)]
     File(#[from] contract::fs::FileError),
     /// A file could not be encoded or decoded.
@@ -225,11 +214,11 @@ fn ledger_id(path: &Path) -> Result<String, LedgerError> {
             tracing::info!(ledger = %id, "a new usage ledger was started");
             Ok(id)
         }
-        Err(source) => Err(LedgerError::Io {
+        Err(source) => Err(LedgerError::File(contract::fs::FileError {
             action: "read",
             path: path.to_path_buf(),
             source,
-        }),
+        })),
     }
 }
 

@@ -101,11 +101,11 @@ impl OutboxFiles {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(contract::fs::sync_dir(&self.dir)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LedgerError::Io {
+            Err(source) => Err(LedgerError::File(contract::fs::FileError {
                 action: "delete",
                 path,
                 source,
-            }),
+            })),
         }
     }
 }
@@ -119,11 +119,11 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, LedgerError>
                 source,
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(LedgerError::Io {
+        Err(source) => Err(LedgerError::File(contract::fs::FileError {
             action: "read",
             path: path.to_path_buf(),
             source,
-        }),
+        })),
     }
 }
 
