@@ -18,7 +18,8 @@ pub struct FileError {
     pub source: std::io::Error,
 }
 
-fn failed<'a>(
+/// The error of `action` on `path`, as a closure for `map_err`.
+pub fn failed<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> FileError + 'a {

@@ -68,22 +68,8 @@ async fn page(agent: &Agent, query: &str) -> UsageRecordPage {
 
 /// Runs a job synchronously for `tenant`; returns its id and its `x-meridian-cost` header.
 async fn run(agent: &Agent, tenant: &str, text: &str) -> (String, String) {
-    let response = agent
-        .as_tenant(tenant, Method::POST, "/v1/run/test/echo")
-        .json(&json!({"input": {"text": text}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let id = response.headers()[headers::REQUEST_ID]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let cost = response.headers()[headers::COST]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    (id, cost)
+    let (id, cost) = agent.run(tenant, "test/echo", json!({"text": text})).await;
+    (id, cost.to_string())
 }
 
 #[tokio::test]

@@ -17,7 +17,6 @@ use control_plane_client::wire::{AgentReport, Reservation};
 use control_plane_client::{ControlPlane, RecordQuery, UsageQuery};
 use policy::{ModelSpec, RegionSpec};
 use region_agent::serving::test_model::{Gate, TestModel};
-use reqwest::Method;
 use serde_json::json;
 use testkit::tokens::AGENT;
 use testkit::{Backend, TestControlPlane, eventually};
@@ -80,18 +79,10 @@ async fn report(edge: &ControlPlane) -> Option<AgentReport> {
 
 /// Runs a job for `tenant`; returns its `x-meridian-cost`.
 async fn run(agent: &Agent, tenant: &str, text: &str) -> Nanos {
-    let response = agent
-        .as_tenant(tenant, Method::POST, "/v1/run/test/echo")
-        .json(&json!({"input": {"text": text}}))
-        .send()
+    agent
+        .run(tenant, "test/echo", json!({"text": text}))
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.headers()["x-meridian-cost"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+        .1
 }
 
 fn now_ms() -> i64 {

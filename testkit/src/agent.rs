@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use contract::headers;
+use contract::{Nanos, headers};
 use region_agent::config::AgentConfig;
 use region_agent::serving::Model;
 use reqwest::{Method, RequestBuilder};
@@ -83,6 +83,26 @@ impl TestAgent {
             .as_str()
             .expect("a request id")
             .to_owned()
+    }
+
+    /// Runs a job of `model` synchronously for `tenant` with `input`; returns its request id
+    /// and what it cost (`x-meridian-cost`), failing the test unless it succeeded.
+    pub async fn run(&self, tenant: &str, model: &str, input: Value) -> (String, Nanos) {
+        let response = self
+            .as_tenant(tenant, Method::POST, &format!("/v1/run/{model}"))
+            .json(&serde_json::json!({ "input": input }))
+            .send()
+            .await
+            .expect("the agent answers");
+        assert_eq!(response.status(), 200, "{:?}", response.headers());
+        let header = |name: &str| {
+            response.headers()[name]
+                .to_str()
+                .expect("a text header")
+                .to_owned()
+        };
+        let cost = header(headers::COST).parse().expect("a cost in billionths");
+        (header(headers::REQUEST_ID), cost)
     }
 
     /// The status of job `id` (of `acme`).

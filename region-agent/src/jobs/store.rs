@@ -37,13 +37,7 @@ pub enum StoreError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| {
-        StoreError::File(contract::fs::FileError {
-            action,
-            path: path.to_path_buf(),
-            source,
-        })
-    }
+    move |source| contract::fs::failed(action, path)(source).into()
 }
 
 /// The jobs directory of one agent.

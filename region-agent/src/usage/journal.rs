@@ -86,13 +86,7 @@ pub struct Journal {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LedgerError + 'a {
-    move |source| {
-        LedgerError::File(contract::fs::FileError {
-            action,
-            path: path.to_path_buf(),
-            source,
-        })
-    }
+    move |source| contract::fs::failed(action, path)(source).into()
 }
 
 impl Journal {
