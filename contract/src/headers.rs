@@ -16,6 +16,21 @@ pub const COST: &str = "x-meridian-cost";
 /// Agent → edge: the agent refused the job before accepting it, and why
 /// ([`crate::Refusal`]); the edge may try the next region.
 pub const REFUSED: &str = "x-meridian-refused";
+/// Edge → agent: the most jobs the tenant may have queued or running in all regions
+/// together (its `max_concurrent` quota); absent when the tenant has no such quota.
+pub const TENANT_MAX_JOBS: &str = "x-meridian-tenant-max-jobs";
+/// Edge → agent: the tenant's jobs queued or running in the other regions, as the edge last
+/// heard from them (sent with [`TENANT_MAX_JOBS`]). The agent refuses the job with `429`
+/// when its own count plus this reaches the maximum.
+pub const TENANT_JOBS_ELSEWHERE: &str = "x-meridian-tenant-jobs-elsewhere";
+/// Client → edge → agent: the client's key for a submission it may send again
+/// (`Idempotency-Key`); the same key from the same tenant names the same job for
+/// [`IDEMPOTENCY_WINDOW_SECS`].
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// How long an idempotency key keeps naming its job, in seconds (24 h).
+pub const IDEMPOTENCY_WINDOW_SECS: u64 = 24 * 3600;
+/// The longest idempotency key accepted, in bytes.
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
 /// Every component → client: the request's id ([`crate::RequestId`]) where it has one.
 pub const REQUEST_ID: &str = "x-request-id";
 /// The prefix of every internal header; the edge drops these from what clients send.
@@ -32,10 +47,19 @@ mod tests {
 
     #[test]
     fn every_internal_header_has_the_prefix_and_is_lowercase() {
-        for name in [EDGE_TOKEN, TENANT, REGION, COST, REFUSED] {
+        for name in [
+            EDGE_TOKEN,
+            TENANT,
+            REGION,
+            COST,
+            REFUSED,
+            TENANT_MAX_JOBS,
+            TENANT_JOBS_ELSEWHERE,
+        ] {
             assert!(is_internal(name), "{name}");
             assert_eq!(name, name.to_ascii_lowercase());
         }
         assert!(!is_internal(REQUEST_ID));
+        assert!(!is_internal(IDEMPOTENCY_KEY));
     }
 }

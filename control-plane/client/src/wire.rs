@@ -149,6 +149,11 @@ pub struct AgentReport {
     /// The revision of the agent catalog the agent runs with, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_revision: Option<i64>,
+    /// Per tenant id, the jobs the region holds queued or running (tenants with none are
+    /// left out). Edges add these up across regions to bound a tenant's `max_concurrent`
+    /// jobs (docs/design.md §4). Absent from a 1.1 agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_jobs: BTreeMap<String, u32>,
 }
 
 impl Default for AgentReport {
@@ -164,6 +169,7 @@ impl Default for AgentReport {
             on_demand_start_ms: None,
             models: BTreeMap::new(),
             catalog_revision: None,
+            tenant_jobs: BTreeMap::new(),
         }
     }
 }
