@@ -12,6 +12,7 @@
 //! - [`schema`]: message schema versions and the rule for reading across versions.
 //! - [`money`]: exact amounts in billionths and the one pricing rule.
 //! - [`fs`]: durable, atomic file writes.
+//! - [`Secret`]: a configured token that prints as `[redacted]`.
 
 pub mod error;
 pub mod fs;
@@ -21,6 +22,7 @@ pub mod money;
 pub mod problems;
 pub mod refusal;
 pub mod schema;
+pub mod secret;
 
 pub use error::{ErrorBody, ErrorInfo};
 pub use ids::{
@@ -30,3 +32,4 @@ pub use money::{Nanos, charge};
 pub use problems::{ConfigError, ConfigProblem, ConfigProblems, ParseError};
 pub use refusal::Refusal;
 pub use schema::{Schema, SchemaError};
+pub use secret::Secret;
