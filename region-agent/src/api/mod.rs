@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use contract::{TenantId, headers};
+use contract::{Secret, TenantId, headers};
 use serde_json::json;
 
 pub use self::error::ApiError;
@@ -29,8 +29,8 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     scheduler: Scheduler,
-    edge_token: String,
-    agent_token: Option<String>,
+    edge_token: Secret,
+    agent_token: Option<Secret>,
     sync_timeout: Duration,
     max_body_bytes: usize,
     region_header: HeaderValue,
@@ -40,10 +40,10 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Tokens {
     /// What edges send in `x-meridian-edge-token` (`/v1/`).
-    pub edge: String,
+    pub edge: Secret,
     /// What the control plane sends as `Authorization: Bearer` (`/internal/v1/`); without
     /// a control plane, the internal calls answer 401.
-    pub agent: Option<String>,
+    pub agent: Option<Secret>,
 }
 
 impl AppState {
@@ -105,7 +105,7 @@ async fn v1_layer(State(state): State<AppState>, request: Request, next: Next) -
         .get(headers::EDGE_TOKEN)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
-    let mut response = if constant_time_eq(token, state.0.edge_token.as_bytes()) {
+    let mut response = if state.0.edge_token.matches(token) {
         next.run(request).await
     } else {
         ApiError::Unauthorized.into_response()
@@ -123,14 +123,6 @@ async fn count_responses(State(state): State<AppState>, request: Request, next: 
         .metrics()
         .response(response.status().as_u16());
     response
-}
-
-/// Compares secrets without leaking where they differ (beyond their length).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found() -> ApiError {

@@ -15,7 +15,7 @@ use contract::{ModelId, TenantId};
 use control_plane_client::wire::UsageRecordPage;
 use serde::Deserialize;
 
-use super::{ApiError, AppState, constant_time_eq};
+use super::{ApiError, AppState};
 use crate::usage::audit::{self, DEFAULT_LIMIT, MAX_LIMIT, RecordFilter};
 
 /// The query as sent.
@@ -88,7 +88,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     match &state.0.agent_token {
-        Some(token) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(token) if token.matches(presented.as_bytes()) => Ok(()),
         _ => Err(ApiError::UnauthorizedInternal),
     }
 }

@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use contract::Secret;
 use serde::Deserialize;
 
 /// The whole file (see `examples/region-agent.toml`).
@@ -20,7 +21,7 @@ pub struct AgentFile {
     #[serde(default)]
     pub listen: Option<String>,
     /// Shared secret edges send in `x-meridian-edge-token` (required; at least 16 characters).
-    pub edge_token: String,
+    pub edge_token: Secret,
     /// Directory for queued jobs, results, the usage ledger and the last catalog copy
     /// (required; created if missing).
     pub data_dir: PathBuf,
@@ -69,7 +70,7 @@ pub struct ControlPlaneFile {
     pub url: String,
     /// The agent token of the control plane's agent API (required; at least 16 characters).
     /// The control plane also presents it when it reads this agent's usage records.
-    pub agent_token: String,
+    pub agent_token: Secret,
     /// Time between heartbeats, in milliseconds. Default 1000.
     #[serde(default)]
     pub heartbeat_interval_ms: Option<u64>,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use contract::problems::{ParseError, UnknownField};
-use contract::{ConfigProblems, ModelId, RegionId};
+use contract::{ConfigProblems, ModelId, RegionId, Secret};
 
 use self::file::{AgentFile, ControlPlaneFile, ModelFile};
 
@@ -56,7 +56,7 @@ pub struct ControlPlaneConfig {
     /// Base URL.
     pub url: String,
     /// Agent token: sent to the control plane, and expected from it on the internal API.
-    pub agent_token: String,
+    pub agent_token: Secret,
     /// Time between heartbeats (> 0).
     pub heartbeat_interval: Duration,
     /// Timeout of each call (> 0).
@@ -91,7 +91,7 @@ pub struct AgentConfig {
     /// Listen address.
     pub listen: SocketAddr,
     /// The edges' shared secret.
-    pub edge_token: String,
+    pub edge_token: Secret,
     /// Data directory.
     pub data_dir: PathBuf,
     /// How long results are kept.
@@ -254,7 +254,8 @@ fn region(p: &mut ConfigProblems, value: &str) -> Option<RegionId> {
     }
 }
 
-fn token(p: &mut ConfigProblems, place: &str, value: &str) {
+fn token(p: &mut ConfigProblems, place: &str, value: &Secret) {
+    let value = value.expose();
     if value.len() < MIN_TOKEN {
         p.add(
             place,

@@ -50,6 +50,19 @@ fn a_complete_file_gets_its_values_and_defaults() {
 }
 
 #[test]
+fn printing_the_configuration_never_shows_a_token() {
+    let config = AgentConfig::from_toml(GOOD).unwrap();
+    for printed in [format!("{config:?}"), format!("{config:#?}")] {
+        assert!(!printed.contains("edge-token-0123456789"), "{printed}");
+        assert!(!printed.contains("agent-token-0123456789"), "{printed}");
+        assert!(printed.contains("[redacted]"), "{printed}");
+    }
+    let file: file::AgentFile = toml::from_str(GOOD).unwrap();
+    assert!(!format!("{file:?}").contains("token-0123456789"));
+    assert_eq!(config.edge_token.expose(), "edge-token-0123456789");
+}
+
+#[test]
 fn exactly_one_catalog_source_is_required() {
     let start = GOOD.find("[control_plane]").unwrap();
     let end = GOOD.find("[[models]]").unwrap();

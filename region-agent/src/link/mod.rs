@@ -43,7 +43,11 @@ impl Link {
         data_dir: PathBuf,
         scheduler: Scheduler,
     ) -> anyhow::Result<Self> {
-        let client = ControlPlane::new(&config.url, &config.agent_token, config.request_timeout)?;
+        let client = ControlPlane::new(
+            &config.url,
+            config.agent_token.expose(),
+            config.request_timeout,
+        )?;
         Ok(Self {
             client,
             region: scheduler.region().clone(),
