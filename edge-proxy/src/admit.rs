@@ -2,9 +2,14 @@
 //! who is calling (the key), whether the tenant's quotas allow it, where the client is and
 //! which regions may serve it (docs/design.md §3, §4).
 //!
-//! Quotas (rate, monthly budget, concurrency) apply to job submissions; calls about an
-//! existing request only need a valid key and go to the region named in the request id,
-//! which must lie inside the tenant's residency.
+//! Quotas (rate, monthly budget, the bound on jobs) apply to job submissions; calls about an
+//! existing request need a valid key, pass the tenant's read rate ([`ReadRates`]) and go to
+//! the region named in the request id, which must lie inside the tenant's residency. An
+//! address that presented too many wrong keys is refused before its key is looked at
+//! ([`FailedKeys`]).
+//!
+//! [`ReadRates`]: crate::throttle::ReadRates
+//! [`FailedKeys`]: crate::throttle::FailedKeys
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use std::time::Duration;
 
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use pingora::proxy::Session;
-use policy::quota::{ConcurrencyPermit, RateDecision, Spend, month_start};
+use policy::quota::{RateDecision, Spend, month_start};
 use policy::{Model, RouteRequest, Tenant};
 
 use crate::Edge;
@@ -44,6 +49,10 @@ impl Edge {
             ApiError::unavailable("the edge has no routing snapshot yet; try again shortly")
         })?;
         ctx.state = Some(Arc::clone(&state));
+        let address = self.client_address(session);
+        if let Some(address) = address {
+            self.failed_keys.check(address, self.clock.elapsed())?;
+        }
         let authorization = request
             .headers
             .get(AUTHORIZATION)
@@ -52,6 +61,9 @@ impl Edge {
             .and_then(|key| state.keys.authenticate(key))
             .map_err(|e| {
                 tracing::debug!(reason = ?e, "key refused");
+                if let Some(address) = address {
+                    self.failed_keys.failed(address, self.clock.elapsed());
+                }
                 ApiError::unauthorized()
             })?;
         let tenant = state
@@ -62,6 +74,7 @@ impl Edge {
         match call {
             Call::Models => Ok(Admitted::Answer(models_body(&state.catalog, tenant))),
             Call::Request { region } => {
+                self.reads.check(tenant.id.as_str(), self.clock.elapsed())?;
                 let index = state
                     .catalog
                     .region_index(&region)
@@ -110,8 +123,46 @@ impl Edge {
         }
         let model = &catalog.models()[model_index];
         ctx.model = Some(model.id.to_string());
-        ctx.permit = check_quotas(state, tenant, model, self.clock.elapsed(), unix_now())?;
+        ctx.idempotency_key = crate::idempotency::key_of(&request.headers)?;
+        check_quotas(state, tenant, model, self.clock.elapsed(), unix_now())?;
+        ctx.job_bound = tenant.quotas.max_concurrent;
+        if let Some(index) = self.key_region(ctx, state, tenant) {
+            // The key went there before: that region may hold its job, and only there is
+            // sending it again safe.
+            ctx.candidates = vec![index];
+            ctx.failover = true;
+            self.retries.deposit();
+            return Ok(());
+        }
         self.route(session, ctx, state, tenant, model_id)
+    }
+
+    /// The region this request's idempotency key was sent to, while the tenant may still
+    /// use it.
+    fn key_region(&self, ctx: &RequestCtx, state: &RoutingState, tenant: &Tenant) -> Option<usize> {
+        let key = ctx.idempotency_key.as_deref()?;
+        let region = self
+            .keys
+            .region(&ctx.tenant, key, std::time::Instant::now())?;
+        state
+            .catalog
+            .region_index(&region)
+            .filter(|i| tenant.allowed_regions.contains(*i))
+            .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+    }
+
+    /// The client's address: the peer, or the address a trusted proxy forwarded for.
+    fn client_address(&self, session: &Session) -> Option<IpAddr> {
+        let peer: Option<IpAddr> = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let forwarded = session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        client_ip(peer, forwarded, &self.config.trusted_proxies)
     }
 
     fn route(
@@ -122,16 +173,7 @@ impl Edge {
         tenant: &Tenant,
         model_id: &str,
     ) -> Result<(), ApiError> {
-        let peer: Option<IpAddr> = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let forwarded = session
-            .req_header()
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let ip = client_ip(peer, forwarded, &self.config.trusted_proxies);
+        let ip = self.client_address(session);
         let client = locate(self.geoip.as_ref(), ip, self.config.location);
         let mut live = state.live.clone();
         let now = tokio::time::Instant::now();
@@ -188,31 +230,25 @@ impl Edge {
     }
 }
 
-/// Applies `tenant`'s quotas to one job for `model`: the rate limit (checked at
-/// `since_start`, the edge's monotonic clock), the monthly budget (month-to-date spend from
-/// the snapshot, if it was received this month, at `now_unix`) and the concurrency gate,
-/// whose permit is returned to be held until the answer ends.
+/// Applies `tenant`'s quotas to one job for `model`: its bound on jobs queued or running
+/// (against the agents' reported counts, see [`jobs`](crate::jobs)), the monthly budget
+/// (month-to-date spend from the snapshot, if it was received this month, at `now_unix`)
+/// and the rate limit (checked at `since_start`, the edge's monotonic clock; last, so that
+/// a job refused for another reason takes nothing from the bucket).
 ///
 /// # Errors
 ///
-/// 429 with `Retry-After` and a type naming the quota: `rate_limited`, `budget_exceeded` or
-/// `concurrency_limited`.
+/// 429 with `Retry-After` and a type naming the quota: `concurrency_limited`,
+/// `budget_exceeded` or `rate_limited`.
 pub fn check_quotas(
     state: &RoutingState,
     tenant: &Tenant,
     model: &Model,
     since_start: Duration,
     now_unix: i64,
-) -> Result<Option<ConcurrencyPermit>, ApiError> {
-    let limits = state.limits.get(tenant.id.as_str());
-    if let Some(rate) = limits.and_then(|l| l.rate.as_ref())
-        && let RateDecision::Limited { retry_after } = rate.check(since_start)
-    {
-        return Err(ApiError::quota(
-            "rate_limited",
-            "too many requests for this tenant's rate limit",
-            policy::quota::retry_after_secs(retry_after),
-        ));
+) -> Result<(), ApiError> {
+    if let Some(max) = tenant.quotas.max_concurrent {
+        crate::jobs::check(&state.jobs, tenant.id.as_str(), max)?;
     }
     let spent = if month_start(state.received_unix) == month_start(now_unix) {
         state.spend.get(tenant.id.as_str()).copied()
@@ -234,18 +270,17 @@ pub fn check_quotas(
             over.retry_after_secs,
         ));
     }
-    limits
-        .and_then(|l| l.gate.as_ref())
-        .map(|gate| {
-            gate.try_acquire().map_err(|e| {
-                ApiError::quota(
-                    "concurrency_limited",
-                    format!("this tenant already has {} requests in flight", e.limit),
-                    1,
-                )
-            })
-        })
-        .transpose()
+    let limits = state.limits.get(tenant.id.as_str());
+    if let Some(rate) = limits.and_then(|l| l.rate.as_ref())
+        && let RateDecision::Limited { retry_after } = rate.check(since_start)
+    {
+        return Err(ApiError::quota(
+            "rate_limited",
+            "too many requests for this tenant's rate limit",
+            policy::quota::retry_after_secs(retry_after),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,10 +290,10 @@ mod tests {
     use super::*;
     use crate::state::testing::{snapshot, state_of};
 
-    fn quotas(state: &RoutingState, at: Duration, now: i64) -> Result<bool, ApiError> {
+    fn quotas(state: &RoutingState, at: Duration, now: i64) -> Result<(), ApiError> {
         let tenant = state.catalog.tenant("acme").unwrap();
         let model = state.catalog.model("meridian/esrgan-x4").unwrap();
-        check_quotas(state, tenant, model, at, now).map(|p| p.is_some())
+        check_quotas(state, tenant, model, at, now)
     }
 
     #[test]
@@ -268,7 +303,7 @@ mod tests {
         let mut under = snapshot(quota);
         under.spend[0].cost = 0.5;
         let state = state_of(&under, now);
-        assert_eq!(quotas(&state, Duration::ZERO, now + 3600), Ok(false));
+        assert_eq!(quotas(&state, Duration::ZERO, now + 3600), Ok(()));
         let mut over = snapshot(quota);
         over.spend[0].cost = 1.0;
         let state = state_of(&over, now);
@@ -277,35 +312,51 @@ mod tests {
         // Retry when the month ends: 2024-07-01.
         assert_eq!(err.retry_after, Some(30 * 86_400 - 3600));
         // Spend from last month's snapshot does not count in a new month.
-        assert_eq!(quotas(&state, Duration::ZERO, now + 31 * 86_400), Ok(false));
+        assert_eq!(quotas(&state, Duration::ZERO, now + 31 * 86_400), Ok(()));
     }
 
     #[test]
-    fn rate_and_concurrency_limits_refuse_with_their_own_types() {
-        let state = state_of(
-            &snapshot("quotas = { requests_per_second = 1.0, burst = 2, max_concurrent = 1 }"),
-            0,
-        );
-        let tenant = state.catalog.tenant("acme").unwrap();
-        let model = state.catalog.model("meridian/esrgan-x4").unwrap();
-        let permit = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap();
-        assert!(permit.is_some());
-        let busy = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap_err();
-        assert_eq!((busy.status, busy.kind), (429, "concurrency_limited"));
-        drop(permit);
-        let limited = check_quotas(&state, tenant, model, Duration::ZERO, 0).unwrap_err();
+    fn the_job_bound_counts_reported_jobs_not_requests() {
+        use control_plane_client::wire::{AgentReport, RegionLive};
+
+        let quota = "quotas = { requests_per_second = 1.0, burst = 2, max_concurrent = 2 }";
+        let mut reported = snapshot(quota);
+        let state = state_of(&reported, 0);
+        // Nothing reported: however many requests came before, the bound does not refuse.
+        assert_eq!(quotas(&state, Duration::ZERO, 0), Ok(()));
+        assert_eq!(quotas(&state, Duration::ZERO, 0), Ok(()));
+        let limited = quotas(&state, Duration::ZERO, 0).unwrap_err();
         assert_eq!(
             (limited.kind, limited.retry_after),
             ("rate_limited", Some(1))
         );
-        assert!(check_quotas(&state, tenant, model, Duration::from_secs(1), 0).is_ok());
+        reported.regions.push(RegionLive {
+            region: "eu-west".into(),
+            reported_at_ms: 1,
+            report: AgentReport {
+                tenant_jobs: [("acme".to_owned(), 2)].into(),
+                ..AgentReport::default()
+            },
+        });
+        let state = state_of(&reported, 0);
+        let busy = quotas(&state, Duration::from_secs(10), 0).unwrap_err();
+        assert_eq!((busy.status, busy.kind), (429, "concurrency_limited"));
+        // The refusal took nothing from the rate bucket: its whole burst is left.
+        let rate = state.limits["acme"].rate.as_ref().unwrap();
+        for _ in 0..2 {
+            let decision = rate.check(Duration::from_secs(10));
+            assert!(
+                matches!(decision, RateDecision::Allowed { .. }),
+                "{decision:?}"
+            );
+        }
     }
 
     #[test]
     fn a_new_snapshot_keeps_a_tenants_rate_bucket() {
         let quota = "quotas = { requests_per_second = 0.5, burst = 1 }";
         let first = state_of(&snapshot(quota), 0);
-        assert_eq!(quotas(&first, Duration::ZERO, 0), Ok(false));
+        assert_eq!(quotas(&first, Duration::ZERO, 0), Ok(()));
         let mut next = snapshot(quota);
         next.revision += 1;
         let second = RoutingState::build(&next, Some(&first), 0).unwrap();

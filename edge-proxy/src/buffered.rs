@@ -6,7 +6,9 @@
 //! be larger (its `content-length` says so, or it has none) is therefore read whole here,
 //! up to the body limit, before any agent sees it, and sent along the decision's candidates
 //! with the edge's own HTTP client: to the next candidate on a connect failure or a refusal,
-//! as the retry budget allows — exactly as [`proxy`](crate::proxy) does for small bodies.
+//! as the retry budget allows — exactly as [`proxy`](crate::proxy) does for small bodies,
+//! and, like it, sends a submission that may have reached an agent again only with an
+//! idempotency key, to the same region.
 //! The agent's answer is streamed back to the client unchanged, with `x-meridian-region`.
 
 use bytes::{Bytes, BytesMut};
@@ -77,6 +79,9 @@ impl EdgeProxy {
             Err(None) => return Ok(()),
         };
         ctx.body_bytes = body.len() as u64;
+        self.edge
+            .connections
+            .enter(crate::proxy::peer(session), crate::connections::Phase::Busy);
         loop {
             match self.attempt(session, ctx, body.clone()).await {
                 Attempt::Answered(response) => return self.pass_on(session, ctx, response).await,
@@ -153,13 +158,18 @@ impl EdgeProxy {
         }
         let config = &self.edge.config;
         let (Ok(token), Ok(tenant)) = (
-            http::HeaderValue::from_str(&config.agent_token),
+            http::HeaderValue::from_str(config.agent_token.expose()),
             http::HeaderValue::from_str(&ctx.tenant),
         ) else {
             return Attempt::Failed(ApiError::internal("the edge cannot name itself to agents"));
         };
         headers.insert(headers::EDGE_TOKEN, token);
         headers.insert(headers::TENANT, tenant);
+        for (name, value) in self.submission_headers(ctx) {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
         ctx.in_flight = Some(self.edge.regions.get(&region).start());
         ctx.region = Some(region.clone());
         let sent = self
@@ -175,6 +185,7 @@ impl EdgeProxy {
                 self.edge.regions.success(&region);
                 let refused =
                     response.status() == 503 && response.headers().contains_key(headers::REFUSED);
+                ctx.refused = refused;
                 if refused && self.fail_over(ctx, "refused") {
                     tracing::info!(%region, "agent refused; trying the next region");
                     return Attempt::Next;
@@ -198,10 +209,15 @@ impl EdgeProxy {
                 )))
             }
             Err(e) => {
-                // The agent may have read the job: never sent again.
+                // The agent may have read the job: sent again only with its idempotency key,
+                // to the same region.
                 tracing::warn!(%region, error = %e, "agent failed while answering");
+                if self.resend(ctx) {
+                    return Attempt::Next;
+                }
                 Attempt::Failed(ApiError::bad_gateway(format!(
-                    "{region} failed while answering"
+                    "{region} failed while answering; it may have accepted the job: send it \
+                     again with the same Idempotency-Key to get that job rather than a second"
                 )))
             }
         }

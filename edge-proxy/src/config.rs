@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use contract::ConfigError;
-use contract::ConfigProblems;
+use contract::{ConfigProblems, Secret};
 use policy::Location;
 use serde::Deserialize;
 
 pub use crate::cidr::Cidr;
+pub use limits::{ClientLimits, ConnectionLimits, ConnectionsFile, LimitsFile};
+
+mod limits;
 
 /// Environment variable overriding `control_plane.edge_token`.
 pub const ENV_CONTROL_PLANE_TOKEN: &str = "MERIDIAN_EDGE_TOKEN";
@@ -37,6 +40,9 @@ pub struct ConfigFile {
     /// Limits on clients' requests.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// Deadlines on what clients send and caps on open connections.
+    #[serde(default)]
+    pub connections: ConnectionsFile,
     /// How many retries (failovers) the edge may add to its traffic.
     #[serde(default)]
     pub retry: RetryFile,
@@ -85,7 +91,7 @@ pub struct ControlPlaneFile {
     /// The control plane's edge token (at least 16 characters); `MERIDIAN_EDGE_TOKEN`
     /// overrides it.
     #[serde(default)]
-    pub edge_token: Option<String>,
+    pub edge_token: Option<Secret>,
     /// Where the last good snapshot is kept, loaded at start when the control plane cannot
     /// be reached. Default `edge-snapshot.json`.
     #[serde(default = "default_snapshot_cache")]
@@ -122,7 +128,7 @@ pub struct AgentsFile {
     /// Sent to agents as `x-meridian-edge-token` (at least 16 characters);
     /// `MERIDIAN_AGENT_TOKEN` overrides it.
     #[serde(default)]
-    pub edge_token: Option<String>,
+    pub edge_token: Option<Secret>,
     /// Time to connect to an agent before failing over, in ms (10–60 000). Default 1000.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
@@ -130,24 +136,6 @@ pub struct AgentsFile {
     /// past it the client gets 504. Default 120 000 (a synchronous run may take a minute).
     #[serde(default = "default_read_timeout")]
     pub read_timeout_ms: u64,
-}
-
-/// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsFile {
-    /// Largest request body, in bytes (1 KiB – 1 GiB); larger bodies get 413. Default
-    /// 32 MiB.
-    #[serde(default = "default_body_limit")]
-    pub max_body_bytes: u64,
-}
-
-impl Default for LimitsFile {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: default_body_limit(),
-        }
-    }
 }
 
 /// `[retry]`: a token bucket that earns `ratio` of a retry per request.
@@ -209,9 +197,6 @@ fn default_connect_timeout() -> u64 {
 fn default_read_timeout() -> u64 {
     120_000
 }
-fn default_body_limit() -> u64 {
-    32 << 20
-}
 fn default_retry_ratio() -> f64 {
     0.2
 }
@@ -249,8 +234,8 @@ pub struct EdgeConfig {
     pub upgrade_socket: Option<PathBuf>,
     /// Control plane base URL.
     pub control_plane_url: String,
-    /// Control plane edge token.
-    pub control_plane_token: String,
+    /// Control plane edge token (printed as `[redacted]`).
+    pub control_plane_token: Secret,
     /// Snapshot cache file.
     pub snapshot_cache: PathBuf,
     /// Longest wait of one long poll.
@@ -263,14 +248,18 @@ pub struct EdgeConfig {
     pub location: Location,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
-    /// Token sent to agents.
-    pub agent_token: String,
+    /// Token sent to agents (printed as `[redacted]`).
+    pub agent_token: Secret,
     /// Agent connect timeout.
     pub connect_timeout: Duration,
     /// Agent read timeout.
     pub read_timeout: Duration,
     /// Largest request body, bytes.
     pub max_body_bytes: u64,
+    /// Read rate, idempotency keys remembered, wrong keys tolerated.
+    pub limits: ClientLimits,
+    /// Client deadlines and connection caps.
+    pub connections: ConnectionLimits,
     /// Retries earned per request.
     pub retry_ratio: f64,
     /// Retry bucket size.
@@ -360,7 +349,8 @@ impl ConfigFile {
         let control_plane_token = problems.token(
             "control_plane.edge_token",
             ENV_CONTROL_PLANE_TOKEN,
-            env(ENV_CONTROL_PLANE_TOKEN).or_else(|| cp.edge_token.clone()),
+            env(ENV_CONTROL_PLANE_TOKEN)
+                .or_else(|| cp.edge_token.as_ref().map(|t| t.expose().to_owned())),
         );
         problems.range("control_plane.poll_wait_secs", cp.poll_wait_secs, 1, 600);
         problems.range("control_plane.timeout_ms", cp.timeout_ms, 100, 60_000);
@@ -396,7 +386,7 @@ impl ConfigFile {
         let agent_token = problems.token(
             "agents.edge_token",
             ENV_AGENT_TOKEN,
-            env(ENV_AGENT_TOKEN).or_else(|| a.edge_token.clone()),
+            env(ENV_AGENT_TOKEN).or_else(|| a.edge_token.as_ref().map(|t| t.expose().to_owned())),
         );
         problems.range(
             "agents.connect_timeout_ms",
@@ -405,12 +395,8 @@ impl ConfigFile {
             60_000,
         );
         problems.range("agents.read_timeout_ms", a.read_timeout_ms, 100, 3_600_000);
-        problems.range(
-            "limits.max_body_bytes",
-            self.limits.max_body_bytes,
-            1024,
-            1 << 30,
-        );
+        self.limits.check(&mut problems);
+        self.connections.check(&mut problems);
         if !(0.0..=1.0).contains(&self.retry.ratio) {
             problems.add(
                 "retry.ratio",
@@ -451,6 +437,8 @@ impl ConfigFile {
             connect_timeout: Duration::from_millis(a.connect_timeout_ms),
             read_timeout: Duration::from_millis(a.read_timeout_ms),
             max_body_bytes: self.limits.max_body_bytes,
+            limits: self.limits.client_limits(),
+            connections: self.connections.limits(),
             retry_ratio: self.retry.ratio,
             retry_floor: self.retry.floor,
             breaker_failures: self.breaker.failures,
@@ -461,7 +449,7 @@ impl ConfigFile {
 
 /// The configuration's problems, with the checks the edge's fields share.
 #[derive(Default)]
-struct Problems(ConfigProblems);
+pub(crate) struct Problems(ConfigProblems);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, problem: impl Into<String>, fix: &str) {
@@ -480,7 +468,7 @@ impl Problems {
         parsed
     }
 
-    fn token(&mut self, field: &str, env: &str, value: Option<String>) -> String {
+    fn token(&mut self, field: &str, env: &str, value: Option<String>) -> Secret {
         let value = value.unwrap_or_default();
         if value.len() < 16 {
             self.add(
@@ -489,7 +477,7 @@ impl Problems {
                 &format!("set a secret of at least 16 characters here or in {env}"),
             );
         }
-        value
+        Secret::new(value)
     }
 
     fn range(&mut self, field: &str, value: u64, min: u64, max: u64) {
@@ -550,7 +538,50 @@ mod tests {
     #[test]
     fn the_environment_overrides_tokens() {
         let config = check(GOOD, &[(ENV_AGENT_TOKEN, "from-the-environment-123")]).unwrap();
-        assert_eq!(config.agent_token, "from-the-environment-123");
+        assert_eq!(config.agent_token.expose(), "from-the-environment-123");
+    }
+
+    #[test]
+    fn debug_never_prints_a_token() {
+        let config = check(GOOD, &[]).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("edge-token-0123456789"), "{printed}");
+        assert!(!printed.contains("agent-token-0123456789"), "{printed}");
+        assert!(printed.contains("[redacted]"), "{printed}");
+        let file: ConfigFile = ConfigError::parse(GOOD, None).unwrap();
+        let printed = format!("{file:?}");
+        assert!(!printed.contains("token-0123456789"), "{printed}");
+    }
+
+    #[test]
+    fn client_limits_and_connections_have_documented_defaults_and_are_checked() {
+        let config = check(GOOD, &[]).unwrap();
+        assert_eq!(config.limits.reads.per_second, 50.0);
+        assert_eq!(config.limits.reads.burst, 100);
+        assert_eq!(config.limits.idempotency_keys, 100_000);
+        assert_eq!(config.limits.failed_keys_per_minute, 20);
+        assert_eq!(config.connections.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.connections.body_timeout, Duration::from_secs(60));
+        assert_eq!(config.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (config.connections.max, config.connections.max_per_address),
+            (10_000, 256)
+        );
+        let text = format!(
+            "{GOOD}\n[limits]\nreads_per_second = 0.0\nfailed_keys_per_minute = 0\n\
+             [connections]\nheader_timeout_ms = 5\nmax = 10\nmax_per_address = 11\n"
+        );
+        let Err(ConfigError::Invalid(problems)) = check(&text, &[]) else {
+            panic!("expected problems");
+        };
+        for place in [
+            "limits.reads_per_second",
+            "limits.failed_keys_per_minute",
+            "connections.header_timeout_ms",
+            "connections.max_per_address",
+        ] {
+            assert!(problems.has_place(place), "{place}: {problems}");
+        }
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //! - [`config`]: the TOML file and the checked [`EdgeConfig`]; [`cidr`]: trusted proxies.
 //! - [`snapshot`]: following the control plane's snapshots, with a cache file for starts
 //!   while it is down; [`state`]: the routing state built from one snapshot.
-//! - [`admit`], [`api`]: what the edge decides before a request leaves it;
+//! - [`admit`], [`api`]: what the edge decides before a request leaves it, with [`jobs`]
+//!   (a tenant's bound on jobs, from the agents' counts), [`idempotency`] (keys and their
+//!   regions) and [`throttle`] (read rate, wrong keys);
 //!   [`proxy`]: the pingora service, failover included; [`buffered`]: submissions whose
 //!   bodies are too large for pingora to resend; [`regions`]: circuit breakers, in-flight
 //!   counts and the retry budget.
+//! - [`connections`]: caps on open connections and deadlines on slow clients.
 //! - [`metrics`]: Prometheus metrics on the admin listener; [`error`]: the API's errors.
 //!
 //! [`run`] serves until its shutdown token is cancelled. To start an edge in-process (as
@@ -26,13 +29,17 @@ pub mod api;
 pub mod buffered;
 pub mod cidr;
 pub mod config;
+pub mod connections;
 pub mod error;
+pub mod idempotency;
+pub mod jobs;
 pub mod metrics;
 pub mod proxy;
 pub mod regions;
 pub mod settle;
 pub mod snapshot;
 pub mod state;
+pub mod throttle;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -44,6 +51,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
 use control_plane_client::ControlPlane;
+use pingora::apps::HttpServerOptions;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
@@ -55,6 +63,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{EdgeConfig, HttpsListen};
 
+use crate::connections::Guarded;
 use crate::metrics::{AdminApp, Metrics};
 use crate::proxy::{Active, EdgeProxy};
 use crate::regions::{Regions, RetryBudget};
@@ -90,6 +99,14 @@ pub struct Edge {
     pub active: Arc<Active>,
     /// The HTTP client for submissions sent by [`buffered`] (large bodies).
     pub agents: reqwest::Client,
+    /// Where each tenant's idempotency keys were sent.
+    pub keys: idempotency::KeyRegions,
+    /// Each tenant's rate of calls about existing requests.
+    pub reads: throttle::ReadRates,
+    /// Wrong API keys per client address.
+    pub failed_keys: throttle::FailedKeys,
+    /// Open client connections and their deadlines.
+    pub connections: Arc<connections::Connections>,
 }
 
 /// The sockets the edge serves on, bound before [`run`] so that callers (tests) can bind
@@ -277,7 +294,7 @@ pub async fn run_upgradable(
     let shared: SharedState = Arc::new(ArcSwapOption::empty());
     let client = ControlPlane::new(
         &config.control_plane_url,
-        &config.control_plane_token,
+        config.control_plane_token.expose(),
         config.control_plane_timeout,
     )
     .context("build the control plane client")?;
@@ -300,6 +317,13 @@ pub async fn run_upgradable(
         .context("build the HTTP client for agents")?;
     let edge = Arc::new(Edge {
         agents,
+        keys: idempotency::KeyRegions::new(
+            config.limits.idempotency_keys,
+            Duration::from_secs(contract::headers::IDEMPOTENCY_WINDOW_SECS),
+        ),
+        reads: throttle::ReadRates::new(config.limits.reads),
+        failed_keys: throttle::FailedKeys::new(config.limits.failed_keys_per_minute),
+        connections: connections::Connections::new(config.connections),
         retries: RetryBudget::new(config.retry_ratio, config.retry_floor),
         config,
         state: shared,
@@ -392,12 +416,16 @@ fn services(edge: &Arc<Edge>, listeners: Listeners) -> anyhow::Result<(Services,
         Ok(address)
     };
     let conf = Arc::new(ServerConf::default());
-    let app = pingora::proxy::http_proxy(
+    let mut app = pingora::proxy::http_proxy(
         &conf,
         EdgeProxy {
             edge: Arc::clone(edge),
         },
     );
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(edge.config.connections.idle_timeout);
+    app.server_options = Some(options);
+    let app = Guarded::new(app, Arc::clone(&edge.connections));
     let mut proxy = Service::new("meridian-edge".to_owned(), Settled::new(app, SETTLE));
     for listener in listeners.http {
         let address = adopt(listener)?;

@@ -6,9 +6,16 @@
 //! there. `upstream_peer` sends the request to the current candidate's agent. A connect
 //! failure, or a `503` with `x-meridian-refused` from the agent (it created nothing), moves
 //! the request to the next candidate — only ever along the decision's list, and only while
-//! the retry budget allows. Every other answer of an agent is final and passed through.
-//! Submissions whose bodies are too large for pingora to send twice take the same path in
-//! [`buffered`](crate::buffered).
+//! the retry budget allows. Every other answer of an agent is final and passed through
+//! (a `429 concurrency_limited` too: the tenant's bound holds in every region).
+//!
+//! A submission that may have reached an agent — its connection broke after it was sent,
+//! even a reused connection that looks merely stale — is never sent again, as the agent may
+//! have accepted it, unless it carries an `Idempotency-Key`: then it is sent once more, to
+//! the same region, which answers with the job it already has (see
+//! [`idempotency`](crate::idempotency)). Calls about existing requests may be retried on a
+//! stale reused connection, as pingora does. Submissions whose bodies are too large for
+//! pingora to send twice take the same path in [`buffered`](crate::buffered).
 
 use contract::headers;
 use std::sync::Arc;
@@ -24,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::Edge;
 use crate::admit::Admitted;
+use crate::connections::Phase;
 use crate::error::ApiError;
 use crate::regions::InFlight;
 use crate::state::RoutingState;
@@ -73,8 +81,14 @@ pub struct RequestCtx {
     pub candidates: Vec<usize>,
     /// Whether the request may move to the next candidate (job submissions only).
     pub failover: bool,
-    /// The tenant's concurrency permit, held until the answer ends.
-    pub permit: Option<policy::quota::ConcurrencyPermit>,
+    /// The tenant's bound on jobs queued or running, told to the agent (submissions only).
+    pub job_bound: Option<u32>,
+    /// The submission's `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// Whether the submission was already sent a second time to the same region.
+    pub(crate) resent: bool,
+    /// Whether the last agent tried refused the request (`x-meridian-refused`).
+    pub(crate) refused: bool,
     pub(crate) attempt: usize,
     pub(crate) region: Option<String>,
     pub(crate) in_flight: Option<InFlight>,
@@ -114,6 +128,50 @@ impl EdgeProxy {
         }
     }
 
+    /// The internal headers a submission carries to the region at candidate `ctx.attempt`
+    /// beyond the edge token and tenant: the tenant's job bound. Also remembers where its
+    /// idempotency key goes.
+    pub(crate) fn submission_headers(&self, ctx: &mut RequestCtx) -> Vec<(&'static str, String)> {
+        ctx.refused = false;
+        let (Some(state), Some(index)) = (ctx.state.as_ref(), ctx.candidates.get(ctx.attempt))
+        else {
+            return Vec::new();
+        };
+        if let (Some(key), Some(region)) =
+            (&ctx.idempotency_key, state.catalog.regions().get(*index))
+        {
+            self.edge.keys.remember(
+                &ctx.tenant,
+                key,
+                region.id.as_str(),
+                std::time::Instant::now(),
+            );
+        }
+        ctx.job_bound
+            .map(|max| crate::jobs::bound_headers(&state.jobs, &ctx.tenant, max, *index).to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Whether a submission that failed after it may have reached the agent is sent again,
+    /// to the same region: only with an idempotency key, once, as the budget allows.
+    pub(crate) fn resend(&self, ctx: &mut RequestCtx) -> bool {
+        if ctx.idempotency_key.is_none() || ctx.resent {
+            return false;
+        }
+        if !self.edge.retries.try_withdraw() {
+            self.edge.metrics.retries_denied.inc();
+            return false;
+        }
+        self.edge
+            .metrics
+            .retries
+            .with_label_values(&["resend"])
+            .inc();
+        ctx.resent = true;
+        ctx.in_flight = None;
+        true
+    }
+
     /// Moves the request to its next candidate if there is one and the budget allows.
     pub(crate) fn fail_over(&self, ctx: &mut RequestCtx, reason: &str) -> bool {
         if !ctx.failover || ctx.attempt + 1 >= ctx.candidates.len() {
@@ -135,6 +193,11 @@ impl EdgeProxy {
 /// host (the agent's own is set), and no `x-meridian-*` header a client could spoof.
 pub(crate) fn forwarded_header(name: &str) -> bool {
     name != "authorization" && name != "host" && !headers::is_internal(name)
+}
+
+/// The client connection's peer address.
+pub(crate) fn peer(session: &Session) -> Option<std::net::SocketAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).copied()
 }
 
 /// Writes a whole JSON answer.
@@ -170,7 +233,10 @@ impl ProxyHttp for EdgeProxy {
             model: None,
             candidates: Vec::new(),
             failover: false,
-            permit: None,
+            job_bound: None,
+            idempotency_key: None,
+            resent: false,
+            refused: false,
             attempt: 0,
             region: None,
             in_flight: None,
@@ -181,6 +247,12 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let phase = if session.is_body_empty() {
+            Phase::Busy
+        } else {
+            Phase::Body(Instant::now())
+        };
+        self.edge.connections.enter(peer(session), phase);
         match self.edge.admit(session, ctx) {
             Ok(Admitted::Proxy) if ctx.failover && crate::buffered::needs_buffering(session) => {
                 self.forward_buffered(session, ctx).await?;
@@ -200,11 +272,14 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if end_of_stream {
+            self.edge.connections.enter(peer(session), Phase::Busy);
+        }
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
             let limit = self.edge.config.max_body_bytes;
@@ -268,7 +343,7 @@ impl ProxyHttp for EdgeProxy {
         for name in dropped {
             request.remove_header(&name);
         }
-        request.insert_header(headers::EDGE_TOKEN, &self.edge.config.agent_token)?;
+        request.insert_header(headers::EDGE_TOKEN, self.edge.config.agent_token.expose())?;
         request.insert_header(headers::TENANT, &ctx.tenant)?;
         let upstream = ctx.state.as_ref().and_then(|state| {
             let index = *ctx.candidates.get(ctx.attempt)?;
@@ -276,6 +351,11 @@ impl ProxyHttp for EdgeProxy {
         });
         if let Some(upstream) = upstream {
             request.insert_header("host", upstream.host.as_str())?;
+        }
+        if ctx.failover {
+            for (name, value) in self.submission_headers(ctx) {
+                request.insert_header(name, value)?;
+            }
         }
         Ok(())
     }
@@ -296,6 +376,7 @@ impl ProxyHttp for EdgeProxy {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             if let Some(reason) = reason {
+                ctx.refused = true;
                 if session.as_ref().retry_buffer_truncated() {
                     tracing::warn!(%reason, "agent refused, but the body is too large to resend; passing the refusal on");
                 } else if self.fail_over(ctx, "refused") {
@@ -326,7 +407,7 @@ impl ProxyHttp for EdgeProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
         let refused = matches!(e.etype(), ErrorType::Custom(REFUSED));
@@ -337,9 +418,18 @@ impl ProxyHttp for EdgeProxy {
         } else if session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
         } else {
-            // Only a pooled connection found dead before the agent read anything is retried
-            // (to the same region); anything else may have created a job.
+            // A reused connection that broke may just have been stale — or the agent read
+            // the request and then failed: nothing tells the two apart.
             e.retry.decide_reuse(client_reused);
+            if ctx.failover && e.retry() {
+                // A submission may have created a job: sent again only with its key, to the
+                // same region (ctx.attempt is unchanged).
+                let again = self.resend(ctx);
+                if again {
+                    tracing::info!(region = ?ctx.region, error = %e, "connection to the agent broke; sending the keyed submission again");
+                }
+                e.set_retry(again);
+            }
         }
         e
     }
@@ -381,6 +471,13 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.edge
+            .connections
+            .enter(peer(session), Phase::Idle(Instant::now()));
+        if let (true, Some(key), Some(region)) = (ctx.refused, &ctx.idempotency_key, &ctx.region) {
+            // The region refused it, so it holds no job for the key.
+            self.edge.keys.forget(&ctx.tenant, key, region);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let region = ctx.region.as_deref().unwrap_or("edge");
         let model = ctx.model.as_deref().unwrap_or("-");
@@ -442,6 +539,10 @@ impl EdgeProxy {
                     }
                     _ => ApiError::bad_request("the request could not be read"),
                 },
+                ErrorSource::Upstream if ctx.failover => ApiError::bad_gateway(format!(
+                    "{region} failed while answering; it may have accepted the job: send it \
+                     again with the same Idempotency-Key to get that job rather than a second"
+                )),
                 ErrorSource::Upstream => {
                     ApiError::bad_gateway(format!("{region} failed while answering"))
                 }

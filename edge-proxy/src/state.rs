@@ -1,10 +1,10 @@
 //! The routing state built from one control-plane snapshot: the validated catalog, the key
-//! ring, the regions' live status, each tenant's month-to-date spend and quota limiters, and
-//! each region's resolved agent address. Built off the request path and swapped in whole.
+//! ring, the regions' live status and each tenant's jobs there, each tenant's month-to-date
+//! spend and rate limiter, and each region's resolved agent address. Built off the request path and swapped in whole.
 //!
 //! Most snapshots differ from the last only in live status (every heartbeat makes one), so
 //! the parts that follow from the configuration — the validated catalog, the key ring, the
-//! agents' addresses and the quota limiters — are carried over, shared, while the catalog
+//! agents' addresses and the rate limiters — are carried over, shared, while the catalog
 //! and keys are unchanged, and built afresh only when they change.
 
 use std::collections::HashMap;
@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use control_plane_client::wire::Snapshot;
 use policy::key::ApiKeyRecord;
-use policy::quota::{ConcurrencyGate, RateLimiter, Spend};
+use policy::quota::{RateLimiter, Spend};
 use policy::{Catalog, CatalogSpec, KeyRing, LiveStatus};
+
+use crate::jobs::JobCounts;
 
 /// Where a region's agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,15 +29,14 @@ pub struct Upstream {
     pub host: String,
 }
 
-/// One tenant's quota limiters. They outlive snapshots while the tenant's limits stay the
-/// same, so a new snapshot never refills a tenant's rate bucket.
+/// One tenant's rate limiter. It outlives snapshots while the tenant's rate stays the same,
+/// so a new snapshot never refills a tenant's rate bucket. (Its bound on jobs is checked
+/// against [`RoutingState::jobs`], see [`jobs`](crate::jobs).)
 #[derive(Debug)]
 pub struct TenantLimits {
-    key: (Option<(u64, u32)>, Option<u32>),
+    key: Option<(u64, u32)>,
     /// Its rate limiter, if it has a rate limit.
     pub rate: Option<RateLimiter>,
-    /// Its concurrency gate, if it has a concurrency limit.
-    pub gate: Option<Arc<ConcurrencyGate>>,
 }
 
 /// Everything the request path reads, from one snapshot.
@@ -49,6 +50,8 @@ pub struct RoutingState {
     pub keys: Arc<KeyRing>,
     /// Regions' reported status (without this edge's own breakers and in-flight counts).
     pub live: LiveStatus,
+    /// Each region's reported jobs queued or running, per tenant.
+    pub jobs: JobCounts,
     /// Month-to-date spend by tenant id, for the month the snapshot was received in.
     pub spend: HashMap<String, Spend>,
     /// When the snapshot was received (or read from the cache), Unix seconds.
@@ -105,6 +108,7 @@ impl RoutingState {
         Ok(Self {
             revision: snapshot.revision,
             live: snapshot.live_status(&configured.catalog),
+            jobs: JobCounts::of(snapshot, &configured.catalog),
             catalog: configured.catalog,
             keys: configured.keys,
             spend,
@@ -150,10 +154,7 @@ impl Configured {
         let mut limits = HashMap::new();
         for tenant in catalog.tenants() {
             let quotas = &tenant.quotas;
-            let key = (
-                quotas.rate.map(|r| (r.per_second.to_bits(), r.burst)),
-                quotas.max_concurrent,
-            );
+            let key = quotas.rate.map(|r| (r.per_second.to_bits(), r.burst));
             let kept = previous
                 .and_then(|p| p.limits.get(tenant.id.as_str()))
                 .filter(|l| l.key == key)
@@ -164,9 +165,6 @@ impl Configured {
                     key,
                     // Validation has checked that the limiter accepts the tenant's rate.
                     rate: quotas.rate.and_then(|r| RateLimiter::new(r).ok()),
-                    gate: quotas
-                        .max_concurrent
-                        .map(|m| Arc::new(ConcurrencyGate::new(m))),
                 }),
             };
             limits.insert(tenant.id.to_string(), entry);
@@ -317,10 +315,10 @@ mod tests {
 
         let mut changed = heartbeat.clone();
         changed.revision += 1;
-        changed.catalog.tenants[0].quotas.max_concurrent = Some(3);
+        changed.catalog.tenants[0].quotas.requests_per_second = Some(3.0);
         let three = RoutingState::build(&changed, Some(&two), 0).unwrap();
         assert!(!three.same_configuration(&two));
-        assert!(three.limits["acme"].gate.is_some());
+        assert!(three.limits["acme"].rate.is_some());
         assert_eq!(reported(&three), Some(1234));
     }
 }
