@@ -1,6 +1,7 @@
 //! The API's one error type: each variant maps to an HTTP status and the contract's JSON
 //! error body ([`contract::ErrorBody`], `{"error": {"type", "message", "reason"?}}`, API.md).
-//! Bad input is always a 4xx.
+//! Bad input is always a 4xx. An internal failure is logged in full but answered with a
+//! generic message and an id to find it in the log: never a path or an OS error.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
@@ -41,6 +42,13 @@ pub enum ApiError {
     /// Refused before acceptance; nothing was created.
     #[error("{0}")]
     Refused(Refusal),
+    /// The tenant has as many jobs queued or running as its bound allows (a final answer:
+    /// another region would say the same).
+    #[error("{0}")]
+    ConcurrencyLimited(String),
+    /// The idempotency key was used for another submission.
+    #[error("{0}")]
+    KeyReused(String),
     /// A synchronous run did not finish in time; the job goes on.
     #[error("the request did not finish within {timeout_ms} ms; it goes on, poll its status")]
     Timeout {
@@ -49,9 +57,14 @@ pub enum ApiError {
         /// How long was waited.
         timeout_ms: u128,
     },
-    /// The agent failed (its disk); not the caller's fault.
-    #[error("{0}")]
-    Internal(String),
+    /// The agent failed (its disk); not the caller's fault. `detail` goes to the log only.
+    #[error("the agent failed to handle the request; its log has the details")]
+    Internal {
+        /// What failed, for the log (may name paths).
+        detail: String,
+        /// The job concerned, when there is one.
+        request_id: Option<String>,
+    },
 }
 
 impl ApiError {
@@ -71,8 +84,20 @@ impl ApiError {
             }
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             Self::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "refused"),
+            Self::ConcurrencyLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "concurrency_limited"),
+            Self::KeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             Self::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// An internal failure, `detail` for the log only.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::Internal {
+            detail: detail.into(),
+            request_id: None,
         }
     }
 }
@@ -84,6 +109,7 @@ impl IntoResponse for ApiError {
         let mut headers = Vec::new();
         let mut request_id = None;
         match &self {
+            Self::ConcurrencyLimited(_) => headers.push(("retry-after", "1".to_owned())),
             Self::Refused(refusal) => {
                 body = body.with_reason(refusal.reason());
                 headers.push((headers::REFUSED, refusal.reason().to_owned()));
@@ -92,13 +118,24 @@ impl IntoResponse for ApiError {
                 request_id = Some(id.clone());
                 headers.push((headers::REQUEST_ID, id.clone()));
             }
-            Self::Internal(message) => {
-                tracing::error!(%message, "internal error answered with 500")
+            Self::Internal {
+                detail,
+                request_id: job,
+            } => {
+                // The answer names an id the log line carries: the job's, or a new one.
+                let error_id = job.clone().unwrap_or_else(error_id);
+                tracing::error!(%detail, error_id, "internal error answered with 500");
+                body = ErrorBody::new(kind, format!("{self} (error id {error_id})"));
+                request_id = Some(error_id);
+                if let Some(job) = job {
+                    headers.push((headers::REQUEST_ID, job.clone()));
+                }
             }
             _ => {}
         }
         let mut response = match request_id {
-            // A timed-out run also names its job beside the error, to poll it.
+            // A timed-out run also names its job beside the error, to poll it; an internal
+            // failure names the id its log line carries.
             Some(id) => {
                 let mut value = serde_json::to_value(&body).unwrap_or_default();
                 value["request_id"] = json!(id);
@@ -113,4 +150,9 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A fresh id for an internal failure that concerns no job: 32 lowercase hex digits.
+fn error_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

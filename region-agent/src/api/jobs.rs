@@ -10,8 +10,10 @@ use contract::{RequestId, TenantId, headers};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Tenant};
+use crate::jobs::idempotency::IdempotencyKey;
+use crate::jobs::tenant_jobs::JobBound;
 use crate::jobs::{JobRecord, JobState, Priority, now_ms};
-use crate::scheduler::{CancelError, SubmitError};
+use crate::scheduler::{CancelError, SubmitError, Terms};
 use crate::serving::InputError;
 
 /// A parsed job body.
@@ -70,9 +72,42 @@ impl From<SubmitError> for ApiError {
             SubmitError::Input(e @ InputError::Unprocessable(_)) => {
                 Self::Unprocessable(e.to_string())
             }
-            SubmitError::Storage(e) => Self::Internal(e.to_string()),
+            SubmitError::OverBound(e) => Self::ConcurrencyLimited(e.to_string()),
+            SubmitError::KeyReused => Self::KeyReused(SubmitError::KeyReused.to_string()),
+            SubmitError::Storage(e) => Self::internal(format!("accept a job: {e}")),
         }
     }
+}
+
+/// The submission's terms from its headers: the tenant's job bound the edge passes
+/// (`x-meridian-tenant-max-jobs`, `x-meridian-tenant-jobs-elsewhere`) and the client's
+/// `Idempotency-Key`.
+fn terms(headers: &HeaderMap) -> Result<Terms, ApiError> {
+    let count = |name: &str| -> Result<Option<u32>, ApiError> {
+        headers
+            .get(name)
+            .map(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|text| text.parse::<u32>().ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("the {name} header must be a whole number"))
+                    })
+            })
+            .transpose()
+    };
+    let max = count(headers::TENANT_MAX_JOBS)?;
+    let elsewhere = count(headers::TENANT_JOBS_ELSEWHERE)?.unwrap_or(0);
+    let key = headers
+        .get(headers::IDEMPOTENCY_KEY)
+        .map(|value| IdempotencyKey::parse(value.as_bytes()))
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    Ok(Terms {
+        bound: max.map(|max| JobBound { max, elsewhere }),
+        key,
+    })
 }
 
 async fn submit(
@@ -83,15 +118,19 @@ async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<JobRecord, ApiError> {
     // A job that would be refused (draining, no catalog, model not served) is refused
-    // before its body is even looked at, so the edge can try the next region.
+    // before its body is even looked at, so the edge can try the next region — unless its
+    // idempotency key names a job already accepted here, which is the answer.
     let body = parse_body(headers, body, state.0.max_body_bytes);
+    let terms = terms(headers);
     let scheduler = state.scheduler();
-    if let Some(refusal) = scheduler.refusal(model) {
+    let known = matches!(&terms, Ok(Terms { key: Some(key), .. })
+        if scheduler.knows_key(tenant.as_str(), key));
+    if !known && let Some(refusal) = scheduler.refusal(model) {
         return Err(ApiError::Refused(refusal));
     }
-    let body = body?;
+    let (body, terms) = (body?, terms?);
     let record = scheduler
-        .submit(tenant, model, body.priority, body.input)
+        .submit_with(tenant, model, body.priority, body.input, terms)
         .await?;
     tracing::info!(job = %record.id, model, %tenant, "job accepted");
     Ok(record)
@@ -131,10 +170,10 @@ pub async fn run(
     let model = format!("{owner}/{model}");
     let record = submit(&state, &tenant, &model, &headers, body).await?;
     let Some(mut rx) = state.scheduler().watch(tenant.as_str(), &record.id) else {
-        return Err(ApiError::Internal(format!(
-            "request {} vanished",
-            record.id
-        )));
+        return Err(ApiError::Internal {
+            detail: format!("request {} vanished", record.id),
+            request_id: Some(record.id),
+        });
     };
     let timeout = state.0.sync_timeout;
     let finished = tokio::time::timeout(timeout, rx.wait_for(|r| r.state.is_final())).await;
@@ -175,7 +214,10 @@ pub async fn cancel(
         }
         Err(CancelError::NotFound) => Err(unknown(&id)),
         Err(e @ CancelError::NotCancellable(_)) => Err(ApiError::NotCancellable(e.to_string())),
-        Err(CancelError::Storage(e)) => Err(ApiError::Internal(e.to_string())),
+        Err(CancelError::Storage(e)) => Err(ApiError::Internal {
+            detail: format!("store a cancellation: {e}"),
+            request_id: Some(id),
+        }),
     }
 }
 

@@ -69,8 +69,8 @@ pub async fn records(
             .page(&request.filter, request.cursor, request.limit)
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("read the usage journal: {e}")))?
-    .map_err(|e| ApiError::Internal(format!("read the usage journal: {e}")))?;
+    .map_err(|e| ApiError::internal(format!("read the usage journal: {e}")))?
+    .map_err(|e| ApiError::internal(format!("read the usage journal: {e}")))?;
     let (records, next) = page;
     Ok(Json(UsageRecordPage {
         region: state.scheduler().region().to_string(),

@@ -1,7 +1,11 @@
 //! Jobs: their records (what is persisted and what the status and result calls show) and
-//! the on-disk store ([`store::JobStore`]). Request ids are [`contract::RequestId`]s.
+//! the on-disk store ([`store::JobStore`]), idempotency keys ([`idempotency`]) and each
+//! tenant's jobs queued or running ([`tenant_jobs`]). Request ids are
+//! [`contract::RequestId`]s.
 
+pub mod idempotency;
 pub mod store;
+pub mod tenant_jobs;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -11,6 +15,9 @@ use control_plane_client::wire::UsageRecord;
 pub use control_plane_client::wire::Capacity;
 
 use crate::catalog::Quote;
+
+/// How long an idempotency key keeps naming its job, in ms.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = contract::headers::IDEMPOTENCY_WINDOW_SECS * 1000;
 
 /// A job's priority; higher ones run first, FIFO within one.
 #[derive(
@@ -113,6 +120,9 @@ pub struct JobRecord {
     /// written here before it is appended to the usage journal.
     #[serde(default)]
     pub usage: Option<UsageRecord>,
+    /// The client's idempotency key, when the job was submitted with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<idempotency::Idempotency>,
 }
 
 impl JobRecord {

@@ -1,6 +1,7 @@
 //! Taking jobs in and out of the queues: refusals before acceptance (draining, no catalog,
-//! model not served, queue full — nothing is created), acceptance (input checked, job stored
-//! durably, then queued) and cancellation while queued.
+//! model not served, queue full, the tenant at its job bound — nothing is created),
+//! acceptance (input checked, job stored durably, then queued), idempotency keys (a key
+//! already used for the same submission answers with its job) and cancellation while queued.
 
 use std::sync::atomic::Ordering;
 
@@ -9,8 +10,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::queue::Queued;
-use super::{CancelError, Lane, Refusal, Shared, SubmitError, catalog_copy};
+use super::{CancelError, Lane, Refusal, Shared, SubmitError, Terms, catalog_copy};
 use crate::catalog::Quote;
+use crate::jobs::idempotency::{Claim, Idempotency, IdempotencyKey, Pending, fingerprint};
 use crate::jobs::{JobRecord, JobState, Priority, now_ms};
 
 /// The lane of `model` and the price a job of it is accepted under, or why it is refused.
@@ -34,43 +36,112 @@ pub(super) fn refusal<'a>(shared: &'a Shared, model: &str) -> Result<(&'a Lane, 
     Ok((lane, quote))
 }
 
-/// Accepts a job (on a blocking thread).
+/// Accepts a job (on a blocking thread), or answers with the job its idempotency key
+/// already names.
 pub(super) fn submit(
     shared: &Shared,
     tenant: &TenantId,
     model: &str,
     priority: Priority,
     input: Value,
+    terms: &Terms,
 ) -> Result<JobRecord, SubmitError> {
+    let keyed = match &terms.key {
+        Some(key) => {
+            let fingerprint = fingerprint(model, priority, &input);
+            match claim(shared, tenant, key, &fingerprint)? {
+                Ok(pending) => Some((pending, key, fingerprint)),
+                Err(existing) => return Ok(existing),
+            }
+        }
+        None => None,
+    };
     let (lane, quote) = refusal(shared, model)?;
+    shared.tenants.admit(tenant.as_str(), terms.bound)?;
     {
         let mut state = lane.lock();
         if state.queue.len() + state.reserved >= lane.config.queue_bound {
             drop(state);
+            shared.tenants.finished(tenant.as_str());
             shared.metrics.refused(Refusal::QueueFull.reason());
             return Err(SubmitError::Refused(Refusal::QueueFull));
         }
         state.reserved += 1;
     }
-    let accepted = store_new_job(shared, lane, tenant, priority, &input, quote);
+    let idempotency = keyed.as_ref().map(|(_, key, fingerprint)| Idempotency {
+        key: key.as_str().to_owned(),
+        fingerprint: fingerprint.clone(),
+    });
+    let new = NewJob {
+        tenant,
+        priority,
+        input: &input,
+        quote,
+        idempotency,
+    };
+    let accepted = store_new_job(shared, lane, new);
     let mut state = lane.lock();
     state.reserved -= 1;
-    let (record, job) = accepted?;
+    let (record, job) = match accepted {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            drop(state);
+            shared.tenants.finished(tenant.as_str());
+            return Err(e);
+        }
+    };
     state.queue.push(job);
     drop(state);
     lane.wake.notify_all();
+    if let Some((pending, _, fingerprint)) = keyed {
+        pending.accepted(&record.id, &fingerprint);
+    }
     Ok(record)
+}
+
+/// Holds a new key for this submission, or finds the job the key already names (the same
+/// submission) or refuses it (another submission under the same key).
+fn claim<'a>(
+    shared: &'a Shared,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+) -> Result<Result<Pending<'a>, JobRecord>, SubmitError> {
+    loop {
+        match shared.keys.claim(tenant.as_str(), key, fingerprint) {
+            Claim::New(pending) => return Ok(Ok(pending)),
+            Claim::Reused => return Err(SubmitError::KeyReused),
+            Claim::Existing(id) => match shared.record(&id) {
+                Some(record) => return Ok(Err(record)),
+                // Deleted between the two looks: the key is free again.
+                None => shared.keys.remove(tenant.as_str(), key.as_str(), &id),
+            },
+        }
+    }
+}
+
+/// What a new job is made of.
+struct NewJob<'a> {
+    tenant: &'a TenantId,
+    priority: Priority,
+    input: &'a Value,
+    quote: Quote,
+    idempotency: Option<Idempotency>,
 }
 
 /// Checks the input and stores the new job (its place in the queue is already reserved).
 fn store_new_job(
     shared: &Shared,
     lane: &Lane,
-    tenant: &TenantId,
-    priority: Priority,
-    input: &Value,
-    quote: Quote,
+    new: NewJob<'_>,
 ) -> Result<(JobRecord, Queued), SubmitError> {
+    let NewJob {
+        tenant,
+        priority,
+        input,
+        quote,
+        idempotency,
+    } = new;
     let prepared = lane.model.prepare(input)?;
     let record = JobRecord {
         id: RequestId::random(&shared.region).to_string(),
@@ -88,6 +159,7 @@ fn store_new_job(
         output: None,
         quote: Some(quote),
         usage: None,
+        idempotency,
     };
     shared.store.create(&record, input)?;
     shared

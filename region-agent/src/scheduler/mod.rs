@@ -41,7 +41,9 @@ use self::slots::SlotPool;
 use crate::catalog::RegionCatalog;
 use crate::config::{AgentConfig, ModelConfig, OnDemandConfig};
 use crate::gpu::Hardware;
+use crate::jobs::idempotency::{IdempotencyKey, KeyIndex};
 use crate::jobs::store::{JobStore, StoreError};
+use crate::jobs::tenant_jobs::{JobBound, OverBound, TenantJobs};
 use crate::jobs::{JobRecord, JobState, Priority, now_ms};
 use crate::serving::{InputError, Model};
 use crate::usage::Ledger;
@@ -55,9 +57,27 @@ pub enum SubmitError {
     /// The input is bad.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// The tenant has as many jobs queued or running as its bound allows.
+    #[error(transparent)]
+    OverBound(#[from] OverBound),
+    /// The idempotency key names a job submitted with another model, priority or input.
+    #[error(
+        "this idempotency key was already used with another submission; send a new key for \
+         a new job"
+    )]
+    KeyReused,
     /// The job could not be stored.
     #[error("store the job: {0}")]
     Storage(#[from] StoreError),
+}
+
+/// What a submission carries besides its input.
+#[derive(Debug, Clone, Default)]
+pub struct Terms {
+    /// The tenant's bound on jobs queued or running, when the edge sent one.
+    pub bound: Option<JobBound>,
+    /// The client's idempotency key, when it sent one.
+    pub key: Option<IdempotencyKey>,
 }
 
 /// Why a cancellation did nothing.
@@ -125,6 +145,10 @@ pub(crate) struct Shared {
     lanes: BTreeMap<String, Arc<Lane>>,
     /// Finished jobs whose usage record is not in the journal yet (their inputs are kept).
     unbilled: Mutex<BTreeSet<String>>,
+    /// Each tenant's jobs queued or running.
+    tenants: TenantJobs,
+    /// The idempotency keys of the jobs kept.
+    keys: KeyIndex,
     draining: AtomicBool,
     next_seq: AtomicU64,
     metrics: Metrics,
@@ -158,9 +182,16 @@ impl Shared {
         saved
     }
 
-    /// Publishes `record` to watchers (already stored).
+    /// Publishes `record` to watchers (already stored); a job that has just finished no
+    /// longer counts for its tenant.
     fn show(&self, record: JobRecord) {
         let mut table = self.table();
+        let was_open = table
+            .get(&record.id)
+            .is_some_and(|tx| !tx.borrow().state.is_final());
+        if was_open && record.state.is_final() {
+            self.tenants.finished(&record.tenant);
+        }
         match table.get(&record.id) {
             Some(tx) => {
                 tx.send_replace(record);
@@ -217,6 +248,8 @@ impl Scheduler {
             jobs: Mutex::new(HashMap::new()),
             lanes,
             unbilled: Mutex::new(BTreeSet::new()),
+            tenants: TenantJobs::default(),
+            keys: KeyIndex::default(),
             draining: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
             metrics: Metrics::default(),
@@ -252,10 +285,25 @@ impl Scheduler {
         priority: Priority,
         input: Value,
     ) -> Result<JobRecord, SubmitError> {
+        self.submit_with(tenant, model, priority, input, Terms::default())
+            .await
+    }
+
+    /// Accepts a job under `terms`: the tenant's job bound (checked and counted at once) and
+    /// the idempotency key (a key already used for the same submission answers with that
+    /// job, and creates none).
+    pub async fn submit_with(
+        &self,
+        tenant: &TenantId,
+        model: &str,
+        priority: Priority,
+        input: Value,
+        terms: Terms,
+    ) -> Result<JobRecord, SubmitError> {
         let shared = self.shared.clone();
         let (tenant, model) = (tenant.clone(), model.to_owned());
         tokio::task::spawn_blocking(move || {
-            admission::submit(&shared, &tenant, &model, priority, input)
+            admission::submit(&shared, &tenant, &model, priority, input, &terms)
         })
         .await
         .map_err(|e| {
@@ -270,6 +318,17 @@ impl Scheduler {
     /// Whether a job of `model` would be refused now, and why (before its body is read).
     pub fn refusal(&self, model: &str) -> Option<Refusal> {
         admission::refusal(&self.shared, model).err()
+    }
+
+    /// Whether `key` names a job of `tenant` (a submission with it is answered with that
+    /// job even while new jobs are refused).
+    pub fn knows_key(&self, tenant: &str, key: &IdempotencyKey) -> bool {
+        self.shared.keys.contains(tenant, key)
+    }
+
+    /// Jobs of `tenant` queued or running.
+    pub fn tenant_jobs(&self, tenant: &str) -> u32 {
+        self.shared.tenants.count(tenant)
     }
 
     /// A job's record when `tenant` owns it.
@@ -372,7 +431,8 @@ impl Scheduler {
         &self.shared.ledger
     }
 
-    /// What a heartbeat reports: slots, and the queues of the models served now.
+    /// What a heartbeat reports: slots, the queues of the models served now, and each
+    /// tenant's jobs queued or running.
     pub fn report(&self) -> AgentReport {
         let counts = self.shared.slots.counts();
         let catalog = self.shared.catalog();
@@ -396,6 +456,7 @@ impl Scheduler {
                 .map(|d| d.as_secs_f64() * 1000.0),
             models,
             catalog_revision: catalog.map(|c| c.revision),
+            tenant_jobs: self.shared.tenants.counts(),
             ..AgentReport::default()
         }
     }
@@ -463,6 +524,8 @@ fn model_report(lane: &Lane) -> ModelReport {
     }
 }
 
+#[cfg(test)]
+mod admission_tests;
 #[cfg(test)]
 mod billing_tests;
 #[cfg(test)]

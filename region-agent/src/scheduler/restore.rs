@@ -8,7 +8,9 @@
 //! agent stopped are queued again too (their work is repeated; they are billed once, when
 //! they finish). A job that cannot be resumed (its input is gone or unreadable, or its model
 //! is no longer configured) fails with a reason — none vanishes; it never ran on a slot, so
-//! it has no usage record. The sweep never deletes a job that is not billed yet.
+//! it has no usage record. The sweep never deletes a job that is not billed yet, nor a job
+//! with an idempotency key before the key's window has ended (so the key keeps naming it).
+//! Restored jobs count for their tenants again and their keys name them again.
 
 use std::sync::atomic::Ordering;
 
@@ -16,7 +18,7 @@ use tokio::sync::watch;
 
 use super::queue::Queued;
 use super::{Shared, billing};
-use crate::jobs::{JobError, JobRecord, JobState, now_ms};
+use crate::jobs::{IDEMPOTENCY_WINDOW_MS, JobError, JobRecord, JobState, now_ms};
 
 /// Loads every job from disk into the scheduler (before the model threads start).
 pub(super) fn restore(shared: &Shared) -> anyhow::Result<()> {
@@ -38,9 +40,8 @@ pub(super) fn restore(shared: &Shared) -> anyhow::Result<()> {
             .next_seq
             .fetch_max(record.seq.saturating_add(1), Ordering::SeqCst);
         if record.state.is_final() {
-            let finished = record.finished_at_ms.unwrap_or(record.queued_at_ms);
             let billed = !shared.unbilled().contains(&record.id);
-            if billed && finished.saturating_add(retention_ms) <= now {
+            if billed && expires_at(&record, retention_ms) <= now {
                 shared.store.delete(&record.id)?;
                 expired += 1;
             } else {
@@ -67,7 +68,24 @@ pub(super) fn restore(shared: &Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When a finished job may be deleted: after its retention, and for a job with an
+/// idempotency key not before the key's window has ended.
+fn expires_at(record: &JobRecord, retention_ms: u64) -> u64 {
+    let finished = record.finished_at_ms.unwrap_or(record.queued_at_ms);
+    let kept = finished.saturating_add(retention_ms);
+    match record.idempotency {
+        Some(_) => kept.max(record.queued_at_ms.saturating_add(IDEMPOTENCY_WINDOW_MS)),
+        None => kept,
+    }
+}
+
 fn insert(shared: &Shared, record: JobRecord) {
+    if !record.state.is_final() {
+        shared.tenants.add(&record.tenant);
+    }
+    if let Some(idempotency) = &record.idempotency {
+        shared.keys.insert(&record.tenant, idempotency, &record.id);
+    }
     shared
         .table()
         .insert(record.id.clone(), watch::Sender::new(record));
@@ -129,20 +147,25 @@ fn fail(shared: &Shared, mut record: JobRecord, message: String) -> Box<JobRecor
 pub(super) fn sweep(shared: &Shared, now: u64) -> usize {
     let retention_ms = u64::try_from(shared.retention.as_millis()).unwrap_or(u64::MAX);
     let unbilled = shared.unbilled().clone();
-    let expired: Vec<String> = shared
+    let expired: Vec<(String, String, Option<String>)> = shared
         .table()
         .iter()
         .filter_map(|(id, tx)| {
             let record = tx.borrow();
-            let finished = record.finished_at_ms?;
-            let due = finished.saturating_add(retention_ms) <= now;
-            (record.state.is_final() && due && !unbilled.contains(id)).then(|| id.clone())
+            record.finished_at_ms?;
+            let due = expires_at(&record, retention_ms) <= now;
+            let key = record.idempotency.as_ref().map(|i| i.key.clone());
+            (record.state.is_final() && due && !unbilled.contains(id))
+                .then(|| (id.clone(), record.tenant.clone(), key))
         })
         .collect();
     let mut deleted = 0;
-    for id in expired {
+    for (id, tenant, key) in expired {
         match shared.store.delete(&id) {
             Ok(()) => {
+                if let Some(key) = key {
+                    shared.keys.remove(&tenant, &key, &id);
+                }
                 shared.table().remove(&id);
                 deleted += 1;
             }
