@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod billing;
+mod dev_script;
 mod failover;
 mod lifecycle;
 mod limits;
