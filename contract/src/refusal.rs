@@ -17,15 +17,19 @@ pub enum Refusal {
     ModelNotServed,
     /// The agent has no catalog yet (it cannot price jobs or count its GPUs).
     NoCatalog,
+    /// The agent's data directory is short of free space: it keeps what is left for the
+    /// jobs it has accepted.
+    DiskFull,
 }
 
 impl Refusal {
     /// Every refusal, for documentation and tests.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Draining,
         Self::QueueFull,
         Self::ModelNotServed,
         Self::NoCatalog,
+        Self::DiskFull,
     ];
 
     /// The header value.
@@ -35,6 +39,7 @@ impl Refusal {
             Self::QueueFull => "queue_full",
             Self::ModelNotServed => "model_not_served",
             Self::NoCatalog => "no_catalog",
+            Self::DiskFull => "disk_full",
         }
     }
 
@@ -51,6 +56,7 @@ impl Refusal {
             Self::QueueFull => "the model's queue is full",
             Self::ModelNotServed => "this agent does not serve the model",
             Self::NoCatalog => "the agent has not received its catalog from the control plane yet",
+            Self::DiskFull => "the agent's disk is short of free space; it takes no new jobs",
         }
     }
 }
