@@ -11,7 +11,10 @@
 //!
 //! Every record is `[length: u32 LE][crc32 of payload: u32 LE][payload]`; payloads are raft's
 //! protobuf messages. A torn record at the log's tail (a crash mid-append) is cut off on open:
-//! it was never acknowledged, since appends are fsynced before raft may commit them.
+//! it was never acknowledged, since appends are fsynced before raft may commit them. A damaged
+//! record that valid entries follow is not a crash's torn tail but a corrupt file: cutting it
+//! off would drop acknowledged writes, so opening refuses, naming the file, the byte and what
+//! to do ([`StoreError::Corrupt`]).
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -331,14 +334,42 @@ fn load_log(dir: &Path, snapshot_index: u64) -> Result<(Vec<Entry>, File, u64)> 
         entries.truncate(position);
         entries.push(entry);
     }
+    if offset < bytes.len() {
+        refuse_damaged_middle(&path, &bytes, offset)?;
+    }
     let log = open_log(dir)?;
     if offset < bytes.len() {
-        tracing::warn!(path = %path.display(), offset, "cutting off a torn record at the raft log's tail");
+        tracing::warn!(
+            path = %path.display(),
+            offset,
+            bytes = bytes.len() - offset,
+            "cutting off a torn record at the raft log's tail (a write cut short by a crash, never acknowledged)"
+        );
         log.set_len(offset as u64)
             .map_err(|e| io_error("truncate", &path, &e))?;
         log.sync_all().map_err(|e| io_error("fsync", &path, &e))?;
     }
     Ok((entries, log, offset as u64))
+}
+
+/// Checks that the damaged record at `offset` of the log `bytes` is a torn tail: nothing
+/// after it is a valid log entry. Otherwise the file is corrupt in the middle and opening it
+/// must stop, since cutting the log at `offset` would lose the acknowledged entries after it.
+fn refuse_damaged_middle(path: &Path, bytes: &[u8], offset: usize) -> Result<()> {
+    let Some(found) = (offset + 1..bytes.len()).find(|&at| is_entry_record(bytes, at)) else {
+        return Ok(());
+    };
+    let path = path.display();
+    Err(StoreError::Corrupt(format!(
+        "{path} is corrupt: the record at byte {offset} is damaged (its length or checksum does          not match its bytes) and a valid entry follows at byte {found}, so this is not a write          cut short by a crash; the store will not start, since dropping what follows would lose          acknowledged writes. Restore the data directory from a backup. Only if losing every          write from byte {offset} on is acceptable, keep a copy of the file and cut it with          `truncate -s {offset} {path}`"
+    )))
+}
+
+/// Whether a record that decodes as a real log entry (index 1 or more) starts at `offset`.
+fn is_entry_record(bytes: &[u8], offset: usize) -> bool {
+    next_record(bytes, offset)
+        .and_then(|(payload, _)| Entry::decode(payload).ok())
+        .is_some_and(|entry| entry.index > 0)
 }
 
 fn open_log(dir: &Path) -> Result<File> {
@@ -485,6 +516,80 @@ mod tests {
             (4, bytes.len()),
             "the torn bytes are gone from the file"
         );
+    }
+
+    /// Three entries written and closed; the offsets of the records in `raft.log`.
+    fn three_entries(dir: &Path) -> Vec<usize> {
+        let disk = RaftDisk::open(dir, Duration::ZERO).unwrap();
+        disk.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+            .unwrap();
+        drop(disk);
+        let bytes = fs::read(dir.join(LOG_FILE)).unwrap();
+        let mut offsets = vec![0];
+        while let Some((_, next)) = next_record(&bytes, *offsets.last().unwrap()) {
+            offsets.push(next);
+        }
+        assert_eq!(offsets.pop(), Some(bytes.len()));
+        offsets
+    }
+
+    fn damage(dir: &Path, at: usize, change: impl Fn(u8) -> u8) {
+        let path = dir.join(LOG_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[at] = change(bytes[at]);
+        fs::write(&path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = three_entries(dir.path());
+        let size = fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        // One flipped bit in the second record's payload.
+        damage(dir.path(), offsets[1] + HEADER + 1, |b| b ^ 0x01);
+        let Err(StoreError::Corrupt(message)) = RaftDisk::open(dir.path(), Duration::ZERO) else {
+            panic!("a corrupt middle must refuse to open");
+        };
+        let path = dir.path().join(LOG_FILE);
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.contains(&format!("byte {}", offsets[1])),
+            "{message}"
+        );
+        assert!(message.contains("backup"), "{message}");
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            size,
+            "nothing was cut off"
+        );
+        // A length that runs past the end of the file, with entries after it, likewise.
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = three_entries(dir.path());
+        damage(dir.path(), offsets[1] + 3, |_| 0x7f);
+        assert!(matches!(
+            RaftDisk::open(dir.path(), Duration::ZERO),
+            Err(StoreError::Corrupt(m)) if m.contains(&format!("byte {}", offsets[1]))
+        ));
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = three_entries(dir.path());
+        // The last record's payload was not all written before the crash.
+        damage(dir.path(), offsets[2] + HEADER + 1, |b| b ^ 0xff);
+        let disk = RaftDisk::open(dir.path(), Duration::ZERO).unwrap();
+        use raft::Storage as _;
+        assert_eq!(disk.last_index().unwrap(), 2);
+        assert_eq!(disk.log_bytes(), offsets[2] as u64);
+        drop(disk);
+        // The file was cut there, and appending goes on after it.
+        let disk = RaftDisk::open(dir.path(), Duration::ZERO).unwrap();
+        disk.append(&[entry(3, 2, b"c2")]).unwrap();
+        drop(disk);
+        let disk = RaftDisk::open(dir.path(), Duration::ZERO).unwrap();
+        assert_eq!(disk.last_index().unwrap(), 3);
+        assert_eq!(disk.term(3).unwrap(), 2);
     }
 
     #[test]
