@@ -17,12 +17,14 @@
 //! - [`usage`]: usage totals per day and month, fed by agents' numbered batches and kept
 //!   exact under at-least-once delivery; [`history`]: the store's old revisions compacted
 //!   as it goes, so its size follows its live keys.
+//! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`offline`]: catalog checks that need no running control plane.
 
 pub mod api;
 pub mod changes;
 pub mod config;
 pub mod history;
+pub mod metrics;
 pub mod offline;
 pub mod records;
 pub mod registry;

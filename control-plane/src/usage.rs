@@ -12,14 +12,22 @@
 //! are kept in integer billionths ([`Totals`]), exactly as the agents computed them, so
 //! they equal the sum of the region's per-job records.
 //!
+//! A record of a batch that cannot be counted (a tenant or model that is not an id, an
+//! hour that is not the start of one, more failed jobs than jobs, a row that is not an
+//! aggregate at all) does not hold back the others: it is kept under a quarantine key in the
+//! same transaction as the batch's mark, so it too is written exactly once, and the batch's
+//! other records are counted.
+//!
 //! ```text
 //! /meridian/usage-daily/v1/<tenant>/<day>/<region>/<model> DailyUsage
 //! /meridian/usage-ledgers/v1/<region>/<ledger>              LedgerMark (last batch applied)
+//! /meridian/usage-quarantine/v1/<region>/<ledger>/<batch>/<n> QuarantinedRecord
 //! /meridian/v1/spend/<month>/<tenant>                       MonthlySpend (in edges' snapshot)
 //! ```
 
 use std::collections::BTreeMap;
 
+use contract::ConfigProblem;
 use control_plane_client::wire::{
     Capacity, TenantSpend, UsageAggregate, UsageBatch, UsageReceipt, UsageTotals,
 };
@@ -34,6 +42,12 @@ pub const DAILY: &str = "/meridian/usage-daily/v1/";
 pub const SPEND: &str = "/meridian/v1/spend/";
 /// The prefix of ledger marks: the last batch applied from each agent ledger.
 pub const LEDGERS: &str = "/meridian/usage-ledgers/v1/";
+
+/// The prefix of quarantined usage records.
+pub const QUARANTINE: &str = "/meridian/usage-quarantine/v1/";
+/// Longest JSON text of a quarantined record kept whole, in bytes; a longer one is kept
+/// as this many bytes of its text, so a batch's writes stay small.
+pub const QUARANTINE_EXCERPT: usize = 2048;
 
 /// How often a batch is retried when concurrent writers changed its totals meanwhile.
 const ATTEMPTS: usize = 20;
@@ -171,6 +185,39 @@ impl Versioned for LedgerMark {
     const VERSION: u32 = 1;
 }
 
+/// A record of a usage batch that could not be counted, kept as it was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedRecord {
+    /// Region of the batch.
+    pub region: String,
+    /// Ledger of the batch.
+    pub ledger: String,
+    /// The batch's number in its ledger.
+    pub batch: u64,
+    /// The record's position in the batch's `rows`, from 0.
+    pub position: u32,
+    /// Why, in one word: `malformed`, `tenant`, `model`, `hour_ms` or `failed_jobs` (the
+    /// first problem's field).
+    pub reason: String,
+    /// Every problem of the record, each with its place and fix.
+    pub problems: Vec<ConfigProblem>,
+    /// The record as sent (a string holding the start of its JSON text when that is longer
+    /// than [`QUARANTINE_EXCERPT`] bytes).
+    pub record: serde_json::Value,
+    /// When the batch was applied, Unix ms.
+    pub quarantined_at_ms: u64,
+}
+
+impl Versioned for QuarantinedRecord {
+    const KIND: &'static str = "quarantined usage record";
+    const VERSION: u32 = 1;
+}
+
+/// The store key of a quarantined record.
+pub fn quarantine_key(region: &str, ledger: &str, batch: u64, position: u32) -> String {
+    format!("{QUARANTINE}{region}/{ledger}/{batch:020}/{position:03}")
+}
+
 /// The store key of a ledger's mark.
 pub fn ledger_key(region: &str, ledger: &str) -> String {
     format!("{LEDGERS}{region}/{ledger}")
@@ -274,6 +321,16 @@ pub fn is_month(text: &str) -> bool {
 /// whose number was applied before changes nothing (`applied: false`). The batch must
 /// already be checked (ids, hours, at most `MAX_USAGE_ROWS` rows).
 pub async fn ingest(store: &AnyStore, batch: &UsageBatch) -> Result<UsageReceipt, StoreError> {
+    ingest_with_quarantine(store, batch, &[]).await
+}
+
+/// [`ingest`], also keeping `quarantined` — the batch's records that could not be counted
+/// — in the same transaction, so they are kept exactly once with the batch.
+pub async fn ingest_with_quarantine(
+    store: &AnyStore,
+    batch: &UsageBatch,
+    quarantined: &[QuarantinedRecord],
+) -> Result<UsageReceipt, StoreError> {
     let key = ledger_key(&batch.region, &batch.ledger);
     for _ in 0..ATTEMPTS {
         let (mark, mark_revision) = read::<LedgerMark>(store, &key).await?;
@@ -294,11 +351,26 @@ pub async fn ingest(store: &AnyStore, batch: &UsageBatch) -> Result<UsageReceipt
             );
         }
         let mut txn = batch_transaction(store, batch).await?;
+        let applied_at_ms = now_ms();
+        for record in quarantined {
+            let record = QuarantinedRecord {
+                quarantined_at_ms: applied_at_ms,
+                ..record.clone()
+            };
+            let qkey = quarantine_key(
+                &record.region,
+                &record.ledger,
+                record.batch,
+                record.position,
+            );
+            txn.puts
+                .push((qkey, versioned::encode(&record).map_err(corrupt)?));
+        }
         let mark = LedgerMark {
             region: batch.region.clone(),
             ledger: batch.ledger.clone(),
             seq: batch.seq,
-            applied_at_ms: now_ms(),
+            applied_at_ms,
         };
         txn.compares.push((key.clone(), mark_revision));
         txn.puts
@@ -408,6 +480,25 @@ pub async fn daily(
         .map(|kv| versioned::decode::<DailyUsage>(&kv.value).map_err(corrupt))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((rows, listing.revision))
+}
+
+/// Every quarantined record (of `region` only, when given), in the order of region,
+/// ledger, batch and position, with the revision read at.
+pub async fn quarantined(
+    store: &AnyStore,
+    region: Option<&str>,
+) -> Result<(Vec<QuarantinedRecord>, Revision), StoreError> {
+    let prefix = match region {
+        Some(region) => format!("{QUARANTINE}{region}/"),
+        None => QUARANTINE.to_owned(),
+    };
+    let listing = store.list(&prefix).await?;
+    let records = listing
+        .kvs
+        .iter()
+        .map(|kv| versioned::decode::<QuarantinedRecord>(&kv.value).map_err(corrupt))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((records, listing.revision))
 }
 
 /// A tenant's spend in `month` (zero when nothing was recorded).

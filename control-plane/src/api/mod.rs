@@ -7,7 +7,8 @@
 //! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
 //!   [`usage`]: their usage reports (and the admin's reading of them, totals and spend).
 //!
-//! [`openapi`] serves the OpenAPI document of all of it at `/openapi.json` (no token).
+//! [`openapi`] serves the OpenAPI document of all of it at `/openapi.json`, and [`metrics`]
+//! the Prometheus metrics at `/metrics` (both without a token).
 //!
 //! Every answer that is not a success is an [`ApiError`] with a JSON body.
 
@@ -17,6 +18,7 @@ pub mod edge;
 mod error;
 mod extract;
 mod keys;
+pub mod metrics;
 pub mod openapi;
 pub mod reservations;
 mod routes;
@@ -39,6 +41,7 @@ pub use extract::{JsonBody, WireBody, etag, precondition};
 pub use routes::Routes;
 
 use crate::changes::ChangeFeed;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::AnyStore;
 
@@ -134,6 +137,7 @@ struct Shared {
     settings: ApiSettings,
     shutdown: CancellationToken,
     usage_writes: tokio::sync::Mutex<()>,
+    metrics: Metrics,
 }
 
 impl AppState {
@@ -152,6 +156,7 @@ impl AppState {
                 settings,
                 shutdown,
                 usage_writes: tokio::sync::Mutex::new(()),
+                metrics: Metrics::new(),
             }),
         }
     }
@@ -181,6 +186,11 @@ impl AppState {
         &self.inner.usage_writes
     }
 
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Cancelled when the server shuts down.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
@@ -195,6 +205,11 @@ fn admin_routes() -> Routes {
         .merge(usage::admin_routes())
 }
 
+/// The routes served without a token.
+fn open_routes() -> Routes {
+    openapi::routes().merge(metrics::routes())
+}
+
 /// The agent API's routes.
 fn agent_routes() -> Routes {
     agent::routes().merge(usage::agent_routes())
@@ -203,7 +218,7 @@ fn agent_routes() -> Routes {
 /// The `(method, path)` of every route the API serves, paths written as in the router
 /// and the OpenAPI document (`/admin/v1/regions/{id}`).
 pub fn route_table() -> Vec<(axum::http::Method, String)> {
-    let all = openapi::routes()
+    let all = open_routes()
         .merge(admin_routes())
         .merge(edge::routes())
         .merge(agent_routes());
@@ -219,7 +234,7 @@ pub fn router(state: AppState) -> Router {
         .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), edge_auth)));
     let agent = agent_routes()
         .map(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), agent_auth)));
-    let (routes, _) = openapi::routes()
+    let (routes, _) = open_routes()
         .merge(admin)
         .merge(edge)
         .merge(agent)

@@ -21,16 +21,18 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use contract::Schema;
 use contract::{ConfigProblems, ErrorBody, ModelId, RegionId, TenantId};
 use control_plane_client::wire::{
-    MAX_USAGE_ROWS, SpendReport, UsageBatch, UsageReceipt, UsageRecordPage, UsageReport, UsageRow,
+    Listed, MAX_USAGE_ROWS, SpendReport, UsageAggregate, UsageBatch, UsageReceipt, UsageRecordPage,
+    UsageReport, UsageRow,
 };
 use policy::{RegionSpec, TenantSpec};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, Routes, WireBody};
 use crate::records::CatalogRecord;
-use crate::usage::{self, Totals};
+use crate::usage::{self, QuarantinedRecord, Totals};
 
 /// An hour in Unix ms.
 const HOUR_MS: u64 = 3_600_000;
@@ -47,6 +49,7 @@ pub fn admin_routes() -> Routes {
     Routes::new()
         .get("/admin/v1/usage", report)
         .get("/admin/v1/usage/records", records)
+        .get("/admin/v1/usage/quarantine", quarantine)
         .get("/admin/v1/tenants/{tenant}/spend", tenant_spend)
 }
 
@@ -57,8 +60,20 @@ fn is_ledger_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Every problem of a batch, as a 422; `Ok` when it may be applied.
-fn check_batch(batch: &UsageBatch) -> Result<(), ApiError> {
+/// A usage batch as sent, its records not yet read: a record that is not an aggregate is
+/// quarantined, while a malformed envelope refuses the batch.
+#[derive(Debug, Deserialize)]
+struct SentBatch {
+    schema: Schema,
+    region: String,
+    ledger: String,
+    seq: u64,
+    rows: Vec<serde_json::Value>,
+}
+
+/// Every problem of a batch's envelope (schema, region, ledger, number, row count), as a
+/// 400 or 422; `Ok` when its records may be read.
+fn check_envelope(batch: &SentBatch) -> Result<(), ApiError> {
     contract::schema::USAGE_BATCH.accepts("usage batch", batch.schema)?;
     let mut problems = ConfigProblems::new();
     if let Err(e) = RegionId::new(&batch.region) {
@@ -81,35 +96,6 @@ fn check_batch(batch: &UsageBatch) -> Result<(), ApiError> {
             format!("send at most {MAX_USAGE_ROWS} rows per batch"),
         );
     }
-    for (i, row) in batch.rows.iter().enumerate() {
-        let ids = [
-            ("tenant", TenantId::new(&row.tenant).err()),
-            ("model", ModelId::new(&row.model).err()),
-        ];
-        for (field, error) in ids {
-            if let Some(error) = error {
-                problems.add(
-                    format!("rows[{i}].{field}"),
-                    error.to_string(),
-                    "send the id the jobs ran under",
-                );
-            }
-        }
-        if row.hour_ms % HOUR_MS != 0 {
-            problems.add(
-                format!("rows[{i}].hour_ms"),
-                format!("{} is not the start of a UTC hour", row.hour_ms),
-                "send a multiple of 3600000",
-            );
-        }
-        if row.failed_jobs > row.jobs {
-            problems.add(
-                format!("rows[{i}].failed_jobs"),
-                format!("{} failed of {} jobs", row.failed_jobs, row.jobs),
-                "count failed jobs among the row's jobs",
-            );
-        }
-    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -123,15 +109,159 @@ fn check_batch(batch: &UsageBatch) -> Result<(), ApiError> {
     }
 }
 
+/// Every problem of one record, each placed at `rows[i].field`.
+fn row_problems(i: usize, row: &UsageAggregate) -> ConfigProblems {
+    let mut problems = ConfigProblems::new();
+    let ids = [
+        ("tenant", TenantId::new(&row.tenant).err()),
+        ("model", ModelId::new(&row.model).err()),
+    ];
+    for (field, error) in ids {
+        if let Some(error) = error {
+            problems.add(
+                format!("rows[{i}].{field}"),
+                error.to_string(),
+                "send the id the jobs ran under",
+            );
+        }
+    }
+    if !row.hour_ms.is_multiple_of(HOUR_MS) {
+        problems.add(
+            format!("rows[{i}].hour_ms"),
+            format!("{} is not the start of a UTC hour", row.hour_ms),
+            "send a multiple of 3600000",
+        );
+    }
+    if row.failed_jobs > row.jobs {
+        problems.add(
+            format!("rows[{i}].failed_jobs"),
+            format!("{} failed of {} jobs", row.failed_jobs, row.jobs),
+            "count failed jobs among the row's jobs",
+        );
+    }
+    problems
+}
+
+/// The record as kept in quarantine: whole when its JSON text is short, else the start of
+/// that text.
+fn kept_record(raw: serde_json::Value) -> serde_json::Value {
+    let text = raw.to_string();
+    if text.len() <= usage::QUARANTINE_EXCERPT {
+        return raw;
+    }
+    let mut end = usage::QUARANTINE_EXCERPT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    serde_json::Value::String(text[..end].to_owned())
+}
+
+/// Splits a checked batch into the records that can be counted (as a [`UsageBatch`]) and
+/// those that go to quarantine.
+fn sort_records(sent: SentBatch) -> (UsageBatch, Vec<QuarantinedRecord>) {
+    let mut rows = Vec::with_capacity(sent.rows.len());
+    let mut quarantined = Vec::new();
+    for (i, raw) in sent.rows.into_iter().enumerate() {
+        let problems = match UsageAggregate::deserialize(&raw) {
+            Ok(row) => {
+                let problems = row_problems(i, &row);
+                if problems.is_empty() {
+                    rows.push(row);
+                    continue;
+                }
+                problems
+            }
+            Err(e) => {
+                let mut problems = ConfigProblems::new();
+                problems.add(
+                    format!("rows[{i}]"),
+                    format!("is not a usage aggregate: {e}"),
+                    "send the fields of an hourly aggregate",
+                );
+                problems
+            }
+        };
+        let problems = problems.into_vec();
+        let reason = problems
+            .first()
+            .and_then(|p| p.place.rsplit_once('.').map(|(_, field)| field.to_owned()))
+            .unwrap_or_else(|| "malformed".to_owned());
+        quarantined.push(QuarantinedRecord {
+            region: sent.region.clone(),
+            ledger: sent.ledger.clone(),
+            batch: sent.seq,
+            position: u32::try_from(i).unwrap_or(u32::MAX),
+            reason,
+            problems,
+            record: kept_record(raw),
+            quarantined_at_ms: 0,
+        });
+    }
+    let batch = UsageBatch {
+        schema: sent.schema,
+        region: sent.region,
+        ledger: sent.ledger,
+        seq: sent.seq,
+        rows,
+    };
+    (batch, quarantined)
+}
+
 async fn ingest(
     State(state): State<AppState>,
-    WireBody(batch): WireBody<UsageBatch>,
+    WireBody(sent): WireBody<SentBatch>,
 ) -> Result<Json<UsageReceipt>, ApiError> {
-    check_batch(&batch)?;
+    check_envelope(&sent)?;
+    let (batch, quarantined) = sort_records(sent);
     // Batches of this control plane take turns, so they do not make each other retry;
     // the store's compare-and-set keeps several control planes exact.
     let _turn = state.usage_writes().lock().await;
-    Ok(Json(usage::ingest(state.store(), &batch).await?))
+    let receipt = usage::ingest_with_quarantine(state.store(), &batch, &quarantined).await?;
+    if receipt.applied {
+        for record in &quarantined {
+            state
+                .metrics()
+                .usage_quarantined
+                .with_label_values(&[record.region.as_str(), record.reason.as_str()])
+                .inc();
+            let problem = record.problems.first().map(ToString::to_string);
+            tracing::warn!(
+                region = %record.region,
+                ledger = %record.ledger,
+                batch = record.batch,
+                position = record.position,
+                reason = %record.reason,
+                problem = problem.as_deref().unwrap_or_default(),
+                "a usage record cannot be counted; kept in quarantine (GET /admin/v1/usage/quarantine), the batch's other records are counted"
+            );
+        }
+    }
+    Ok(Json(receipt))
+}
+
+/// Query of the quarantine listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineQuery {
+    region: Option<String>,
+}
+
+/// The usage records set aside because they could not be counted.
+async fn quarantine(
+    State(state): State<AppState>,
+    query: Result<Query<QuarantineQuery>, QueryRejection>,
+) -> Result<Json<Listed<QuarantinedRecord>>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("{}; use ?region=<id>", e.body_text())))?;
+    if let Some(region) = &query.region
+        && RegionId::new(region).is_err()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "region {region:?} is not a region id"
+        )));
+    }
+    let (items, revision) = usage::quarantined(state.store(), query.region.as_deref()).await?;
+    Ok(Json(Listed { revision, items }))
 }
 
 fn matches(filter: Option<&str>, value: &str) -> bool {

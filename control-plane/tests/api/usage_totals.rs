@@ -164,23 +164,7 @@ async fn totals_group_by_day_and_dimension(backend: Backend) {
     }
     let (status, _) = get(&server, "/admin/v1/tenants/nobody/spend").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    // A batch with a bad row is refused whole before anything is applied, naming the row.
-    let mut bad = batch(
-        "eu-west",
-        LEDGER_A,
-        2,
-        vec![row("acme", APRIL_1, Capacity::Reserved, 1)],
-    );
-    bad.rows
-        .push(row("Acme/../x", APRIL_1, Capacity::Reserved, 1));
-    bad.rows[0].hour_ms += 1;
-    let refused = agent.report_usage(&bad).await.unwrap_err();
-    assert_eq!(refused.status(), Some(422), "{refused}");
-    let control_plane_client::ClientError::Api { error, .. } = &refused else {
-        panic!("{refused}")
-    };
-    let places: Vec<&str> = error.details.iter().map(|d| d.place.as_str()).collect();
-    assert_eq!(places, ["rows[0].hour_ms", "rows[1].tenant"]);
+    // A batch whose envelope is invalid is refused whole, naming the field.
     for (change, place) in [
         (batch("eu-west", LEDGER_A, 0, vec![]), "seq"),
         (batch("eu-west", "not-a-ledger", 2, vec![]), "ledger"),
@@ -227,6 +211,144 @@ async fn totals_group_by_day_and_dimension(backend: Backend) {
     let (_, all) = get(&server, "/admin/v1/usage").await;
     assert_eq!(all["total"]["jobs"], 7);
     assert_eq!(all["total"]["cost_nanos"], 700_000_000);
+    server.stop().await;
+}
+
+/// The value of the metric line that starts with `name{` and has every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A batch with records that cannot be counted — a tenant that is not an id, a row that
+/// is not an aggregate — has its other records counted; the bad ones are kept in
+/// quarantine once, counted in a metric, and listed for the admin; a resend changes
+/// nothing.
+async fn bad_records_are_quarantined_and_the_rest_counted(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let good = serde_json::to_value(row("acme", APRIL_1, Capacity::Reserved, 2)).unwrap();
+    let bad_tenant =
+        serde_json::to_value(row("Acme/../x", APRIL_1, Capacity::Reserved, 5)).unwrap();
+    let not_a_row = serde_json::json!({"tenant": 5, "jobs": "many"});
+    let other = serde_json::to_value(row("beta", APRIL_1, Capacity::OnDemand, 1)).unwrap();
+    let sent = serde_json::json!({
+        "schema": "1.0",
+        "region": "eu-west",
+        "ledger": LEDGER_A,
+        "seq": 1,
+        "rows": [good, bad_tenant, not_a_row, other],
+    });
+    let send = || async {
+        json(
+            server
+                .agent("/agent/v1/usage")
+                .json(&sent)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    let (status, receipt) = send().await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["applied"], true);
+    let (_, report) = get(&server, "/admin/v1/usage?group_by=tenant").await;
+    assert_eq!(
+        report["total"]["jobs"], 3,
+        "the good records are counted: {report}"
+    );
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2, "{report}");
+
+    let quarantined = |server: &TestServer| {
+        let request = server.admin(Method::GET, "/admin/v1/usage/quarantine");
+        async move { json(request.send().await.unwrap()).await }
+    };
+    let (status, listed) = quarantined(&server).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{listed}");
+    assert_eq!(
+        (
+            &items[0]["position"],
+            &items[0]["reason"],
+            &items[0]["batch"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("tenant"),
+            &serde_json::json!(1)
+        )
+    );
+    assert_eq!(items[0]["record"], bad_tenant, "kept as sent");
+    assert_eq!(items[0]["problems"][0]["place"], "rows[1].tenant");
+    assert_eq!(
+        (&items[1]["position"], &items[1]["reason"]),
+        (&serde_json::json!(2), &serde_json::json!("malformed"))
+    );
+    assert_eq!(items[1]["record"], not_a_row);
+    assert_eq!(items[1]["region"], "eu-west");
+    assert_eq!(items[1]["ledger"], LEDGER_A);
+
+    let metrics = || async {
+        server
+            .http
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let name = "meridian_usage_records_quarantined_total";
+    let text = metrics().await;
+    for reason in ["tenant", "malformed"] {
+        let labels = [r#"region="eu-west""#, &format!(r#"reason="{reason}""#)];
+        assert_eq!(metric(&text, name, &labels), Some(1.0), "{reason}: {text}");
+    }
+
+    // The agent did not hear the answer and sends the batch again: nothing changes.
+    let (status, receipt) = send().await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["applied"], false);
+    let (_, again) = get(&server, "/admin/v1/usage?group_by=tenant").await;
+    assert_eq!(again["total"], report["total"]);
+    let (_, listed_again) = quarantined(&server).await;
+    assert_eq!(listed_again["items"], listed["items"]);
+    let text = metrics().await;
+    let labels = [r#"region="eu-west""#, r#"reason="tenant""#];
+    assert_eq!(metric(&text, name, &labels), Some(1.0), "{text}");
+
+    // The listing filters by region and checks it.
+    let (status, other_region) = get(&server, "/admin/v1/usage/quarantine?region=us-east").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(other_region["items"], serde_json::json!([]));
+    let (status, _) = get(&server, "/admin/v1/usage/quarantine?region=EU%20west").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // It is the admin's: the agent token does not read it.
+    let response = server
+        .call(AGENT, Method::GET, "/admin/v1/usage/quarantine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // A batch whose rows are not a list is still refused whole.
+    let mut broken = sent.clone();
+    broken["seq"] = serde_json::json!(2);
+    broken["rows"] = serde_json::json!({"not": "a list"});
+    let (status, body) = json(
+        server
+            .agent("/agent/v1/usage")
+            .json(&broken)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     server.stop().await;
 }
 
@@ -379,6 +501,7 @@ async fn concurrent_batches_count_each_job_once(backend: Backend) {
 
 crate::both_backends!(
     totals_group_by_day_and_dimension,
+    bad_records_are_quarantined_and_the_rest_counted,
     spend_reaches_edges,
     concurrent_batches_count_each_job_once
 );
