@@ -7,13 +7,17 @@
 //! | `POST /agent/v1/usage` (agent token) | applies a [`UsageBatch`] exactly once (a batch number applied before answers `applied: false` and changes nothing) |
 //! | `GET /admin/v1/usage?tenant=&model=&region=&from=&to=&group_by=` | totals per group over UTC days `from`–`to` (inclusive); `group_by` is a comma list of `tenant`, `model`, `region`, `day` (default all four) |
 //! | `GET /admin/v1/usage/records?region=&tenant=&model=&from_ms=&to_ms=&cursor=&limit=` | one page of the per-job records the region's agent keeps, read from it |
+//! | `GET /admin/v1/usage/quarantine?region=` | the records agents sent that could not be counted, each with its problems |
 //! | `GET /admin/v1/tenants/{id}/spend?month=YYYY-MM` | a tenant's spend in a UTC month (default the current one), next to its budgets |
 //!
-//! A batch is checked whole before anything is written (422 naming `rows[i].field`; 400
-//! `unsupported_schema` for a schema major version this build does not read), so an agent
-//! can resend it unchanged after any failure. Rows for tenants, models or regions since
-//! removed from the catalog are still kept: the work happened and is billed. How totals
-//! stay exact is described in [`crate::usage`].
+//! A batch's envelope is checked before anything is written (422 naming the field; 400
+//! `unsupported_schema` for a schema major version this build does not read, or a body that
+//! is not a batch), so an agent can resend it unchanged after any failure. A record that
+//! cannot be counted — an id that is not one, an hour that does not start one, more failed
+//! jobs than jobs, not an aggregate at all — is quarantined, and the batch's other records
+//! are counted: one bad record never stops a region's billing. Rows for tenants, models or
+//! regions since removed from the catalog are still kept: the work happened and is billed.
+//! How totals stay exact is described in [`crate::usage`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
