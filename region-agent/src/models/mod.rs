@@ -9,5 +9,6 @@ pub mod convert;
 pub mod esrgan;
 pub mod image_io;
 pub mod silero_vad;
+pub mod stop;
 pub mod tiny_sd;
 pub mod video_upscale;

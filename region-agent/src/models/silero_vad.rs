@@ -25,6 +25,7 @@ use candle_nn::VarBuilder;
 use self::network::{CONTEXT, SileroNet, State, WINDOW};
 pub use self::segments::{SegmentParams, SpeechSegment, speech_segments};
 use super::audio_io::{self, AudioInputError, AudioLimits};
+use super::stop::{StopSignal, Stopped};
 
 /// The sample rate the network works at, in Hz.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -54,6 +55,9 @@ pub enum DetectError {
     /// The network failed to run.
     #[error("run Silero VAD: {0}")]
     Inference(#[from] candle_core::Error),
+    /// The job was stopped (timeout or cancellation) between two audio windows.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
 }
 
 /// A loaded Silero VAD model.
@@ -116,6 +120,20 @@ impl SileroVad {
         &self,
         audios: &[&[f32]],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
+        self.speech_probabilities_until(audios, &StopSignal::never())
+            .map_err(|e| match e {
+                DetectError::Inference(e) => e,
+                other => candle_core::Error::Msg(other.to_string()),
+            })
+    }
+
+    /// [`Self::speech_probabilities_batch`], checking `stop` before every window step: a
+    /// stopped job returns [`DetectError::Stopped`] having run at most one more window.
+    pub fn speech_probabilities_until(
+        &self,
+        audios: &[&[f32]],
+        stop: &StopSignal,
+    ) -> Result<Vec<Vec<f32>>, DetectError> {
         let batch = audios.len();
         let windows: Vec<usize> = audios.iter().map(|a| a.len().div_ceil(WINDOW)).collect();
         let steps = windows.iter().copied().max().unwrap_or(0);
@@ -129,6 +147,7 @@ impl SileroVad {
         // new window.
         let mut input = vec![0f32; batch * width];
         for step in 0..steps {
+            stop.check()?;
             for (b, audio) in audios.iter().enumerate() {
                 let row = &mut input[b * width..(b + 1) * width];
                 row.copy_within(WINDOW.., 0);
@@ -154,7 +173,18 @@ impl SileroVad {
         samples: &[f32],
         params: &SegmentParams,
     ) -> Result<Vec<SpeechSegment>, DetectError> {
-        let probs = self.speech_probabilities(samples)?;
+        self.detect_until(samples, params, &StopSignal::never())
+    }
+
+    /// [`Self::detect`], stopping between audio windows when `stop` is raised.
+    pub fn detect_until(
+        &self,
+        samples: &[f32],
+        params: &SegmentParams,
+        stop: &StopSignal,
+    ) -> Result<Vec<SpeechSegment>, DetectError> {
+        let mut probs = self.speech_probabilities_until(&[samples], stop)?;
+        let probs = probs.pop().unwrap_or_default();
         Ok(speech_segments(
             &probs,
             WINDOW,
@@ -180,6 +210,30 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
+
+    #[test]
+    fn a_cancelled_or_late_job_stops_before_its_next_window() {
+        let model = random_model();
+        let audio = noise(16_000 * 10, 7); // 313 windows
+        let stop = StopSignal::never().with_hook(std::sync::Arc::new(|stop, n| {
+            if n == 5 {
+                stop.cancel();
+            }
+        }));
+        let result = model.detect_until(&audio, &SegmentParams::default(), &stop);
+        assert!(
+            matches!(result, Err(DetectError::Stopped(Stopped::Cancelled))),
+            "{result:?}"
+        );
+        assert_eq!(stop.safe_points(), 5);
+        let late = StopSignal::until(std::time::Instant::now());
+        let result = model.detect_until(&audio, &SegmentParams::default(), &late);
+        assert!(
+            matches!(result, Err(DetectError::Stopped(Stopped::TimedOut))),
+            "{result:?}"
+        );
+        assert_eq!(late.safe_points(), 1);
+    }
 
     fn random_model() -> SileroVad {
         let varmap = VarMap::new();

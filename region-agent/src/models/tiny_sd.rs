@@ -36,6 +36,7 @@ pub use self::config::{LoadError, PipelineConfig, TextEncoderConfig};
 use self::scheduler::EulerSampler;
 use self::tokenizer::{ClipBpe, PromptTokenizer};
 use super::image_io;
+use super::stop::{StopSignal, Stopped};
 
 /// One image to draw.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +101,9 @@ pub enum GenerateError {
     /// The networks failed to run.
     #[error("run text-to-image: {0}")]
     Inference(#[from] candle_core::Error),
+    /// The job was stopped (timeout or cancellation) between two denoising steps.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
 }
 
 enum TextEncoder {
@@ -251,6 +255,17 @@ impl TextToImage {
     /// Draws several images with one U-Net call per step. All requests must share size,
     /// steps and guidance.
     pub fn generate_batch(&self, requests: &[Request]) -> Result<Vec<RgbImage>, GenerateError> {
+        self.generate_batch_until(requests, &StopSignal::never())
+    }
+
+    /// [`Self::generate_batch`], checking `stop` before every denoising step and before the
+    /// images are decoded: a stopped batch returns [`GenerateError::Stopped`] at the first
+    /// of these safe points after the signal, having run at most one more step.
+    pub fn generate_batch_until(
+        &self,
+        requests: &[Request],
+        stop: &StopSignal,
+    ) -> Result<Vec<RgbImage>, GenerateError> {
         let Some(first) = requests.first() else {
             return Ok(Vec::new());
         };
@@ -290,6 +305,7 @@ impl TextToImage {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut latents = (Tensor::cat(&noise, 0)? * sampler.init_noise_sigma())?;
         for (i, &t) in sampler.timesteps.iter().enumerate() {
+            stop.check()?;
             let input = (&latents * sampler.input_scale(i))?;
             let input = if guided {
                 Tensor::cat(&[&input, &input], 0)?
@@ -304,6 +320,7 @@ impl TextToImage {
             let (a, b) = sampler.step_coefficients(i);
             latents = ((latents * a)? + (output * b)?)?;
         }
+        stop.check()?;
         let latents = (latents / self.config.vae_scaling)?;
         // One image at a time: candle-transformers 0.9's autoencoder attention block gives
         // wrong values for every image after the first in a batch on the CPU.

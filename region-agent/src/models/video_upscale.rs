@@ -14,6 +14,7 @@ use image::{GrayImage, RgbImage, RgbaImage};
 use super::animation::{self, Animation, AnimationError, AnimationLimits, Frame};
 use super::esrgan::{self, Esrgan};
 use super::image_io;
+use super::stop::{StopSignal, Stopped};
 
 /// Why an animation could not be upscaled.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,9 @@ pub enum VideoUpscaleError {
     /// The network failed to run.
     #[error("run ESRGAN-slim on a frame: {0}")]
     Inference(#[from] candle_core::Error),
+    /// The job was stopped (timeout or cancellation) between two batches of frames.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
 }
 
 /// ESRGAN-slim ×2 applied to every frame of an animation.
@@ -74,11 +78,23 @@ impl VideoUpscaler {
     /// Upscales every frame; delays and loop count are kept. The animation is checked
     /// against the limits first (frames of one size, within the frame and pixel limits).
     pub fn upscale(&self, input: &Animation) -> Result<Animation, VideoUpscaleError> {
+        self.upscale_until(input, &StopSignal::never())
+    }
+
+    /// [`Self::upscale`], checking `stop` before every batch of
+    /// [`Self::frames_per_batch`] frames: a stopped job returns
+    /// [`VideoUpscaleError::Stopped`] having run at most one more batch.
+    pub fn upscale_until(
+        &self,
+        input: &Animation,
+        stop: &StopSignal,
+    ) -> Result<Animation, VideoUpscaleError> {
         self.limits.check(input)?;
         let (w, h) = input.dimensions();
         let scale = self.scale() as u32;
         let mut frames = Vec::with_capacity(input.frames.len());
         for chunk in input.frames.chunks(self.frames_per_batch) {
+            stop.check()?;
             let rgb: Vec<RgbImage> = chunk
                 .iter()
                 .map(|f| image::DynamicImage::ImageRgba8(f.image.clone()).to_rgb8())
@@ -166,6 +182,30 @@ mod tests {
                 .collect(),
             plays: 3,
         }
+    }
+
+    #[test]
+    fn a_cancelled_or_late_job_stops_before_its_next_batch_of_frames() {
+        let up = random_upscaler().with_frames_per_batch(1);
+        // Cancelled at the third safe point: two frames were upscaled, not the other 38.
+        let stop = StopSignal::never().with_hook(std::sync::Arc::new(|stop, n| {
+            if n == 3 {
+                stop.cancel();
+            }
+        }));
+        let result = up.upscale_until(&animation(40), &stop);
+        assert!(
+            matches!(result, Err(VideoUpscaleError::Stopped(Stopped::Cancelled))),
+            "{result:?}"
+        );
+        assert_eq!(stop.safe_points(), 3);
+        let late = StopSignal::until(std::time::Instant::now());
+        let result = up.upscale_until(&animation(40), &late);
+        assert!(
+            matches!(result, Err(VideoUpscaleError::Stopped(Stopped::TimedOut))),
+            "{result:?}"
+        );
+        assert_eq!(late.safe_points(), 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::queue::Queued;
 use super::slots::SlotLease;
 use super::{Lane, Shared};
 use crate::jobs::{JobError, JobRecord, JobState, now_ms};
-use crate::serving::{LoadedModel, ModelError, ModelOutput};
+use crate::serving::{LoadedModel, ModelError, ModelOutput, StopSignal, Stopped};
 
 /// How often a thread waiting for a slot checks whether it should stop.
 const SLOT_POLL: Duration = Duration::from_millis(100);
@@ -133,7 +133,9 @@ fn run_batch(
 }
 
 /// Loads the model if needed and runs the batch: one outcome per job, with the batch's run
-/// time; all failed (and timed) when the model cannot be loaded or the batch overran.
+/// time; all failed (and timed) when the model cannot be loaded or the batch overran. The
+/// model gets a stop signal with the batch's deadline (its start plus the model's timeout)
+/// and stops at its next safe point after it.
 fn run_on_model(
     shared: &Shared,
     lane: &Lane,
@@ -154,7 +156,8 @@ fn run_on_model(
     };
     let units: Vec<f64> = batch.iter().map(|job| job.input.units).collect();
     let started = Instant::now();
-    let results = model.run(batch.into_iter().map(|job| job.input).collect());
+    let stop = StopSignal::until(started + lane.config.timeout);
+    let results = model.run(batch.into_iter().map(|job| job.input).collect(), &stop);
     let elapsed = started.elapsed();
     record_timing(lane, elapsed, &units);
     let seconds = elapsed.as_secs_f64();
@@ -162,7 +165,7 @@ fn run_on_model(
     shared
         .metrics
         .batch(id, jobs, lease.capacity, seconds, lease.price_per_hour);
-    if elapsed > lane.config.timeout {
+    if elapsed > lane.config.timeout || stop.reason() == Some(Stopped::TimedOut) {
         return Outcome::Failed(timeout_error(lane.config.timeout)).repeat(jobs, elapsed);
     }
     results

@@ -13,8 +13,8 @@ use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
-    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, decode_base64,
-    string_field,
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, StopSignal,
+    decode_base64, string_field,
 };
 use crate::models::esrgan::Esrgan;
 use crate::models::image_io::{self, ImageInputError, InputLimits};
@@ -110,8 +110,16 @@ impl LoadedEsrgan {
 }
 
 impl LoadedModel for LoadedEsrgan {
-    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>> {
+    fn run(
+        &mut self,
+        batch: Vec<JobInput>,
+        stop: &StopSignal,
+    ) -> Vec<Result<ModelOutput, ModelError>> {
         let count = batch.len();
+        // One forward pass, no tiles: the only safe point is before it.
+        if let Err(stopped) = stop.check() {
+            return vec![Err(stopped.into()); count];
+        }
         let images: Vec<RgbImage> = batch
             .into_iter()
             .filter_map(|job| job.payload.downcast::<RgbImage>().ok().map(|b| *b))
@@ -200,14 +208,18 @@ mod tests {
         let keys: Vec<String> = inputs().iter().map(|i| i.batch_key.clone()).collect();
         assert_eq!(keys, ["6x5", "6x5", "6x5"]);
         let batched: Vec<Vec<u8>> = loaded
-            .run(inputs().into())
+            .run(inputs().into(), &StopSignal::never())
             .into_iter()
             .map(|r| r.unwrap().files[0].bytes.clone())
             .collect();
         let single: Vec<Vec<u8>> = inputs()
             .into_iter()
             .map(|input| {
-                loaded.run(vec![input]).remove(0).unwrap().files[0]
+                loaded
+                    .run(vec![input], &StopSignal::never())
+                    .remove(0)
+                    .unwrap()
+                    .files[0]
                     .bytes
                     .clone()
             })

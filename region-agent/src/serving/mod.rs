@@ -22,6 +22,8 @@ use candle_core::Device;
 use policy::PricingUnit;
 use serde_json::{Map, Value};
 
+pub use crate::models::stop::{StopSignal, Stopped};
+
 /// A job's input, checked and decoded: what the model thread runs.
 pub struct JobInput {
     /// Units of work the job is billed for, in the model's unit ([`Model::unit`], e.g.
@@ -88,6 +90,12 @@ pub struct ModelOutput {
 #[error("{0}")]
 pub struct ModelError(pub String);
 
+impl From<Stopped> for ModelError {
+    fn from(stopped: Stopped) -> Self {
+        Self(stopped.to_string())
+    }
+}
+
 /// A model the agent serves, as the scheduler drives it.
 pub trait Model: Send + Sync + 'static {
     /// The model id, `owner/name`.
@@ -109,8 +117,16 @@ pub trait Model: Send + Sync + 'static {
 /// A loaded model, owned by its model thread.
 pub trait LoadedModel: Send {
     /// Runs a batch of inputs that share a batch key (at most the model's `max_batch`),
-    /// returning one result per input, in order.
-    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>>;
+    /// returning one result per input, in order. The model checks `stop` at its safe
+    /// points (between denoising steps, batches of frames, audio windows) and, once it is
+    /// raised, returns at the next one with an error for every job it did not finish; the
+    /// caller reads [`StopSignal::reason`] to tell a timeout or a cancellation from a
+    /// failure.
+    fn run(
+        &mut self,
+        batch: Vec<JobInput>,
+        stop: &StopSignal,
+    ) -> Vec<Result<ModelOutput, ModelError>>;
 }
 
 /// The string field `field` of an input object.

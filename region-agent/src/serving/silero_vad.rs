@@ -18,7 +18,8 @@ use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
-    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, decode_base64, string_field,
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, StopSignal, decode_base64,
+    string_field,
 };
 use crate::models::audio_io::{self, AudioLimits};
 use crate::models::silero_vad::{SAMPLE_RATE, SegmentParams, SileroVad, WEIGHTS_FILE};
@@ -85,14 +86,14 @@ struct LoadedSileroVad {
 }
 
 impl LoadedSileroVad {
-    fn detect(&self, job: JobInput) -> Result<ModelOutput, ModelError> {
+    fn detect(&self, job: JobInput, stop: &StopSignal) -> Result<ModelOutput, ModelError> {
         let samples = job
             .payload
             .downcast::<Vec<f32>>()
             .map_err(|_| ModelError("input of the wrong type for Silero VAD".to_owned()))?;
         let segments = self
             .model
-            .detect(&samples, &self.params)
+            .detect_until(&samples, &self.params, stop)
             .map_err(|e| ModelError(e.to_string()))?;
         let segments =
             serde_json::to_value(segments).map_err(|e| ModelError(format!("encode: {e}")))?;
@@ -103,8 +104,15 @@ impl LoadedSileroVad {
 }
 
 impl LoadedModel for LoadedSileroVad {
-    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>> {
-        batch.into_iter().map(|job| self.detect(job)).collect()
+    fn run(
+        &mut self,
+        batch: Vec<JobInput>,
+        stop: &StopSignal,
+    ) -> Vec<Result<ModelOutput, ModelError>> {
+        batch
+            .into_iter()
+            .map(|job| self.detect(job, stop))
+            .collect()
     }
 }
 

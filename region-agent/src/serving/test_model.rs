@@ -2,8 +2,10 @@
 //! `text` input back (upper-cased) as a field and as a `text/plain` file, one unit per job.
 //!
 //! Tests control it: a [`Gate`] holds every run until opened (to keep jobs queued or in
-//! progress), `run_delay` makes each run take a while, `fail_on` makes inputs fail, and
-//! [`TestModelProbe`] counts loads and records batch sizes. It is not a real model; it is
+//! progress), `run_delay` makes each run take a while, `steps` makes each run a series of
+//! `step_time` steps with a safe point before each (where it stops when the job times out
+//! or is cancelled), `fail_on` makes inputs fail, and [`TestModelProbe`] counts loads,
+//! records batch sizes and counts the steps run. It is not a real model; it is
 //! never in [`super::builtin`].
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -14,7 +16,8 @@ use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
-    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, string_field,
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, StopSignal,
+    Stopped, string_field,
 };
 
 /// Holds runs until opened.
@@ -54,6 +57,10 @@ pub struct Probe {
     pub batches: Vec<usize>,
     /// The `text` inputs in the order they ran.
     pub order: Vec<String>,
+    /// Steps run, over all runs.
+    pub steps_run: usize,
+    /// Why runs stopped early, in order.
+    pub stopped: Vec<Stopped>,
 }
 
 /// Shared view of a test model's [`Probe`].
@@ -67,6 +74,10 @@ pub struct TestModel {
     pub gate: Option<Gate>,
     /// Each run takes at least this long.
     pub run_delay: Duration,
+    /// Steps of each run (0: none), each with a safe point before it.
+    pub steps: usize,
+    /// How long each step takes.
+    pub step_time: Duration,
     /// Inputs whose text equals this fail.
     pub fail_on: Option<String>,
     /// What happened.
@@ -80,6 +91,8 @@ impl TestModel {
             id: id.to_owned(),
             gate: None,
             run_delay: Duration::ZERO,
+            steps: 0,
+            step_time: Duration::ZERO,
             fail_on: None,
             probe: TestModelProbe::default(),
         }
@@ -136,11 +149,18 @@ impl Drop for LoadedTestModel {
 }
 
 impl LoadedModel for LoadedTestModel {
-    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>> {
+    fn run(
+        &mut self,
+        batch: Vec<JobInput>,
+        stop: &StopSignal,
+    ) -> Vec<Result<ModelOutput, ModelError>> {
         if let Some(gate) = &self.0.gate {
             gate.wait();
         }
         std::thread::sleep(self.0.run_delay);
+        if let Err(stopped) = self.steps(stop) {
+            return vec![Err(stopped.into()); batch.len()];
+        }
         let texts: Vec<String> = batch
             .into_iter()
             .map(|job| {
@@ -160,6 +180,28 @@ impl LoadedModel for LoadedTestModel {
 }
 
 impl LoadedTestModel {
+    /// The run's steps, each after a safe point.
+    fn steps(&self, stop: &StopSignal) -> Result<(), Stopped> {
+        for _ in 0..self.0.steps {
+            if let Err(stopped) = stop.check() {
+                self.0
+                    .probe
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stopped
+                    .push(stopped);
+                return Err(stopped);
+            }
+            std::thread::sleep(self.0.step_time);
+            self.0
+                .probe
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .steps_run += 1;
+        }
+        Ok(())
+    }
+
     fn echo(&self, text: &str) -> Result<ModelOutput, ModelError> {
         if self.0.fail_on.as_deref() == Some(text) {
             return Err(ModelError(format!("test model told to fail on {text:?}")));

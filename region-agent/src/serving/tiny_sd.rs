@@ -26,7 +26,9 @@ use image::{ImageFormat, RgbImage};
 use policy::PricingUnit;
 use serde_json::Value;
 
-use super::{InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile};
+use super::{
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, StopSignal,
+};
 use crate::models::tiny_sd::{LoadError, PipelineConfig, Request, RequestLimits, TextToImage};
 
 /// Seed of the pipeline test model's random weights (not of the images: that is the
@@ -213,7 +215,11 @@ struct LoadedTinySd {
 }
 
 impl LoadedModel for LoadedTinySd {
-    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>> {
+    fn run(
+        &mut self,
+        batch: Vec<JobInput>,
+        stop: &StopSignal,
+    ) -> Vec<Result<ModelOutput, ModelError>> {
         let count = batch.len();
         let requests: Vec<Request> = batch
             .into_iter()
@@ -223,7 +229,7 @@ impl LoadedModel for LoadedTinySd {
             let error = ModelError("input of the wrong type for text-to-image".to_owned());
             return vec![Err(error); count];
         }
-        match self.model.generate_batch(&requests) {
+        match self.model.generate_batch_until(&requests, stop) {
             Ok(images) if images.len() == count => images.iter().map(encode).collect(),
             Ok(images) => {
                 let error = ModelError(format!("{} images for {count} requests", images.len()));
@@ -333,13 +339,13 @@ mod tests {
                 .to_rgb8()
         };
         let batched: Vec<RgbImage> = loaded
-            .run(inputs().into())
+            .run(inputs().into(), &StopSignal::never())
             .into_iter()
             .map(decode)
             .collect();
         let single: Vec<RgbImage> = inputs()
             .into_iter()
-            .map(|input| decode(loaded.run(vec![input]).remove(0)))
+            .map(|input| decode(loaded.run(vec![input], &StopSignal::never()).remove(0)))
             .collect();
         for (b, s) in batched.iter().zip(&single) {
             assert_eq!(b.dimensions(), (64, 64));

@@ -20,8 +20,8 @@ use policy::PricingUnit;
 use serde_json::Value;
 
 use super::{
-    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, decode_base64,
-    string_field,
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, StopSignal,
+    decode_base64, string_field,
 };
 use crate::models::animation::{self, Animation, AnimationLimits};
 use crate::models::video_upscale::VideoUpscaler;
@@ -100,14 +100,14 @@ struct LoadedVideoUpscale {
 }
 
 impl LoadedVideoUpscale {
-    fn upscale(&self, job: JobInput) -> Result<ModelOutput, ModelError> {
+    fn upscale(&self, job: JobInput, stop: &StopSignal) -> Result<ModelOutput, ModelError> {
         let video = job
             .payload
             .downcast::<Animation>()
             .map_err(|_| ModelError("input of the wrong type for video upscaling".to_owned()))?;
         let output = self
             .upscaler
-            .upscale(&video)
+            .upscale_until(&video, stop)
             .map_err(|e| ModelError(e.to_string()))?;
         let bytes = animation::encode_apng(&output).map_err(|e| ModelError(e.to_string()))?;
         Ok(ModelOutput {
@@ -123,8 +123,15 @@ impl LoadedVideoUpscale {
 }
 
 impl LoadedModel for LoadedVideoUpscale {
-    fn run(&mut self, batch: Vec<JobInput>) -> Vec<Result<ModelOutput, ModelError>> {
-        batch.into_iter().map(|job| self.upscale(job)).collect()
+    fn run(
+        &mut self,
+        batch: Vec<JobInput>,
+        stop: &StopSignal,
+    ) -> Vec<Result<ModelOutput, ModelError>> {
+        batch
+            .into_iter()
+            .map(|job| self.upscale(job, stop))
+            .collect()
     }
 }
 
