@@ -1,6 +1,6 @@
 //! Short animations in and out of the video models: decoding user-supplied GIF or APNG bytes
 //! into composited RGBA frames with their delays, under frame-count and size limits checked
-//! while decoding, and encoding frames as APNG with the same timing.
+//! before decoding, and encoding frames as APNG with the same timing.
 //!
 //! A PNG that is not animated is a one-frame animation.
 
@@ -9,6 +9,9 @@ use std::io::Cursor;
 use image::codecs::gif::GifDecoder;
 use image::codecs::png::PngDecoder;
 use image::{AnimationDecoder, ImageDecoder, RgbaImage};
+
+use super::image_io;
+use super::media_scan::{self, ScanError, Shape};
 
 /// Limits on an input animation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,9 @@ pub enum AnimationError {
         /// Another frame's.
         other: (u32, u32),
     },
+    /// The container is broken, or a frame reaches outside the canvas.
+    #[error("input animation refused: {0}")]
+    Structure(#[source] ScanError),
     /// The output could not be encoded.
     #[error("encode APNG: {0}")]
     Encode(#[from] png::EncodingError),
@@ -225,6 +231,12 @@ impl AnimationLimits {
         Ok(())
     }
 
+    /// Checks a scanned container: canvas size, frame count and total pixels.
+    fn check_shape(&self, shape: &Shape) -> Result<(), AnimationError> {
+        self.check_frame(shape.width, shape.height)?;
+        self.check_count(shape.frames, shape.width, shape.height)
+    }
+
     fn check_count(&self, frames: usize, width: u32, height: u32) -> Result<(), AnimationError> {
         if frames > self.max_frames {
             return Err(AnimationError::TooManyFrames {
@@ -243,28 +255,37 @@ impl AnimationLimits {
     }
 }
 
-/// Decodes GIF or (A)PNG bytes, checking the canvas size before any pixels are decoded and
-/// the frame count and total size as frames are decoded.
+/// Decodes GIF or (A)PNG bytes. Before any pixel is decoded, the container is walked
+/// ([`media_scan`]): the canvas, every frame's region (inside the canvas), the frame count
+/// and the total pixels are checked against `limits`, and a PNG's unused ancillary chunks
+/// (colour profiles, text) are dropped unread. The decoder then runs under `image`'s limits
+/// ([`image_io::decoder_limits`]) and the count is checked again as frames are decoded.
 pub fn decode_animation(
     bytes: &[u8],
     limits: &AnimationLimits,
 ) -> Result<Animation, AnimationError> {
     let undecodable = AnimationError::Undecodable;
+    let decoder_limits = image_io::decoder_limits(limits.max_side, limits.max_frame_pixels);
     match image::guess_format(bytes) {
         Ok(image::ImageFormat::Gif) => {
-            let decoder = GifDecoder::new(Cursor::new(bytes)).map_err(undecodable)?;
-            let (w, h) = decoder.dimensions();
-            limits.check_frame(w, h)?;
-            let frames = collect(decoder.into_frames(), limits, w, h)?;
+            let shape = media_scan::scan_gif(bytes, limits.max_frames)
+                .map_err(|e| refused(e, image::ImageFormat::Gif))?;
+            limits.check_shape(&shape)?;
+            let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(undecodable)?;
+            decoder.set_limits(decoder_limits).map_err(undecodable)?;
+            let frames = collect(decoder.into_frames(), limits, shape.width, shape.height)?;
             // The `image` crate does not expose a GIF's loop count; GIF animations loop.
             Ok(Animation { frames, plays: 0 })
         }
         Ok(image::ImageFormat::Png) => {
-            let decoder = PngDecoder::new(Cursor::new(bytes)).map_err(undecodable)?;
-            let (w, h) = decoder.dimensions();
-            limits.check_frame(w, h)?;
+            let (shape, kept) = media_scan::scan_png(bytes, limits.max_frames)
+                .map_err(|e| refused(e, image::ImageFormat::Png))?;
+            limits.check_shape(&shape)?;
+            let (w, h) = (shape.width, shape.height);
+            let decoder =
+                PngDecoder::with_limits(Cursor::new(&kept), decoder_limits).map_err(undecodable)?;
             if decoder.is_apng().map_err(undecodable)? {
-                let plays = apng_plays(bytes);
+                let plays = apng_plays(&kept);
                 let frames = collect(
                     decoder.apng().map_err(undecodable)?.into_frames(),
                     limits,
@@ -273,7 +294,6 @@ pub fn decode_animation(
                 )?;
                 Ok(Animation { frames, plays })
             } else {
-                limits.check_count(1, w, h)?;
                 let image = image::DynamicImage::from_decoder(decoder)
                     .map_err(undecodable)?
                     .to_rgba8();
@@ -287,6 +307,16 @@ pub fn decode_animation(
             }
         }
         _ => Err(AnimationError::NotGifOrPng),
+    }
+}
+
+fn refused(error: ScanError, format: image::ImageFormat) -> AnimationError {
+    match error.into_decoding_error(format) {
+        Ok(broken) => AnimationError::Undecodable(broken),
+        Err(ScanError::TooManyFrames { max_frames }) => {
+            AnimationError::TooManyFrames { max_frames }
+        }
+        Err(other) => AnimationError::Structure(other),
     }
 }
 

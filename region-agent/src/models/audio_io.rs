@@ -1,6 +1,7 @@
 //! Audio input for the audio models: decoding user-supplied WAV bytes into mono `f32` samples
-//! in `[-1, 1]`, refusing audio at the wrong sample rate, with the wrong channel count, or
-//! longer than the limits allow, before the samples are decoded.
+//! in `[-1, 1]`, refusing audio at the wrong sample rate, with the wrong channel count,
+//! longer than the limits allow, or declaring more samples than it carries — all from the
+//! header, before any sample is decoded.
 
 use std::io::Cursor;
 
@@ -53,6 +54,14 @@ pub enum AudioInputError {
         /// Where, in seconds from the start.
         seconds: f64,
     },
+    /// The header declares more sample bytes than the input carries.
+    #[error("input audio declares {declared} bytes of samples but carries {carried}")]
+    Truncated {
+        /// Bytes of samples the header declares.
+        declared: u64,
+        /// Bytes after the header.
+        carried: u64,
+    },
     /// The audio is longer than the limit.
     #[error("input audio lasts {seconds:.1} s; the limit is {max_seconds} s")]
     TooLong {
@@ -89,6 +98,16 @@ pub fn decode_wav_mono(bytes: &[u8], limits: &AudioLimits) -> Result<Vec<f32>, A
             seconds,
             max_seconds: limits.max_seconds,
         });
+    }
+    // The data chunk's declared length against the bytes that follow the header.
+    let declared = u64::from(reader.len()) * u64::from(spec.bits_per_sample.div_ceil(8));
+    let start = WavReader::new(Cursor::new(bytes))
+        .map_err(AudioInputError::Undecodable)?
+        .into_inner()
+        .position();
+    let carried = (bytes.len() as u64).saturating_sub(start);
+    if declared > carried {
+        return Err(AudioInputError::Truncated { declared, carried });
     }
     let samples: Result<Vec<f32>, hound::Error> = match spec.sample_format {
         SampleFormat::Float => reader.into_samples::<f32>().collect(),
@@ -198,6 +217,22 @@ mod tests {
         assert!(matches!(err, AudioInputError::Undecodable(_)), "{err}");
         let err = decode_wav_mono(b"", &limits).unwrap_err();
         assert!(matches!(err, AudioInputError::Undecodable(_)), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_header_that_declares_more_samples_than_it_carries() {
+        let bytes = wav(spec(16_000, 1), 1_000);
+        let err = decode_wav_mono(&bytes[..bytes.len() - 10], &AudioLimits::VAD_16K).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AudioInputError::Truncated {
+                    declared: 2_000,
+                    carried: 1_990
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,10 +1,34 @@
 //! Image input and output for the image models: decoding user-supplied PNG/JPEG bytes under
 //! size limits, and moving RGB pixels in and out of candle tensors.
+//!
+//! The limits hold before anything is allocated: a PNG's chunks are walked first
+//! ([`media_scan::scan_png`]) and its colour profile, text and other ancillary chunks are
+//! dropped unread (never inflated); the canvas is checked against [`InputLimits`]; then the
+//! decoder runs under `image`'s own limits (width, height and an allocation budget,
+//! [`decoder_limits`]).
 
 use std::io::Cursor;
 
 use candle_core::{DType, Device, Tensor};
-use image::{ImageFormat, ImageReader, RgbImage};
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
+
+use super::media_scan::{self, ScanError};
+
+/// Bytes a decoder may hold at once beyond 16 bytes per pixel of the largest accepted
+/// image (16-bit RGBA output plus a copy), for its own buffers.
+const DECODER_SLACK_BYTES: u64 = 16 << 20;
+
+/// `image`'s limits for a decoder of images up to `max_side` a side and `max_pixels` in
+/// all: the same sides, and 16 bytes a pixel plus [`DECODER_SLACK_BYTES`] of allocations.
+pub fn decoder_limits(max_side: u32, max_pixels: u64) -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
+    limits.max_alloc = Some(max_pixels.saturating_mul(16) + DECODER_SLACK_BYTES);
+    limits
+}
 
 /// Size limits on an input image, checked before the pixels are decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +59,9 @@ pub enum ImageInputError {
     /// The bytes look like PNG or JPEG but cannot be decoded.
     #[error("input image cannot be decoded: {0}")]
     Undecodable(#[source] image::ImageError),
+    /// A PNG frame region reaches outside the canvas.
+    #[error("input image refused: {0}")]
+    Structure(#[source] ScanError),
     /// The image has no pixels.
     #[error("input image is empty ({width}x{height})")]
     Empty {
@@ -84,16 +111,30 @@ impl InputLimits {
 /// pixels are decoded. Alpha is dropped.
 pub fn decode_rgb(bytes: &[u8], limits: &InputLimits) -> Result<RgbImage, ImageInputError> {
     let format = image::guess_format(bytes).ok();
-    let Some(format @ (ImageFormat::Png | ImageFormat::Jpeg)) = format else {
-        return Err(ImageInputError::NotPngOrJpeg);
+    let decoder_limits = decoder_limits(limits.max_side, limits.max_pixels);
+    let undecodable = ImageInputError::Undecodable;
+    let image = match format {
+        Some(ImageFormat::Png) => {
+            let (shape, kept) = media_scan::scan_png(bytes, usize::MAX).map_err(|e| {
+                match e.into_decoding_error(ImageFormat::Png) {
+                    Ok(broken) => ImageInputError::Undecodable(broken),
+                    Err(refused) => ImageInputError::Structure(refused),
+                }
+            })?;
+            limits.check(shape.width, shape.height)?;
+            let decoder =
+                PngDecoder::with_limits(Cursor::new(kept), decoder_limits).map_err(undecodable)?;
+            DynamicImage::from_decoder(decoder).map_err(undecodable)?
+        }
+        Some(ImageFormat::Jpeg) => {
+            let mut decoder = JpegDecoder::new(Cursor::new(bytes)).map_err(undecodable)?;
+            let (width, height) = decoder.dimensions();
+            limits.check(width, height)?;
+            decoder.set_limits(decoder_limits).map_err(undecodable)?;
+            DynamicImage::from_decoder(decoder).map_err(undecodable)?
+        }
+        _ => return Err(ImageInputError::NotPngOrJpeg),
     };
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(ImageInputError::Undecodable)?;
-    limits.check(width, height)?;
-    let image = ImageReader::with_format(Cursor::new(bytes), format)
-        .decode()
-        .map_err(ImageInputError::Undecodable)?;
     Ok(image.to_rgb8())
 }
 

@@ -8,6 +8,7 @@ pub mod audio_io;
 pub mod convert;
 pub mod esrgan;
 pub mod image_io;
+pub mod media_scan;
 pub mod silero_vad;
 pub mod stop;
 pub mod tiny_sd;
