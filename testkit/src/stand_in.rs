@@ -1,7 +1,9 @@
 //! A stand-in for a region agent, for testing the edge alone: an HTTP server that follows
 //! region-agent/API.md as far as the edge needs — accept jobs, refuse them with `503` +
-//! `x-meridian-refused`, be down, hold answers back until released, stream statuses, and
-//! show a request only to the tenant that created it. It speaks the contract's headers and
+//! `x-meridian-refused`, be down, hold answers back until released, stream statuses, show a
+//! request only to the tenant that created it, and refuse a job with `429
+//! concurrency_limited` when the edge's job bound headers say the tenant has no room (its
+//! jobs here, which never end, plus those elsewhere). It speaks the contract's headers and
 //! ids. The real agent is used in the end-to-end suite.
 
 use std::collections::HashMap;
@@ -38,6 +40,8 @@ pub struct Seen {
     pub edge_token: Option<String>,
     pub authorization: bool,
     pub body: Bytes,
+    /// Every header of the call.
+    pub headers: HeaderMap,
 }
 
 /// What the stand-in charges for every job it runs.
@@ -142,6 +146,17 @@ struct AgentState {
 }
 
 impl AgentState {
+    /// Whether the edge's job bound headers leave `tenant` no room for another job here.
+    fn over_job_bound(&self, tenant: &str, header: &impl Fn(&str) -> Option<String>) -> bool {
+        let number = |name| header(name).and_then(|v| v.parse::<u64>().ok());
+        let Some(max) = number(headers::TENANT_MAX_JOBS) else {
+            return false;
+        };
+        let elsewhere = number(headers::TENANT_JOBS_ELSEWHERE).unwrap_or(0);
+        let here = lock(&self.jobs).values().filter(|t| *t == tenant).count() as u64;
+        here + elsewhere >= max
+    }
+
     /// Waits for a release while the agent is held.
     async fn wait_if_held(&self) {
         if self.hold.load(Ordering::SeqCst)
@@ -172,6 +187,7 @@ impl AgentState {
             edge_token: header(headers::EDGE_TOKEN),
             authorization: headers.contains_key("authorization"),
             body: body.clone(),
+            headers: headers.clone(),
         });
         if header(headers::EDGE_TOKEN).as_deref() != Some(AGENT_EDGE) {
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -190,6 +206,15 @@ impl AgentState {
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(headers::REFUSED, refusal.reason())],
                     body.to_json(),
+                )
+                    .into_response();
+            }
+            if self.over_job_bound(&tenant, &header) {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    ErrorBody::new("concurrency_limited", "the tenant's jobs are at its bound")
+                        .to_json(),
                 )
                     .into_response();
             }

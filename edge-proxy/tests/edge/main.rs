@@ -5,7 +5,10 @@
 
 mod admission;
 mod cli;
+mod quotas;
+mod resend;
 mod routing;
 mod serving;
+mod slow_clients;
 mod support;
 mod upgrade;

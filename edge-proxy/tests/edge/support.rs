@@ -76,7 +76,7 @@ impl World {
             agent.register(region, &report).await.unwrap();
         }
         let mut keys = HashMap::new();
-        for tenant in ["acme", "euro", "brit", "nippon", "slow"] {
+        for tenant in ["acme", "euro", "brit", "nippon", "slow", "bounded"] {
             let created = admin.create_key(tenant, None).await.unwrap();
             keys.insert(tenant.to_owned(), created.key);
         }
@@ -106,6 +106,23 @@ impl World {
 
     pub fn agent(&self, region: &str) -> &StandInAgent {
         &self.agents[region]
+    }
+
+    /// `region`'s agent reports `jobs` (tenant, jobs queued or running) in a heartbeat; returns
+    /// the control plane's revision once it holds the report.
+    pub async fn report_jobs(&self, region: &str, jobs: &[(&str, u32)]) -> i64 {
+        let report = AgentReport {
+            healthy: true,
+            free_reserved: 2,
+            tenant_jobs: jobs.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect(),
+            ..AgentReport::default()
+        };
+        self.control_plane
+            .agent()
+            .heartbeat(region, &report)
+            .await
+            .unwrap();
+        self.control_plane.edge().snapshot().await.unwrap().revision
     }
 
     /// Stops the control plane (agents keep serving).
@@ -140,6 +157,14 @@ pub async fn run_esrgan(edge: &TestEdge, key: &str, forwarded_for: Option<&str>)
     Answer::of(request.send().await.unwrap()).await
 }
 
+/// A tenant with at most two jobs queued or running.
+const BOUNDED: &str = r#"
+[[tenants]]
+id = "bounded"
+residency = "any"
+quotas = { max_concurrent = 2 }
+"#;
+
 fn catalog(agents: &HashMap<String, StandInAgent>) -> CatalogSpec {
     let mut catalog = Catalog::new()
         .routing("heartbeat_timeout_ms = 86400000")
@@ -163,6 +188,7 @@ fn catalog(agents: &HashMap<String, StandInAgent>) -> CatalogSpec {
             .only_in(&["uk-south"]),
         )
         .tenants(testkit::catalog::TENANTS)
+        .tenants(BOUNDED)
         .build()
 }
 
