@@ -23,7 +23,9 @@ pub fn geoip_db() -> PathBuf {
 
 /// An edge configuration for the control plane at `control_plane_url`: plain HTTP and the
 /// admin listener on port 0, located at `location`, its snapshot cache in `dir`, the test
-/// kit's tokens, the geo-IP test database, short timeouts.
+/// kit's tokens, the geo-IP test database, short timeouts, and read rates, wrong-key
+/// throttles and connection caps that no test load from one loopback address reaches (tests
+/// of those limits set their own).
 pub fn edge_config(control_plane_url: &str, dir: &Path, location: Location) -> EdgeConfig {
     EdgeConfig {
         http: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
@@ -42,8 +44,18 @@ pub fn edge_config(control_plane_url: &str, dir: &Path, location: Location) -> E
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(60),
         max_body_bytes: 64 * 1024,
-        limits: edge_proxy::config::ClientLimits::default(),
-        connections: edge_proxy::config::ConnectionLimits::default(),
+        limits: edge_proxy::config::ClientLimits {
+            reads: policy::quota::RateLimit {
+                per_second: 100_000.0,
+                burst: 100_000,
+            },
+            failed_keys_per_minute: 100_000,
+            ..edge_proxy::config::ClientLimits::default()
+        },
+        connections: edge_proxy::config::ConnectionLimits {
+            max_per_address: 10_000,
+            ..edge_proxy::config::ConnectionLimits::default()
+        },
         retry_ratio: 0.2,
         retry_floor: 10,
         breaker_failures: 5,
