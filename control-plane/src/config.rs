@@ -15,7 +15,7 @@ use contract::ConfigProblems;
 use policy::CatalogSpec;
 use serde::Deserialize;
 
-use crate::api::{ApiSettings, Token};
+use crate::api::{ApiSettings, ThrottleSettings, Token};
 use crate::store::StoreConfig;
 
 /// The configuration file, as written.
@@ -58,6 +58,117 @@ pub struct ConfigFile {
     /// through it. Default 300.
     #[serde(default = "default_history_retention")]
     pub history_retention_secs: u64,
+    /// When an address that presents wrong tokens is answered 429 without its token being
+    /// checked. Default: 10 wrong tokens a minute, then 30 s doubling up to 15 min.
+    #[serde(default)]
+    pub auth_throttle: AuthThrottleFile,
+}
+
+/// The `[auth_throttle]` section: wrong tokens (admin, edge or agent) from one client
+/// address, counted per API, after which the address is answered `429` with `Retry-After`.
+/// A request without a token is not counted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthThrottleFile {
+    /// Wrong tokens from one address within `window_secs` before it is throttled (1–1000).
+    /// Default 10.
+    #[serde(default = "default_throttle_failures")]
+    pub failures: u32,
+    /// Seconds wrong tokens are counted over (1–3600). Default 60.
+    #[serde(default = "default_throttle_window")]
+    pub window_secs: u64,
+    /// Seconds of the first wait once throttled (1–3600); each further wrong token before
+    /// the address is forgotten doubles it. Default 30.
+    #[serde(default = "default_throttle_backoff")]
+    pub backoff_secs: u64,
+    /// Longest wait, in seconds (`backoff_secs`–86400); an address is forgotten after a
+    /// quiet spell this long. Default 900.
+    #[serde(default = "default_throttle_max_backoff")]
+    pub max_backoff_secs: u64,
+    /// Most addresses remembered at once (100–1000000); when full, the one whose last
+    /// wrong token is oldest is forgotten. Default 10000.
+    #[serde(default = "default_throttle_addresses")]
+    pub max_addresses: u64,
+}
+
+impl Default for AuthThrottleFile {
+    fn default() -> Self {
+        Self {
+            failures: default_throttle_failures(),
+            window_secs: default_throttle_window(),
+            backoff_secs: default_throttle_backoff(),
+            max_backoff_secs: default_throttle_max_backoff(),
+            max_addresses: default_throttle_addresses(),
+        }
+    }
+}
+
+fn default_throttle_failures() -> u32 {
+    ThrottleSettings::default().failures
+}
+fn default_throttle_window() -> u64 {
+    ThrottleSettings::default().window.as_secs()
+}
+fn default_throttle_backoff() -> u64 {
+    ThrottleSettings::default().backoff.as_secs()
+}
+fn default_throttle_max_backoff() -> u64 {
+    ThrottleSettings::default().max_backoff.as_secs()
+}
+fn default_throttle_addresses() -> u64 {
+    ThrottleSettings::default().max_addresses as u64
+}
+
+impl AuthThrottleFile {
+    /// The checked settings; problems are added to `problems`.
+    fn check(&self, problems: &mut ConfigProblems) -> ThrottleSettings {
+        let bounded = |value: u64, low: u64, high: u64| (low..=high).contains(&value);
+        if !bounded(u64::from(self.failures), 1, 1000) {
+            problems.add(
+                "auth_throttle.failures",
+                format!("{} is outside 1–1000", self.failures),
+                "allow a few mistyped tokens, e.g. 10",
+            );
+        }
+        if !bounded(self.window_secs, 1, 3600) {
+            problems.add(
+                "auth_throttle.window_secs",
+                format!("{} is outside 1–3600", self.window_secs),
+                "count wrong tokens over e.g. 60 s",
+            );
+        }
+        if !bounded(self.backoff_secs, 1, 3600) {
+            problems.add(
+                "auth_throttle.backoff_secs",
+                format!("{} is outside 1–3600", self.backoff_secs),
+                "set the first wait, e.g. 30",
+            );
+        }
+        if !bounded(self.max_backoff_secs, self.backoff_secs, 86_400) {
+            problems.add(
+                "auth_throttle.max_backoff_secs",
+                format!(
+                    "{} is outside backoff_secs ({})–86400",
+                    self.max_backoff_secs, self.backoff_secs
+                ),
+                "set the longest wait, at least backoff_secs, e.g. 900",
+            );
+        }
+        if !bounded(self.max_addresses, 100, 1_000_000) {
+            problems.add(
+                "auth_throttle.max_addresses",
+                format!("{} is outside 100–1000000", self.max_addresses),
+                "remember e.g. 10000 addresses",
+            );
+        }
+        ThrottleSettings {
+            failures: self.failures,
+            window: Duration::from_secs(self.window_secs),
+            backoff: Duration::from_secs(self.backoff_secs),
+            max_backoff: Duration::from_secs(self.max_backoff_secs),
+            max_addresses: usize::try_from(self.max_addresses).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 fn default_listen() -> String {
@@ -158,6 +269,7 @@ impl ConfigFile {
     /// Checks every rule; relative paths resolve against `base` (the file's directory).
     pub fn check(&self, base: &Path) -> Result<ServerConfig, ConfigError> {
         let mut problems = ConfigProblems::new();
+        let throttle = self.auth_throttle.check(&mut problems);
         let mut problem = |field: &str, problem: String, fix: &str| {
             problems.add(field, problem, fix);
         };
@@ -292,6 +404,7 @@ impl ConfigFile {
                     agent_lease_ttl: Duration::from_secs(self.agent_lease_ttl_secs),
                     max_poll_wait: Duration::from_secs(self.max_poll_wait_secs),
                     spend_refresh: Duration::from_millis(self.spend_refresh_ms),
+                    throttle,
                 },
                 store,
                 seed_catalog,
@@ -376,6 +489,27 @@ mod tests {
                 "store.endpoints"
             ]
         );
+    }
+
+    #[test]
+    fn the_auth_throttle_has_defaults_and_bounds() {
+        let file: ConfigFile = contract::problems::from_toml_strict(GOOD).unwrap();
+        let config = file.check(Path::new(".")).unwrap();
+        assert_eq!(config.api.throttle, ThrottleSettings::default());
+        let text = format!(
+            "{GOOD}\n[auth_throttle]\nfailures = 0\nbackoff_secs = 60\nmax_backoff_secs = 30\n"
+        );
+        let file: ConfigFile = contract::problems::from_toml_strict(&text).unwrap();
+        let ConfigError::Invalid(problems) = file.check(Path::new(".")).unwrap_err() else {
+            panic!("expected problems");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.place.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["auth_throttle.failures", "auth_throttle.max_backoff_secs"]
+        );
+        let typo = format!("{GOOD}\n[auth_throttle]\nfailure = 3\n");
+        assert!(contract::problems::from_toml_strict::<ConfigFile>(&typo).is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! | metric | labels | what |
 //! | --- | --- | --- |
 //! | `meridian_usage_records_quarantined_total` | `region`, `reason` | usage records set aside instead of counted (`GET /admin/v1/usage/quarantine` lists them) |
+//! | `meridian_auth_failures_total` | `api` | requests with a wrong token |
+//! | `meridian_auth_throttled_total` | `api` | requests answered 429 because their address presented too many wrong tokens |
 
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
@@ -12,6 +14,10 @@ pub struct Metrics {
     registry: Registry,
     /// Usage records quarantined, by region and reason.
     pub usage_quarantined: IntCounterVec,
+    /// Wrong tokens presented, by API (`admin`, `edge`, `agent`).
+    pub auth_failures: IntCounterVec,
+    /// Requests refused by the wrong-token throttle, by API.
+    pub auth_throttled: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -34,9 +40,23 @@ impl Metrics {
             "Usage records set aside in quarantine instead of counted",
             &["region", "reason"],
         );
+        let auth_failures = counter(
+            &registry,
+            "meridian_auth_failures_total",
+            "Requests with a wrong token",
+            &["api"],
+        );
+        let auth_throttled = counter(
+            &registry,
+            "meridian_auth_throttled_total",
+            "Requests answered 429 because their address presented too many wrong tokens",
+            &["api"],
+        );
         Self {
             registry,
             usage_quarantined,
+            auth_failures,
+            auth_throttled,
         }
     }
 

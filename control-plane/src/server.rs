@@ -144,6 +144,8 @@ async fn serve(
         // Connections made from now on are served (those made before wait in the backlog).
         let _ = ready.send(());
     }
+    // Each request knows its peer's address, which the wrong-token throttle counts by.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let serve =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drained = tokio::select! {

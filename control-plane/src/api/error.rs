@@ -17,6 +17,15 @@ pub enum ApiError {
     /// No token, or the wrong one.
     #[error("missing or wrong token: send `Authorization: Bearer <token>`")]
     Unauthorized,
+    /// The client's address presented too many wrong tokens; its token was not checked.
+    #[error(
+        "too many wrong tokens from this address: try again in {} s",
+        retry_after_secs(*.retry_after)
+    )]
+    Throttled {
+        /// How long until its token is checked again.
+        retry_after: std::time::Duration,
+    },
     /// The body or a parameter could not be read.
     #[error("{0}")]
     BadRequest(String),
@@ -105,6 +114,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound { .. } | Self::NoRoute(_) | Self::NotRegistered { .. } => {
@@ -125,6 +135,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
+            Self::Throttled { .. } => "throttled",
             Self::BadRequest(_) => "bad_request",
             Self::TooLarge { .. } => "too_large",
             Self::NotFound { .. } | Self::NoRoute(_) => "not_found",
@@ -140,6 +151,11 @@ impl ApiError {
             Self::Internal(_) => "internal",
         }
     }
+}
+
+/// Whole seconds to wait, rounded up, at least 1.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl From<StoreError> for ApiError {
@@ -177,6 +193,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::Throttled { retry_after } = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(retry_after)),
+            );
         }
         response
     }

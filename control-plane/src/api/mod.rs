@@ -22,13 +22,15 @@ pub mod metrics;
 pub mod openapi;
 pub mod reservations;
 mod routes;
+pub mod throttle;
 pub mod usage;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -39,11 +41,13 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use extract::{JsonBody, WireBody, etag, precondition};
 pub use routes::Routes;
+pub use throttle::ThrottleSettings;
 
 use crate::changes::ChangeFeed;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::AnyStore;
+use throttle::{Audience, Throttle};
 
 /// A bearer token, kept as its hash so checks take the same time whatever is presented.
 #[derive(Clone)]
@@ -105,11 +109,14 @@ pub struct ApiSettings {
     pub max_poll_wait: Duration,
     /// Least time between two wake-ups of waiting edges for spend changes alone.
     pub spend_refresh: Duration,
+    /// When an address that presents wrong tokens is answered 429 without a check.
+    pub throttle: ThrottleSettings,
 }
 
 impl ApiSettings {
     /// Settings with these tokens and the configuration file's defaults for the rest: 1 MiB
-    /// bodies, 10 s agent leases, 60 s longest poll, spend wakes polls every 5 s at most.
+    /// bodies, 10 s agent leases, 60 s longest poll, spend wakes polls every 5 s at most,
+    /// 10 wrong tokens a minute from one address before it is throttled.
     pub fn with_tokens(admin: &str, edge: &str, agent: &str) -> Self {
         Self {
             admin_token: Token::new(admin),
@@ -120,6 +127,7 @@ impl ApiSettings {
             agent_lease_ttl: Duration::from_secs(10),
             max_poll_wait: Duration::from_secs(60),
             spend_refresh: Duration::from_secs(5),
+            throttle: ThrottleSettings::default(),
         }
     }
 }
@@ -138,6 +146,7 @@ struct Shared {
     shutdown: CancellationToken,
     usage_writes: tokio::sync::Mutex<()>,
     metrics: Metrics,
+    throttle: Throttle,
 }
 
 impl AppState {
@@ -153,6 +162,7 @@ impl AppState {
             inner: Arc::new(Shared {
                 registry: Registry::new(store),
                 changes,
+                throttle: Throttle::new(settings.throttle),
                 settings,
                 shutdown,
                 usage_writes: tokio::sync::Mutex::new(()),
@@ -276,7 +286,7 @@ async fn admin_auth(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check(&state.settings().admin_token, request, next).await
+    check(&state, Audience::Admin, request, next).await
 }
 
 async fn edge_auth(
@@ -284,7 +294,7 @@ async fn edge_auth(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check(&state.settings().edge_token, request, next).await
+    check(&state, Audience::Edge, request, next).await
 }
 
 async fn agent_auth(
@@ -292,12 +302,61 @@ async fn agent_auth(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check(&state.settings().agent_token, request, next).await
+    check(&state, Audience::Agent, request, next).await
 }
 
-async fn check(token: &Token, request: Request, next: Next) -> Result<Response, ApiError> {
+/// Lets the request through when it carries `api`'s token. An address that presented too
+/// many wrong tokens is answered 429 without a check ([`throttle`]).
+async fn check(
+    state: &AppState,
+    api: Audience,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let settings = state.settings();
+    let token = match api {
+        Audience::Admin => &settings.admin_token,
+        Audience::Edge => &settings.edge_token,
+        Audience::Agent => &settings.agent_token,
+    };
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    let throttle = &state.inner.throttle;
+    let metrics = state.metrics();
+    if let Some(retry_after) = address.and_then(|a| throttle.wait(a, api)) {
+        metrics
+            .auth_throttled
+            .with_label_values(&[api.as_str()])
+            .inc();
+        return Err(ApiError::Throttled { retry_after });
+    }
     match bearer(request.headers()) {
-        Some(presented) if token.matches(presented) => Ok(next.run(request).await),
-        _ => Err(ApiError::Unauthorized),
+        Some(presented) if token.matches(presented) => {
+            if let Some(address) = address {
+                throttle.succeeded(address, api);
+            }
+            Ok(next.run(request).await)
+        }
+        Some(_) => {
+            metrics
+                .auth_failures
+                .with_label_values(&[api.as_str()])
+                .inc();
+            if let Some(address) = address
+                && let Some(wait) = throttle.failed(address, api)
+            {
+                tracing::warn!(
+                    %address,
+                    api = api.as_str(),
+                    wait_secs = wait.as_secs(),
+                    "too many wrong tokens from one address; answering it 429 for a while"
+                );
+            }
+            Err(ApiError::Unauthorized)
+        }
+        // No token guesses nothing.
+        None => Err(ApiError::Unauthorized),
     }
 }

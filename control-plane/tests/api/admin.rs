@@ -394,6 +394,76 @@ async fn tokens_are_checked(backend: Backend) {
     server.stop().await;
 }
 
+/// A client of the test server connecting from the loopback address `from`.
+fn client_from(from: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .timeout(testkit::patience())
+        .build()
+        .unwrap()
+}
+
+/// Ten wrong admin tokens from one address and it is answered 429 with `Retry-After`, its
+/// token unchecked — the right one included — while another address, and the same address
+/// on another API, are served; a right token clears only its own address's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_are_throttled_per_address() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let url = format!("{}/admin/v1/regions", server.base);
+    let (a, b) = (client_from([127, 0, 0, 1]), client_from([127, 0, 0, 2]));
+    let get = |client: &reqwest::Client, token: &str| {
+        let request = client.get(&url).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    for i in 0..10 {
+        let answer = get(&a, &format!("wrong-token-{i:02}-0123456789")).await;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "try {i}");
+    }
+    let throttled = get(&a, ADMIN).await;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(throttled.headers()["retry-after"], "30");
+    let (_, body) = json(throttled).await;
+    assert_eq!(body["error"]["type"], "throttled", "{body}");
+    // Another address is served, and its own wrong tokens and right token count for it only.
+    assert_eq!(get(&b, ADMIN).await.status(), StatusCode::OK);
+    for _ in 0..9 {
+        assert_eq!(
+            get(&b, "wrong-token-0123456789").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(get(&b, ADMIN).await.status(), StatusCode::OK);
+    assert_eq!(
+        get(&b, "wrong-token-0123456789").await.status(),
+        StatusCode::UNAUTHORIZED,
+        "B's right token cleared B's count"
+    );
+    assert_eq!(get(&a, ADMIN).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The edge API counts apart: the throttled address still reads its snapshot.
+    let snapshot = a
+        .get(format!("{}/edge/v1/snapshot", server.base))
+        .bearer_auth(EDGE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.status(), StatusCode::OK);
+    let metrics = a
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "meridian_auth_failures_total{api=\"admin\"} 20",
+        "meridian_auth_throttled_total{api=\"admin\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    server.stop().await;
+}
+
 async fn concurrent_conflicting_writes_one_wins(backend: Backend) {
     let server = TestServer::start(backend).await;
     let read = server
