@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ pub struct LocalEtcd {
     child: Child,
     /// The client URL, e.g. `http://127.0.0.1:40123`.
     pub endpoint: String,
+    peer: String,
+    data_dir: PathBuf,
 }
 
 impl LocalEtcd {
@@ -39,57 +41,80 @@ impl LocalEtcd {
     fn try_start(data_dir: &Path) -> Result<Self, String> {
         let client = format!("http://127.0.0.1:{}", free_port()?);
         let peer = format!("http://127.0.0.1:{}", free_port()?);
-        let mut child = Command::new("etcd")
-            .arg("--name=meridian-local")
-            .arg(format!("--data-dir={}", data_dir.display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=meridian-local={peer}"))
-            // Fast elections and a short minimum lease TTL keep tests quick.
-            .args(["--heartbeat-interval=10", "--election-timeout=100"])
-            .args(["--logger=zap", "--log-outputs=stderr"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn etcd: {e}"))?;
-        let stderr = child.stderr.take().ok_or("etcd has no stderr")?;
-        let (lines_tx, lines) = channel();
-        std::thread::spawn(move || {
-            // Keep draining etcd's log so it never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
+        let child = spawn_ready(data_dir, &client, &peer)?;
+        Ok(Self {
+            child,
+            endpoint: client,
+            peer,
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    /// Kills etcd outright (SIGKILL), as when its machine dies; its data stays.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on the same URLs and data (after [`LocalEtcd::kill`]) and waits
+    /// until it serves clients (blocking).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.child = spawn_ready(&self.data_dir, &self.endpoint, &self.peer)?;
+        Ok(())
+    }
+}
+
+/// Starts etcd with its data in `data_dir` on the `client` and `peer` URLs and waits until
+/// it serves clients; the error holds its log.
+fn spawn_ready(data_dir: &Path, client: &str, peer: &str) -> Result<Child, String> {
+    let mut child = Command::new("etcd")
+        .arg("--name=meridian-local")
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=meridian-local={peer}"))
+        // Fast elections and a short minimum lease TTL keep tests quick.
+        .args(["--heartbeat-interval=10", "--election-timeout=100"])
+        .args(["--logger=zap", "--log-outputs=stderr"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn etcd: {e}"))?;
+    let stderr = child.stderr.take().ok_or("etcd has no stderr")?;
+    let (lines_tx, lines) = channel();
+    std::thread::spawn(move || {
+        // Keep draining etcd's log so it never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_PATIENCE;
+    let mut log = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                // etcd 3.4's zap logger says the first, later versions the second.
+                let ready = line.contains("serving client traffic")
+                    || line.contains("ready to serve client requests");
+                log.push(line);
+                if ready {
+                    return Ok(child);
+                }
             }
-        });
-        let deadline = Instant::now() + START_PATIENCE;
-        let mut log = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    // etcd 3.4's zap logger says the first, later versions the second.
-                    let ready = line.contains("serving client traffic")
-                        || line.contains("ready to serve client requests");
-                    log.push(line);
-                    if ready {
-                        return Ok(Self {
-                            child,
-                            endpoint: client,
-                        });
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    log.push("timed out waiting for etcd to serve clients".into());
-                    return Err(log.join("\n"));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = child.wait().map_err(|e| e.to_string())?;
-                    log.push(format!("etcd exited: {status}"));
-                    return Err(log.join("\n"));
-                }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                log.push("timed out waiting for etcd to serve clients".into());
+                return Err(log.join("\n"));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = child.wait().map_err(|e| e.to_string())?;
+                log.push(format!("etcd exited: {status}"));
+                return Err(log.join("\n"));
             }
         }
     }
@@ -118,6 +143,16 @@ impl Etcd {
         })
         .await
         .expect("etcd start task")
+    }
+
+    /// Kills etcd outright (SIGKILL); its data stays.
+    pub async fn kill(&mut self) {
+        tokio::task::block_in_place(|| self.server.kill());
+    }
+
+    /// Starts the killed etcd again on the same URLs and data; returns once it serves.
+    pub async fn restart(&mut self) {
+        tokio::task::block_in_place(|| self.server.restart()).unwrap_or_else(|log| panic!("{log}"));
     }
 
     /// The store configuration that reaches it.

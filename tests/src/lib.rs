@@ -6,9 +6,11 @@
 //! Every component is the real one, started in-process through the same `run` functions its
 //! binary calls. Each agent runs on a runtime of its own so that a test can kill it outright
 //! (its listener, heartbeats and connections vanish at once, as when its machine dies)
-//! rather than only ask it to drain.
+//! rather than only ask it to drain. The [`chaos`] harness goes further: its control plane and
+//! agents are processes of their own, SIGKILLed and started again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod chaos;
 mod stack;
 
 pub use stack::{Answer, Backend, MODEL, RegionDef, Stack};

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod billing;
+mod chaos;
 mod dev_script;
 mod failover;
 mod lifecycle;

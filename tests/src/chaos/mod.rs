@@ -1,0 +1,15 @@
+//! The chaos harness: a Meridian whose control plane and region agents are processes of
+//! their own (SIGKILLed and started again on the same address and data), on a control plane
+//! on the embedded store or on a real etcd that can be killed too, an in-process edge, a
+//! link proxy that can black-hole, an open-loop load, and the accounting of every request
+//! sent that each scenario ends with.
+
+mod load;
+mod node;
+mod proxy;
+mod world;
+
+pub use load::{Call, End, Load, Plan, Sent, Tally, follow, resend_unsettled, soak};
+pub use node::Node;
+pub use proxy::LinkProxy;
+pub use world::{Store, World, WorldSpec};

@@ -1,0 +1,97 @@
+//! A link between the edge and an agent that stops answering (accepts and reads, never
+//! answers) rather than refusing: the edge answers every request clearly within its read
+//! timeout, its breaker takes the region out, and the other region serves.
+
+use std::time::Duration;
+
+use tests::chaos::{Call, Load, Plan, Store, Tally, World, follow, resend_unsettled, soak};
+use tests::eventually;
+
+use super::{NODE, TWO_REGIONS, spec, usage_counted_once};
+use crate::LONDON_IP;
+
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_black_holed_link_is_answered_within_the_read_timeout_and_routed_around() {
+    let world = World::start(
+        NODE,
+        tests::chaos::WorldSpec {
+            proxied: Some("eu-west"),
+            read_timeout: READ_TIMEOUT,
+            ..spec(Store::Embedded, TWO_REGIONS)
+        },
+    )
+    .await;
+    let key = world.key("acme");
+    let plan = Plan {
+        rate: 20,
+        duration: soak(Duration::from_secs(4)),
+        from: LONDON_IP,
+        image_size: 8,
+        calls: &[Call::Run, Call::Queue],
+    };
+    let load = Load::start(&world.edge.base, &key, plan.clone());
+    eventually("eu-west serves through the link", || async {
+        load.served_by("eu-west") >= 10
+    })
+    .await;
+    let proxy = world.proxy.as_ref().unwrap();
+    proxy.black_hole();
+    let dark_at = load.elapsed();
+    let mut sent = load.finish().await;
+    let slowest = sent
+        .iter()
+        .filter_map(|s| Some(s.answered? - s.at))
+        .max()
+        .unwrap();
+    let timed_out = sent.iter().filter(|s| s.status == Some(504)).count();
+    // The first timeout opens the region's circuit (with the second); requests that left
+    // later and still timed out went to the dark link through a half-open circuit.
+    let opened = sent
+        .iter()
+        .filter(|s| s.status == Some(504))
+        .filter_map(|s| s.answered)
+        .min();
+    let after_open = opened.map_or(0, |opened| {
+        sent.iter()
+            .filter(|s| s.at > opened && s.status == Some(504))
+            .count()
+    });
+    let routed_around = sent
+        .iter()
+        .filter(|s| s.at >= dark_at && s.region.as_deref() == Some("eu-central"))
+        .filter(|s| matches!(s.status, Some(200 | 202)))
+        .count();
+    // Over a good link again: clients whose answers timed out send again with their keys,
+    // and the jobs eu-west queued before the link went dark are followed.
+    proxy.heal();
+    resend_unsettled(&world.edge.base, &key, &plan, &mut sent).await;
+    follow(&world.edge.base, &key, &mut sent).await;
+
+    let mut tally = Tally::of(
+        "black-holed edge→agent link",
+        &plan,
+        &format!(
+            "eu-west's link accepts and reads, never answers (read timeout {} ms)",
+            READ_TIMEOUT.as_millis()
+        ),
+        &sent,
+    );
+    tally.figure(format!(
+        "slowest answer {} ms; 504 timeout: {timed_out} ({after_open} sent after the first \
+         timeout); served by eu-central after: {routed_around}",
+        slowest.as_millis()
+    ));
+    tally.figure(usage_counted_once(&world, "eu-west", &sent).await);
+    tally.figure(usage_counted_once(&world, "eu-central", &sent).await);
+    tally.print();
+    tally.assert_nothing_lost();
+    // Every answer within the read timeout and the time to connect and answer around it.
+    let bound = READ_TIMEOUT + Duration::from_secs(2);
+    assert!(
+        slowest <= bound,
+        "an answer took {slowest:?} (bound {bound:?})"
+    );
+    assert!(routed_around > 0, "nothing was served elsewhere");
+}
