@@ -8,11 +8,22 @@ use serde_json::json;
 use crate::support::{Answer, ESRGAN, TestEdge, World, cidr};
 
 async fn queue(edge: &TestEdge, key: &str, extra: &[(&str, &str)]) -> Answer {
+    queue_padded(edge, key, extra, 0).await
+}
+
+/// A submission with `padding` bytes more in its body (over 64 KiB: read whole and sent by
+/// the edge's own client).
+async fn queue_padded(
+    edge: &TestEdge,
+    key: &str,
+    extra: &[(&str, &str)],
+    padding: usize,
+) -> Answer {
     let mut request = edge
         .http
         .post(format!("{}/v1/queue/{ESRGAN}", edge.base))
         .header("authorization", format!("Key {key}"))
-        .json(&json!({"input": {"image": "aGVsbG8="}}));
+        .json(&json!({"input": {"image": "aGVsbG8="}, "padding": ".".repeat(padding)}));
     for (name, value) in extra {
         request = request.header(*name, *value);
     }
@@ -31,12 +42,15 @@ fn submissions(world: &World) -> usize {
 async fn the_job_bound_reaches_the_agent_whose_429_is_final_and_reported_jobs_refuse_early() {
     let world = World::start(&[]).await;
     let revision = world.report_jobs("us-west", &[("bounded", 1)]).await;
-    let edge = world.start_edge(world.edge_config()).await;
+    let mut config = world.edge_config();
+    config.max_body_bytes = 1 << 20;
+    let edge = world.start_edge(config).await;
     edge.wait_for_revision(revision).await;
     let key = world.key("bounded").to_owned();
 
-    // A client cannot raise its own bound.
-    let first = queue(&edge, &key, &[(headers::TENANT_MAX_JOBS, "1000")]).await;
+    // A client cannot raise its own bound. (A large body, sent by the edge's own client.)
+    let forged = [(headers::TENANT_MAX_JOBS, "1000")];
+    let first = queue_padded(&edge, &key, &forged, 100 * 1024).await;
     assert_eq!(first.status, 202, "{}", first.body);
     let region = first.header(headers::REGION).unwrap().to_owned();
     assert_ne!(region, "us-west");
@@ -51,7 +65,7 @@ async fn the_job_bound_reaches_the_agent_whose_429_is_final_and_reported_jobs_re
     assert_eq!(sent(headers::TENANT_JOBS_ELSEWHERE).as_deref(), Some("1"));
 
     // Its agent now holds one job and us-west one: the agent refuses, and no other region
-    // is tried.
+    // is tried. (A small body, sent through pingora.)
     let second = queue(&edge, &key, &[]).await;
     assert_eq!(second.status, 429, "{}", second.body);
     assert_eq!(second.error_type(), "concurrency_limited");

@@ -108,6 +108,7 @@ async fn world(
     near: &str,
     far: &str,
     dir: &std::path::Path,
+    max_body_bytes: u64,
 ) -> (TestControlPlane, TestEdge, String) {
     let catalog = Catalog::new()
         .routing("heartbeat_timeout_ms = 86400000")
@@ -142,16 +143,31 @@ async fn world(
     let ready_at = control_plane.edge().snapshot().await.unwrap().revision;
     let mut config = testkit::edge::edge_config(&control_plane.url, dir, FRANKFURT);
     config.read_timeout = std::time::Duration::from_secs(10);
+    config.max_body_bytes = max_body_bytes;
     let edge = TestEdge::start(config, ready_at).await;
     (control_plane, edge, key)
 }
 
+/// A body limit under which every submission here fits pingora's retry buffer.
+const SMALL: u64 = 64 * 1024;
+
 async fn submit(edge: &TestEdge, key: &str, marker: u64, idempotency: Option<&str>) -> Answer {
+    submit_padded(edge, key, marker, idempotency, 0).await
+}
+
+/// A submission with `padding` bytes more in its body.
+async fn submit_padded(
+    edge: &TestEdge,
+    key: &str,
+    marker: u64,
+    idempotency: Option<&str>,
+    padding: usize,
+) -> Answer {
     let mut request = edge
         .http
         .post(format!("{}/v1/queue/{ESRGAN}", edge.base))
         .header("authorization", format!("Key {key}"))
-        .json(&json!({"input": {"image": "aGVsbG8="}, "marker": marker}));
+        .json(&json!({"input": {"image": "aGVsbG8="}, "marker": marker, "padding": ".".repeat(padding)}));
     if let Some(key) = idempotency {
         request = request.header(headers::IDEMPOTENCY_KEY, key);
     }
@@ -162,7 +178,7 @@ async fn submit(edge: &TestEdge, key: &str, marker: u64, idempotency: Option<&st
 async fn a_submission_lost_on_a_reused_connection_is_not_sent_again() {
     let (near, far) = (Breaking::start().await, Breaking::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let (_control_plane, edge, key) = world(&near.endpoint, &far.endpoint, dir.path()).await;
+    let (_control_plane, edge, key) = world(&near.endpoint, &far.endpoint, dir.path(), SMALL).await;
     // Submissions go over the edge's pooled connection to `near` until one is read on a
     // reused connection and lost (and, were it sent again, read twice).
     let mut lost = None;
@@ -190,7 +206,7 @@ async fn a_submission_lost_on_a_reused_connection_is_not_sent_again() {
 async fn a_keyed_submission_lost_on_a_reused_connection_goes_to_the_same_region_again() {
     let (near, far) = (Breaking::start().await, Breaking::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let (_control_plane, edge, key) = world(&near.endpoint, &far.endpoint, dir.path()).await;
+    let (_control_plane, edge, key) = world(&near.endpoint, &far.endpoint, dir.path(), SMALL).await;
     let mut resent = None;
     for marker in 0..20 {
         let idempotency = format!("order-{marker}");
@@ -213,5 +229,41 @@ async fn a_keyed_submission_lost_on_a_reused_connection_goes_to_the_same_region_
     let bad = submit(&edge, &key, 99, Some("two words")).await;
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert_eq!(near.total(), before);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_submissions_sent_by_the_edge_itself_follow_the_same_rule() {
+    let (near, far) = (Breaking::start().await, Breaking::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (_control_plane, edge, key) =
+        world(&near.endpoint, &far.endpoint, dir.path(), 1 << 20).await;
+    let padding = 100 * 1024; // over pingora's retry buffer: read whole and sent by the edge
+    let mut lost = None;
+    for marker in 0..20 {
+        let answer = submit_padded(&edge, &key, marker, None, padding).await;
+        if answer.status != 202 || near.read(marker) > 1 {
+            lost = Some((marker, answer));
+            break;
+        }
+    }
+    let (marker, answer) = lost.expect("a submission went over a reused connection");
+    assert_eq!(near.read(marker), 1, "the lost submission was sent again");
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert_eq!(far.total(), 0);
+
+    let mut resent = None;
+    for marker in 100..120 {
+        let idempotency = format!("order-{marker}");
+        let answer = submit_padded(&edge, &key, marker, Some(&idempotency), padding).await;
+        assert_eq!(answer.status, 202, "{marker}: {}", answer.body);
+        if near.read(marker) > 1 {
+            resent = Some(marker);
+            break;
+        }
+    }
+    let marker = resent.expect("a keyed submission went over a reused connection");
+    assert_eq!(near.read(marker), 2, "sent once more, to the same region");
+    assert_eq!(far.total(), 0);
     edge.stop().await;
 }

@@ -1,5 +1,6 @@
-//! Clients that hold connections without finishing requests: a header dripped a byte at a
-//! time is cut off at its deadline, and one address cannot open more than its share.
+//! Clients that hold connections without finishing requests: a header or body dripped a byte
+//! at a time is cut off at its deadline, an idle connection at its own, and one address
+//! cannot open more than its share.
 
 use std::time::Duration;
 
@@ -129,5 +130,71 @@ async fn one_address_cannot_open_more_than_its_connections() {
         matches!(stream.read(&mut chunk).await, Ok(n) if n > 0)
     })
     .await;
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripped_body_is_cut_off_at_the_body_deadline_and_reaches_no_agent() {
+    let world = World::start(&[]).await;
+    let mut config = world.edge_config();
+    config.connections.body_timeout = Duration::from_millis(500);
+    let edge = world.start_edge(config).await;
+    let key = world.key("acme").to_owned();
+    let body = r#"{"input": {"image": "aGVsbG8="}, "padding": "................"}"#;
+    let head = format!(
+        "POST /v1/queue/{} HTTP/1.1\r\nhost: edge\r\nauthorization: Key {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        crate::support::ESRGAN,
+        body.len()
+    );
+    let mut stream = connect(&edge).await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let body = body.to_owned();
+    let drip = tokio::spawn(async move {
+        let mut sent = 0;
+        for byte in body.as_bytes() {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (sent, body.len())
+    });
+    let mut answer = Vec::new();
+    let _ = within(
+        "the edge to close the connection",
+        reader.read_to_end(&mut answer),
+    )
+    .await;
+    let (sent, whole) = drip.await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.contains("202"),
+        "the dripped job was accepted: {answer}"
+    );
+    assert!(sent < whole, "the whole body ({whole} bytes) got through");
+    assert!(
+        world.agents.values().all(|a| a.seen().is_empty()),
+        "an agent saw the job"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_deadline() {
+    let world = World::start(&[]).await;
+    let mut config = world.edge_config();
+    config.connections.idle_timeout = Duration::from_millis(500);
+    let edge = world.start_edge(config).await;
+    let key = world.key("acme").to_owned();
+    // Silent from the start…
+    let mut silent = connect(&edge).await;
+    assert!(within("the silent connection to close", closed(&mut silent)).await);
+    // …or after a request.
+    let mut stream = connect(&edge).await;
+    assert!(models(&mut stream, &key).await.contains("200"));
+    assert!(within("the kept-alive connection to close", closed(&mut stream)).await);
     edge.stop().await;
 }
