@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use contract::ConfigError;
-use contract::ConfigProblems;
+use contract::{ConfigProblems, Secret};
 use policy::CatalogSpec;
 use serde::Deserialize;
 
@@ -26,11 +26,11 @@ pub struct ConfigFile {
     #[serde(default = "default_listen")]
     pub listen: String,
     /// Bearer token of the admin API; at least 16 characters.
-    pub admin_token: String,
+    pub admin_token: Secret,
     /// Bearer token edges fetch snapshots with; at least 16 characters.
-    pub edge_token: String,
+    pub edge_token: Secret,
     /// Bearer token region agents register with; at least 16 characters.
-    pub agent_token: String,
+    pub agent_token: Secret,
     /// Where state is kept. Default: the embedded store under `meridian-data`.
     #[serde(default)]
     pub store: StoreFile,
@@ -254,14 +254,16 @@ impl ConfigFile {
     /// Applies environment overrides, looked up with `var`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         let [listen, admin, edge, agent] = ENV_OVERRIDES;
+        if let Some(value) = var(listen) {
+            self.listen = value;
+        }
         for (name, field) in [
-            (listen, &mut self.listen),
             (admin, &mut self.admin_token),
             (edge, &mut self.edge_token),
             (agent, &mut self.agent_token),
         ] {
             if let Some(value) = var(name) {
-                *field = value;
+                *field = Secret::new(value);
             }
         }
     }
@@ -282,9 +284,9 @@ impl ConfigFile {
             );
         }
         let tokens = [
-            ("admin_token", &self.admin_token),
-            ("edge_token", &self.edge_token),
-            ("agent_token", &self.agent_token),
+            ("admin_token", self.admin_token.expose()),
+            ("edge_token", self.edge_token.expose()),
+            ("agent_token", self.agent_token.expose()),
         ];
         for (field, token) in tokens {
             if token.chars().count() < 16 || token.chars().any(char::is_whitespace) {
@@ -396,10 +398,10 @@ impl ConfigFile {
             Some(listen) if problems.is_empty() => Ok(ServerConfig {
                 listen,
                 api: ApiSettings {
-                    admin_token: Token::new(&self.admin_token),
-                    edge_token: Token::new(&self.edge_token),
-                    agent_token: Token::new(&self.agent_token),
-                    agent_secret: crate::api::Secret(self.agent_token.clone()),
+                    admin_token: Token::new(self.admin_token.expose()),
+                    edge_token: Token::new(self.edge_token.expose()),
+                    agent_token: Token::new(self.agent_token.expose()),
+                    agent_secret: self.agent_token.clone(),
                     max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
                     agent_lease_ttl: Duration::from_secs(self.agent_lease_ttl_secs),
                     max_poll_wait: Duration::from_secs(self.max_poll_wait_secs),
@@ -517,6 +519,30 @@ mod tests {
         let mut file: ConfigFile = contract::problems::from_toml_strict(GOOD).unwrap();
         file.apply_env(|name| (name == "MERIDIAN_LISTEN").then(|| "0.0.0.0:9000".to_owned()));
         assert_eq!(file.listen, "0.0.0.0:9000");
-        assert_eq!(file.admin_token, "admin-0123456789abcdef");
+        assert_eq!(file.admin_token.expose(), "admin-0123456789abcdef");
+    }
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let mut file: ConfigFile = contract::problems::from_toml_strict(GOOD).unwrap();
+        file.apply_env(|name| {
+            (name == "MERIDIAN_EDGE_TOKEN").then(|| "edge-from-env-0123456789".to_owned())
+        });
+        let config = file.check(Path::new(".")).unwrap();
+        for shown in [
+            format!("{file:?}"),
+            format!("{config:?}"),
+            format!("{file:#?}"),
+        ] {
+            for token in [
+                "admin-0123456789abcdef",
+                "edge-from-env-0123456789",
+                "agent-0123456789abcdef",
+                "0123456789abcdef",
+            ] {
+                assert!(!shown.contains(token), "{token} in {shown}");
+            }
+            assert!(shown.contains("agent_lease_ttl"), "{shown}");
+        }
     }
 }

@@ -72,23 +72,6 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// A secret the control plane presents to others; never printed.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl Secret {
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
-
 /// What the API needs to know, fixed at start.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -100,7 +83,7 @@ pub struct ApiSettings {
     pub agent_token: Token,
     /// The agent token itself: the control plane presents it to region agents when it
     /// reads what they keep in their region (per-job usage records).
-    pub agent_secret: Secret,
+    pub agent_secret: contract::Secret,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// How long a silent agent's status lives.
@@ -122,7 +105,7 @@ impl ApiSettings {
             admin_token: Token::new(admin),
             edge_token: Token::new(edge),
             agent_token: Token::new(agent),
-            agent_secret: Secret(agent.to_owned()),
+            agent_secret: contract::Secret::new(agent.to_owned()),
             max_body_bytes: 1 << 20,
             agent_lease_ttl: Duration::from_secs(10),
             max_poll_wait: Duration::from_secs(60),
