@@ -51,7 +51,9 @@ impl Edge {
         ctx.state = Some(Arc::clone(&state));
         let address = self.client_address(session);
         if let Some(address) = address {
-            self.failed_keys.check(address, self.clock.elapsed())?;
+            self.failed_keys
+                .check(address, self.clock.elapsed())
+                .inspect_err(|e| self.count_throttled(e))?;
         }
         let authorization = request
             .headers
@@ -74,7 +76,9 @@ impl Edge {
         match call {
             Call::Models => Ok(Admitted::Answer(models_body(&state.catalog, tenant))),
             Call::Request { region } => {
-                self.reads.check(tenant.id.as_str(), self.clock.elapsed())?;
+                self.reads
+                    .check(tenant.id.as_str(), self.clock.elapsed())
+                    .inspect_err(|e| self.count_throttled(e))?;
                 let index = state
                     .catalog
                     .region_index(&region)
@@ -149,6 +153,13 @@ impl Edge {
             .region_index(&region)
             .filter(|i| tenant.allowed_regions.contains(*i))
             .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+    }
+
+    fn count_throttled(&self, refusal: &ApiError) {
+        self.metrics
+            .throttled
+            .with_label_values(&[refusal.kind])
+            .inc();
     }
 
     /// The client's address: the peer, or the address a trusted proxy forwarded for.

@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::ConnectionLimits;
+use crate::metrics::Metrics;
 
 /// Where a connection's client is in its current request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +54,23 @@ pub enum Phase {
     Busy,
 }
 
+impl Phase {
+    /// The phase's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Idle(_) => "idle",
+            Phase::Header(_) => "header",
+            Phase::Body(_) => "body",
+            Phase::Busy => "busy",
+        }
+    }
+}
+
 /// The open connections and their phases.
 #[derive(Debug)]
 pub struct Connections {
     limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
     open: Mutex<Open>,
 }
 
@@ -79,6 +93,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.connections.open.lock();
         open.total = open.total.saturating_sub(1);
+        self.connections.metrics.connections_open.dec();
         if let Some(peer) = self.peer {
             if let Some(count) = open.by_address.get_mut(&peer.ip()) {
                 *count = count.saturating_sub(1);
@@ -92,10 +107,11 @@ impl Drop for Slot {
 }
 
 impl Connections {
-    /// No connection open yet.
-    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+    /// No connection open yet; counts go to `metrics`.
+    pub fn new(limits: ConnectionLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             limits,
+            metrics,
             open: Mutex::new(Open::default()),
         })
     }
@@ -105,16 +121,19 @@ impl Connections {
     pub fn admit(self: &Arc<Self>, peer: Option<SocketAddr>) -> Option<Slot> {
         let mut open = self.open.lock();
         if open.total >= self.limits.max {
+            self.metrics.connections_refused.inc();
             return None;
         }
         if let Some(peer) = peer {
             let count = open.by_address.entry(peer.ip()).or_insert(0);
             if *count >= self.limits.max_per_address {
+                self.metrics.connections_refused.inc();
                 return None;
             }
             *count += 1;
         }
         open.total += 1;
+        self.metrics.connections_open.inc();
         Some(Slot {
             connections: Arc::clone(self),
             peer,
@@ -245,10 +264,17 @@ impl AsyncRead for GuardedStream {
                     this.armed = Some(deadline);
                 }
                 match this.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("the client was too slow ({phase:?})"),
-                    ))),
+                    Poll::Ready(()) => {
+                        this.connections
+                            .metrics
+                            .slow_clients
+                            .with_label_values(&[phase.name()])
+                            .inc();
+                        Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the client was too slow ({phase:?})"),
+                        )))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -370,7 +396,8 @@ mod tests {
 
     #[test]
     fn connections_are_capped_per_address_and_in_all() {
-        let connections = Connections::new(limits(3, 2));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let connections = Connections::new(limits(3, 2), Arc::clone(&metrics));
         let a = |port| Some(SocketAddr::from(([192, 0, 2, 1], port)));
         let b = |port| Some(SocketAddr::from(([192, 0, 2, 2], port)));
         let first = connections.admit(a(1)).unwrap();
@@ -381,8 +408,11 @@ mod tests {
         );
         let _third = connections.admit(b(1)).unwrap();
         assert!(connections.admit(b(2)).is_none(), "a fourth in all");
+        assert_eq!(metrics.connections_refused.get(), 2);
+        assert_eq!(metrics.connections_open.get(), 3);
         drop(first);
         assert_eq!(connections.open(), 2);
+        assert_eq!(metrics.connections_open.get(), 2);
         assert!(
             connections.admit(a(4)).is_some(),
             "a closed one frees its place"

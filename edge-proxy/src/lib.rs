@@ -323,7 +323,7 @@ pub async fn run_upgradable(
         ),
         reads: throttle::ReadRates::new(config.limits.reads),
         failed_keys: throttle::FailedKeys::new(config.limits.failed_keys_per_minute),
-        connections: connections::Connections::new(config.connections),
+        connections: connections::Connections::new(config.connections, Arc::clone(&metrics)),
         retries: RetryBudget::new(config.retry_ratio, config.retry_floor),
         config,
         state: shared,

@@ -29,7 +29,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Time from the request's arrival to the end of its answer, by region and model.
     pub latency: HistogramVec,
-    /// Retries sent to another region, by reason (`connect`, `refused`).
+    /// Retries, by reason: to another region (`connect`, `refused`), or a keyed submission
+    /// sent once more to the same region (`resend`).
     pub retries: IntCounterVec,
     /// Retries not sent because the retry budget was spent.
     pub retries_denied: IntCounter,
@@ -41,6 +42,16 @@ pub struct Metrics {
     pub snapshot_age: IntGauge,
     /// Snapshots that did not validate and were dropped.
     pub snapshot_rejected: IntCounter,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Client connections closed at once because too many were open.
+    pub connections_refused: IntCounter,
+    /// Client connections closed because the client was too slow, by phase (`idle`,
+    /// `header`, `body`).
+    pub slow_clients: IntCounterVec,
+    /// Requests refused by a throttle that is not a tenant's quota, by type
+    /// (`read_rate_limited`, `too_many_failed_keys`).
+    pub throttled: IntCounterVec,
     received_unix: AtomicI64,
 }
 
@@ -96,6 +107,32 @@ impl Metrics {
             "meridian_edge_snapshots_rejected_total",
             "Snapshots dropped because they did not validate",
         )?;
+        let connections_open = IntGauge::new(
+            "meridian_edge_connections_open",
+            "Client connections open now",
+        )?;
+        let connections_refused = IntCounter::new(
+            "meridian_edge_connections_refused_total",
+            "Client connections closed at once because too many were open (in all or from one address)",
+        )?;
+        let slow_clients = IntCounterVec::new(
+            Opts::new(
+                "meridian_edge_slow_clients_total",
+                "Client connections closed at a deadline, by phase (idle, header, body)",
+            ),
+            &["phase"],
+        )?;
+        let throttled = IntCounterVec::new(
+            Opts::new(
+                "meridian_edge_throttled_total",
+                "Requests refused by the read rate or the wrong-key throttle, by type",
+            ),
+            &["type"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(slow_clients.clone()))?;
+        registry.register(Box::new(throttled.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(retries.clone()))?;
@@ -114,6 +151,10 @@ impl Metrics {
             snapshot_revision,
             snapshot_age,
             snapshot_rejected,
+            connections_open,
+            connections_refused,
+            slow_clients,
+            throttled,
             received_unix: AtomicI64::new(0),
         })
     }

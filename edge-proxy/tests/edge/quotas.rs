@@ -173,5 +173,10 @@ async fn an_address_that_tries_many_wrong_keys_is_throttled() {
     let acme = world.key("acme").to_owned();
     assert_eq!(from(attacker, acme.clone()).await.status, 429);
     assert_eq!(from("198.51.100.8", acme).await.status, 200);
+    let metrics = edge.metrics().await.unwrap();
+    assert!(
+        metrics.contains("meridian_edge_throttled_total{type=\"too_many_failed_keys\"} 2"),
+        "{metrics}"
+    );
     edge.stop().await;
 }

@@ -90,6 +90,11 @@ async fn a_header_dripped_after_a_request_is_cut_off_at_the_header_deadline() {
     );
     assert!(ended.is_ok() || sent < whole, "{ended:?}");
     assert!(sent < whole, "the whole header ({whole} bytes) got through");
+    let metrics = edge.metrics().await.unwrap();
+    assert!(
+        metrics.contains("meridian_edge_slow_clients_total{phase=\"header\"} 1"),
+        "{metrics}"
+    );
     edge.stop().await;
 }
 
@@ -115,6 +120,11 @@ async fn one_address_cannot_open_more_than_its_connections() {
         )
         .await,
         "the fourth connection stayed open"
+    );
+    let metrics = edge.metrics().await.unwrap();
+    assert!(
+        metrics.contains("meridian_edge_connections_refused_total 1"),
+        "{metrics}"
     );
     // The three are still served; closing one makes room.
     assert!(models(&mut open[0], &key).await.contains("200"));
