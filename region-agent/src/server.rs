@@ -17,7 +17,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, Tokens};
+use crate::api::{self, AppState, Limits, Tokens};
 use crate::catalog::source;
 use crate::config::{AgentConfig, CatalogSource};
 use crate::gpu::Hardware;
@@ -118,20 +118,21 @@ fn serve_http(
         edge: config.edge_token.clone(),
         agent: config.control_plane().map(|cp| cp.agent_token.clone()),
     };
-    let state = AppState::new(
-        scheduler.clone(),
-        tokens,
-        config.sync_timeout,
-        config.max_body_bytes,
-    );
+    let limits = Limits {
+        sync_timeout: config.sync_timeout,
+        max_body_bytes: config.max_body_bytes,
+        body_read: config.connections.body_read,
+    };
+    let state = AppState::new(scheduler.clone(), tokens, limits);
     let address = listener
         .local_addr()
         .context("read the listening address")?;
-    let server = tokio::spawn(
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .into_future(),
-    );
+    let server = tokio::spawn(api::serve::serve(
+        listener,
+        api::router(state),
+        config.connections,
+        stop,
+    ));
     tracing::info!(%address, region = %config.region, "region agent serving");
     Ok(server)
 }

@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 use contract::{ErrorBody, Refusal, headers};
 use serde_json::json;
 
+/// When to try again after a `disk_full` refusal, in seconds (`Retry-After`).
+const DISK_FULL_RETRY_S: &str = "30";
+
 /// Everything a `/v1/` call can answer with instead of success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +36,9 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The body did not arrive within the body deadline.
+    #[error("the body did not arrive within {0} ms")]
+    BodyTimeout(u128),
     /// The body is not JSON.
     #[error("the body must be JSON (content-type: application/json)")]
     UnsupportedMediaType,
@@ -79,6 +85,7 @@ impl ApiError {
             Self::NotReady(_) => (StatusCode::CONFLICT, "not_ready"),
             Self::NotCancellable(_) => (StatusCode::CONFLICT, "not_cancellable"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -113,6 +120,9 @@ impl IntoResponse for ApiError {
             Self::Refused(refusal) => {
                 body = body.with_reason(refusal.reason());
                 headers.push((headers::REFUSED, refusal.reason().to_owned()));
+                if *refusal == Refusal::DiskFull {
+                    headers.push(("retry-after", DISK_FULL_RETRY_S.to_owned()));
+                }
             }
             Self::Timeout { request_id: id, .. } => {
                 request_id = Some(id.clone());

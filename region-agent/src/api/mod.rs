@@ -1,23 +1,28 @@
 //! The agent's HTTP API (region-agent/API.md) on axum: the edge→agent calls under `/v1/`
-//! (the edge-token check, the tenant header, the headers every answer carries) and the
-//! control plane's internal calls under `/internal/v1/` (its agent token).
+//! (the edge-token check, the tenant header, the headers every answer carries, bodies
+//! refused by their declared length and read within a deadline) and the control plane's
+//! internal calls under `/internal/v1/` (its agent token). [`serve`] serves it with
+//! connection deadlines and caps.
 
 mod error;
 mod jobs;
+pub mod serve;
 mod sse;
 mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use contract::{Secret, TenantId, headers};
+use futures_util::StreamExt;
 use serde_json::json;
 
 pub use self::error::ApiError;
@@ -33,7 +38,20 @@ struct Inner {
     agent_token: Option<Secret>,
     sync_timeout: Duration,
     max_body_bytes: usize,
+    body_read: Duration,
     region_header: HeaderValue,
+}
+
+/// How the API treats requests: how long a synchronous run waits, the largest body and
+/// the deadline for reading one.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long `POST /v1/run/…` waits for its job.
+    pub sync_timeout: Duration,
+    /// Largest body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest time to read a body once the header has arrived.
+    pub body_read: Duration,
 }
 
 /// The secrets the API checks.
@@ -47,22 +65,17 @@ pub struct Tokens {
 }
 
 impl AppState {
-    /// The API over `scheduler`, checking `tokens`; synchronous runs wait up to
-    /// `sync_timeout`; bodies over `max_body_bytes` are refused.
-    pub fn new(
-        scheduler: Scheduler,
-        tokens: Tokens,
-        sync_timeout: Duration,
-        max_body_bytes: usize,
-    ) -> Self {
+    /// The API over `scheduler`, checking `tokens`, within `limits`.
+    pub fn new(scheduler: Scheduler, tokens: Tokens, limits: Limits) -> Self {
         let region_header = HeaderValue::from_str(scheduler.region().as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self(Arc::new(Inner {
             scheduler,
             edge_token: tokens.edge,
             agent_token: tokens.agent,
-            sync_timeout,
-            max_body_bytes,
+            sync_timeout: limits.sync_timeout,
+            max_body_bytes: limits.max_body_bytes,
+            body_read: limits.body_read,
             region_header,
         }))
     }
@@ -84,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}/cancel", put(jobs::cancel))
         .route("/v1/requests/{id}/files/{name}", get(jobs::file))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), v1_layer))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     Router::new()
@@ -113,6 +127,56 @@ async fn v1_layer(State(state): State<AppState>, request: Request, next: Next) -
     response
         .headers_mut()
         .insert(headers::REGION, state.0.region_header.clone());
+    response
+}
+
+/// Refuses a body whose declared length is over the limit before reading it, and reads
+/// the body within the body deadline; either failure also closes the connection (the rest
+/// of the body is never read).
+async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.0.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        return closing(ApiError::TooLarge(limit).into_response());
+    }
+    let (parts, body) = request.into_parts();
+    let deadline = state.0.body_read;
+    let bytes = match tokio::time::timeout(deadline, collect(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return closing(e.into_response()),
+        Err(_) => {
+            let ms = deadline.as_millis();
+            return closing(ApiError::BodyTimeout(ms).into_response());
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn collect(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if bytes.len().saturating_add(chunk.len()) > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Asks for the connection to be closed after `response`.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -32,9 +32,35 @@ pub struct AgentFile {
     /// not yet sent to the control plane are kept however old they are.
     #[serde(default)]
     pub usage_retention_days: Option<u64>,
-    /// Largest request body accepted, in bytes. Default 33554432 (32 MiB).
+    /// Largest request body accepted, in bytes. Default 33554432 (32 MiB). A request whose
+    /// `Content-Length` says more is answered `413` before its body is read.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Longest wait for a request's header, in milliseconds, counted from its first byte: a
+    /// client that drips its header is disconnected. Default 10000.
+    #[serde(default)]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Longest wait for a request's whole body once its header has arrived, in
+    /// milliseconds; a slower body is answered `408` and the connection closed. Default
+    /// 60000.
+    #[serde(default)]
+    pub body_read_timeout_ms: Option<u64>,
+    /// A connection waiting for a request (newly opened, or kept alive after an answer) that
+    /// receives nothing for this long is closed, in milliseconds. Default 30000.
+    #[serde(default)]
+    pub keep_alive_idle_ms: Option<u64>,
+    /// Most connections open at once; more are answered `503` and closed. Default 1024.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Most connections open at once from one client address (edges open many; keep this
+    /// well above an edge's connection pool). Default 256; at most `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_client: Option<u32>,
+    /// Free space the data directory must keep, in bytes: while it has less, new jobs are
+    /// refused (`507`, `x-meridian-refused: insufficient_storage`) so accepted jobs can still
+    /// store their records and results. 0 turns the check off. Default 1073741824 (1 GiB).
+    #[serde(default)]
+    pub min_free_disk_bytes: Option<u64>,
     /// How long `POST /v1/run/...` waits for its job, in milliseconds. Default 60000.
     #[serde(default)]
     pub sync_timeout_ms: Option<u64>,

@@ -83,6 +83,41 @@ pub struct OnDemandConfig {
     pub idle_stop: Duration,
 }
 
+/// Deadlines and caps on the API's connections, against slow or greedy clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Longest wait for a request's header from its first byte (> 0).
+    pub header_read: Duration,
+    /// Longest wait for a request's body once its header has arrived (> 0).
+    pub body_read: Duration,
+    /// A connection waiting for a request that receives nothing this long is closed (> 0).
+    pub idle: Duration,
+    /// Most connections open at once (≥ 1).
+    pub max_total: usize,
+    /// Most connections open at once from one client address (1 ..= `max_total`).
+    pub max_per_client: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_millis(DEFAULT_HEADER_READ_MS),
+            body_read: Duration::from_millis(DEFAULT_BODY_READ_MS),
+            idle: Duration::from_millis(DEFAULT_IDLE_MS),
+            max_total: DEFAULT_MAX_CONNECTIONS as usize,
+            max_per_client: DEFAULT_MAX_PER_CLIENT as usize,
+        }
+    }
+}
+
+const DEFAULT_HEADER_READ_MS: u64 = 10_000;
+const DEFAULT_BODY_READ_MS: u64 = 60_000;
+const DEFAULT_IDLE_MS: u64 = 30_000;
+const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+const DEFAULT_MAX_PER_CLIENT: u32 = 256;
+/// Default free space the data directory keeps for accepted jobs: 1 GiB.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 1 << 30;
+
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -100,6 +135,10 @@ pub struct AgentConfig {
     pub usage_retention: Duration,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Deadlines and caps on connections.
+    pub connections: ConnectionLimits,
+    /// Free space (bytes) the data directory keeps; new jobs are refused below it (0: off).
+    pub min_free_disk_bytes: u64,
     /// How long a synchronous run waits.
     pub sync_timeout: Duration,
     /// How long draining may take.
@@ -178,6 +217,7 @@ impl AgentConfig {
         );
         let max_body = positive(&mut p, "max_body_bytes", file.max_body_bytes, 32 << 20);
         let sync_timeout = positive(&mut p, "sync_timeout_ms", file.sync_timeout_ms, 60_000);
+        let connections = connection_limits(&mut p, &file);
         let catalog = catalog_source(&mut p, &file);
         let models = models(&mut p, &file.models);
         let on_demand = OnDemandConfig {
@@ -196,6 +236,10 @@ impl AgentConfig {
             result_retention: Duration::from_secs(retention),
             usage_retention: DAY.saturating_mul(u32::try_from(usage_days).unwrap_or(u32::MAX)),
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+            connections,
+            min_free_disk_bytes: file
+                .min_free_disk_bytes
+                .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
             sync_timeout: Duration::from_millis(sync_timeout),
             drain_timeout: Duration::from_secs(file.drain_timeout_s.unwrap_or(30)),
             on_demand,
@@ -272,6 +316,56 @@ fn positive(p: &mut ConfigProblems, place: &str, value: Option<u64>, default: u6
         p.add(place, "is 0", format!("set 1 or more (default {default})"));
     }
     value
+}
+
+fn connection_limits(p: &mut ConfigProblems, file: &AgentFile) -> ConnectionLimits {
+    let ms = |p: &mut ConfigProblems, place: &str, value: Option<u64>, default: u64| {
+        Duration::from_millis(positive(p, place, value, default))
+    };
+    let header_read = ms(
+        p,
+        "header_read_timeout_ms",
+        file.header_read_timeout_ms,
+        DEFAULT_HEADER_READ_MS,
+    );
+    let body_read = ms(
+        p,
+        "body_read_timeout_ms",
+        file.body_read_timeout_ms,
+        DEFAULT_BODY_READ_MS,
+    );
+    let idle = ms(
+        p,
+        "keep_alive_idle_ms",
+        file.keep_alive_idle_ms,
+        DEFAULT_IDLE_MS,
+    );
+    let max_total = positive(
+        p,
+        "max_connections",
+        file.max_connections.map(u64::from),
+        u64::from(DEFAULT_MAX_CONNECTIONS),
+    );
+    let max_per_client = positive(
+        p,
+        "max_connections_per_client",
+        file.max_connections_per_client.map(u64::from),
+        u64::from(DEFAULT_MAX_PER_CLIENT).min(max_total),
+    );
+    if max_per_client > max_total {
+        p.add(
+            "max_connections_per_client",
+            format!("{max_per_client} is more than max_connections ({max_total})"),
+            "set it to max_connections or less",
+        );
+    }
+    ConnectionLimits {
+        header_read,
+        body_read,
+        idle,
+        max_total: usize::try_from(max_total).unwrap_or(usize::MAX),
+        max_per_client: usize::try_from(max_per_client).unwrap_or(usize::MAX),
+    }
 }
 
 fn parse_listen(p: &mut ConfigProblems, listen: Option<&str>) -> SocketAddr {

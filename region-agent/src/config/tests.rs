@@ -198,3 +198,44 @@ fn relative_paths_are_taken_from_the_file_s_directory() {
         CatalogSource::File(dir.path().join("catalog.toml"))
     );
 }
+
+#[test]
+fn connection_limits_and_free_disk_have_defaults_and_are_checked() {
+    let config = AgentConfig::from_toml(GOOD).unwrap();
+    assert_eq!(config.connections, ConnectionLimits::default());
+    assert_eq!(config.connections.header_read, Duration::from_secs(10));
+    assert_eq!(config.connections.body_read, Duration::from_secs(60));
+    assert_eq!(config.connections.idle, Duration::from_secs(30));
+    assert_eq!(
+        (
+            config.connections.max_total,
+            config.connections.max_per_client
+        ),
+        (1024, 256)
+    );
+    assert_eq!(config.min_free_disk_bytes, 1 << 30);
+
+    let set = GOOD.replace(
+        "on_demand_start_ms = 250",
+        "on_demand_start_ms = 250\nheader_read_timeout_ms = 500\nmax_connections = 8\n\
+         min_free_disk_bytes = 0",
+    );
+    let config = AgentConfig::from_toml(&set).unwrap();
+    assert_eq!(config.connections.header_read, Duration::from_millis(500));
+    assert_eq!(config.connections.max_per_client, 8, "capped by the total");
+    assert_eq!(config.min_free_disk_bytes, 0);
+
+    let bad = GOOD.replace(
+        "on_demand_start_ms = 250",
+        "body_read_timeout_ms = 0\nkeep_alive_idle_ms = 0\nmax_connections = 4\n\
+         max_connections_per_client = 5",
+    );
+    assert_eq!(
+        places(&bad),
+        [
+            "body_read_timeout_ms",
+            "keep_alive_idle_ms",
+            "max_connections_per_client"
+        ]
+    );
+}

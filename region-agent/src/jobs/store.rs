@@ -132,6 +132,12 @@ impl JobStore {
         }
     }
 
+    /// Free space on the store's disk for an unprivileged writer, in bytes.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let stats = rustix::fs::statvfs(&self.root).map_err(std::io::Error::from)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
     /// Every record on disk; directories without a readable record are reported and skipped.
     pub fn load_all(&self) -> Result<Vec<JobRecord>, StoreError> {
         let mut records = Vec::new();

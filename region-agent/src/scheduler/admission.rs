@@ -1,5 +1,6 @@
 //! Taking jobs in and out of the queues: refusals before acceptance (draining, no catalog,
-//! model not served, queue full, the tenant at its job bound — nothing is created),
+//! the data disk short of free space, model not served, queue full, the tenant at its job
+//! bound — nothing is created),
 //! acceptance (input checked, job stored durably, then queued), idempotency keys (a key
 //! already used for the same submission answers with its job) and cancellation while queued.
 
@@ -27,6 +28,9 @@ pub(super) fn refusal<'a>(shared: &'a Shared, model: &str) -> Result<(&'a Lane, 
     let catalog = shared
         .catalog()
         .ok_or_else(|| refused(Refusal::NoCatalog))?;
+    if short_of_space(shared) {
+        return Err(refused(Refusal::DiskFull));
+    }
     let lane = shared
         .lanes
         .get(model)
@@ -34,6 +38,40 @@ pub(super) fn refusal<'a>(shared: &'a Shared, model: &str) -> Result<(&'a Lane, 
     let quote =
         catalog_copy::quote(&catalog, lane).map_err(|_| refused(Refusal::ModelNotServed))?;
     Ok((lane, quote))
+}
+
+/// Whether the data disk has less free space than the agent keeps for accepted jobs (their
+/// records, results and usage). A disk whose free space cannot be read is not refused for
+/// it: its writes will say what is wrong.
+fn short_of_space(shared: &Shared) -> bool {
+    if shared.min_free_disk_bytes == 0 {
+        return false;
+    }
+    let (short, free) = match shared.store.free_bytes() {
+        Ok(free) => (free < shared.min_free_disk_bytes, free),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the data disk's free space");
+            return false;
+        }
+    };
+    // Said once when it changes, not at every refusal.
+    if shared.disk_short.swap(short, Ordering::SeqCst) != short {
+        let min_free_disk_bytes = shared.min_free_disk_bytes;
+        if short {
+            tracing::warn!(
+                free,
+                min_free_disk_bytes,
+                "the data disk is short of free space; new jobs are refused"
+            );
+        } else {
+            tracing::info!(
+                free,
+                min_free_disk_bytes,
+                "the data disk has free space again; new jobs are accepted"
+            );
+        }
+    }
+    short
 }
 
 /// Accepts a job (on a blocking thread), or answers with the job its idempotency key

@@ -160,3 +160,31 @@ async fn a_key_names_one_job_across_a_restart() {
     assert_eq!(jobs, 2);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_disk_short_of_space_refuses_new_jobs_and_finishes_accepted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), "");
+    // No slot: the job is accepted and waits.
+    let no_slot = super::tests::catalog(1, (0, 0), &[("test/echo", "image", 0.25)]);
+    let s = start_with(&config, vec![TestModel::new("test/echo")], Some(&no_slot));
+    let accepted = submit(&s, "kept", Terms::default()).await.unwrap();
+    s.stop().await;
+    drop(s);
+
+    // Restarted with more free space asked for than the disk has.
+    config.min_free_disk_bytes = u64::MAX;
+    let s = start_with(
+        &config,
+        vec![TestModel::new("test/echo")],
+        Some(&one_slot()),
+    );
+    assert!(matches!(
+        submit(&s, "new", Terms::default()).await,
+        Err(SubmitError::Refused(Refusal::DiskFull))
+    ));
+    assert_eq!(s.refusal("test/echo"), Some(Refusal::DiskFull));
+    let done = wait_state(&s, &accepted.id, JobState::Completed).await;
+    assert_eq!(done.output.unwrap()["text"], "KEPT");
+    s.stop().await;
+}

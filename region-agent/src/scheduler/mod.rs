@@ -139,6 +139,10 @@ pub(crate) struct Shared {
     hardware: Hardware,
     on_demand: OnDemandConfig,
     retention: Duration,
+    /// Free space the data directory keeps; new jobs are refused below it (0: no check).
+    min_free_disk_bytes: u64,
+    /// Whether the last look found the data disk short of free space.
+    disk_short: AtomicBool,
     /// The catalog copy in force; `None` until the first one arrives.
     catalog: RwLock<Option<Arc<RegionCatalog>>>,
     jobs: Mutex<HashMap<String, watch::Sender<JobRecord>>>,
@@ -244,6 +248,8 @@ impl Scheduler {
             hardware,
             on_demand: config.on_demand,
             retention: config.result_retention,
+            min_free_disk_bytes: config.min_free_disk_bytes,
+            disk_short: AtomicBool::new(false),
             catalog: RwLock::new(None),
             jobs: Mutex::new(HashMap::new()),
             lanes,
