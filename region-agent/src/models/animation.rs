@@ -27,15 +27,16 @@ pub struct AnimationLimits {
 }
 
 impl Default for AnimationLimits {
-    /// 120 frames of at most 256 × 256 pixels (512 a side), 2 M pixels in all: at about
-    /// 70 µs per input pixel for ×2 on two CPU cores (the `video_upscale` benchmark), the
-    /// largest input takes one CPU worker about two and a half minutes.
+    /// 120 frames of at most 256 × 256 pixels (512 a side), 1 M pixels in all: at about
+    /// 56 µs per input pixel for ×2 on two CPU cores (`tests/largest_inputs.rs`), the
+    /// largest input takes one CPU worker about a minute, half the default timeout of a job
+    /// (docs/design.md §10 keeps the figures).
     fn default() -> Self {
         Self {
             max_frames: 120,
             max_side: 512,
             max_frame_pixels: 256 * 256,
-            max_total_pixels: 2 * 1024 * 1024,
+            max_total_pixels: 1024 * 1024,
         }
     }
 }

@@ -1,0 +1,102 @@
+//! How long the largest input each model's limits allow takes on this machine's CPU, run
+//! through the same path as a job (`Model::prepare`, `Model::load`, `LoadedModel::run`) with
+//! the real weights. Figures, not checks (tests never assert wall-clock times): ignored by
+//! default; `cargo test -p region-agent --test largest_inputs -- --ignored --nocapture
+//! --test-threads 1` prints them. docs/design.md ("Input limits") keeps the figures the
+//! limits were set from, against the default `timeout_s` of 120 s.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use base64::Engine as _;
+use candle_core::Device;
+use image::{ImageFormat, Rgba, RgbaImage};
+use region_agent::models::animation::{Animation, AnimationLimits, Frame, FrameDelay, encode_apng};
+use region_agent::serving::esrgan::EsrganModel;
+use region_agent::serving::silero_vad::SileroVadModel;
+use region_agent::serving::video_upscale::VideoUpscaleModel;
+use region_agent::serving::{Model, StopSignal};
+use serde_json::{Value, json};
+
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn picture(width: u32, height: u32, t: u32) -> RgbaImage {
+    RgbaImage::from_fn(width, height, |x, y| {
+        let v = ((x * 7 + y * 3 + t * 9) % 256) as u8;
+        let check = if (x / 8 + y / 8 + t).is_multiple_of(2) {
+            30
+        } else {
+            220
+        };
+        Rgba([v, (x % 256) as u8, check, 255])
+    })
+}
+
+/// Prepares, loads and runs one job; prints and returns the run's seconds.
+fn time(model: &dyn Model, what: &str, input: &Value) -> f64 {
+    let job = model.prepare(input).unwrap();
+    let units = job.units;
+    let mut loaded = model.load(&Device::Cpu).unwrap();
+    let started = Instant::now();
+    let out = loaded.run(vec![job], &StopSignal::never());
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(out[0].is_ok(), "{:?}", out[0]);
+    println!("{}: {what}: {seconds:.1} s ({units:.3} units)", model.id());
+    seconds
+}
+
+#[test]
+#[ignore = "a measurement of minutes; run with --ignored --nocapture"]
+fn esrgan_at_its_largest_input() {
+    let weights = testkit::weights::esrgan_slim();
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgba8(picture(512, 512, 0))
+        .to_rgb8()
+        .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+        .unwrap();
+    let input = json!({ "image": base64(&png) });
+    for scale in [2, 4] {
+        let model = EsrganModel::new(&format!("meridian/esrgan-x{scale}"), scale, &weights);
+        time(&model, "512x512", &input);
+    }
+}
+
+#[test]
+#[ignore = "a measurement of minutes; run with --ignored --nocapture"]
+fn video_upscale_at_its_largest_input() {
+    let limits = AnimationLimits::default();
+    let side = (limits.max_frame_pixels as f64).sqrt() as u32;
+    let frames = (limits.max_total_pixels / (u64::from(side) * u64::from(side))) as u32;
+    let frames = frames.min(limits.max_frames as u32);
+    let video = Animation {
+        frames: (0..frames)
+            .map(|t| Frame {
+                image: picture(side, side, t),
+                delay: FrameDelay::from_ms(40),
+            })
+            .collect(),
+        plays: 0,
+    };
+    let input = json!({ "video": base64(&encode_apng(&video).unwrap()) });
+    let model = VideoUpscaleModel::new(
+        "meridian/video-upscale-x2",
+        &testkit::weights::esrgan_slim(),
+    );
+    time(&model, &format!("{frames} frames of {side}x{side}"), &input);
+}
+
+#[test]
+#[ignore = "a measurement of minutes; run with --ignored --nocapture"]
+fn silero_vad_at_its_largest_input() {
+    let seconds = region_agent::models::audio_io::AudioLimits::VAD_16K.max_seconds;
+    let samples: Vec<f32> = (0..16_000 * seconds as usize)
+        .map(|i| ((i as f32) * 0.03).sin() * if (i / 16_000) % 3 == 0 { 0.5 } else { 0.01 })
+        .collect();
+    let wav = region_agent::models::audio_io::encode_wav_mono_i16(&samples, 16_000).unwrap();
+    let input = json!({ "audio": base64(&wav) });
+    let model = SileroVadModel::new("meridian/silero-vad", &testkit::weights::silero_vad());
+    time(&model, &format!("{seconds} s"), &input);
+}
