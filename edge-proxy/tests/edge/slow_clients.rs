@@ -208,3 +208,42 @@ async fn idle_connections_are_closed_after_the_idle_deadline() {
     assert!(within("the kept-alive connection to close", closed(&mut stream)).await);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_is_not_cut_off_by_the_clients_deadlines() {
+    let world = World::start(&[]).await;
+    let mut config = world.edge_config();
+    config.connections.body_timeout = Duration::from_millis(300);
+    config.connections.idle_timeout = Duration::from_millis(300);
+    let edge = world.start_edge(config).await;
+    for agent in world.agents.values() {
+        agent.hold();
+    }
+    let key = world.key("acme").to_owned();
+    let run = tokio::spawn({
+        let http = edge.http.clone();
+        let url = format!("{}/v1/run/{}", edge.base, crate::support::ESRGAN);
+        async move {
+            http.post(url)
+                .header("authorization", format!("Key {key}"))
+                .json(&serde_json::json!({"input": {"image": "aGVsbG8="}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    testkit::eventually("an agent holds the run", || async {
+        world.agents.values().any(|a| !a.seen().is_empty())
+    })
+    .await;
+    // A connection opened now and left silent is closed at the same deadline as the run's
+    // body would be: once it is, the run has outlived that deadline.
+    let mut clock = connect(&edge).await;
+    assert!(within("the silent connection to close", closed(&mut clock)).await);
+    for agent in world.agents.values() {
+        agent.release();
+    }
+    assert_eq!(within("the run's answer", run).await.unwrap(), 200);
+    edge.stop().await;
+}
