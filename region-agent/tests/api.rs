@@ -214,7 +214,9 @@ async fn bad_input_gets_a_4xx_and_never_a_500() {
         .await
         .unwrap();
     assert_eq!(missing_tenant.status(), 400);
-    for bad in ["ACME", "acme corp", "-acme", ""] {
+    // A slug of at most 63 characters, as the catalog's tenant ids.
+    let long = "a".repeat(64);
+    for bad in ["ACME", "acme corp", "-acme", "", "acme.corp", long.as_str()] {
         let response = agent
             .as_tenant(bad, Method::POST, "/v1/run/test/echo")
             .json(&json!({"input": {"text": "a"}}))

@@ -188,3 +188,25 @@ async fn a_disk_short_of_space_refuses_new_jobs_and_finishes_accepted_ones() {
     assert_eq!(done.output.unwrap()["text"], "KEPT");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn jobs_queued_at_a_restart_count_for_their_tenant_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "");
+    // No slot: accepted jobs wait in the queue.
+    let no_slot = super::tests::catalog(1, (0, 0), &[("test/echo", "image", 0.25)]);
+    let s = start_with(&config, vec![TestModel::new("test/echo")], Some(&no_slot));
+    for text in ["a", "b"] {
+        submit(&s, text, bound(2, 0)).await.unwrap();
+    }
+    s.stop().await;
+    drop(s);
+
+    let s = start_with(&config, vec![TestModel::new("test/echo")], Some(&no_slot));
+    assert_eq!(s.report().tenant_jobs.get("acme"), Some(&2));
+    assert!(matches!(
+        submit(&s, "c", bound(2, 0)).await,
+        Err(SubmitError::OverBound(_))
+    ));
+    s.stop().await;
+}
