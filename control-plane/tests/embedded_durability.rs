@@ -193,6 +193,63 @@ async fn a_second_store_on_the_same_directory_is_refused() {
     assert!(matches!(second, Err(StoreError::Unavailable(m)) if m.contains("in use")));
 }
 
+/// The byte offsets at which the records of a raft log file start.
+fn record_offsets(log: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    while at + 8 <= log.len() {
+        offsets.push(at);
+        let length = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        at += 8 + length;
+    }
+    offsets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_damaged_in_the_middle_refuses_to_open_and_a_torn_tail_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    write_some(&store, 20).await;
+    let before = store.list("").await.unwrap();
+    store.close().await;
+    let path = dir.path().join("raft.log");
+    let intact = std::fs::read(&path).unwrap();
+    let offsets = record_offsets(&intact);
+    assert!(offsets.len() > 10, "{} records", offsets.len());
+
+    // A torn tail: the last append was cut short by a crash. Everything acknowledged stays.
+    let mut torn = intact.clone();
+    torn.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 5]);
+    std::fs::write(&path, &torn).unwrap();
+    let store = open(dir.path()).await;
+    assert_eq!(store.list("").await.unwrap(), before);
+    store.close().await;
+
+    // One flipped bit in a record in the middle: the store will not start, and says why.
+    let mut damaged = std::fs::read(&path).unwrap();
+    let at = offsets[offsets.len() / 2] + 8 + 2;
+    damaged[at] ^= 0x10;
+    std::fs::write(&path, &damaged).unwrap();
+    let refused = EmbeddedStore::open(EmbeddedConfig::new(dir.path())).await;
+    let Err(StoreError::Corrupt(message)) = refused else {
+        panic!("a log damaged in the middle must refuse to open");
+    };
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        message.contains(&format!("byte {}", offsets[offsets.len() / 2])),
+        "{message}"
+    );
+    assert!(
+        message.contains("Restore the data directory from a backup"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        damaged,
+        "nothing was cut off the file"
+    );
+}
+
 const CHILD_DIR: &str = "MERIDIAN_STORE_CHILD_DIR";
 
 /// The child side of [`a_killed_process_loses_no_acknowledged_write`]: writes until killed,
