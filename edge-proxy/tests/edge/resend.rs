@@ -206,7 +206,7 @@ async fn a_submission_lost_on_a_reused_connection_is_not_sent_again() {
 async fn a_keyed_submission_lost_on_a_reused_connection_goes_to_the_same_region_again() {
     let (near, far) = (Breaking::start().await, Breaking::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let (_control_plane, edge, key) = world(&near.endpoint, &far.endpoint, dir.path(), SMALL).await;
+    let (control_plane, edge, key) = world(&near.endpoint, &far.endpoint, dir.path(), SMALL).await;
     let mut resent = None;
     for marker in 0..20 {
         let idempotency = format!("order-{marker}");
@@ -220,10 +220,35 @@ async fn a_keyed_submission_lost_on_a_reused_connection_goes_to_the_same_region_
     let marker = resent.expect("a keyed submission went over a reused connection");
     assert_eq!(near.read(marker), 2, "sent once more, to the same region");
     assert_eq!(far.total(), 0);
-    // A client's own retry of that key goes to the region that took it, too.
-    let again = submit(&edge, &key, marker, Some(&format!("order-{marker}"))).await;
-    assert_eq!(again.header(headers::REGION), Some("eu-central"));
-    assert_eq!(far.total(), 0);
+    // The near region drains: new jobs go to the far one…
+    let draining = AgentReport {
+        healthy: true,
+        draining: true,
+        free_reserved: 2,
+        ..AgentReport::default()
+    };
+    control_plane
+        .agent()
+        .heartbeat("eu-central", &draining)
+        .await
+        .unwrap();
+    let revision = control_plane.edge().snapshot().await.unwrap().revision;
+    edge.wait_for_revision(revision).await;
+    let other = submit(&edge, &key, 500, None).await;
+    assert_eq!(
+        other.header(headers::REGION),
+        Some("eu-west"),
+        "{}",
+        other.body
+    );
+    // …but a client's own retry of the key goes to the region that took it, and only there.
+    let before = near.read(marker);
+    submit(&edge, &key, marker, Some(&format!("order-{marker}"))).await;
+    assert!(
+        near.read(marker) > before,
+        "the retry went to the region that took the key"
+    );
+    assert_eq!(far.read(marker), 0);
     // A malformed key is refused before any agent sees the job.
     let before = near.total();
     let bad = submit(&edge, &key, 99, Some("two words")).await;
