@@ -244,7 +244,10 @@ impl AnimationLimits {
                 max_frames: self.max_frames,
             });
         }
-        if frames as u64 * u64::from(width) * u64::from(height) > self.max_total_pixels {
+        let pixels = (frames as u64)
+            .saturating_mul(u64::from(width))
+            .saturating_mul(u64::from(height));
+        if pixels > self.max_total_pixels {
             return Err(AnimationError::TooManyPixels {
                 frames,
                 width,

@@ -26,7 +26,11 @@ pub fn decoder_limits(max_side: u32, max_pixels: u64) -> image::Limits {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(max_side);
     limits.max_image_height = Some(max_side);
-    limits.max_alloc = Some(max_pixels.saturating_mul(16) + DECODER_SLACK_BYTES);
+    limits.max_alloc = Some(
+        max_pixels
+            .saturating_mul(16)
+            .saturating_add(DECODER_SLACK_BYTES),
+    );
     limits
 }
 
@@ -176,6 +180,16 @@ mod tests {
         img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
             .unwrap();
         out
+    }
+
+    #[test]
+    fn decoder_limits_saturate_for_unbounded_inputs() {
+        let limits = decoder_limits(u32::MAX, u64::MAX);
+        assert_eq!(limits.max_alloc, Some(u64::MAX));
+        assert_eq!(
+            decoder_limits(512, 512 * 512).max_alloc,
+            Some(16 * 512 * 512 + DECODER_SLACK_BYTES)
+        );
     }
 
     #[test]
