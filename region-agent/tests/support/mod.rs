@@ -1,9 +1,11 @@
 //! An agent running in-process on port 0 with a catalog file ([`config`], [`catalog_toml`]),
 //! and HTTP helpers that call it as an edge would; real model weights through the test kit
-//! ([`fetch_models`]); spoken test audio ([`speech`]). Waiting is the test kit's
+//! ([`fetch_models`]); spoken test audio ([`speech`]); hand-written media, bombs included
+//! ([`media`]). Waiting is the test kit's
 //! ([`eventually`], [`within`], [`patience`]).
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod media;
 pub mod speech;
 
 use std::path::PathBuf;
