@@ -25,8 +25,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use contract::Schema;
-use contract::{ConfigProblems, ErrorBody, ModelId, RegionId, TenantId};
+use contract::{ConfigProblem, ConfigProblems, ErrorBody, ModelId, RegionId, Schema, TenantId};
 use control_plane_client::wire::{
     Listed, MAX_USAGE_ROWS, SpendReport, UsageAggregate, UsageBatch, UsageReceipt, UsageRecordPage,
     UsageReport, UsageRow,
@@ -146,6 +145,18 @@ fn row_problems(i: usize, row: &UsageAggregate) -> ConfigProblems {
     problems
 }
 
+/// The first `limit` bytes of `text` (cut at a character boundary).
+fn excerpt(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The record as kept in quarantine: whole when its JSON text is short, else the start of
 /// that text.
 fn kept_record(raw: serde_json::Value) -> serde_json::Value {
@@ -153,11 +164,23 @@ fn kept_record(raw: serde_json::Value) -> serde_json::Value {
     if text.len() <= usage::QUARANTINE_EXCERPT {
         return raw;
     }
-    let mut end = usage::QUARANTINE_EXCERPT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    serde_json::Value::String(text[..end].to_owned())
+    serde_json::Value::String(excerpt(&text, usage::QUARANTINE_EXCERPT).to_owned())
+}
+
+/// A record's problems as kept in quarantine: a problem can quote the value it found, so
+/// each is cut to a few hundred bytes and a batch's writes stay small.
+fn kept_problems(problems: ConfigProblems) -> Vec<ConfigProblem> {
+    const LIMIT: usize = 512;
+    problems
+        .into_vec()
+        .into_iter()
+        .map(|mut p| {
+            if p.problem.len() > LIMIT {
+                p.problem = format!("{}…", excerpt(&p.problem, LIMIT));
+            }
+            p
+        })
+        .collect()
 }
 
 /// Splits a checked batch into the records that can be counted (as a [`UsageBatch`]) and
@@ -185,7 +208,7 @@ fn sort_records(sent: SentBatch) -> (UsageBatch, Vec<QuarantinedRecord>) {
                 problems
             }
         };
-        let problems = problems.into_vec();
+        let problems = kept_problems(problems);
         let reason = problems
             .first()
             .and_then(|p| p.place.rsplit_once('.').map(|(_, field)| field.to_owned()))

@@ -335,9 +335,39 @@ async fn bad_records_are_quarantined_and_the_rest_counted(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // A huge bad record is kept as an excerpt, its problems cut short: a batch's writes
+    // stay small whatever an agent sends.
+    let mut huge = sent.clone();
+    huge["seq"] = serde_json::json!(2);
+    let mut long = row("acme", APRIL_1, Capacity::Reserved, 1);
+    long.tenant = "X".repeat(40_000);
+    huge["rows"] = serde_json::json!([long]);
+    let (status, receipt) = json(
+        server
+            .agent("/agent/v1/usage")
+            .json(&huge)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, &receipt["applied"]),
+        (StatusCode::OK, &serde_json::json!(true))
+    );
+    let (_, listed) = quarantined(&server).await;
+    let kept = &listed["items"][2];
+    assert_eq!(kept["batch"], 2, "{kept}");
+    assert!(kept["record"].as_str().unwrap().len() <= 2048);
+    assert!(kept["problems"][0]["problem"].as_str().unwrap().len() <= 520);
+    assert!(
+        kept.to_string().len() < 4096,
+        "{} bytes kept",
+        kept.to_string().len()
+    );
     // A batch whose rows are not a list is still refused whole.
     let mut broken = sent.clone();
-    broken["seq"] = serde_json::json!(2);
+    broken["seq"] = serde_json::json!(3);
     broken["rows"] = serde_json::json!({"not": "a list"});
     let (status, body) = json(
         server
