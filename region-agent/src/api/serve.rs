@@ -38,6 +38,8 @@ use crate::config::ConnectionLimits;
 
 /// How long accepting pauses after the listener fails (out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often at most the log says that connections were turned away.
+const TURNED_AWAY_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Serves `router` on `listener` until `stop`, then waits for open connections to finish
 /// their current request.
@@ -50,6 +52,7 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(limits.max_total));
     let clients = Arc::new(Clients::default());
     let mut connections = JoinSet::new();
+    let mut turned_away = TurnedAway::default();
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -66,7 +69,7 @@ pub async fn serve(
         // Small answers go out at once rather than waiting for more to send.
         let _ = stream.set_nodelay(true);
         let Some(place) = Place::take(&open, &clients, peer, limits.max_per_client) else {
-            tracing::debug!(%peer, "connection refused: too many open");
+            turned_away.count(peer, &clients, limits);
             turn_away(&stream);
             continue;
         };
@@ -78,6 +81,38 @@ pub async fn serve(
     }
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Connections turned away since the log last said so.
+#[derive(Debug, Default)]
+struct TurnedAway {
+    since_log: u64,
+    logged_at: Option<Instant>,
+}
+
+impl TurnedAway {
+    /// Counts one, and says so in the log at most every [`TURNED_AWAY_LOG_EVERY`].
+    fn count(&mut self, peer: SocketAddr, clients: &Clients, limits: ConnectionLimits) {
+        self.since_log += 1;
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now < at + TURNED_AWAY_LOG_EVERY)
+        {
+            return;
+        }
+        let from_peer = clients.lock().get(&peer.ip()).copied().unwrap_or(0);
+        tracing::warn!(
+            turned_away = self.since_log,
+            last_from = %peer.ip(),
+            open_from_it = from_peer,
+            max_connections = limits.max_total,
+            max_connections_per_client = limits.max_per_client,
+            "connections turned away: too many open"
+        );
+        self.since_log = 0;
+        self.logged_at = Some(now);
+    }
 }
 
 /// Connections open per client address.

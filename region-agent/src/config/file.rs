@@ -26,6 +26,8 @@ pub struct AgentFile {
     /// (required; created if missing).
     pub data_dir: PathBuf,
     /// How long finished results (and their files) are kept, in seconds. Default 86400 (1 day).
+    /// A job submitted with an `Idempotency-Key` is kept at least 24 h after it was accepted,
+    /// so its key names it that long.
     #[serde(default)]
     pub result_retention_s: Option<u64>,
     /// How long per-job usage records are kept in the region, in days. Default 90. Records
