@@ -76,9 +76,12 @@ pub struct Sent {
     pub call: Call,
     /// The `Idempotency-Key` it carried (unique to it).
     pub key: String,
-    /// Whether it was sent again with its key after an answer that did not say how the job
-    /// ended (what the fields below hold is the last answer).
-    pub resent: bool,
+    /// The first answer's status and error type, when it was sent again with its key after
+    /// an answer that did not say how its job ended (the fields below hold the last answer).
+    pub first: Option<(Option<u16>, Option<String>)>,
+    /// Whether the job that answered the second send was queued before it: the first send
+    /// had created it.
+    pub made_by_first: bool,
     /// When it left, since the load started.
     pub at: Duration,
     /// When its answer came, since the load started; `None` when none came.
@@ -98,7 +101,19 @@ impl Sent {
     /// Whether the client saw it fail before any region accepted it (anything but a
     /// success, an accepted job, or a gateway error that says the job may exist).
     pub fn refused(&self) -> bool {
-        !matches!(self.status, Some(200 | 202 | 502 | 504))
+        !matches!(self.first_status(), Some(200 | 202 | 502 | 504))
+    }
+
+    /// The status of the first answer it got.
+    pub fn first_status(&self) -> Option<u16> {
+        self.first
+            .as_ref()
+            .map_or(self.status, |(status, _)| *status)
+    }
+
+    /// Whether it was sent again with its key.
+    pub fn resent(&self) -> bool {
+        self.first.is_some()
     }
 
     /// Whether it ended in a success: a synchronous result, or a queued job completed.
@@ -210,7 +225,8 @@ async fn answer(
     let mut sent = Sent {
         call,
         key: String::new(),
-        resent: false,
+        first: None,
+        made_by_first: false,
         at,
         answered: None,
         status: None,
@@ -284,15 +300,14 @@ fn rand_prefix() -> u64 {
 }
 
 /// Sends again, with the same `Idempotency-Key` and body, every request whose answer did
-/// not say how its job ended (a gateway error with no job id, or no answer): as a client
-/// that lost an answer does. The key makes it safe: the job it may have created answers,
-/// and nothing new is created.
+/// not say how its job ended — a 5xx without a job id, or no answer — as a client that
+/// lost an answer does: the key makes it safe (the job the first send may have created
+/// answers; nothing new is made when one exists).
 pub async fn resend_unsettled(base: &str, key: &str, plan: &Plan, sent: &mut [Sent]) {
     let http = testkit::edge::client();
     let body = job_body(plan.image_size);
-    let started = Instant::now();
     for s in sent.iter_mut() {
-        let unsettled = matches!(s.status, None | Some(502 | 504)) && s.id.is_none();
+        let unsettled = s.status.is_none_or(|status| status >= 500) && s.id.is_none();
         if !unsettled {
             continue;
         }
@@ -301,15 +316,37 @@ pub async fn resend_unsettled(base: &str, key: &str, plan: &Plan, sent: &mut [Se
             Call::Queue => format!("{base}/v1/queue/{MODEL}"),
         };
         let request = submission(&http, &path, key, plan.from, &s.key).body(body.clone());
-        let again = answer(s.call, s.at, started, request.send().await).await;
+        let resent_at_ms = crate::now_ms();
+        let again = answer(s.call, s.at, Instant::now(), request.send().await).await;
+        let made_by_first = match &again.id {
+            Some(id) => queued_at_ms(&http, base, key, id)
+                .await
+                .is_some_and(|queued| queued < resent_at_ms),
+            None => false,
+        };
         *s = Sent {
             key: std::mem::take(&mut s.key),
-            resent: true,
+            first: Some((s.status, s.error.clone())),
+            made_by_first,
             at: s.at,
-            answered: s.answered.or(again.answered),
+            answered: s.answered,
             ..again
         };
     }
+}
+
+/// When job `id` was queued (Unix ms), from its status.
+async fn queued_at_ms(http: &reqwest::Client, base: &str, key: &str, id: &str) -> Option<u64> {
+    let status: Value = http
+        .get(format!("{base}/v1/requests/{id}/status"))
+        .header("authorization", format!("Key {key}"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    status["timings"]["queued_at_ms"].as_u64()
 }
 
 /// Follows every request that has a job id but no result yet (queued, or timed out while
@@ -392,11 +429,22 @@ impl Tally {
         for s in sent {
             tally.count(s);
         }
-        let resent: Vec<&Sent> = sent.iter().filter(|s| s.resent).collect();
+        let resent: Vec<&Sent> = sent.iter().filter(|s| s.resent()).collect();
         if !resent.is_empty() {
+            let mut first = BTreeMap::<String, usize>::new();
+            for s in &resent {
+                let (status, error) = s.first.clone().unwrap_or_default();
+                let status = status.map_or("no answer".to_owned(), |s| s.to_string());
+                let why = format!("{status} {}", error.unwrap_or_default());
+                *first.entry(why.trim().to_owned()).or_default() += 1;
+            }
+            let first: Vec<String> = first.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             let completed = resent.iter().filter(|s| s.completed()).count();
+            let existed = resent.iter().filter(|s| s.made_by_first).count();
             tally.figure(format!(
-                "answers lost in the fault, sent again with their Idempotency-Key: {} ({completed} completed)",
+                "first answers unsettled ({}), sent again with their Idempotency-Key: {} → \
+                 {completed} completed, {existed} of them by the job the first send had made",
+                first.join(", "),
                 resent.len()
             ));
         }

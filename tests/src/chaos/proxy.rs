@@ -1,6 +1,9 @@
-//! A TCP proxy on a link between the edge and an agent: it forwards both ways until told to
-//! black-hole, then it accepts and reads but never answers, and stops forwarding on the
-//! connections it already holds — a link that stops answering rather than refusing.
+//! A TCP proxy on a link between the edge and an agent. It forwards both ways until told
+//! otherwise; then it either black-holes (accepts and reads, never answers, and stops
+//! forwarding on the connections it holds: a link that stops answering rather than
+//! refusing), or cuts (lets requests through to the agent, drops each connection when the
+//! agent starts answering, and refuses new ones: an agent whose machine died after it took
+//! a job). Healed, it forwards new connections again.
 
 use std::net::SocketAddr;
 
@@ -8,11 +11,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A forwarding proxy that can black-hole.
+/// What the link does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    BlackHole,
+    Cut,
+}
+
+/// A forwarding proxy that can black-hole or cut.
 pub struct LinkProxy {
     /// Where clients connect.
     pub address: SocketAddr,
-    holes: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,34 +32,29 @@ impl LinkProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (holes, black) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let black = black.clone();
-                tokio::spawn(async move {
-                    if *black.borrow() {
-                        swallow(client).await;
-                    } else {
-                        forward(client, target, black).await;
-                    }
-                });
-            }
-        });
+        let (mode, modes) = watch::channel(Mode::Forward);
+        let task = tokio::spawn(serve(listener, address, target, modes));
         Self {
             address,
-            holes,
+            mode,
             task,
         }
     }
 
     /// From now on nothing passes, either way, on new connections or held ones.
     pub fn black_hole(&self) {
-        self.holes.send_replace(true);
+        self.mode.send_replace(Mode::BlackHole);
+    }
+
+    /// From now on requests still reach the agent, but every connection is dropped when the
+    /// agent starts answering, and new connections are refused.
+    pub fn cut(&self) {
+        self.mode.send_replace(Mode::Cut);
     }
 
     /// New connections are forwarded again (the dark ones stay dark).
     pub fn heal(&self) {
-        self.holes.send_replace(false);
+        self.mode.send_replace(Mode::Forward);
     }
 }
 
@@ -58,15 +64,58 @@ impl Drop for LinkProxy {
     }
 }
 
+/// Accepts while the link is not cut; while it is, listens on nothing (connections are
+/// refused) until it heals, then listens on the same address again.
+async fn serve(
+    listener: TcpListener,
+    address: SocketAddr,
+    target: SocketAddr,
+    mut modes: watch::Receiver<Mode>,
+) {
+    let mut listener = Some(listener);
+    loop {
+        let Some(bound) = &listener else {
+            if modes.wait_for(|m| *m != Mode::Cut).await.is_err() {
+                return;
+            }
+            listener = TcpListener::bind(address).await.ok();
+            continue;
+        };
+        tokio::select! {
+            accepted = bound.accept() => {
+                let Ok((client, _)) = accepted else { return };
+                let modes = modes.clone();
+                tokio::spawn(async move {
+                    if *modes.borrow() == Mode::BlackHole {
+                        swallow(client).await;
+                    } else {
+                        forward(client, target, modes).await;
+                    }
+                });
+            }
+            changed = modes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let cut = *modes.borrow_and_update() == Mode::Cut;
+                if cut {
+                    listener = None;
+                }
+            }
+        }
+    }
+}
+
 /// Reads whatever `client` sends and never answers, until it hangs up.
 async fn swallow(mut client: TcpStream) {
     let mut buf = vec![0u8; 16 * 1024];
     while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
-/// Forwards between `client` and `target` until either side closes or the link turns
-/// black; then only swallows what the client sends.
-async fn forward(client: TcpStream, target: SocketAddr, mut black: watch::Receiver<bool>) {
+/// Forwards between `client` and `target` until either side closes, the link turns black
+/// (then it only swallows what the client sends), or it is cut and the agent answers (then
+/// both connections are dropped, the answer unsent).
+async fn forward(client: TcpStream, target: SocketAddr, mut modes: watch::Receiver<Mode>) {
     let Ok(upstream) = TcpStream::connect(target).await else {
         return;
     };
@@ -87,17 +136,18 @@ async fn forward(client: TcpStream, target: SocketAddr, mut black: watch::Receiv
                 },
                 read = up_read.read(&mut from_up) => match read {
                     Ok(n) if n > 0 => {
-                        if client_write.write_all(&from_up[..n]).await.is_err() {
+                        let cut = *modes.borrow() == Mode::Cut;
+                        if cut || client_write.write_all(&from_up[..n]).await.is_err() {
                             return false;
                         }
                     }
                     _ => return false,
                 },
-                changed = black.changed() => {
+                changed = modes.changed() => {
                     if changed.is_err() {
                         return false;
                     }
-                    let dark = *black.borrow_and_update();
+                    let dark = *modes.borrow_and_update() == Mode::BlackHole;
                     if dark {
                         return true;
                     }

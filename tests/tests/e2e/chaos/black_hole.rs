@@ -7,7 +7,7 @@ use std::time::Duration;
 use tests::chaos::{Call, Load, Plan, Store, Tally, World, follow, resend_unsettled, soak};
 use tests::eventually;
 
-use super::{NODE, TWO_REGIONS, spec, usage_counted_once};
+use super::{NODE, TWO_REGIONS, add_usage, settle, spec};
 use crate::LONDON_IP;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
@@ -46,6 +46,12 @@ async fn a_black_holed_link_is_answered_within_the_read_timeout_and_routed_aroun
         .max()
         .unwrap();
     let timed_out = sent.iter().filter(|s| s.status == Some(504)).count();
+    let slowest_timeout = sent
+        .iter()
+        .filter(|s| s.status == Some(504))
+        .filter_map(|s| Some(s.answered? - s.at))
+        .max()
+        .unwrap_or_default();
     // The first timeout opens the region's circuit (with the second); requests that left
     // later and still timed out went to the dark link through a half-open circuit.
     let opened = sent
@@ -79,19 +85,20 @@ async fn a_black_holed_link_is_answered_within_the_read_timeout_and_routed_aroun
         &sent,
     );
     tally.figure(format!(
-        "slowest answer {} ms; 504 timeout: {timed_out} ({after_open} sent after the first \
-         timeout); served by eu-central after: {routed_around}",
-        slowest.as_millis()
+        "slowest answer {} ms (slowest 504 {} ms); 504 timeout: {timed_out} ({after_open} sent \
+         after the first timeout); served by eu-central after: {routed_around}",
+        slowest.as_millis(),
+        slowest_timeout.as_millis()
     ));
-    tally.figure(usage_counted_once(&world, "eu-west", &sent).await);
-    tally.figure(usage_counted_once(&world, "eu-central", &sent).await);
-    tally.print();
-    tally.assert_nothing_lost();
-    // Every answer within the read timeout and the time to connect and answer around it.
-    let bound = READ_TIMEOUT + Duration::from_secs(2);
+    let mut unseen = add_usage(&mut tally, &world, "eu-west", &sent).await;
+    unseen.extend(add_usage(&mut tally, &world, "eu-central", &sent).await);
+    settle(&tally, &unseen, &sent);
+    // Every request that met the dark link was answered once its read timeout passed, not
+    // held: within the timeout and the time to answer (generous on a loaded machine).
+    let bound = READ_TIMEOUT * 3;
     assert!(
-        slowest <= bound,
-        "an answer took {slowest:?} (bound {bound:?})"
+        slowest_timeout <= bound,
+        "a timed-out request took {slowest_timeout:?} (bound {bound:?})"
     );
     assert!(routed_around > 0, "nothing was served elsewhere");
 }

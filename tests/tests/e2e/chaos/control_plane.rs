@@ -7,7 +7,7 @@ use std::time::Duration;
 use tests::chaos::{Call, Load, Plan, Store, Tally, World, follow, resend_unsettled, soak};
 use tests::eventually;
 
-use super::{NODE, TWO_REGIONS, spec, usage_counted_once};
+use super::{NODE, TWO_REGIONS, add_usage, settle, spec};
 use crate::LONDON_IP;
 
 /// Which process dies.
@@ -88,10 +88,9 @@ async fn kill_and_restart_under_load(victim: Victim) {
         "served while down: {while_down}; failed while down: {}",
         failed_while_down.len()
     ));
-    tally.figure(usage_counted_once(&world, "eu-west", &sent).await);
-    tally.figure(usage_counted_once(&world, "eu-central", &sent).await);
-    tally.print();
-    tally.assert_nothing_lost();
+    let mut unseen = add_usage(&mut tally, &world, "eu-west", &sent).await;
+    unseen.extend(add_usage(&mut tally, &world, "eu-central", &sent).await);
+    settle(&tally, &unseen, &sent);
     assert!(
         failed_while_down.is_empty(),
         "requests failed while it was down: {failed_while_down:#?}"

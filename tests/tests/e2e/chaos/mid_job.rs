@@ -7,7 +7,7 @@ use std::time::Duration;
 use tests::chaos::{Call, Load, Plan, Store, Tally, World, follow, resend_unsettled, soak};
 use tests::eventually;
 
-use super::{DUBLIN_ONLY, NODE, spec, usage_counted_once};
+use super::{DUBLIN_ONLY, NODE, add_usage, settle, spec};
 use crate::LONDON_IP;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -63,9 +63,8 @@ async fn an_agent_killed_mid_job_and_restarted_ends_every_accepted_job_and_bills
         ),
         &sent,
     );
-    tally.figure(usage_counted_once(&world, "eu-west", &sent).await);
-    tally.print();
-    tally.assert_nothing_lost();
+    let unseen = add_usage(&mut tally, &world, "eu-west", &sent).await;
+    settle(&tally, &unseen, &sent);
     assert!(
         sent.iter().any(|s| s.at > back_at && s.completed()),
         "jobs are taken again after the restart"

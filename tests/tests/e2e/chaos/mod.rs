@@ -9,6 +9,7 @@
 mod agent_killed;
 mod black_hole;
 mod control_plane;
+mod cut_link;
 mod mid_job;
 
 use std::time::Duration;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use contract::Nanos;
 use control_plane_client::RecordQuery;
 use control_plane_client::wire::{Outcome, UsageRecord};
-use tests::chaos::{Sent, World, WorldSpec};
+use tests::chaos::{Sent, Tally, World, WorldSpec};
 use tests::{RegionDef, eventually};
 
 use crate::{DUBLIN, FRANKFURT, NEW_YORK, TENANTS};
@@ -88,8 +89,12 @@ async fn ledger(world: &World, region: &str) -> Option<Nanos> {
 /// client saw completed there is among them and no other job completed there (after the
 /// clients sent lost answers again with their keys, each billed job is one a client got),
 /// and the control plane's ledger for the region comes to the sum of the completed jobs'
-/// costs. Returns the figure to print.
-pub async fn usage_counted_once(world: &World, region: &str, sent: &[Sent]) -> String {
+/// costs. Returns the figure to print, and the ids of jobs billed that no client got.
+pub async fn usage_counted_once(
+    world: &World,
+    region: &str,
+    sent: &[Sent],
+) -> (String, Vec<String>) {
     let seen: Vec<&str> = sent
         .iter()
         .filter(|s| s.completed() && s.region.as_deref() == Some(region))
@@ -122,11 +127,40 @@ pub async fn usage_counted_once(world: &World, region: &str, sent: &[Sent]) -> S
         completed.len(),
         completed.len().saturating_sub(seen.len())
     );
-    assert_eq!(
-        completed.len(),
-        seen.len(),
-        "{figure}: jobs billed that no client got (one request made two jobs, or a lost answer \
-         could not be had again)"
+    let unseen = completed
+        .iter()
+        .filter(|r| !seen.contains(&r.job_id.as_str()))
+        .map(|r| r.job_id.clone())
+        .collect();
+    (figure, unseen)
+}
+
+/// Adds `region`'s usage figure to `tally`; returns the jobs billed there that no client got.
+pub async fn add_usage(
+    tally: &mut Tally,
+    world: &World,
+    region: &str,
+    sent: &[Sent],
+) -> Vec<String> {
+    let (figure, unseen) = usage_counted_once(world, region, sent).await;
+    tally.figure(figure);
+    unseen
+}
+
+/// Prints `tally`, then checks that nothing was lost and that every billed job is one a
+/// client got (none made twice, none whose answer could not be had again).
+pub fn settle(tally: &Tally, unseen: &[String], sent: &[Sent]) {
+    tally.print();
+    if !unseen.is_empty() {
+        for s in sent.iter().filter(|s| s.resent() || !s.completed()) {
+            eprintln!("chaos | {} | {s:?}", tally.scenario);
+        }
+    }
+    tally.assert_nothing_lost();
+    assert!(
+        unseen.is_empty(),
+        "{}: jobs billed that no client got (one request made two jobs, or a lost answer \
+         could not be had again): {unseen:?}",
+        tally.scenario
     );
-    figure
 }
