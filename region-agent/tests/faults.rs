@@ -97,6 +97,11 @@ async fn a_job_whose_result_cannot_be_stored_fails_with_a_reason() {
     gate.open();
     let status = agent.wait_status(&id, "FAILED").await;
     assert_eq!(status["error"]["type"], "storage", "{status}");
+    let message = status["error"]["message"].as_str().unwrap();
+    let dir_text = dir.path().display().to_string();
+    for leak in [dir_text.as_str(), "files", "directory", "os error"] {
+        assert!(!message.contains(leak), "{leak:?} in {message}");
+    }
     // The job did not vanish: its result says why, and the next job is served.
     let result = agent
         .call(Method::GET, &format!("/v1/requests/{id}"))

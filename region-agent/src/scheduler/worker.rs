@@ -265,7 +265,12 @@ fn finish(shared: &Shared, lane: &Lane, mut record: JobRecord, outcome: Outcome,
                 record.state = JobState::Completed;
                 record.output = Some(output);
             }
-            Err(e) => fail(&mut record, "storage", format!("store the output: {e}")),
+            Err(e) => {
+                // The tenant sees why, not where: the path and OS error go to the log.
+                tracing::error!(job = %record.id, error = %e, "cannot store a job's output");
+                let message = "the agent could not store the output; its log has the details";
+                fail(&mut record, "storage", message.into());
+            }
         },
         Outcome::Failed(error) => {
             record.state = JobState::Failed;
