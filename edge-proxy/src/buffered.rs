@@ -18,7 +18,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::error::ApiError;
-use crate::proxy::{EdgeProxy, RequestCtx, forwarded_header};
+use crate::proxy::{EdgeProxy, RequestCtx, forwarded_header, may_have_accepted};
 
 /// How much of a request body pingora keeps for a retry (its `BODY_BUF_LIMIT`, 64 KiB).
 pub const RETRY_BUFFER: u64 = 64 * 1024;
@@ -198,6 +198,10 @@ impl EdgeProxy {
                     tracing::info!(%region, error = %e, "agent unreachable; trying the next region");
                     return Attempt::Next;
                 }
+                if ctx.resent {
+                    // Sent once already: that region may hold the job.
+                    return Attempt::Failed(may_have_accepted(&region));
+                }
                 Attempt::Failed(ApiError::unavailable(format!(
                     "no region could be reached (last tried: {region})"
                 )))
@@ -215,10 +219,7 @@ impl EdgeProxy {
                 if self.resend(ctx) {
                     return Attempt::Next;
                 }
-                Attempt::Failed(ApiError::bad_gateway(format!(
-                    "{region} failed while answering; it may have accepted the job: send it \
-                     again with the same Idempotency-Key to get that job rather than a second"
-                )))
+                Attempt::Failed(may_have_accepted(&region))
             }
         }
     }

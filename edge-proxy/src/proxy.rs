@@ -172,9 +172,11 @@ impl EdgeProxy {
         true
     }
 
-    /// Moves the request to its next candidate if there is one and the budget allows.
+    /// Moves the request to its next candidate if there is one and the budget allows. A
+    /// submission sent a second time stays with the region that may hold its job: sent to
+    /// another, one request could make two jobs.
     pub(crate) fn fail_over(&self, ctx: &mut RequestCtx, reason: &str) -> bool {
-        if !ctx.failover || ctx.attempt + 1 >= ctx.candidates.len() {
+        if !ctx.failover || ctx.resent || ctx.attempt + 1 >= ctx.candidates.len() {
             return false;
         }
         if !self.edge.retries.try_withdraw() {
@@ -187,6 +189,14 @@ impl EdgeProxy {
         ctx.in_flight = None;
         true
     }
+}
+
+/// The answer to a submission that `region` may have accepted before it failed.
+pub(crate) fn may_have_accepted(region: &str) -> ApiError {
+    ApiError::bad_gateway(format!(
+        "{region} failed while answering; it may have accepted the job: send it again with \
+         the same Idempotency-Key to get that job rather than a second"
+    ))
 }
 
 /// Whether a client's request header goes on to the agent: not the client's key, not the
@@ -474,8 +484,11 @@ impl ProxyHttp for EdgeProxy {
         self.edge
             .connections
             .enter(peer(session), Phase::Idle(Instant::now()));
-        if let (true, Some(key), Some(region)) = (ctx.refused, &ctx.idempotency_key, &ctx.region) {
-            // The region refused it, so it holds no job for the key.
+        let refused_first = ctx.refused && !ctx.resent;
+        if let (true, Some(key), Some(region)) = (refused_first, &ctx.idempotency_key, &ctx.region)
+        {
+            // The region refused it at its first sending, so it holds no job for the key. (A
+            // refusal of the second sending says nothing of the first.)
             self.edge.keys.forget(&ctx.tenant, key, region);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -519,7 +532,14 @@ impl EdgeProxy {
             | ErrorType::InvalidCert
             | ErrorType::HandshakeError
             | ErrorType::SocketError => {
-                ApiError::unavailable(format!("no region could be reached (last tried: {region})"))
+                if ctx.resent {
+                    // Sent once already: that region may hold the job.
+                    may_have_accepted(&region)
+                } else {
+                    ApiError::unavailable(format!(
+                        "no region could be reached (last tried: {region})"
+                    ))
+                }
             }
             ErrorType::Custom(REFUSED) => {
                 ApiError::unavailable("every allowed region refused the request")
@@ -539,10 +559,7 @@ impl EdgeProxy {
                     }
                     _ => ApiError::bad_request("the request could not be read"),
                 },
-                ErrorSource::Upstream if ctx.failover => ApiError::bad_gateway(format!(
-                    "{region} failed while answering; it may have accepted the job: send it \
-                     again with the same Idempotency-Key to get that job rather than a second"
-                )),
+                ErrorSource::Upstream if ctx.failover => may_have_accepted(&region),
                 ErrorSource::Upstream => {
                     ApiError::bad_gateway(format!("{region} failed while answering"))
                 }

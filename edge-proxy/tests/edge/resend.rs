@@ -16,7 +16,8 @@ use crate::support::{Answer, ESRGAN, FRANKFURT, TestEdge};
 
 /// An agent that answers the first request on each connection with 202 and reads every later
 /// one whole, then closes the connection without answering — as an agent that accepted the
-/// job and crashed would. It records the body of every request it read.
+/// job and failed would. It records the body of every request it read. A crashing one also
+/// stops listening then.
 struct Breaking {
     endpoint: String,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
@@ -24,13 +25,32 @@ struct Breaking {
 
 impl Breaking {
     async fn start() -> Self {
+        Self::listen(false).await
+    }
+
+    /// One that stops listening once it lost a request.
+    async fn crashing() -> Self {
+        Self::listen(true).await
+    }
+
+    async fn listen(crash: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&bodies);
+        let crashed = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, Arc::clone(&seen)));
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let crashed = crash.then(|| Arc::clone(&crashed));
+                            tokio::spawn(serve(stream, Arc::clone(&seen), crashed));
+                        }
+                        Err(_) => return,
+                    },
+                    () = crashed.notified() => return, // the listener closes
+                }
             }
         });
         Self { endpoint, bodies }
@@ -51,7 +71,11 @@ impl Breaking {
     }
 }
 
-async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<serde_json::Value>>>) {
+async fn serve(
+    mut stream: TcpStream,
+    seen: Arc<Mutex<Vec<serde_json::Value>>>,
+    crash: Option<Arc<tokio::sync::Notify>>,
+) {
     let mut buffer = Vec::new();
     for served in 0.. {
         let Some((head, length)) = read_head(&mut stream, &mut buffer).await else {
@@ -69,6 +93,9 @@ async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<serde_json::Value>>>) 
             .unwrap()
             .push(serde_json::from_slice(&body).unwrap_or_default());
         if served > 0 {
+            if let Some(crash) = crash {
+                crash.notify_one();
+            }
             return; // read, then gone without a word
         }
         let answer = r#"{"request_id":"eu-central.0123456789abcdef0123456789abcdef"}"#;
@@ -290,5 +317,33 @@ async fn large_submissions_sent_by_the_edge_itself_follow_the_same_rule() {
     let marker = resent.expect("a keyed submission went over a reused connection");
     assert_eq!(near.read(marker), 2, "sent once more, to the same region");
     assert_eq!(far.total(), 0);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_submission_sent_again_never_moves_to_another_region() {
+    let (near, far) = (Breaking::crashing().await, Breaking::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (_control_plane, edge, key) = world(&near.endpoint, &far.endpoint, dir.path(), SMALL).await;
+    let mut lost = None;
+    for marker in 0..20 {
+        let idempotency = format!("order-{marker}");
+        let answer = submit(&edge, &key, marker, Some(&idempotency)).await;
+        if answer.status != 202 {
+            lost = Some((marker, answer));
+            break;
+        }
+    }
+    // The agent read the job, then went away: sending it again finds nobody there, and the
+    // job it may hold must not be made a second time elsewhere.
+    let (marker, answer) = lost.expect("a keyed submission was lost");
+    assert_eq!(
+        far.read(marker),
+        0,
+        "moved to another region after it was sent"
+    );
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("may have accepted"), "{message}");
     edge.stop().await;
 }
