@@ -12,4 +12,4 @@ mod world;
 pub use load::{Call, End, Load, Plan, Sent, Tally, follow, resend_unsettled, soak};
 pub use node::Node;
 pub use proxy::LinkProxy;
-pub use world::{Store, World, WorldSpec};
+pub use world::{BREAKER_COOL_DOWN, Store, World, WorldSpec};

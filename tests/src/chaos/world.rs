@@ -339,6 +339,9 @@ fn agent_config(dir: &Path, region: &str, listen: SocketAddr, control_plane: &st
     path
 }
 
+/// How long the edge keeps a region's circuit open before it half-opens.
+pub const BREAKER_COOL_DOWN: Duration = Duration::from_secs(1);
+
 /// The edge: believes X-Forwarded-For from loopback, fails over fast (short connect
 /// timeout, a breaker that opens after two failures and half-opens after a second), every
 /// request earns a retry.
@@ -352,7 +355,7 @@ fn edge_config(control_plane: &str, dir: &Path, spec: &WorldSpec<'_>) -> EdgeCon
         retry_ratio: 1.0,
         retry_floor: 100,
         breaker_failures: 2,
-        breaker_cool_down: Duration::from_secs(1),
+        breaker_cool_down: BREAKER_COOL_DOWN,
         ..testkit::edge::edge_config(control_plane, dir, spec.edge_location)
     }
 }

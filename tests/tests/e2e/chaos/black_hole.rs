@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use tests::chaos::{Call, Load, Plan, Store, Tally, World, follow, resend_unsettled, soak};
+use tests::chaos::{
+    BREAKER_COOL_DOWN, Call, Load, Plan, Store, Tally, World, follow, resend_unsettled, soak,
+};
 use tests::eventually;
 
 use super::{NODE, TWO_REGIONS, add_usage, settle, spec};
@@ -14,6 +16,20 @@ const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_black_holed_link_is_answered_within_the_read_timeout_and_routed_around() {
+    black_hole(false).await;
+}
+
+/// Once the region's circuit opened, the dark link should see one probe per cool-down, not
+/// every request that arrives while a half-open circuit waits for its probe's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a half-open circuit lets every request through until one fails, and a black-holed \
+            link fails only at the read timeout: about half the load still times out"]
+async fn a_black_holed_region_gets_one_probe_per_cool_down_once_its_circuit_opened() {
+    black_hole(true).await;
+}
+
+/// The scenario; `strict` also bounds the timeouts after the circuit opened.
+async fn black_hole(strict: bool) {
     let world = World::start(
         NODE,
         tests::chaos::WorldSpec {
@@ -101,4 +117,15 @@ async fn a_black_holed_link_is_answered_within_the_read_timeout_and_routed_aroun
         "a timed-out request took {slowest_timeout:?} (bound {bound:?})"
     );
     assert!(routed_around > 0, "nothing was served elsewhere");
+    if let (true, Some(opened)) = (strict, opened) {
+        // The timeout that opened it, one in flight beside it, and a probe per cool-down.
+        let left = plan.duration.saturating_sub(opened);
+        let probes = usize::try_from(left.as_millis() / BREAKER_COOL_DOWN.as_millis()).unwrap();
+        assert!(
+            after_open <= 2 + probes,
+            "{after_open} requests sent after the circuit opened timed out on the dark link \
+             (at most {} expected)",
+            2 + probes
+        );
+    }
 }
