@@ -40,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::throttle::network_of;
 
 /// Where a connection's client is in its current request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,7 @@ pub struct Connections {
 #[derive(Debug, Default)]
 struct Open {
     total: usize,
+    /// Open connections by client network ([`network_of`]: IPv6 by /64).
     by_address: HashMap<IpAddr, usize>,
     /// HTTP/1 connections by peer address: their phase.
     phases: HashMap<SocketAddr, Arc<Mutex<Phase>>>,
@@ -95,10 +97,11 @@ impl Drop for Slot {
         open.total = open.total.saturating_sub(1);
         self.connections.metrics.connections_open.dec();
         if let Some(peer) = self.peer {
-            if let Some(count) = open.by_address.get_mut(&peer.ip()) {
+            let network = network_of(peer.ip());
+            if let Some(count) = open.by_address.get_mut(&network) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
-                    open.by_address.remove(&peer.ip());
+                    open.by_address.remove(&network);
                 }
             }
             open.phases.remove(&peer);
@@ -125,7 +128,7 @@ impl Connections {
             return None;
         }
         if let Some(peer) = peer {
-            let count = open.by_address.entry(peer.ip()).or_insert(0);
+            let count = open.by_address.entry(network_of(peer.ip())).or_insert(0);
             if *count >= self.limits.max_per_address {
                 self.metrics.connections_refused.inc();
                 return None;

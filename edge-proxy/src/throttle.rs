@@ -65,19 +65,41 @@ impl ReadRates {
     }
 }
 
+/// The network a client address stands for in per-address limits: an IPv4 address itself,
+/// an IPv6 address's /64 (one site's or one host's whole allocation, which a client can
+/// rotate through at will).
+pub fn network_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
 /// How long one window of wrong keys lasts.
 pub const FAILED_KEY_WINDOW: Duration = Duration::from_secs(60);
-/// Most client addresses whose wrong keys are counted at once; when more fail within one
-/// window, the oldest windows are dropped first.
-const FAILED_KEY_ADDRESSES: usize = 100_000;
+/// Most client addresses whose wrong keys are counted at once.
+pub const FAILED_KEY_ADDRESSES: usize = 100_000;
 
-/// Wrong API keys per client address, counted in fixed one-minute windows: past the limit,
-/// the address is refused with 429 until its window ends, without its key being looked at.
+/// Wrong API keys per client address (IPv6: per /64, see [`network_of`]), counted in fixed
+/// one-minute windows: past the limit, the address is refused with 429 until its window
+/// ends, without its key being looked at. At most [`FAILED_KEY_ADDRESSES`] addresses are
+/// followed; when that many failed within a window, new ones are not counted until the
+/// next sweep of ended windows (at most one sweep per window, so the work stays bounded).
 #[derive(Debug)]
 pub struct FailedKeys {
     limit: u32,
-    /// Address → when its window started (edge clock) and its failures in it.
-    addresses: Mutex<HashMap<IpAddr, (Duration, u32)>>,
+    addresses: Mutex<Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    /// Network → when its window started (edge clock) and its failures in it.
+    windows: HashMap<IpAddr, (Duration, u32)>,
+    /// When ended windows were last swept out.
+    swept: Duration,
 }
 
 impl FailedKeys {
@@ -85,7 +107,7 @@ impl FailedKeys {
     pub fn new(limit: u32) -> Self {
         Self {
             limit,
-            addresses: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(Failures::default()),
         }
     }
 
@@ -95,8 +117,8 @@ impl FailedKeys {
     ///
     /// 429 `too_many_failed_keys` with `Retry-After` (the rest of the window).
     pub fn check(&self, address: IpAddr, now: Duration) -> Result<(), ApiError> {
-        let addresses = self.addresses.lock();
-        match addresses.get(&address) {
+        let failures = self.addresses.lock();
+        match failures.windows.get(&network_of(address)) {
             Some((start, failures))
                 if *failures >= self.limit && now < *start + FAILED_KEY_WINDOW =>
             {
@@ -115,19 +137,19 @@ impl FailedKeys {
 
     /// Counts a wrong key from `address` at `now`.
     pub fn failed(&self, address: IpAddr, now: Duration) {
-        let mut addresses = self.addresses.lock();
-        if addresses.len() >= FAILED_KEY_ADDRESSES && !addresses.contains_key(&address) {
-            addresses.retain(|_, (start, _)| now < *start + FAILED_KEY_WINDOW);
-            if addresses.len() >= FAILED_KEY_ADDRESSES
-                && let Some(oldest) = addresses
-                    .iter()
-                    .min_by_key(|(_, (start, _))| *start)
-                    .map(|(a, _)| *a)
-            {
-                addresses.remove(&oldest);
+        let network = network_of(address);
+        let mut failures = self.addresses.lock();
+        let Failures { windows, swept } = &mut *failures;
+        if windows.len() >= FAILED_KEY_ADDRESSES && !windows.contains_key(&network) {
+            if now >= *swept + FAILED_KEY_WINDOW {
+                windows.retain(|_, (start, _)| now < *start + FAILED_KEY_WINDOW);
+                *swept = now;
+            }
+            if windows.len() >= FAILED_KEY_ADDRESSES {
+                return;
             }
         }
-        let window = addresses.entry(address).or_insert((now, 0));
+        let window = windows.entry(network).or_insert((now, 0));
         if now >= window.0 + FAILED_KEY_WINDOW {
             *window = (now, 0);
         }
@@ -175,6 +197,17 @@ mod tests {
         assert_eq!((err.status, err.kind), (429, "too_many_failed_keys"));
         assert_eq!(err.retry_after, Some(40));
         keys.check(two, start).unwrap();
+        // Another address of the same IPv6 /64 is the same client.
+        let (v6, neighbour): (IpAddr, IpAddr) = (
+            "2001:db8:1:2::1".parse().unwrap(),
+            "2001:db8:1:2:ffff::9".parse().unwrap(),
+        );
+        for _ in 0..3 {
+            keys.failed(v6, start);
+        }
+        assert!(keys.check(neighbour, start).is_err());
+        keys.check("2001:db8:1:3::1".parse().unwrap(), start)
+            .unwrap();
         keys.check(one, start + FAILED_KEY_WINDOW).unwrap();
         keys.failed(one, start + FAILED_KEY_WINDOW);
         keys.check(one, start + FAILED_KEY_WINDOW).unwrap();

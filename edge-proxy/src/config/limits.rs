@@ -31,7 +31,8 @@ pub struct LimitsFile {
     /// (1–10 000 000); the oldest are forgotten first. Default 100 000.
     #[serde(default = "default_idempotency_keys")]
     pub idempotency_keys: u64,
-    /// Wrong or unknown API keys one client address may present per minute (1–100 000);
+    /// Wrong or unknown API keys one client address (IPv6: one /64) may present per minute
+    /// (1–100 000);
     /// past it the address gets 429 `too_many_failed_keys` until the minute ends. Default 20.
     #[serde(default = "default_failed_keys")]
     pub failed_keys_per_minute: u32,
@@ -69,8 +70,9 @@ pub struct ConnectionsFile {
     /// are closed at once. Default 10 000.
     #[serde(default = "default_max_connections")]
     pub max: u32,
-    /// Most client connections open at once from one client address (1–1 000 000, at most
-    /// `max`); past it that address's new connections are closed at once. Default 256.
+    /// Most client connections open at once from one client address (IPv6: one /64;
+    /// 1–1 000 000, at most `max`); past it that address's new connections are closed at
+    /// once. Default 256.
     #[serde(default = "default_max_per_address")]
     pub max_per_address: u32,
 }
