@@ -41,8 +41,6 @@ async fn run(world: &World, api_key: &str, key: &str) -> tests::Answer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the edge sends a keyed submission whose region stopped answering mid-answer on to \
-            another region once the resend to its own region fails to connect: two jobs"]
 async fn a_keyed_submission_cut_mid_answer_is_never_sent_to_another_region() {
     let world = World::start(
         NODE,
