@@ -48,8 +48,12 @@ async fn the_job_bound_reaches_the_agent_whose_429_is_final_and_reported_jobs_re
     edge.wait_for_revision(revision).await;
     let key = world.key("bounded").to_owned();
 
-    // A client cannot raise its own bound. (A large body, sent by the edge's own client.)
-    let forged = [(headers::TENANT_MAX_JOBS, "1000")];
+    // A client cannot raise its own bound; its idempotency key goes on. (A large body, sent
+    // by the edge's own client.)
+    let forged = [
+        (headers::TENANT_MAX_JOBS, "1000"),
+        (headers::IDEMPOTENCY_KEY, "order-1"),
+    ];
     let first = queue_padded(&edge, &key, &forged, 100 * 1024).await;
     assert_eq!(first.status, 202, "{}", first.body);
     let region = first.header(headers::REGION).unwrap().to_owned();
@@ -63,6 +67,7 @@ async fn the_job_bound_reaches_the_agent_whose_429_is_final_and_reported_jobs_re
     };
     assert_eq!(sent(headers::TENANT_MAX_JOBS).as_deref(), Some("2"));
     assert_eq!(sent(headers::TENANT_JOBS_ELSEWHERE).as_deref(), Some("1"));
+    assert_eq!(sent(headers::IDEMPOTENCY_KEY).as_deref(), Some("order-1"));
 
     // Its agent now holds one job and us-west one: the agent refuses, and no other region
     // is tried. (A small body, sent through pingora.)
