@@ -192,8 +192,7 @@ impl Edge {
             if let Some(status) = live.region_mut(index) {
                 let edge_side = self.regions.get(region.id.as_str());
                 status.in_flight = edge_side.in_flight();
-                status.circuit_open =
-                    self.regions.circuit(region.id.as_str(), now) == crate::regions::Circuit::Open;
+                status.circuit_open = !self.regions.admits(region.id.as_str(), now);
             }
         }
         // Heartbeats are judged by the control plane's last word while it is unreachable.

@@ -170,6 +170,9 @@ impl EdgeProxy {
                 headers.insert(name, value);
             }
         }
+        self.edge
+            .regions
+            .sending(&region, tokio::time::Instant::now());
         ctx.in_flight = Some(self.edge.regions.get(&region).start());
         ctx.region = Some(region.clone());
         let sent = self

@@ -332,6 +332,9 @@ impl ProxyHttp for EdgeProxy {
         peer.options.total_connection_timeout = Some(config.connect_timeout);
         peer.options.read_timeout = Some(config.read_timeout);
         peer.options.write_timeout = Some(config.read_timeout);
+        self.edge
+            .regions
+            .sending(region.id.as_str(), Instant::now());
         ctx.in_flight = Some(self.edge.regions.get(region.id.as_str()).start());
         ctx.region = Some(region.id.to_string());
         Ok(Box::new(peer))

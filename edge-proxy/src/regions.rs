@@ -23,8 +23,9 @@ pub enum Circuit {
     Closed,
     /// Requests are kept away until the cool-down ends.
     Open,
-    /// The cool-down ended: requests flow again; the next failure opens it at once, the next
-    /// success closes it.
+    /// The cool-down ended: one trial request may go; its failure opens the circuit at once,
+    /// its success closes it. While it is under way (for at most another cool-down) the
+    /// region is kept out of decisions as if open.
     HalfOpen,
 }
 
@@ -41,9 +42,16 @@ impl Circuit {
 
 #[derive(Debug)]
 enum Breaker {
-    Closed { failures: u32 },
-    Open { since: Instant },
-    HalfOpen,
+    Closed {
+        failures: u32,
+    },
+    Open {
+        since: Instant,
+    },
+    /// With the trial request's start, once one was sent.
+    HalfOpen {
+        trial: Option<Instant>,
+    },
 }
 
 /// One region's edge-side state.
@@ -121,12 +129,44 @@ impl Regions {
         let mut breaker = state.breaker.lock().unwrap_or_else(PoisonError::into_inner);
         match *breaker {
             Breaker::Closed { .. } => Circuit::Closed,
-            Breaker::HalfOpen => Circuit::HalfOpen,
+            Breaker::HalfOpen { .. } => Circuit::HalfOpen,
             Breaker::Open { since } if now.duration_since(since) >= self.cool_down => {
-                *breaker = Breaker::HalfOpen;
+                *breaker = Breaker::HalfOpen { trial: None };
                 Circuit::HalfOpen
             }
             Breaker::Open { .. } => Circuit::Open,
+        }
+    }
+
+    /// Whether the route decision may send a request to region `id` at `now`: its circuit is
+    /// closed, or half-open with no trial request under way (a trial older than the
+    /// cool-down no longer counts).
+    pub fn admits(&self, id: &str, now: Instant) -> bool {
+        match self.circuit(id, now) {
+            Circuit::Closed => true,
+            Circuit::Open => false,
+            Circuit::HalfOpen => {
+                let state = self.get(id);
+                let breaker = state.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+                match *breaker {
+                    Breaker::HalfOpen { trial: Some(sent) } => {
+                        now.duration_since(sent) >= self.cool_down
+                    }
+                    _ => true,
+                }
+            }
+        }
+    }
+
+    /// Records that a request is being sent to region `id` at `now`: with a half-open
+    /// circuit, it is the trial.
+    pub fn sending(&self, id: &str, now: Instant) {
+        let state = self.get(id);
+        let mut breaker = state.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Breaker::HalfOpen { trial } = &mut *breaker
+            && trial.is_none_or(|sent| now.duration_since(sent) >= self.cool_down)
+        {
+            *trial = Some(now);
         }
     }
 
@@ -144,7 +184,7 @@ impl Regions {
         let mut breaker = state.breaker.lock().unwrap_or_else(PoisonError::into_inner);
         let failures = match *breaker {
             Breaker::Closed { failures } => failures + 1,
-            Breaker::HalfOpen => self.failures_to_open,
+            Breaker::HalfOpen { .. } => self.failures_to_open,
             Breaker::Open { .. } => return false,
         };
         if failures >= self.failures_to_open {
@@ -238,6 +278,32 @@ mod tests {
         assert_eq!(regions.circuit("eu-west", again), Circuit::HalfOpen);
         regions.success("eu-west");
         assert_eq!(regions.circuit("eu-west", again), Circuit::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_circuit_lets_one_trial_through_per_cool_down() {
+        let regions = Regions::new(1, Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert!(regions.admits("eu-west", t0));
+        assert!(regions.failure("eu-west", t0));
+        assert!(!regions.admits("eu-west", t0));
+        let cooled = t0 + Duration::from_secs(5);
+        assert!(regions.admits("eu-west", cooled));
+        regions.sending("eu-west", cooled);
+        // The trial is under way (an agent that never answers holds it until its timeout):
+        // nothing else goes there meanwhile.
+        let during = cooled + Duration::from_secs(2);
+        assert!(!regions.admits("eu-west", during));
+        regions.sending("eu-west", during);
+        assert!(!regions.admits("eu-west", during + Duration::from_secs(2)));
+        // A trial that neither failed nor succeeded within a cool-down lets another go.
+        let stale = cooled + Duration::from_secs(5);
+        assert!(regions.admits("eu-west", stale));
+        regions.sending("eu-west", stale);
+        assert!(!regions.admits("eu-west", stale));
+        regions.success("eu-west");
+        assert!(regions.admits("eu-west", stale));
+        assert_eq!(regions.circuit("eu-west", stale), Circuit::Closed);
     }
 
     #[test]
