@@ -310,7 +310,7 @@ async fn status_stream_cancel_and_sync_run() {
     assert_eq!(agent.status(&second).await["queue_position"], 1);
     assert_eq!(agent.status(&third).await["queue_position"], 0);
 
-    // Not ready yet; the running job cannot be cancelled; the queued one can.
+    // Not ready yet; the queued job is cancelled at once.
     let not_ready = agent
         .call(Method::GET, &format!("/v1/requests/{first}"))
         .send()
@@ -323,9 +323,6 @@ async fn status_stream_cancel_and_sync_run() {
             .call(Method::PUT, &format!("/v1/requests/{id}/cancel"))
             .send()
     };
-    let busy = cancel(&first).await.unwrap();
-    assert_eq!(busy.status(), 409);
-    assert_eq!(error_type(&busy.json().await.unwrap()), "not_cancellable");
     let cancelled = cancel(&second).await.unwrap();
     assert_eq!(cancelled.status(), 200);
     assert_eq!(
@@ -398,6 +395,12 @@ async fn status_stream_cancel_and_sync_run() {
     );
     assert!(text.contains("event: status"));
     agent.wait_status(&sync_id, "COMPLETED").await;
+
+    // A completed job can no longer be cancelled.
+    agent.wait_status(&first, "COMPLETED").await;
+    let done = cancel(&first).await.unwrap();
+    assert_eq!(done.status(), 409);
+    assert_eq!(error_type(&done.json().await.unwrap()), "not_cancellable");
 
     // A synchronous run that finishes in time answers with the result.
     let quick = agent

@@ -13,7 +13,7 @@ use super::{ApiError, AppState, Tenant};
 use crate::jobs::idempotency::IdempotencyKey;
 use crate::jobs::tenant_jobs::JobBound;
 use crate::jobs::{JobRecord, JobState, Priority, now_ms};
-use crate::scheduler::{CancelError, SubmitError, Terms};
+use crate::scheduler::{CancelError, Cancellation, SubmitError, Terms};
 use crate::serving::InputError;
 
 /// A parsed job body.
@@ -199,7 +199,9 @@ pub async fn result(
     Ok(result_response(&record))
 }
 
-/// `PUT /v1/requests/{id}/cancel`.
+/// `PUT /v1/requests/{id}/cancel`: `200` with the status `CANCELLED` for a queued job (or one
+/// cancelled already), `202` with its status now (`IN_PROGRESS`) for a running one, which
+/// ends `CANCELLED` at its model's next safe point; `409` once it has completed or failed.
 pub async fn cancel(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -207,10 +209,17 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     find(&state, tenant.as_str(), &id)?;
     match state.scheduler().cancel(tenant.as_str(), &id).await {
-        Ok(record) => {
+        Ok(Cancellation::Cancelled(record)) => {
             tracing::info!(job = %id, "job cancelled");
             let body = record.status_json(None, now_ms());
             Ok(with_id(Json(body).into_response(), &id))
+        }
+        Ok(Cancellation::Requested(record)) => {
+            let body = record.status_json(None, now_ms());
+            Ok(with_id(
+                (StatusCode::ACCEPTED, Json(body)).into_response(),
+                &id,
+            ))
         }
         Err(CancelError::NotFound) => Err(unknown(&id)),
         Err(e @ CancelError::NotCancellable(_)) => Err(ApiError::NotCancellable(e.to_string())),

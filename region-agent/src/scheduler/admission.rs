@@ -2,7 +2,8 @@
 //! the data disk short of free space, model not served, queue full, the tenant at its job
 //! bound — nothing is created),
 //! acceptance (input checked, job stored durably, then queued), idempotency keys (a key
-//! already used for the same submission answers with its job) and cancellation while queued.
+//! already used for the same submission answers with its job) and cancellation (a queued
+//! job at once, a running one marked to stop at its model's next safe point).
 
 use std::sync::atomic::Ordering;
 
@@ -11,7 +12,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::queue::Queued;
-use super::{CancelError, Lane, Refusal, Shared, SubmitError, Terms, catalog_copy};
+use super::running::Marked;
+use super::{CancelError, Cancellation, Lane, Refusal, Shared, SubmitError, Terms, catalog_copy};
 use crate::catalog::Quote;
 use crate::jobs::idempotency::{Claim, Idempotency, IdempotencyKey, Pending, fingerprint};
 use crate::jobs::{JobRecord, JobState, Priority, now_ms};
@@ -211,20 +213,47 @@ fn store_new_job(
     Ok((record, job))
 }
 
-/// Cancels a queued job (on a blocking thread). A cancelled job never ran: it has no usage
-/// record.
-pub(super) fn cancel(shared: &Shared, tenant: &str, id: &str) -> Result<JobRecord, CancelError> {
+/// Cancels a job (on a blocking thread): a queued one at once — it never ran, so it has no
+/// usage record —, a running one by marking it in its model's running batch, where it ends
+/// `CANCELLED` at the model's next safe point ([`super::running`]). A job cancelled already
+/// answers as cancelled again. `None`: the job has just left its model and its final state
+/// is being stored; the answer is that state, once published.
+pub(super) fn cancel(
+    shared: &Shared,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Cancellation>, CancelError> {
     let record = shared
         .record(id)
         .filter(|r| r.tenant == tenant)
         .ok_or(CancelError::NotFound)?;
-    let lane = shared.lanes.get(&record.model);
-    let removed = lane.and_then(|lane| lane.lock().queue.remove(id));
-    if removed.is_none() {
-        let current = shared.record(id).unwrap_or(record);
-        return Err(CancelError::NotCancellable(Box::new(current)));
+    if record.state.is_final() {
+        return finished(record).map(Some);
     }
-    let mut record = shared.record(id).unwrap_or(record);
+    let Some(lane) = shared.lanes.get(&record.model) else {
+        return Err(CancelError::NotCancellable(Box::new(record)));
+    };
+    let (removed, marked) = {
+        let mut state = lane.lock();
+        match state.queue.remove(id) {
+            Some(job) => (Some(job), None),
+            None => (None, state.running.cancel(id)),
+        }
+    };
+    let current = shared.record(id).unwrap_or(record);
+    if removed.is_none() {
+        return match marked {
+            Some(marked) => {
+                if marked == Marked::Now {
+                    tracing::info!(job = %id, "a running job is asked to stop at its next safe point");
+                }
+                Ok(Some(Cancellation::Requested(current)))
+            }
+            None if current.state.is_final() => finished(current).map(Some),
+            None => Ok(None),
+        };
+    }
+    let mut record = current;
     record.state = JobState::Cancelled;
     record.finished_at_ms = Some(now_ms());
     shared.publish(record.clone())?;
@@ -232,5 +261,13 @@ pub(super) fn cancel(shared: &Shared, tenant: &str, id: &str) -> Result<JobRecor
     shared
         .metrics
         .job_finished(&record.model, JobState::Cancelled.as_str());
-    Ok(record)
+    Ok(Some(Cancellation::Cancelled(record)))
+}
+
+/// The answer for a job that has finished: cancelled already, or no longer cancellable.
+pub(super) fn finished(record: JobRecord) -> Result<Cancellation, CancelError> {
+    match record.state {
+        JobState::Cancelled => Ok(Cancellation::Cancelled(record)),
+        _ => Err(CancelError::NotCancellable(Box::new(record))),
+    }
 }

@@ -1,7 +1,8 @@
 //! The scheduler: a bounded priority queue per model, one dedicated model thread per model
 //! (it owns the loaded weights, loads them on first use and unloads them after the model's
-//! keep-alive), shared slots (reserved before on-demand), batching, cancellation while
-//! queued, per-job timeouts, persistence of every state change, and billing.
+//! keep-alive), shared slots (reserved before on-demand), batching, cancellation (while
+//! queued at once, while running at the model's next safe point: [`running`]), per-job
+//! timeouts, persistence of every state change, and billing.
 //!
 //! Slots and prices come from the catalog copy in force ([`Scheduler::install_catalog`]);
 //! before the first copy every job is refused with `no_catalog`. A configured model is
@@ -19,6 +20,7 @@ mod catalog_copy;
 pub mod metrics;
 pub mod queue;
 mod restore;
+mod running;
 pub mod slots;
 mod worker;
 
@@ -37,6 +39,7 @@ pub use contract::Refusal;
 
 use self::metrics::{Gauges, Metrics};
 use self::queue::ModelQueue;
+use self::running::RunningBatch;
 use self::slots::SlotPool;
 use crate::catalog::RegionCatalog;
 use crate::config::{AgentConfig, ModelConfig, OnDemandConfig};
@@ -80,19 +83,33 @@ pub struct Terms {
     pub key: Option<IdempotencyKey>,
 }
 
+/// What a cancellation did.
+#[derive(Debug, Clone)]
+pub enum Cancellation {
+    /// The job was queued, or had been cancelled already: it is `CANCELLED` now.
+    Cancelled(JobRecord),
+    /// The job is running: it stops at its model's next safe point and then ends
+    /// `CANCELLED` (its record as it is now). Asking again changes nothing.
+    Requested(JobRecord),
+}
+
 /// Why a cancellation did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
     /// No such job for this tenant.
     #[error("no such request")]
     NotFound,
-    /// The job is running or finished.
+    /// The job has finished (completed or failed).
     #[error("the request is {} and can no longer be cancelled", .0.state.as_str())]
     NotCancellable(Box<JobRecord>),
     /// The cancellation could not be stored.
     #[error("store the cancellation: {0}")]
     Storage(#[from] StoreError),
 }
+
+/// How long a cancellation waits for the final record of a job that has just left its
+/// model (its output and record being stored).
+const SETTLING: Duration = Duration::from_secs(10);
 
 /// Live numbers of one model, kept by its thread.
 #[derive(Debug, Default, Clone)]
@@ -110,8 +127,8 @@ struct LaneState {
     queue: ModelQueue,
     /// Places promised to jobs being stored right now.
     reserved: usize,
-    /// Jobs running.
-    running: usize,
+    /// The batch running, with its jobs' cancellations.
+    running: RunningBatch,
     stop: bool,
     stats: LaneStats,
 }
@@ -363,13 +380,32 @@ impl Scheduler {
         (tx.borrow().tenant == tenant).then(|| tx.subscribe())
     }
 
-    /// Cancels a queued job.
-    pub async fn cancel(&self, tenant: &str, id: &str) -> Result<JobRecord, CancelError> {
+    /// Cancels a job: a queued one at once, a running one at its model's next safe point.
+    pub async fn cancel(&self, tenant: &str, id: &str) -> Result<Cancellation, CancelError> {
         let shared = self.shared.clone();
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        tokio::task::spawn_blocking(move || admission::cancel(&shared, &tenant, &id))
-            .await
-            .map_err(|_| CancelError::NotFound)?
+        let found = {
+            let (shared, tenant, id) = (shared.clone(), tenant.clone(), id.clone());
+            tokio::task::spawn_blocking(move || admission::cancel(&shared, &tenant, &id))
+                .await
+                .map_err(|_| CancelError::NotFound)??
+        };
+        match found {
+            Some(done) => Ok(done),
+            // Its final record is being stored: answer with it.
+            None => {
+                let mut rx = self.watch(&tenant, &id).ok_or(CancelError::NotFound)?;
+                let settled = tokio::time::timeout(SETTLING, rx.wait_for(|r| r.state.is_final()))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|r| r.clone());
+                let record = settled
+                    .or_else(|| shared.record(&id))
+                    .ok_or(CancelError::NotFound)?;
+                admission::finished(record)
+            }
+        }
     }
 
     /// An output file of a job `tenant` owns.
@@ -397,7 +433,7 @@ impl Scheduler {
     pub fn is_idle(&self) -> bool {
         self.shared.lanes.values().all(|lane| {
             let state = lane.lock();
-            state.queue.is_empty() && state.running == 0 && state.reserved == 0
+            state.queue.is_empty() && state.running.is_empty() && state.reserved == 0
         })
     }
 
@@ -480,7 +516,7 @@ impl Scheduler {
                     (
                         id.clone(),
                         state.queue.len(),
-                        state.running,
+                        state.running.len(),
                         state.stats.loaded,
                     )
                 })
@@ -515,7 +551,8 @@ fn model_report(lane: &Lane) -> ModelReport {
         .queue_bound
         .saturating_sub(depth + state.reserved);
     let stats = &state.stats;
-    let batches_ahead = depth.div_ceil(lane.config.max_batch) + usize::from(state.running > 0);
+    let batches_ahead =
+        depth.div_ceil(lane.config.max_batch) + usize::from(!state.running.is_empty());
     let mut expected_wait_ms = batches_ahead as f64 * stats.batch_ms.unwrap_or(0.0);
     if !stats.loaded {
         expected_wait_ms += stats.cold_start_ms;

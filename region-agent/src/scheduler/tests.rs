@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::*;
 use crate::config::{AgentConfig, Capacity};
+use crate::serving::Stopped;
 use crate::serving::test_model::{Gate, TestModel};
 
 pub(super) fn config(dir: &std::path::Path, extra_model: &str) -> AgentConfig {
@@ -198,33 +199,146 @@ async fn same_key_jobs_run_in_one_batch() {
     s.stop().await;
 }
 
+/// Steps of a long job, 1 ms each: seconds of work, far more than a test waits.
+const LONG: usize = 10_000;
+
+/// The test model with `steps` steps of 1 ms a run, each after a safe point.
+fn stepped(steps: usize) -> TestModel {
+    let mut model = TestModel::new("test/echo");
+    model.steps = steps;
+    model.step_time = Duration::from_millis(1);
+    model
+}
+
+fn journaled(s: &Scheduler, id: &str) -> bool {
+    let ids = std::collections::HashSet::from([id.to_owned()]);
+    !s.ledger().journaled(&ids, 0).unwrap().is_empty()
+}
+
 #[tokio::test]
-async fn queued_jobs_can_be_cancelled_running_ones_cannot() {
+async fn a_running_job_cancelled_stops_at_its_next_step_unbilled_and_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let gate = Gate::closed();
-    let model = TestModel::new("test/echo").gated(&gate);
+    let model = stepped(LONG);
     let probe = model.probe.clone();
     let s = start(&config(dir.path(), ""), vec![model]);
     let running = submit(&s, "running", Priority::Normal).await;
-    wait_state(&s, &running.id, JobState::InProgress).await;
+    wait_until("the job runs its steps", || {
+        probe.lock().unwrap().steps_run > 0
+    })
+    .await;
+    let next = submit(&s, "next", Priority::Normal).await;
     let queued = submit(&s, "queued", Priority::Normal).await;
+    assert_eq!(s.tenant_jobs("acme"), 3);
+
+    // Another tenant cannot; a queued job is cancelled at once.
     assert!(matches!(
-        s.cancel("other", &queued.id).await,
+        s.cancel("other", &running.id).await,
         Err(CancelError::NotFound)
     ));
-    let cancelled = s.cancel("acme", &queued.id).await.unwrap();
+    let Ok(Cancellation::Cancelled(cancelled)) = s.cancel("acme", &queued.id).await else {
+        panic!("a queued job is cancelled at once");
+    };
     assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(s.tenant_jobs("acme"), 2);
+
+    // A running one is asked to stop, and stops at its next safe point.
+    let Ok(Cancellation::Requested(asked)) = s.cancel("acme", &running.id).await else {
+        panic!("a running job is asked to stop");
+    };
+    assert_eq!(asked.state, JobState::InProgress);
+    let steps_when_asked = probe.lock().unwrap().steps_run;
     assert!(matches!(
         s.cancel("acme", &running.id).await,
-        Err(CancelError::NotCancellable(_))
+        Ok(Cancellation::Requested(_) | Cancellation::Cancelled(_))
     ));
-    gate.open();
-    wait_state(&s, &running.id, JobState::Completed).await;
+    let ended = wait_state(&s, &running.id, JobState::Cancelled).await;
+    {
+        let probe = probe.lock().unwrap();
+        // At most the step under way when the flag was raised ran after it.
+        assert!(
+            probe.steps_run <= steps_when_asked + 1,
+            "{} steps ran, {steps_when_asked} when it was asked to stop",
+            probe.steps_run
+        );
+        assert_eq!(probe.stopped, [Stopped::Cancelled]);
+        assert!(probe.order.is_empty(), "no output was made");
+    }
+    assert!(ended.output.is_none() && ended.error.is_none());
+    assert!(ended.usage.is_none(), "not billed: {:?}", ended.usage);
+    assert!(ended.finished_at_ms.is_some());
+    assert!(!journaled(&s, &running.id));
+
+    // Its slot went to the next job; only that one counts for the tenant now.
+    wait_state(&s, &next.id, JobState::InProgress).await;
+    assert_eq!(s.tenant_jobs("acme"), 1);
+    // Asked again, a cancelled job answers as cancelled.
+    assert!(matches!(
+        s.cancel("acme", &running.id).await,
+        Ok(Cancellation::Cancelled(_))
+    ));
+    s.cancel("acme", &next.id).await.unwrap();
+    wait_state(&s, &next.id, JobState::Cancelled).await;
+    assert_eq!(s.tenant_jobs("acme"), 0);
+    s.stop().await;
+
+    // The cancellation is on disk: after a restart the job is still cancelled, not rerun.
+    let s = start(&config(dir.path(), ""), vec![stepped(LONG)]);
     assert_eq!(
-        s.get("acme", &queued.id).unwrap().state,
+        s.get("acme", &running.id).unwrap().state,
         JobState::Cancelled
     );
-    assert_eq!(probe.lock().unwrap().order, ["running"]);
+    assert!(s.is_idle());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_one_job_of_a_running_batch_leaves_the_others_to_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = stepped(1_500);
+    let probe = model.probe.clone();
+    let s = start(&config(dir.path(), "max_batch = 2"), vec![model]);
+    // The first job holds the slot until it is cancelled; the two behind it form a batch.
+    let first = submit_grouped(&s, "first", "g").await;
+    wait_state(&s, &first.id, JobState::InProgress).await;
+    let kept = submit_grouped(&s, "kept", "g").await;
+    let dropped = submit_grouped(&s, "dropped", "g").await;
+    s.cancel("acme", &first.id).await.unwrap();
+    wait_state(&s, &dropped.id, JobState::InProgress).await;
+    let Ok(Cancellation::Requested(_)) = s.cancel("acme", &dropped.id).await else {
+        panic!("a running job is asked to stop");
+    };
+
+    let done = wait_state(&s, &kept.id, JobState::Completed).await;
+    assert_eq!(done.output.unwrap()["text"], "KEPT");
+    let ended = wait_state(&s, &dropped.id, JobState::Cancelled).await;
+    assert!(ended.output.is_none() && ended.usage.is_none());
+    assert!(journaled(&s, &kept.id));
+    assert!(!journaled(&s, &dropped.id));
+    {
+        let probe = probe.lock().unwrap();
+        // Only the lone first job was stopped; the batch ran to its end.
+        assert_eq!(probe.stopped, [Stopped::Cancelled]);
+        assert_eq!(probe.batches, [2]);
+    }
+    assert_eq!(s.tenant_jobs("acme"), 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_finished_job_cannot_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = TestModel::new("test/echo");
+    let s = start(&config(dir.path(), ""), vec![model]);
+    let job = submit(&s, "done", Priority::Normal).await;
+    let done = wait_state(&s, &job.id, JobState::Completed).await;
+    let Err(CancelError::NotCancellable(record)) = s.cancel("acme", &job.id).await else {
+        panic!("a completed job is not cancellable");
+    };
+    assert_eq!(record.state, JobState::Completed);
+    let after = s.get("acme", &job.id).unwrap();
+    assert_eq!(after.state, JobState::Completed);
+    assert_eq!(after.usage, done.usage);
+    assert!(journaled(&s, &job.id));
     s.stop().await;
 }
 

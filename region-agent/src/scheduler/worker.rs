@@ -1,7 +1,8 @@
 //! A model's thread: waits for work, takes a slot (reserved first), takes a batch, loads the
 //! model if it is not loaded (the cold start, measured), runs the batch, stores the outputs
 //! and bills each job ([`super::billing`]), and unloads the model after its keep-alive
-//! without work.
+//! without work. A job cancelled while it ran ([`super::running`]) ends `CANCELLED` with no
+//! output and no usage record: nothing was delivered, so nothing is billed.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub(super) fn run_lane(shared: &Shared, lane: &Lane) {
         let batch = {
             let mut state = lane.lock();
             let batch = state.queue.take_batch(lane.config.max_batch);
-            state.running += batch.len();
+            state.running.start(batch.iter().map(|job| job.id.clone()));
             batch
         };
         if !batch.is_empty() {
@@ -126,10 +127,17 @@ fn run_batch(
             gpu_seconds: elapsed.as_secs_f64() * share,
             capacity: lease.capacity,
         };
-        finish(shared, lane, record, outcome, work);
+        if lane.lock().running.settle(&record.id) {
+            finish_cancelled(shared, record);
+        } else {
+            finish(shared, lane, record, outcome, work);
+        }
     }
+    // Jobs whose record was gone (none settled above) leave the batch too.
     let mut state = lane.lock();
-    state.running -= ids.len();
+    for id in &ids {
+        state.running.settle(id);
+    }
 }
 
 /// Loads the model if needed and runs the batch: one outcome per job, with the batch's run
@@ -157,15 +165,20 @@ fn run_on_model(
     let units: Vec<f64> = batch.iter().map(|job| job.input.units).collect();
     let started = Instant::now();
     let stop = StopSignal::until(started + lane.config.timeout);
+    lane.lock().running.arm(&stop);
     let results = model.run(batch.into_iter().map(|job| job.input).collect(), &stop);
     let elapsed = started.elapsed();
-    record_timing(lane, elapsed, &units);
+    let cancelled = stop.reason() == Some(Stopped::Cancelled);
+    // A batch cut short says nothing about how long the model takes.
+    if !cancelled {
+        record_timing(lane, elapsed, &units);
+    }
     let seconds = elapsed.as_secs_f64();
     let id = lane.config.id.as_str();
     shared
         .metrics
         .batch(id, jobs, lease.capacity, seconds, lease.price_per_hour);
-    if elapsed > lane.config.timeout || stop.reason() == Some(Stopped::TimedOut) {
+    if !cancelled && (elapsed > lane.config.timeout || stop.reason() == Some(Stopped::TimedOut)) {
         return Outcome::Failed(timeout_error(lane.config.timeout)).repeat(jobs, elapsed);
     }
     results
@@ -278,6 +291,19 @@ fn finish(shared: &Shared, lane: &Lane, mut record: JobRecord, outcome: Outcome,
         }
     }
     record.usage = Some(billing::usage_record(shared, lane, &record, work));
+    billing::close(shared, record);
+}
+
+/// Settles a job cancelled while it ran: `CANCELLED`, with no output (dropped even when the
+/// model had finished it) and no usage record, then stored and published like any
+/// finished job (its tenant's count drops).
+fn finish_cancelled(shared: &Shared, mut record: JobRecord) {
+    record.state = JobState::Cancelled;
+    record.finished_at_ms = Some(now_ms());
+    record.output = None;
+    record.error = None;
+    record.usage = None;
+    tracing::info!(job = %record.id, "a running job stopped because it was cancelled");
     billing::close(shared, record);
 }
 
