@@ -294,15 +294,21 @@ async fn a_running_job_cancelled_stops_at_its_next_step_unbilled_and_frees_its_s
 #[tokio::test]
 async fn cancelling_one_job_of_a_running_batch_leaves_the_others_to_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let model = stepped(1_500);
+    let gate = Gate::closed();
+    let model = stepped(3_000).gated(&gate);
     let probe = model.probe.clone();
     let s = start(&config(dir.path(), "max_batch = 2"), vec![model]);
-    // The first job holds the slot until it is cancelled; the two behind it form a batch.
+    // The first job holds the slot at the gate until it is cancelled; the two behind it
+    // form a batch.
     let first = submit_grouped(&s, "first", "g").await;
     wait_state(&s, &first.id, JobState::InProgress).await;
     let kept = submit_grouped(&s, "kept", "g").await;
     let dropped = submit_grouped(&s, "dropped", "g").await;
-    s.cancel("acme", &first.id).await.unwrap();
+    let Ok(Cancellation::Requested(_)) = s.cancel("acme", &first.id).await else {
+        panic!("a running job is asked to stop");
+    };
+    gate.open();
+    wait_state(&s, &first.id, JobState::Cancelled).await;
     wait_state(&s, &dropped.id, JobState::InProgress).await;
     let Ok(Cancellation::Requested(_)) = s.cancel("acme", &dropped.id).await else {
         panic!("a running job is asked to stop");
