@@ -12,6 +12,7 @@ use crate::LONDON_IP;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_killed_under_load_fails_over_with_no_client_visible_failure() {
+    let _turn = super::turn().await;
     let mut world = World::start(NODE, spec(Store::Embedded, TWO_REGIONS)).await;
     let key = world.key("acme");
     let plan = Plan {

@@ -32,6 +32,7 @@ async fn kill_and_restart_under_load(victim: Victim) {
         Victim::ControlPlane => Store::Embedded,
         Victim::Etcd => Store::Etcd,
     };
+    let _turn = super::turn().await;
     let mut world = World::start(NODE, spec(store, TWO_REGIONS)).await;
     let key = world.key("acme");
     let plan = plan();

@@ -42,6 +42,7 @@ async fn run(world: &World, api_key: &str, key: &str) -> tests::Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_keyed_submission_cut_mid_answer_is_never_sent_to_another_region() {
+    let _turn = super::turn().await;
     let world = World::start(
         NODE,
         WorldSpec {

@@ -12,6 +12,7 @@ use crate::LONDON_IP;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_killed_mid_job_and_restarted_ends_every_accepted_job_and_bills_it_once() {
+    let _turn = super::turn().await;
     let mut world = World::start(NODE, spec(Store::Embedded, DUBLIN_ONLY)).await;
     let key = world.key("acme");
     let plan = Plan {

@@ -22,6 +22,15 @@ use tests::{RegionDef, eventually};
 
 use crate::{DUBLIN, FRANKFURT, NEW_YORK, TENANTS};
 
+/// The scenarios run one at a time: each starts several processes and holds a load, and
+/// together they would starve the other end-to-end tests of the machine's cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this scenario's turn; it lasts while the guard lives.
+pub async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
+
 /// The `meridian-node` binary built with these tests.
 pub const NODE: &str = env!("CARGO_BIN_EXE_meridian-node");
 
