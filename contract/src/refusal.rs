@@ -20,16 +20,20 @@ pub enum Refusal {
     /// The agent's data directory is short of free space: it keeps what is left for the
     /// jobs it has accepted.
     DiskFull,
+    /// The agent has as many connections open as it allows (in all, or from the caller's
+    /// address); it answered before reading the request.
+    TooManyConnections,
 }
 
 impl Refusal {
     /// Every refusal, for documentation and tests.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Draining,
         Self::QueueFull,
         Self::ModelNotServed,
         Self::NoCatalog,
         Self::DiskFull,
+        Self::TooManyConnections,
     ];
 
     /// The header value.
@@ -40,6 +44,7 @@ impl Refusal {
             Self::ModelNotServed => "model_not_served",
             Self::NoCatalog => "no_catalog",
             Self::DiskFull => "disk_full",
+            Self::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -57,6 +62,7 @@ impl Refusal {
             Self::ModelNotServed => "this agent does not serve the model",
             Self::NoCatalog => "the agent has not received its catalog from the control plane yet",
             Self::DiskFull => "the agent's disk is short of free space; it takes no new jobs",
+            Self::TooManyConnections => "the agent has too many connections open",
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::Request;
-use contract::ErrorBody;
+use contract::{ErrorBody, Refusal, headers};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -167,18 +167,18 @@ impl Drop for Place {
     }
 }
 
-/// Answers a connection over the caps with `503` (as far as the socket takes it without
-/// waiting) and closes it.
+/// Answers a connection over the caps with `503` and the [`Refusal::TooManyConnections`]
+/// refusal (nothing was read, so an edge may send the request to another region), as far
+/// as the socket takes it without waiting, and closes it.
 fn turn_away(stream: &TcpStream) {
-    let body = ErrorBody::new(
-        "too_many_connections",
-        "too many connections are open; retry later",
-    )
-    .to_json();
+    let refusal = Refusal::TooManyConnections;
+    let body = ErrorBody::new(refusal.reason(), refusal.message()).to_json();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
-        body.len()
+         content-length: {}\r\nretry-after: 1\r\n{}: {}\r\nconnection: close\r\n\r\n",
+        body.len(),
+        headers::REFUSED,
+        refusal.reason(),
     );
     let _ = stream.try_write(&[head.as_bytes(), &body].concat());
 }
