@@ -136,6 +136,11 @@ pub struct AgentsFile {
     /// past it the client gets 504. Default 120 000 (a synchronous run may take a minute).
     #[serde(default = "default_read_timeout")]
     pub read_timeout_ms: u64,
+    /// How long an idle connection to an agent is kept for reuse, in ms (1000–3 600 000).
+    /// Keep it below the agents' `keep_alive_idle_ms` (30 000 by default), so the edge
+    /// drops a connection before the agent closes it under a request. Default 20 000.
+    #[serde(default = "default_agent_idle_timeout")]
+    pub idle_timeout_ms: u64,
 }
 
 /// `[retry]`: a token bucket that earns `ratio` of a retry per request.
@@ -197,6 +202,9 @@ fn default_connect_timeout() -> u64 {
 fn default_read_timeout() -> u64 {
     120_000
 }
+fn default_agent_idle_timeout() -> u64 {
+    20_000
+}
 fn default_retry_ratio() -> f64 {
     0.2
 }
@@ -254,6 +262,8 @@ pub struct EdgeConfig {
     pub connect_timeout: Duration,
     /// Agent read timeout.
     pub read_timeout: Duration,
+    /// How long an idle connection to an agent is kept for reuse.
+    pub agent_idle_timeout: Duration,
     /// Largest request body, bytes.
     pub max_body_bytes: u64,
     /// Read rate, idempotency keys remembered, wrong keys tolerated.
@@ -395,6 +405,7 @@ impl ConfigFile {
             60_000,
         );
         problems.range("agents.read_timeout_ms", a.read_timeout_ms, 100, 3_600_000);
+        problems.range("agents.idle_timeout_ms", a.idle_timeout_ms, 1000, 3_600_000);
         self.limits.check(&mut problems);
         self.connections.check(&mut problems);
         if !(0.0..=1.0).contains(&self.retry.ratio) {
@@ -436,6 +447,7 @@ impl ConfigFile {
             agent_token,
             connect_timeout: Duration::from_millis(a.connect_timeout_ms),
             read_timeout: Duration::from_millis(a.read_timeout_ms),
+            agent_idle_timeout: Duration::from_millis(a.idle_timeout_ms),
             max_body_bytes: self.limits.max_body_bytes,
             limits: self.limits.client_limits(),
             connections: self.connections.limits(),

@@ -332,6 +332,7 @@ impl ProxyHttp for EdgeProxy {
         peer.options.total_connection_timeout = Some(config.connect_timeout);
         peer.options.read_timeout = Some(config.read_timeout);
         peer.options.write_timeout = Some(config.read_timeout);
+        peer.options.idle_timeout = Some(config.agent_idle_timeout);
         self.edge
             .regions
             .sending(region.id.as_str(), Instant::now());

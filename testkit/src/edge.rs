@@ -43,6 +43,7 @@ pub fn edge_config(control_plane_url: &str, dir: &Path, location: Location) -> E
         agent_token: AGENT_EDGE.to_owned().into(),
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(60),
+        agent_idle_timeout: Duration::from_secs(20),
         max_body_bytes: 64 * 1024,
         limits: edge_proxy::config::ClientLimits {
             reads: policy::quota::RateLimit {

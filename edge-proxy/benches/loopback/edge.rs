@@ -200,6 +200,7 @@ fn edge_config(control_plane: &str, dir: &std::path::Path) -> EdgeConfig {
         admin: None,
         trusted_proxies: vec![Cidr::parse("127.0.0.0/8").expect("a network")],
         read_timeout: Duration::from_secs(10),
+        agent_idle_timeout: Duration::from_secs(20),
         ..testkit::edge::edge_config(control_plane, dir, Location::new(50.11, 8.68))
     }
 }

@@ -34,6 +34,7 @@ fn a_minimal_file_gets_the_documented_defaults() {
     assert_eq!(config.retry_floor, 10);
     assert_eq!(config.breaker_failures, 5);
     assert_eq!(config.read_timeout, Duration::from_secs(120));
+    assert_eq!(config.agent_idle_timeout, Duration::from_secs(20));
     assert_eq!(
         config.snapshot_cache,
         Path::new("/nonexistent/edge-snapshot.json")

@@ -351,6 +351,7 @@ fn edge_config(control_plane: &str, dir: &Path, spec: &WorldSpec<'_>) -> EdgeCon
         control_plane_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_millis(500),
         read_timeout: spec.read_timeout,
+        agent_idle_timeout: Duration::from_secs(20),
         max_body_bytes: 256 * 1024,
         retry_ratio: 1.0,
         retry_floor: 100,
