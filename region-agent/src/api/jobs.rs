@@ -16,6 +16,12 @@ use crate::jobs::{JobRecord, JobState, Priority, now_ms};
 use crate::scheduler::{CancelError, Cancellation, SubmitError, Terms};
 use crate::serving::InputError;
 
+/// The most array items and object members a job body may hold in all. Parsed, each takes
+/// 32 to about 100 bytes where its text may take 2 (`0,`), so a body under the size limit
+/// made of tiny values would take twenty times its size; every model's input is a few
+/// fields.
+const MAX_JSON_ITEMS: usize = 10_000;
+
 /// A parsed job body.
 struct JobBody {
     input: Value,
@@ -43,6 +49,11 @@ fn parse_body(
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
+    if more_items_than(&body, MAX_JSON_ITEMS) {
+        return Err(ApiError::BadRequest(format!(
+            "the body holds more than {MAX_JSON_ITEMS} array items and object members"
+        )));
+    }
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(mut object) = value else {
@@ -62,6 +73,43 @@ fn parse_body(
         })?,
     };
     Ok(JobBody { input, priority })
+}
+
+/// Whether JSON text `bytes` holds more than `most` array items and object members in all,
+/// counted without parsing (the bytes inside strings are skipped): each follows a `,` or
+/// opens a non-empty array or object.
+fn more_items_than(bytes: &[u8], most: usize) -> bool {
+    let mut items = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut opened = false;
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        if std::mem::take(&mut opened) && b != b']' && b != b'}' {
+            items += 1;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => opened = true,
+            b',' => items += 1,
+            _ => {}
+        }
+        if items > most {
+            return true;
+        }
+    }
+    false
 }
 
 impl From<SubmitError> for ApiError {
@@ -291,4 +339,44 @@ fn result_response(record: &JobRecord) -> Response {
         tracing::debug!(job = %record.id, "result served");
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(text: &str) -> usize {
+        (0..100)
+            .find(|&most| !more_items_than(text.as_bytes(), most))
+            .unwrap_or(100)
+    }
+
+    #[test]
+    fn items_and_members_are_counted_outside_strings() {
+        assert_eq!(items("{}"), 0);
+        assert_eq!(items("[ ]"), 0);
+        assert_eq!(items("0"), 0);
+        assert_eq!(items("[0]"), 1);
+        assert_eq!(items("[0, 1, [], {}]"), 4);
+        assert_eq!(items(r#"{"input": {"text": "a,b[{", "n": [1, 2]}}"#), 5);
+        assert_eq!(items(r#"{"a": "\\", "b": "\",[", "c": 1}"#), 3);
+    }
+
+    #[test]
+    fn a_body_of_many_tiny_values_is_refused_before_it_is_parsed() {
+        let mut json = HeaderMap::new();
+        json.insert("content-type", HeaderValue::from_static("application/json"));
+        let wide = |n: usize| {
+            let zeros = vec!["0"; n].join(",");
+            Bytes::from(format!(r#"{{"input": {{"text": "x", "n": [{zeros}]}}}}"#))
+        };
+        // The body's input, the input's two fields and the array's items.
+        assert!(parse_body(&json, Ok(wide(MAX_JSON_ITEMS - 3)), usize::MAX).is_ok());
+        let refused = parse_body(&json, Ok(wide(MAX_JSON_ITEMS - 2)), usize::MAX);
+        assert!(
+            matches!(&refused, Err(ApiError::BadRequest(m)) if m.contains("10000 array items")),
+            "{:?}",
+            refused.err()
+        );
+    }
 }
