@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod control_plane;
 pub mod edge;
 pub mod etcd;
+pub mod openapi;
 pub mod patience;
 pub mod stand_in;
 pub mod tokens;
