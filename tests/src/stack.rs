@@ -407,18 +407,19 @@ async fn bind_retrying(address: SocketAddr) -> tokio::net::TcpListener {
     listener.into_inner().unwrap().unwrap()
 }
 
-fn catalog(
+/// The test world's catalog: `regions` with one H100 pool each, their agents at
+/// `endpoint(region id)`, the test model, and `tenants`.
+pub(crate) fn world_catalog(
     regions: &[RegionDef],
-    addresses: &BTreeMap<&'static str, SocketAddr>,
+    endpoint: impl Fn(&str) -> String,
     tenants: &str,
-) -> CatalogSpec {
+) -> Catalog {
     let mut catalog = Catalog::new()
         .routing("heartbeat_timeout_ms = 6000")
         .jurisdictions(&["eu", "us", "uk", "jp"]);
     for r in regions {
-        let endpoint = format!("http://{}", addresses[r.id]);
         catalog = catalog.region(
-            Region::new(r.id, r.jurisdiction, (r.lat, r.lon), &endpoint)
+            Region::new(r.id, r.jurisdiction, (r.lat, r.lon), &endpoint(r.id))
                 .pool("gpu", "H100")
                 .reserved(r.reserved, r.reserved_price)
                 .on_demand(r.on_demand, r.on_demand_price),
@@ -427,5 +428,12 @@ fn catalog(
     catalog
         .model(Model::new(MODEL, "image-to-image", "megapixel", 0.001).gpu_seconds(0.05))
         .tenants(tenants)
-        .build()
+}
+
+fn catalog(
+    regions: &[RegionDef],
+    addresses: &BTreeMap<&'static str, SocketAddr>,
+    tenants: &str,
+) -> CatalogSpec {
+    world_catalog(regions, |id| format!("http://{}", addresses[id]), tenants).build()
 }

@@ -13,7 +13,6 @@ use edge_proxy::EdgeConfig;
 use edge_proxy::config::Cidr;
 use policy::Location;
 use serde_json::Value;
-use testkit::catalog::{Catalog, Model, Region};
 use testkit::etcd::Etcd;
 use testkit::tokens::{ADMIN, AGENT, AGENT_EDGE, EDGE};
 use testkit::{TestEdge, eventually, patience, weights};
@@ -260,22 +259,7 @@ fn catalog(
     endpoints: &BTreeMap<String, SocketAddr>,
     tenants: &str,
 ) -> String {
-    let mut catalog = Catalog::new()
-        .routing("heartbeat_timeout_ms = 6000")
-        .jurisdictions(&["eu", "us", "uk", "jp"]);
-    for r in regions {
-        let endpoint = format!("http://{}", endpoints[r.id]);
-        catalog = catalog.region(
-            Region::new(r.id, r.jurisdiction, (r.lat, r.lon), &endpoint)
-                .pool("gpu", "H100")
-                .reserved(r.reserved, r.reserved_price)
-                .on_demand(r.on_demand, r.on_demand_price),
-        );
-    }
-    catalog
-        .model(Model::new(MODEL, "image-to-image", "megapixel", 0.001).gpu_seconds(0.05))
-        .tenants(tenants)
-        .toml()
+    crate::stack::world_catalog(regions, |id| format!("http://{}", endpoints[id]), tenants).toml()
 }
 
 /// Writes the control plane's configuration file; returns its path.
