@@ -2,6 +2,9 @@
 //! `scripts/fetch-models` through the test kit (into `$MERIDIAN_MODELS_DIR`, else a cache
 //! under the target dir) when not present. These tests never skip: without npm they fail and say why.
 //!
+//! Tiling check: images cut into small tiles (odd sizes, one-pixel strips) give the same
+//! output as one untiled pass.
+//!
 //! Quality check: a synthetic scene (gradients, hard and soft edges, thin strokes like text)
 //! is downscaled with bicubic filtering, upscaled with the model and with bilinear
 //! interpolation, and the model must come closer to the original (higher PSNR).
@@ -13,6 +16,7 @@ use candle_core::Device;
 use image::imageops::{FilterType, resize};
 use image::{Rgb, RgbImage};
 use region_agent::models::esrgan::Esrgan;
+use region_agent::models::esrgan::tiling::Tiling;
 
 /// The ESRGAN-slim directory, fetched once per test process by the test kit.
 fn models_dir() -> PathBuf {
@@ -196,5 +200,58 @@ fn matches_the_packages_own_outputs_on_its_fixture() {
             max_diff <= 2,
             "×{scale}: max pixel difference {max_diff} from the TF.js output"
         );
+    }
+}
+
+/// Upscales `image` in one pass (a window larger than the image) and in tiles of `window`
+/// pixels, `batch` per pass, and returns the PSNR between the two and their largest
+/// difference.
+fn tiled_against_untiled(
+    model: &Esrgan,
+    image: &RgbImage,
+    window: usize,
+    batch: usize,
+) -> (f64, u8) {
+    let (w, h) = image.dimensions();
+    let whole = Tiling::new(model.config(), w.max(h) as usize, 1);
+    assert_eq!(whole.tiles(w as usize, h as usize).len(), 1);
+    let untiled = model.clone().with_tiling(whole).upscale(image).unwrap();
+    let tiling = Tiling::new(model.config(), window, batch);
+    assert!(tiling.tiles(w as usize, h as usize).len() > 1);
+    let tiled = model.clone().with_tiling(tiling).upscale(image).unwrap();
+    assert_eq!(tiled.dimensions(), untiled.dimensions());
+    let max_diff = tiled
+        .as_raw()
+        .iter()
+        .zip(untiled.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    // Identical images have no PSNR; report them as 99 dB.
+    let p = if max_diff == 0 {
+        99.0
+    } else {
+        psnr(&tiled, &untiled, 0)
+    };
+    (p, max_diff)
+}
+
+#[test]
+fn tiled_and_untiled_runs_agree_within_45_db() {
+    let scene = synthetic_scene(192);
+    for scale in [2, 4] {
+        let model = load(scale);
+        // Odd sizes that no window divides, and strips one pixel wide and high.
+        for (x, y, w, h) in [(3, 5, 97, 61), (40, 0, 1, 150), (0, 77, 150, 1)] {
+            let image = image::imageops::crop_imm(&scene, x, y, w, h).to_image();
+            let (p, max_diff) = tiled_against_untiled(&model, &image, 32, 4);
+            eprintln!(
+                "×{scale} {w}×{h}, 32-pixel tiles: PSNR {p:.1} dB against untiled, max diff {max_diff}"
+            );
+            assert!(
+                p >= 45.0,
+                "×{scale} {w}×{h}: PSNR {p:.1} dB, max diff {max_diff}"
+            );
+        }
     }
 }

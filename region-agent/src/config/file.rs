@@ -138,4 +138,9 @@ pub struct ModelFile {
     /// Longest a job may run once started, in seconds; later it fails with `timeout`. Default 120.
     #[serde(default)]
     pub timeout_s: Option<u64>,
+    /// ESRGAN models only (`meridian/esrgan-x2`, `-x4`): largest output image accepted, in
+    /// pixels (width × height after upscaling); larger inputs are refused with 422. Default
+    /// 16777216 (4096 × 4096).
+    #[serde(default)]
+    pub max_output_pixels: Option<u64>,
 }

@@ -48,6 +48,9 @@ pub struct ModelConfig {
     pub keep_alive: Duration,
     /// Longest run of one job (> 0).
     pub timeout: Duration,
+    /// Largest output image, in pixels (> 0), for the models that take it (ESRGAN); `None`:
+    /// the model's default.
+    pub max_output_pixels: Option<u64>,
 }
 
 /// The control-plane link's settings.
@@ -493,6 +496,10 @@ fn model(
     let max_batch = positive(p, &at("max_batch"), m.max_batch.map(u64::from), 1);
     let timeout = positive(p, &at("timeout_s"), m.timeout_s, 120);
     let weights = weights(p, i, m);
+    let max_output_pixels = m.max_output_pixels.map(|value| {
+        let default = crate::models::esrgan::DEFAULT_MAX_OUTPUT_PIXELS;
+        positive(p, &at("max_output_pixels"), Some(value), default)
+    });
     Some(ModelConfig {
         id: id?,
         weights,
@@ -500,6 +507,7 @@ fn model(
         max_batch: usize::try_from(max_batch).unwrap_or(usize::MAX),
         keep_alive: Duration::from_secs(m.keep_alive_s.unwrap_or(300)),
         timeout: Duration::from_secs(timeout),
+        max_output_pixels,
     })
 }
 

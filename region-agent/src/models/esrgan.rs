@@ -8,22 +8,33 @@
 //!
 //! [`Esrgan::load`] memory-maps a converted file and reads its hyper-parameters from the
 //! safetensors metadata; [`Esrgan::upscale`] runs an RGB image through the network
-//! synchronously (callers run it on a model thread, never on the async runtime).
+//! synchronously (callers run it on a model thread, never on the async runtime), in
+//! overlapping tiles ([`tiling`]) batched through the network, so the memory it takes is
+//! bounded by a batch of tiles whatever the image's size, and [`Esrgan::upscale_until`] stops
+//! between two batches when the job's [`StopSignal`] says so.
 
 mod conv;
 pub mod network;
+pub mod tiling;
 pub mod topology;
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use image::RgbImage;
 
 use self::network::{Rdn, RdnConfig};
+use self::tiling::{Tile, Tiling};
 use super::image_io::{self, ImageInputError, InputLimits};
+use super::stop::{StopSignal, Stopped};
+
+/// Largest output accepted by default, in pixels (width × height after upscaling): 4096 ×
+/// 4096. The input limit of a model follows from it and its scale
+/// ([`InputLimits::for_output`]); operators change it per model with `max_output_pixels`.
+pub const DEFAULT_MAX_OUTPUT_PIXELS: u64 = 4096 * 4096;
 
 /// Metadata key: the model family and file format version.
 pub const META_FORMAT: &str = "format";
@@ -80,6 +91,9 @@ pub enum UpscaleError {
     /// The network failed to run.
     #[error("run ESRGAN-slim: {0}")]
     Inference(#[from] candle_core::Error),
+    /// The job was stopped (timeout or cancellation) between two batches of tiles.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
 }
 
 /// Where a model's weights came from, as recorded in its metadata.
@@ -100,6 +114,7 @@ pub struct Esrgan {
     device: Device,
     provenance: Option<Provenance>,
     limits: InputLimits,
+    tiling: Tiling,
 }
 
 impl Esrgan {
@@ -144,29 +159,47 @@ impl Esrgan {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
             .map_err(weights_error)?;
         let network = Rdn::new(config, vb).map_err(weights_error)?;
-        Ok(Self {
-            network,
-            device: device.clone(),
-            provenance,
-            limits: InputLimits::default(),
-        })
+        Ok(Self::new(network, device.clone(), provenance))
     }
 
     /// Builds a model from weights already in a `VarBuilder` (tests, benchmarks).
     pub fn from_var_builder(config: RdnConfig, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let device = vb.device().clone();
-        Ok(Self {
-            network: Rdn::new(config, vb)?,
-            device,
-            provenance: None,
-            limits: InputLimits::default(),
-        })
+        Ok(Self::new(Rdn::new(config, vb)?, device, None))
     }
 
-    /// Replaces the input size limits (default: [`InputLimits::default`]).
+    fn new(network: Rdn, device: Device, provenance: Option<Provenance>) -> Self {
+        let cfg = *network.config();
+        Self {
+            limits: InputLimits::for_output(DEFAULT_MAX_OUTPUT_PIXELS, cfg.scale as u32),
+            tiling: Tiling::for_network(&cfg),
+            network,
+            device,
+            provenance,
+        }
+    }
+
+    /// Replaces the input size limits (default: those of an output of
+    /// [`DEFAULT_MAX_OUTPUT_PIXELS`]).
     pub fn with_limits(mut self, limits: InputLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Replaces how images are cut into tiles (default: [`Tiling::for_network`]).
+    pub fn with_tiling(mut self, tiling: Tiling) -> Self {
+        self.tiling = tiling;
+        self
+    }
+
+    /// How images are cut into tiles.
+    pub fn tiling(&self) -> &Tiling {
+        &self.tiling
+    }
+
+    /// The input size limits.
+    pub fn limits(&self) -> &InputLimits {
+        &self.limits
     }
 
     /// The upscaling factor.
@@ -196,10 +229,91 @@ impl Esrgan {
 
     /// Upscales an RGB image by [`Self::scale`], refusing images over the input limits.
     pub fn upscale(&self, image: &RgbImage) -> Result<RgbImage, UpscaleError> {
-        self.limits.check(image.width(), image.height())?;
-        let input = image_io::rgb_to_tensor(image, &self.device)?;
-        let output = self.network.forward(&input)?;
-        Ok(image_io::tensor_to_rgb(&output)?)
+        self.upscale_until(image, &StopSignal::never())
+    }
+
+    /// [`Self::upscale`], checking `stop` before every batch of tiles.
+    pub fn upscale_until(
+        &self,
+        image: &RgbImage,
+        stop: &StopSignal,
+    ) -> Result<RgbImage, UpscaleError> {
+        let mut outputs = self.upscale_all(std::slice::from_ref(image), stop)?;
+        Ok(outputs.remove(0))
+    }
+
+    /// Upscales several images, their tiles batched together (tiles of one size share a
+    /// forward pass, up to [`Tiling::batch`] of them), checking `stop` before every batch.
+    pub fn upscale_all(
+        &self,
+        images: &[RgbImage],
+        stop: &StopSignal,
+    ) -> Result<Vec<RgbImage>, UpscaleError> {
+        let s = self.scale() as u32;
+        let mut outputs = Vec::with_capacity(images.len());
+        let mut work = Vec::new();
+        for (i, image) in images.iter().enumerate() {
+            let (w, h) = image.dimensions();
+            self.limits.check(w, h)?;
+            outputs.push(RgbImage::new(w * s, h * s));
+            let tiles = self.tiling.tiles(w as usize, h as usize);
+            work.extend(tiles.into_iter().map(|tile| (i, tile)));
+        }
+        let mut batch: Vec<(usize, Tile)> = Vec::with_capacity(self.tiling.batch);
+        for (i, tile) in work {
+            let same_size = |(_, first): &(usize, Tile)| {
+                first.x.window.len() == tile.x.window.len()
+                    && first.y.window.len() == tile.y.window.len()
+            };
+            if batch.len() == self.tiling.batch || !batch.first().is_none_or(same_size) {
+                self.run_tiles(images, &batch, &mut outputs, stop)?;
+                batch.clear();
+            }
+            batch.push((i, tile));
+        }
+        self.run_tiles(images, &batch, &mut outputs, stop)?;
+        Ok(outputs)
+    }
+
+    /// A safe point, then one forward pass over same-sized tile windows, writing each
+    /// tile's core into its image's output.
+    fn run_tiles(
+        &self,
+        images: &[RgbImage],
+        batch: &[(usize, Tile)],
+        outputs: &mut [RgbImage],
+        stop: &StopSignal,
+    ) -> Result<(), UpscaleError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        stop.check()?;
+        let windows = batch
+            .iter()
+            .map(|(i, tile)| {
+                let (x, y) = (&tile.x.window, &tile.y.window);
+                let crop = image::imageops::crop_imm(
+                    &images[*i],
+                    x.start as u32,
+                    y.start as u32,
+                    x.len() as u32,
+                    y.len() as u32,
+                );
+                image_io::rgb_to_tensor(&crop.to_image(), &self.device)
+            })
+            .collect::<candle_core::Result<Vec<Tensor>>>()?;
+        let upscaled = self.network.forward(&Tensor::cat(&windows, 0)?)?;
+        let s = self.scale();
+        for (n, (i, tile)) in batch.iter().enumerate() {
+            let core = upscaled
+                .narrow(0, n, 1)?
+                .narrow(2, tile.y.core_offset() * s, tile.y.core.len() * s)?
+                .narrow(3, tile.x.core_offset() * s, tile.x.core.len() * s)?;
+            let pixels = image_io::tensor_to_rgb(&core)?;
+            let (x, y) = (tile.x.core.start * s, tile.y.core.start * s);
+            image::imageops::replace(&mut outputs[*i], &pixels, x as i64, y as i64);
+        }
+        Ok(())
     }
 
     /// Decodes PNG or JPEG bytes and upscales the image.
@@ -355,6 +469,77 @@ mod tests {
 
         let err = Esrgan::load(&dir.path().join("absent"), &Device::Cpu).unwrap_err();
         assert!(matches!(err, LoadError::Io { .. }), "{err}");
+    }
+
+    fn scene(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            let v = ((x * 13 + y * 7) % 256) as u8;
+            image::Rgb([
+                v,
+                (x * 3) as u8,
+                if (x / 5 + y / 3) % 2 == 0 { 40 } else { 210 },
+            ])
+        })
+    }
+
+    /// Largest difference of one 8-bit channel between two images of one size.
+    fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
+        assert_eq!(a.dimensions(), b.dimensions());
+        let pairs = a.as_raw().iter().zip(b.as_raw());
+        pairs.map(|(a, b)| a.abs_diff(*b)).max().unwrap()
+    }
+
+    #[test]
+    fn tiles_of_any_size_give_the_untiled_image() {
+        let (model, _) = random_model(tiny(2));
+        let cfg = *model.config();
+        for (width, height) in [(45, 37), (1, 50), (50, 1), (33, 32)] {
+            let image = scene(width, height);
+            let whole = Tiling::new(&cfg, 64, 1);
+            let untiled = model.clone().with_tiling(whole).upscale(&image).unwrap();
+            for (window, batch) in [(21, 1), (32, 3), (32, 64)] {
+                let tiling = Tiling::new(&cfg, window, batch);
+                let tiled = model.clone().with_tiling(tiling).upscale(&image).unwrap();
+                let diff = max_diff(&tiled, &untiled);
+                assert!(diff <= 1, "{width}×{height} {tiling:?}: max diff {diff}");
+            }
+        }
+    }
+
+    /// The margin matters: with less than the receptive radius, seams show.
+    #[test]
+    fn a_margin_under_the_receptive_radius_changes_the_image() {
+        let (model, _) = random_model(tiny(2));
+        let image = scene(45, 37);
+        let untiled = model.upscale(&image).unwrap();
+        let short = Tiling {
+            window: 21,
+            margin: model.config().receptive_radius() / 2,
+            batch: 2,
+        };
+        let tiled = model.with_tiling(short).upscale(&image).unwrap();
+        assert!(max_diff(&tiled, &untiled) > 1);
+    }
+
+    #[test]
+    fn a_stopped_job_ends_at_the_next_batch_of_tiles() {
+        let (model, _) = random_model(tiny(2));
+        let tiling = Tiling::new(model.config(), 21, 2);
+        let model = model.with_tiling(tiling);
+        let image = scene(60, 60);
+        let tiles = model.tiling().tiles(60, 60).len();
+        assert!(tiles > 4, "{tiles} tiles");
+        let stop = StopSignal::never().with_hook(std::sync::Arc::new(|signal, n| {
+            if n == 2 {
+                signal.cancel();
+            }
+        }));
+        let result = model.upscale_until(&image, &stop);
+        assert!(matches!(
+            result,
+            Err(UpscaleError::Stopped(Stopped::Cancelled))
+        ));
+        assert_eq!(stop.safe_points(), 2);
     }
 
     #[test]

@@ -91,6 +91,19 @@ pub enum ImageInputError {
 }
 
 impl InputLimits {
+    /// The limits of a model that scales by `scale` and may produce at most
+    /// `max_output_pixels`: `max_output_pixels / scale²` pixels in all and four times the side
+    /// of that square a side (long strips are fine; a decoder's allocations follow the area).
+    pub fn for_output(max_output_pixels: u64, scale: u32) -> Self {
+        let scale = u64::from(scale.max(1));
+        let max_pixels = max_output_pixels / (scale * scale);
+        let square_side = max_pixels.isqrt();
+        Self {
+            max_side: u32::try_from(square_side.saturating_mul(4)).unwrap_or(u32::MAX),
+            max_pixels,
+        }
+    }
+
     /// Checks `width × height` against the limits.
     pub fn check(&self, width: u32, height: u32) -> Result<(), ImageInputError> {
         if width == 0 || height == 0 {
@@ -190,6 +203,19 @@ mod tests {
             decoder_limits(512, 512 * 512).max_alloc,
             Some(16 * 512 * 512 + DECODER_SLACK_BYTES)
         );
+    }
+
+    #[test]
+    fn limits_for_an_output_size_divide_it_by_the_scale_squared() {
+        let x4 = InputLimits::for_output(4096 * 4096, 4);
+        assert_eq!((x4.max_pixels, x4.max_side), (1024 * 1024, 4096));
+        assert!(x4.check(1024, 1024).is_ok());
+        assert!(x4.check(4096, 256).is_ok());
+        assert!(x4.check(1025, 1024).is_err());
+        assert!(x4.check(4097, 1).is_err());
+        let x2 = InputLimits::for_output(4096 * 4096, 2);
+        assert_eq!(x2.max_pixels, 2048 * 2048);
+        assert_eq!(InputLimits::for_output(u64::MAX, 1).max_side, u32::MAX);
     }
 
     #[test]

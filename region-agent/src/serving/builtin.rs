@@ -51,6 +51,14 @@ fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
             format!("use one of {}", KNOWN.join(", ")),
         ));
     }
+    let esrgan = ["meridian/esrgan-x2", "meridian/esrgan-x4"];
+    if m.max_output_pixels.is_some() && !esrgan.contains(&m.id.as_str()) {
+        return Err((
+            "max_output_pixels",
+            format!("{} does not take max_output_pixels", m.id),
+            format!("remove it (only {} take it)", esrgan.join(", ")),
+        ));
+    }
     let dir = match &m.weights {
         ModelWeights::Dir(dir) => dir.as_path(),
         ModelWeights::PipelineTest if WITH_PIPELINE_TEST.contains(&m.id.as_str()) => {
@@ -74,9 +82,12 @@ fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
         format!("run scripts/fetch-models and point weights_dir at its {name} directory")
     };
     Ok(match m.id.as_str() {
-        "meridian/esrgan-x2" | "meridian/esrgan-x4" => {
+        id if esrgan.contains(&id) => {
             let scale = if m.id.as_str().ends_with("x2") { 2 } else { 4 };
-            let model = EsrganModel::new(m.id.as_str(), scale, dir);
+            let mut model = EsrganModel::new(m.id.as_str(), scale, dir);
+            if let Some(max) = m.max_output_pixels {
+                model = model.with_max_output_pixels(max);
+            }
             weights_file(model.weights(), fetched("esrgan-slim"))?;
             Arc::new(model)
         }

@@ -1,13 +1,17 @@
 //! ESRGAN-slim (`meridian/esrgan-x2`, `meridian/esrgan-x4`) served through [`Model`].
 //!
 //! Input `{"image": "<base64 PNG/JPEG or data: URL>"}`, output `{"image": {file}}` (PNG).
-//! Units: output megapixels. Batching is real: images of the same size (the batch key is
-//! `WxH`) are stacked into one `[N, 3, H, W]` tensor and run in one forward pass.
+//! Units: output megapixels. Images up to `max_output_pixels` of output are accepted (default
+//! [`DEFAULT_MAX_OUTPUT_PIXELS`]); larger ones are refused with 422 naming the limit. Every
+//! image runs in overlapping tiles; the tiles of a batch's images (the batch key is `WxH`, so
+//! they share one tile size) are stacked into `[N, 3, h, w]` tensors of up to
+//! [`Tiling::batch`](crate::models::esrgan::tiling::Tiling::batch) tiles, and the job's stop
+//! signal is checked before each.
 
 use std::io::Cursor;
 use std::path::PathBuf;
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::Device;
 use image::{ImageFormat, RgbImage};
 use policy::PricingUnit;
 use serde_json::Value;
@@ -16,7 +20,7 @@ use super::{
     InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, StopSignal,
     decode_base64, string_field,
 };
-use crate::models::esrgan::Esrgan;
+use crate::models::esrgan::{DEFAULT_MAX_OUTPUT_PIXELS, Esrgan, UpscaleError};
 use crate::models::image_io::{self, ImageInputError, InputLimits};
 
 /// An ESRGAN-slim model of one scale, its weights in `<weights_dir>/x<scale>.safetensors`.
@@ -25,6 +29,7 @@ pub struct EsrganModel {
     id: String,
     scale: u32,
     weights: PathBuf,
+    max_output_pixels: u64,
     limits: InputLimits,
 }
 
@@ -35,8 +40,16 @@ impl EsrganModel {
             id: id.to_owned(),
             scale,
             weights: weights_dir.join(format!("x{scale}.safetensors")),
-            limits: InputLimits::default(),
+            max_output_pixels: DEFAULT_MAX_OUTPUT_PIXELS,
+            limits: InputLimits::for_output(DEFAULT_MAX_OUTPUT_PIXELS, scale),
         }
+    }
+
+    /// Accepts inputs whose output has at most `max_output_pixels` pixels.
+    pub fn with_max_output_pixels(mut self, max_output_pixels: u64) -> Self {
+        self.max_output_pixels = max_output_pixels;
+        self.limits = InputLimits::for_output(max_output_pixels, self.scale);
+        self
     }
 
     /// The weights file this model loads.
@@ -58,9 +71,10 @@ impl Model for EsrganModel {
         let text = string_field(input, "image")?;
         let bytes = decode_base64("image", text)?;
         let image = image_io::decode_rgb(&bytes, &self.limits).map_err(|e| match e {
-            ImageInputError::TooLarge { .. } | ImageInputError::Empty { .. } => {
-                InputError::Unprocessable(format!("input.image: {e}"))
-            }
+            ImageInputError::TooLarge { .. } => InputError::Unprocessable(format!(
+                "input.image: {e} (an output of at most {} pixels at ×{})",
+                self.max_output_pixels, self.scale
+            )),
             other => InputError::Unprocessable(format!("input.image: {other}")),
         })?;
         let (w, h) = image.dimensions();
@@ -83,30 +97,13 @@ impl Model for EsrganModel {
             )));
         }
         Ok(Box::new(LoadedEsrgan {
-            model,
-            device: device.clone(),
+            model: model.with_limits(self.limits),
         }))
     }
 }
 
 struct LoadedEsrgan {
     model: Esrgan,
-    device: Device,
-}
-
-impl LoadedEsrgan {
-    /// One forward pass over images of one size.
-    fn upscale_batch(&self, images: &[RgbImage]) -> candle_core::Result<Vec<RgbImage>> {
-        let tensors = images
-            .iter()
-            .map(|image| image_io::rgb_to_tensor(image, &self.device))
-            .collect::<candle_core::Result<Vec<Tensor>>>()?;
-        let input = Tensor::cat(&tensors, 0)?;
-        let output = self.model.network().forward(&input)?;
-        (0..images.len())
-            .map(|i| image_io::tensor_to_rgb(&output.narrow(0, i, 1)?))
-            .collect()
-    }
 }
 
 impl LoadedModel for LoadedEsrgan {
@@ -116,10 +113,6 @@ impl LoadedModel for LoadedEsrgan {
         stop: &StopSignal,
     ) -> Vec<Result<ModelOutput, ModelError>> {
         let count = batch.len();
-        // One forward pass, no tiles: the only safe point is before it.
-        if let Err(stopped) = stop.check() {
-            return vec![Err(stopped.into()); count];
-        }
         let images: Vec<RgbImage> = batch
             .into_iter()
             .filter_map(|job| job.payload.downcast::<RgbImage>().ok().map(|b| *b))
@@ -128,9 +121,10 @@ impl LoadedModel for LoadedEsrgan {
             let error = ModelError("input of the wrong type for ESRGAN".to_owned());
             return vec![Err(error); count];
         }
-        match self.upscale_batch(&images) {
+        match self.model.upscale_all(&images, stop) {
             Ok(outputs) => outputs.iter().map(encode).collect(),
-            Err(e) => vec![Err(ModelError(format!("run ESRGAN-slim: {e}"))); count],
+            Err(UpscaleError::Stopped(stopped)) => vec![Err(stopped.into()); count],
+            Err(e) => vec![Err(ModelError(e.to_string())); count],
         }
     }
 }
@@ -174,7 +168,6 @@ mod tests {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         LoadedEsrgan {
             model: Esrgan::from_var_builder(config, vb).unwrap(),
-            device: Device::Cpu,
         }
     }
 

@@ -65,6 +65,23 @@ impl RdnConfig {
         }
     }
 
+    /// How far an output pixel's inputs reach, in low-resolution pixels: the sum of `k / 2`
+    /// over the convolutions on the longest path of the graph in the module doc (`F_m1`,
+    /// `F_0`, every dense convolution of every block, `GFF_2`, `UPN1`–`UPN3`, `SR`). The
+    /// 1×1 fusions add nothing and the skips (`F_m1` → `FDF`, a block's input → its sum, the
+    /// dense concatenations) are shorter paths. `SR` runs at high resolution, where its 3×3
+    /// reaches one high-resolution pixel: within one low-resolution pixel, as its fused form
+    /// shows. 10 for the shipped models.
+    pub fn receptive_radius(&self) -> usize {
+        let r = KERNEL / 2;
+        let shallow = 2 * r;
+        let dense = self.blocks * self.convs_per_block * r;
+        let global_fusion = r;
+        let upsample = UPSAMPLE_KERNEL / 2 + 2 * r;
+        let reconstruct = r;
+        shallow + dense + global_fusion + upsample + reconstruct
+    }
+
     /// Layer name of dense convolution `c` of block `d` (both 1-based).
     pub fn dense_conv_name(d: usize, c: usize) -> String {
         format!("F_{d}_{c}")
@@ -249,6 +266,54 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
+
+    /// Changes one input pixel and finds how far (in low-resolution pixels, the larger of
+    /// the two axes) the output changes: exactly the receptive radius, never further.
+    #[test]
+    fn an_input_pixel_reaches_exactly_the_receptive_radius() {
+        for (scale, blocks, convs_per_block) in [(2, 2, 1), (3, 1, 3)] {
+            let cfg = RdnConfig {
+                features: 6,
+                growth: 2,
+                blocks,
+                convs_per_block,
+                upsample_features: [6, 5, CHANNELS * scale * scale],
+                ..RdnConfig::slim(scale)
+            };
+            let radius = cfg.receptive_radius();
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let net = Rdn::new(cfg, vb).unwrap();
+            let n = 2 * radius + 9;
+            let centre = n / 2;
+            let x = Tensor::rand(0f32, 255f32, (1, 3, n, n), &Device::Cpu).unwrap();
+            let mut bump = vec![0f32; 3 * n * n];
+            bump[centre * n + centre] = 50.0;
+            let bumped =
+                (&x + Tensor::from_vec(bump, (1, 3, n, n), &Device::Cpu).unwrap()).unwrap();
+            let diff = (net.forward(&bumped).unwrap() - net.forward(&x).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum((0, 1))
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let reach = diff
+                .iter()
+                .enumerate()
+                .flat_map(|(y, row)| row.iter().enumerate().map(move |(x, d)| (y, x, *d)))
+                .filter(|(_, _, d)| *d > 0.0)
+                .map(|(y, x, _)| {
+                    (y / scale)
+                        .abs_diff(centre)
+                        .max((x / scale).abs_diff(centre))
+                })
+                .max()
+                .unwrap();
+            assert_eq!(reach, radius, "{cfg:?}");
+        }
+    }
 
     #[test]
     fn fused_tail_equals_the_literal_graph() {
