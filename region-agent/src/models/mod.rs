@@ -13,3 +13,4 @@ pub mod silero_vad;
 pub mod stop;
 pub mod tiny_sd;
 pub mod video_upscale;
+pub mod whisper;

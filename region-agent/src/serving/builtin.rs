@@ -8,6 +8,7 @@ use super::esrgan::EsrganModel;
 use super::silero_vad::SileroVadModel;
 use super::tiny_sd::{TinySdModel, TinySdWeights};
 use super::video_upscale::VideoUpscaleModel;
+use super::whisper::WhisperModel;
 use contract::ConfigProblems;
 
 use crate::config::{AgentConfig, ConfigError, ModelConfig, ModelWeights};
@@ -19,6 +20,7 @@ pub const KNOWN: &[&str] = &[
     "meridian/video-upscale-x2",
     "meridian/silero-vad",
     "meridian/tiny-sd",
+    "meridian/whisper-tiny-en",
 ];
 
 /// Models that have a pipeline test model (`pipeline_test = true`).
@@ -101,6 +103,11 @@ fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
             weights_file(model.weights(), fetched("silero-vad"))?;
             Arc::new(model)
         }
+        "meridian/whisper-tiny-en" => {
+            let model = WhisperModel::new(m.id.as_str(), dir);
+            weights_file(&model.weights(), fetched("whisper-tiny-en"))?;
+            Arc::new(model)
+        }
         _ => Arc::new(tiny_sd(
             m.id.as_str(),
             TinySdWeights::Dir(dir.to_path_buf()),
@@ -180,6 +187,7 @@ mod tests {
                 "models[2].weights_dir",
                 "models[3].weights_dir",
                 "models[4].weights_dir",
+                "models[5].weights_dir",
             ]
         );
         for (p, expected) in problems.iter().zip([
@@ -188,11 +196,17 @@ mod tests {
             "x2.safetensors",
             "silero_vad_16k.safetensors",
             "missing",
+            "model.safetensors",
         ]) {
             assert!(p.problem.contains(expected), "{p}");
         }
         assert!(problems[3].fix.contains("silero-vad"), "{}", problems[3]);
         assert!(problems[4].fix.contains("pipeline_test"), "{}", problems[4]);
+        assert!(
+            problems[5].fix.contains("whisper-tiny-en"),
+            "{}",
+            problems[5]
+        );
     }
 
     #[test]

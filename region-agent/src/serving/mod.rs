@@ -15,6 +15,7 @@ pub mod silero_vad;
 pub mod test_model;
 pub mod tiny_sd;
 pub mod video_upscale;
+pub mod whisper;
 
 use std::any::Any;
 

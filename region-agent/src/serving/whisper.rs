@@ -1,0 +1,120 @@
+//! Whisper tiny.en (`meridian/whisper-tiny-en`) served through [`Model`].
+//!
+//! Input `{"audio": "<base64 audio or a data: URL>"}`; output `{"text", "segments":
+//! [{"start_s", "end_s", "text"}, …], "language": "en"}` (`text` is empty and `segments` `[]`
+//! when nobody speaks). Units: seconds of audio. The audio is decoded and checked (format,
+//! length) in [`Model::prepare`], so audio the agent cannot use is refused with 422 before the
+//! job exists.
+//!
+//! Batching: jobs run one by one (a window's decoder steps depend on each other, and audios of
+//! different lengths would wait for the longest); `max_batch = 1` is the setting to use.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use policy::PricingUnit;
+use serde_json::Value;
+
+use super::{
+    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, StopSignal, decode_base64,
+    string_field,
+};
+use crate::models::audio_io::{self, AudioLimits};
+use crate::models::whisper::{SAMPLE_RATE, TranscribeError, WEIGHTS_FILE, Whisper};
+
+/// Longest audio accepted, in seconds.
+pub const MAX_SECONDS: u32 = 600;
+
+/// Whisper, its files in one directory (what `scripts/fetch-models` writes as
+/// `whisper-tiny-en/`).
+#[derive(Debug, Clone)]
+pub struct WhisperModel {
+    id: String,
+    dir: PathBuf,
+    limits: AudioLimits,
+}
+
+impl WhisperModel {
+    /// The model `id`, its files in `dir`.
+    pub fn new(id: &str, dir: &Path) -> Self {
+        Self {
+            id: id.to_owned(),
+            dir: dir.to_path_buf(),
+            limits: AudioLimits {
+                sample_rate: SAMPLE_RATE,
+                max_seconds: MAX_SECONDS,
+            },
+        }
+    }
+
+    /// The weights file this model loads.
+    pub fn weights(&self) -> PathBuf {
+        self.dir.join(WEIGHTS_FILE)
+    }
+}
+
+impl Model for WhisperModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn unit(&self) -> PricingUnit {
+        PricingUnit::AudioSecond
+    }
+
+    fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
+        let text = string_field(input, "audio")?;
+        let bytes = decode_base64("audio", text)?;
+        let samples = audio_io::decode_wav_mono(&bytes, &self.limits)
+            .map_err(|e| InputError::Unprocessable(format!("input.audio: {e}")))?;
+        Ok(JobInput {
+            units: samples.len() as f64 / f64::from(SAMPLE_RATE),
+            batch_key: String::new(),
+            payload: Box::new(samples),
+        })
+    }
+
+    fn load(&self, device: &Device) -> Result<Box<dyn LoadedModel>, ModelError> {
+        let model = Whisper::load(&self.dir, device).map_err(|e| ModelError(e.to_string()))?;
+        Ok(Box::new(LoadedWhisper { model }))
+    }
+}
+
+struct LoadedWhisper {
+    model: Whisper,
+}
+
+impl LoadedWhisper {
+    fn transcribe(&mut self, job: JobInput, stop: &StopSignal) -> Result<ModelOutput, ModelError> {
+        let samples = job
+            .payload
+            .downcast::<Vec<f32>>()
+            .map_err(|_| ModelError("input of the wrong type for Whisper".to_owned()))?;
+        let transcript = self
+            .model
+            .transcribe(&samples, stop)
+            .map_err(|e: TranscribeError| ModelError(e.to_string()))?;
+        let Value::Object(fields) =
+            serde_json::to_value(transcript).map_err(|e| ModelError(format!("encode: {e}")))?
+        else {
+            return Err(ModelError("a transcript is not a JSON object".to_owned()));
+        };
+        Ok(ModelOutput {
+            fields,
+            files: Vec::new(),
+        })
+    }
+}
+
+impl LoadedModel for LoadedWhisper {
+    fn run(
+        &mut self,
+        batch: Vec<JobInput>,
+        stop: &StopSignal,
+    ) -> Vec<Result<ModelOutput, ModelError>> {
+        batch
+            .into_iter()
+            .map(|job| self.transcribe(job, stop))
+            .collect()
+    }
+}
