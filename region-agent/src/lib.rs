@@ -11,6 +11,8 @@
 //!   (kept on disk) or a catalog file.
 //! - [`serving`]: the [`serving::Model`] trait the scheduler drives, and the models served.
 //! - [`scheduler`]: queues, priorities, batching, slots, timeouts, keep-alive, billing.
+//! - [`inputs`]: media inputs given as `http(s)` URLs, fetched under a destination policy
+//!   before a job is accepted.
 //! - [`jobs`]: job records and their on-disk store; [`usage`]: the usage ledger (per-job
 //!   journal, numbered batches of aggregates for the control plane, audit pages).
 //! - [`api`]: the HTTP API; [`link`]: registration, heartbeats, catalog updates and usage
@@ -22,6 +24,7 @@ pub mod api;
 pub mod catalog;
 pub mod config;
 pub mod gpu;
+pub mod inputs;
 pub mod jobs;
 pub mod link;
 pub mod models;

@@ -21,6 +21,7 @@ use crate::api::{self, AppState, Limits, Tokens};
 use crate::catalog::source;
 use crate::config::{AgentConfig, CatalogSource};
 use crate::gpu::Hardware;
+use crate::inputs::MediaUrls;
 use crate::jobs::now_ms;
 use crate::link::Link;
 use crate::scheduler::Scheduler;
@@ -123,7 +124,8 @@ fn serve_http(
         max_body_bytes: config.max_body_bytes,
         body_read: config.connections.body_read,
     };
-    let state = AppState::new(scheduler.clone(), tokens, limits);
+    let media_urls = MediaUrls::new(&config.input_urls).context("build the media URL client")?;
+    let state = AppState::new(scheduler.clone(), tokens, limits, media_urls);
     let address = listener
         .local_addr()
         .context("read the listening address")?;

@@ -155,6 +155,7 @@ fn terms(headers: &HeaderMap) -> Result<Terms, ApiError> {
     Ok(Terms {
         bound: max.map(|max| JobBound { max, elsewhere }),
         key,
+        submitted: None,
     })
 }
 
@@ -176,7 +177,14 @@ async fn submit(
     if !known && let Some(refusal) = scheduler.refusal(model) {
         return Err(ApiError::Refused(refusal));
     }
-    let (body, terms) = (body?, terms?);
+    let (mut body, mut terms) = (body?, terms?);
+    // Media given as URLs is fetched now, unless the key names a job already (the answer).
+    if !known {
+        let fetched = state.0.media_urls.fetch_into(&body.input).await;
+        if let Some(fetched) = fetched.map_err(SubmitError::Input)? {
+            terms.submitted = Some(std::mem::replace(&mut body.input, fetched));
+        }
+    }
     let record = scheduler
         .submit_with(tenant, model, body.priority, body.input, terms)
         .await?;

@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 pub use self::error::ApiError;
+use crate::inputs::MediaUrls;
 use crate::scheduler::Scheduler;
 
 /// What the handlers share.
@@ -40,6 +41,7 @@ struct Inner {
     max_body_bytes: usize,
     body_read: Duration,
     region_header: HeaderValue,
+    media_urls: MediaUrls,
 }
 
 /// How the API treats requests: how long a synchronous run waits, the largest body and
@@ -65,8 +67,14 @@ pub struct Tokens {
 }
 
 impl AppState {
-    /// The API over `scheduler`, checking `tokens`, within `limits`.
-    pub fn new(scheduler: Scheduler, tokens: Tokens, limits: Limits) -> Self {
+    /// The API over `scheduler`, checking `tokens`, within `limits`, fetching media inputs
+    /// given as URLs with `media_urls`.
+    pub fn new(
+        scheduler: Scheduler,
+        tokens: Tokens,
+        limits: Limits,
+        media_urls: MediaUrls,
+    ) -> Self {
         let region_header = HeaderValue::from_str(scheduler.region().as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self(Arc::new(Inner {
@@ -77,6 +85,7 @@ impl AppState {
             max_body_bytes: limits.max_body_bytes,
             body_read: limits.body_read,
             region_header,
+            media_urls,
         }))
     }
 

@@ -89,6 +89,41 @@ pub struct AgentFile {
     /// catalog places it in this region.
     #[serde(default)]
     pub models: Vec<ModelFile>,
+    /// Media inputs given as `http(s)` URLs. Default: fetched, from the public internet only.
+    #[serde(default)]
+    pub input_urls: Option<InputUrlsFile>,
+}
+
+/// `[input_urls]`: media fields (`image`, `video`, `audio`) given as `http://` or `https://`
+/// URLs, which the agent fetches before it accepts the job.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InputUrlsFile {
+    /// Fetch media given as URLs; when false, a job with one is refused (422). Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Largest body fetched for one URL, in bytes: a larger one is refused (422) by its
+    /// `Content-Length`, or as soon as more has arrived. Default: `max_body_bytes`.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Longest time for one URL, from resolving its host to the last byte of its body,
+    /// redirects included, in milliseconds. Default 30000.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Longest time to connect to one address, in milliseconds; at most `timeout_ms`.
+    /// Default 5000 (or `timeout_ms` when less).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Most redirects followed for one URL (0: none). Default 5.
+    #[serde(default)]
+    pub max_redirects: Option<u32>,
+    /// Address blocks fetched from although the destination policy refuses them (CIDR, e.g.
+    /// `10.20.0.0/16`, or one address, e.g. `127.0.0.1`): loopback, private (RFC 1918,
+    /// `fc00::/7`), shared (`100.64.0.0/10`), link-local, unspecified, multicast, broadcast,
+    /// documentation and reserved ranges, and cloud metadata addresses (`169.254.169.254`,
+    /// `fd00:ec2::254`) are refused, after DNS resolution and at every redirect. Default
+    /// none.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// `[control_plane]`: where the catalog comes from and heartbeats and usage go.

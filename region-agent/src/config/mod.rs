@@ -7,6 +7,7 @@
 //! ([`crate::catalog`]), either the control plane's or a catalog file's.
 
 pub mod file;
+mod input_urls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ use contract::problems::{ParseError, UnknownField};
 use contract::{ConfigProblems, ModelId, RegionId, Secret};
 
 use self::file::{AgentFile, ControlPlaneFile, ModelFile};
+
+pub use self::input_urls::InputUrlsConfig;
 
 /// Whether a slot is reserved (already paid) or on-demand (paid per use).
 pub use control_plane_client::wire::Capacity;
@@ -152,8 +155,12 @@ pub struct AgentConfig {
     pub catalog: CatalogSource,
     /// Configured models.
     pub models: Vec<ModelConfig>,
+    /// How media given as URLs is fetched.
+    pub input_urls: InputUrlsConfig,
 }
 
+/// Default largest request body: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 << 20;
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9100";
 const MIN_TOKEN: usize = 16;
@@ -218,7 +225,13 @@ impl AgentConfig {
             file.usage_retention_days,
             90,
         );
-        let max_body = positive(&mut p, "max_body_bytes", file.max_body_bytes, 32 << 20);
+        let max_body = positive(
+            &mut p,
+            "max_body_bytes",
+            file.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+        );
+        let input_urls = input_urls::input_urls(&mut p, file.input_urls.as_ref(), max_body);
         let sync_timeout = positive(&mut p, "sync_timeout_ms", file.sync_timeout_ms, 60_000);
         let connections = connection_limits(&mut p, &file);
         let catalog = catalog_source(&mut p, &file);
@@ -248,6 +261,7 @@ impl AgentConfig {
             on_demand,
             catalog,
             models,
+            input_urls,
         })
     }
 

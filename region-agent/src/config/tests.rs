@@ -239,3 +239,58 @@ fn connection_limits_and_free_disk_have_defaults_and_are_checked() {
         ]
     );
 }
+
+#[test]
+fn input_urls_have_defaults_follow_the_body_limit_and_are_checked() {
+    let with = |section: &str| format!("{GOOD}\n[input_urls]\n{section}\n");
+    let defaults = AgentConfig::from_toml(GOOD).unwrap().input_urls;
+    assert_eq!(defaults, InputUrlsConfig::default());
+    assert!(defaults.enabled && defaults.allow.is_empty());
+    assert_eq!(defaults.max_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(defaults.timeout, Duration::from_secs(30));
+    assert_eq!(defaults.connect_timeout, Duration::from_secs(5));
+    assert_eq!(defaults.max_redirects, 5);
+    let larger_body = GOOD.replace(
+        "on_demand_start_ms",
+        "max_body_bytes = 1000\non_demand_start_ms",
+    );
+    let follows = AgentConfig::from_toml(&larger_body).unwrap().input_urls;
+    assert_eq!(follows.max_bytes, 1000);
+
+    let set = with(
+        "enabled = false\nmax_bytes = 4096\ntimeout_ms = 800\nmax_redirects = 0\n\
+         allow = [\"127.0.0.1\", \"10.20.0.0/16\", \"fd00::/8\"]",
+    );
+    let set = AgentConfig::from_toml(&set).unwrap().input_urls;
+    assert!(!set.enabled);
+    assert_eq!((set.max_bytes, set.max_redirects), (4096, 0));
+    assert_eq!(set.timeout, Duration::from_millis(800));
+    assert_eq!(
+        set.connect_timeout,
+        Duration::from_millis(800),
+        "capped by timeout_ms"
+    );
+    let allow: Vec<String> = set.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(allow, ["127.0.0.1/32", "10.20.0.0/16", "fd00::/8"]);
+
+    for (bad, place) in [
+        ("max_bytes = 0", "input_urls.max_bytes"),
+        ("timeout_ms = 0", "input_urls.timeout_ms"),
+        ("connect_timeout_ms = 0", "input_urls.connect_timeout_ms"),
+        (
+            "timeout_ms = 100\nconnect_timeout_ms = 200",
+            "input_urls.connect_timeout_ms",
+        ),
+        (
+            "allow = [\"10.0.0.0/8\", \"10.0.0.1/8\"]",
+            "input_urls.allow[1]",
+        ),
+        ("allow = [\"localhost\"]", "input_urls.allow[0]"),
+        ("deny = []", "input_urls.deny"),
+    ] {
+        let problems = problems(&with(bad));
+        assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+        assert_eq!(problems[0].place, place, "{bad}");
+        assert!(!problems[0].fix.is_empty(), "{bad}");
+    }
+}

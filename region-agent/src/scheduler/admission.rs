@@ -88,7 +88,8 @@ pub(super) fn submit(
 ) -> Result<JobRecord, SubmitError> {
     let keyed = match &terms.key {
         Some(key) => {
-            let fingerprint = fingerprint(model, priority, &input);
+            let submitted = terms.submitted.as_ref().unwrap_or(&input);
+            let fingerprint = fingerprint(model, priority, submitted);
             match claim(shared, tenant, key, &fingerprint)? {
                 Ok(pending) => Some((pending, key, fingerprint)),
                 Err(existing) => return Ok(existing),

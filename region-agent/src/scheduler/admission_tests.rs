@@ -14,6 +14,7 @@ fn bound(max: u32, elsewhere: u32) -> Terms {
     Terms {
         bound: Some(JobBound { max, elsewhere }),
         key: None,
+        submitted: None,
     }
 }
 
@@ -21,6 +22,7 @@ fn keyed(key: &str) -> Terms {
     Terms {
         bound: None,
         key: Some(IdempotencyKey::parse(key.as_bytes()).unwrap()),
+        submitted: None,
     }
 }
 

@@ -81,6 +81,9 @@ pub struct Terms {
     pub bound: Option<JobBound>,
     /// The client's idempotency key, when it sent one.
     pub key: Option<IdempotencyKey>,
+    /// The input as the client sent it, when the agent rewrote it before acceptance (media
+    /// URLs replaced by the media fetched): the idempotency fingerprint is taken from it.
+    pub submitted: Option<Value>,
 }
 
 /// What a cancellation did.

@@ -130,6 +130,11 @@ pub trait LoadedModel: Send {
     ) -> Vec<Result<ModelOutput, ModelError>>;
 }
 
+/// The input fields that carry media (every model's): each holds base64, a `data:` URL, or
+/// an `http(s)` URL that the agent fetches before the job is accepted ([`crate::inputs`]),
+/// so a model only ever sees base64 or a `data:` URL ([`decode_base64`]).
+pub const MEDIA_FIELDS: &[&str] = &["image", "video", "audio"];
+
 /// The string field `field` of an input object.
 pub fn string_field<'a>(input: &'a Value, field: &str) -> Result<&'a str, InputError> {
     match input.get(field) {
