@@ -161,11 +161,11 @@ fn bombs() -> Vec<(
             "the limit is 600 s",
         ),
         (
-            "a WAV of 8 channels",
+            "a WAV of 9 channels",
             VAD,
             "audio",
-            wav(8, 1024, 1024),
-            "needs mono",
+            wav(9, 1152, 1152),
+            "the limit is 8 channels",
         ),
         (
             "a WAV of 65535 channels",

@@ -1,7 +1,8 @@
 //! Video upscaling ×2 served through the agent's API (`meridian/video-upscale-x2`) with the
 //! real ESRGAN-slim ×2 weights (fetched and converted by `scripts/fetch-models`; never
-//! skipped): GIF and APNG in, APNG out with the same frames in the same order at twice the
-//! size, and animations the model cannot take refused with 4xx, never a 500.
+//! skipped): GIF in, GIF out and APNG in, APNG out, with the same frames in the same order at
+//! twice the size, and animations the model cannot take refused with 4xx, never a 500 (MP4,
+//! WebM and MOV: media_formats.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -81,8 +82,9 @@ fn mean_colour(image: &RgbaImage) -> [f64; 3] {
     sum.map(|s| s / n)
 }
 
-/// Runs `video` (encoded bytes) and returns the decoded output and the result.
-async fn upscale(agent: &Agent, video: &[u8]) -> (Animation, Value) {
+/// Runs `video` (encoded bytes), expecting output of `content_type`, and returns the decoded
+/// output and the result.
+async fn upscale(agent: &Agent, video: &[u8], content_type: &str) -> (Animation, Value) {
     let response = agent
         .call(Method::POST, &format!("/v1/run/{MODEL}"))
         .json(&json!({"input": {"video": base64(video)}}))
@@ -93,14 +95,14 @@ async fn upscale(agent: &Agent, video: &[u8]) -> (Animation, Value) {
     let result: Value = response.json().await.unwrap();
     assert_eq!(result["status"], "COMPLETED", "{result}");
     let file = &result["output"]["video"];
-    assert_eq!(file["content_type"], "image/apng", "{result}");
+    assert_eq!(file["content_type"], content_type, "{result}");
     let response = agent
         .call(Method::GET, file["url"].as_str().unwrap())
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "image/apng");
+    assert_eq!(response.headers()["content-type"], content_type);
     let bytes = response.bytes().await.unwrap();
     assert_eq!(bytes.len() as u64, file["bytes"].as_u64().unwrap());
     let limits = AnimationLimits {
@@ -113,13 +115,17 @@ async fn upscale(agent: &Agent, video: &[u8]) -> (Animation, Value) {
 }
 
 #[tokio::test]
-async fn gif_and_apng_come_back_as_apng_with_the_same_frames_at_twice_the_size() {
+async fn gif_and_apng_come_back_in_their_format_with_the_same_frames_at_twice_the_size() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start(dir.path()).await;
     let input = clip(16, 12, 3);
-    for (what, bytes) in [("APNG", encode_apng(&input).unwrap()), ("GIF", gif(&input))] {
+    let inputs = [
+        ("APNG", encode_apng(&input).unwrap(), "image/apng"),
+        ("GIF", gif(&input), "image/gif"),
+    ];
+    for (what, bytes, content_type) in inputs {
         assert!(bytes.starts_with(if what == "GIF" { b"GIF8" } else { b"\x89PNG" }));
-        let (output, result) = upscale(&agent, &bytes).await;
+        let (output, result) = upscale(&agent, &bytes, content_type).await;
         assert_eq!(output.frames.len(), 3, "{what}");
         assert_eq!(output.dimensions(), (32, 24), "{what}");
         for (i, (out, inp)) in output.frames.iter().zip(&input.frames).enumerate() {

@@ -1,6 +1,7 @@
 //! Short animations in and out of the video models: decoding user-supplied GIF or APNG bytes
 //! into composited RGBA frames with their delays, under frame-count and size limits checked
-//! before decoding, and encoding frames as APNG with the same timing.
+//! before decoding, and encoding frames as APNG or GIF with the same timing. (MP4, WebM and
+//! MOV go through ffmpeg: [`super::ffmpeg::video`].)
 //!
 //! A PNG that is not animated is a one-frame animation.
 
@@ -108,6 +109,12 @@ pub enum AnimationError {
     /// The output could not be encoded.
     #[error("encode APNG: {0}")]
     Encode(#[from] png::EncodingError),
+    /// The output could not be encoded as GIF.
+    #[error("encode GIF: {0}")]
+    EncodeGif(#[source] image::ImageError),
+    /// ffmpeg or ffprobe refused the video, failed, or is missing.
+    #[error("input video refused: {0}")]
+    Ffmpeg(#[from] super::ffmpeg::FfmpegError),
 }
 
 /// How long a frame shows: `numer / denom` milliseconds.
@@ -234,8 +241,20 @@ impl AnimationLimits {
 
     /// Checks a scanned container: canvas size, frame count and total pixels.
     fn check_shape(&self, shape: &Shape) -> Result<(), AnimationError> {
-        self.check_frame(shape.width, shape.height)?;
-        self.check_count(shape.frames, shape.width, shape.height)
+        self.check_size(shape.width, shape.height, shape.frames)
+    }
+
+    /// Checks `frames` frames of `width`×`height` against every limit.
+    pub fn check_size(&self, width: u32, height: u32, frames: usize) -> Result<(), AnimationError> {
+        self.check_frame(width, height)?;
+        self.check_count(frames, width, height)
+    }
+
+    /// The most frames of `width`×`height` (both at least 1) the limits allow.
+    pub fn frames_allowed(&self, width: u32, height: u32) -> usize {
+        let frame = (u64::from(width) * u64::from(height)).max(1);
+        let by_pixels = usize::try_from(self.max_total_pixels / frame).unwrap_or(usize::MAX);
+        self.max_frames.min(by_pixels)
     }
 
     fn check_count(&self, frames: usize, width: u32, height: u32) -> Result<(), AnimationError> {
@@ -389,6 +408,40 @@ pub fn encode_apng(animation: &Animation) -> Result<Vec<u8>, AnimationError> {
     Ok(out)
 }
 
+/// Encodes frames (all of one size) as a GIF with their delays (in GIF's centiseconds),
+/// looping as `plays` says; colours are reduced to a palette of 256 per frame and alpha to
+/// on or off.
+pub fn encode_gif(animation: &Animation) -> Result<Vec<u8>, AnimationError> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let (width, height) = animation.dimensions();
+    if animation.frames.is_empty() || width == 0 || height == 0 {
+        return Err(AnimationError::Empty {
+            width,
+            height,
+            frames: animation.frames.len(),
+        });
+    }
+    let mut out = Vec::new();
+    {
+        // Speed 10 of 30: the palette search's default quality at a tenth of its cost.
+        let mut encoder = GifEncoder::new_with_speed(&mut out, 10);
+        let repeat = match u16::try_from(animation.plays) {
+            Ok(0) | Err(_) => Repeat::Infinite,
+            Ok(plays) => Repeat::Finite(plays.saturating_sub(1)),
+        };
+        encoder
+            .set_repeat(repeat)
+            .map_err(AnimationError::EncodeGif)?;
+        for frame in &animation.frames {
+            let delay = image::Delay::from_numer_denom_ms(frame.delay.numer_ms, frame.delay.denom);
+            encoder
+                .encode_frame(image::Frame::from_parts(frame.image.clone(), 0, 0, delay))
+                .map_err(AnimationError::EncodeGif)?;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use image::codecs::gif::GifEncoder;
@@ -479,6 +532,37 @@ mod tests {
         assert!(matches!(
             decode_animation(&bytes[..bytes.len() / 2], &limits),
             Err(AnimationError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn gif_round_trips_frames_and_delays() {
+        let animation = Animation {
+            frames: frames(3, 6, 4),
+            plays: 0,
+        };
+        let bytes = encode_gif(&animation).unwrap();
+        assert_eq!(
+            image::guess_format(&bytes).unwrap(),
+            image::ImageFormat::Gif
+        );
+        let decoded = decode_animation(&bytes, &AnimationLimits::default()).unwrap();
+        assert_eq!(decoded.frames.len(), 3);
+        assert_eq!(decoded.dimensions(), (6, 4));
+        for (a, b) in animation.frames.iter().zip(&decoded.frames) {
+            assert_eq!(a.delay.as_ms(), b.delay.as_ms());
+        }
+    }
+
+    #[test]
+    fn frames_allowed_is_the_tighter_of_the_frame_and_pixel_limits() {
+        let limits = AnimationLimits::default();
+        assert_eq!(limits.frames_allowed(16, 16), 120);
+        assert_eq!(limits.frames_allowed(256, 256), 16);
+        assert!(limits.check_size(256, 256, 16).is_ok());
+        assert!(matches!(
+            limits.check_size(256, 256, 17),
+            Err(AnimationError::TooManyPixels { frames: 17, .. })
         ));
     }
 

@@ -1,11 +1,31 @@
-//! Audio input for the audio models: decoding user-supplied WAV bytes into mono `f32` samples
-//! in `[-1, 1]`, refusing audio at the wrong sample rate, with the wrong channel count,
-//! longer than the limits allow, or declaring more samples than it carries — all from the
-//! header, before any sample is decoded.
+//! Audio input for the audio models: decoding user-supplied audio into mono `f32` samples in
+//! `[-1, 1]` at the model's sample rate ([`decode_audio`]), refusing audio longer than the
+//! limits allow, with more channels than [`MAX_CHANNELS`], or declaring more samples than it
+//! carries — from the header or ffprobe's report, before any sample is decoded.
+//!
+//! Which path each format takes: WAV at the model's rate and mono is read by `hound`
+//! ([`decode_wav_mono`]); WAV at another rate or with more channels has its header checked
+//! by `hound` and is resampled and downmixed by ffmpeg; MP3, FLAC, OGG (Vorbis, Opus),
+//! M4A/MP4 (AAC, ALAC), ADTS AAC and WebM/Matroska audio are probed and decoded by ffmpeg
+//! ([`super::ffmpeg`]), which is bounded by the decoded length the limits allow.
 
 use std::io::Cursor;
 
 use hound::{SampleFormat, WavReader};
+
+use super::ffmpeg::{Ffmpeg, FfmpegError, ScratchDir, input_guard};
+
+/// The most channels accepted (7.1 surround); more are downmixed to mono.
+pub const MAX_CHANNELS: u16 = 8;
+
+/// The demuxers audio may be read with, as ffprobe names them.
+pub const DEMUXERS: &[&str] = &["wav", "mp3", "flac", "ogg", "mov", "aac", "matroska"];
+
+/// The audio codecs accepted besides PCM (`pcm_*`).
+pub const CODECS: &[&str] = &["mp3", "flac", "vorbis", "opus", "aac", "alac"];
+
+/// The formats named when input audio is none of them.
+const FORMATS: &str = "WAV, MP3, FLAC, OGG/Opus, M4A/AAC";
 
 /// What an audio model accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +65,21 @@ pub enum AudioInputError {
         /// The file's channel count.
         channels: u16,
     },
+    /// The audio has more channels than [`MAX_CHANNELS`].
+    #[error("input audio has {channels} channels; the limit is {MAX_CHANNELS} channels")]
+    TooManyChannels {
+        /// The file's channel count.
+        channels: u32,
+    },
+    /// The bytes are in none of the formats read, or ffmpeg cannot decode them.
+    #[error("input audio is not in a format this model reads ({FORMATS}): {0}")]
+    Unreadable(#[source] FfmpegError),
+    /// The container holds no audio stream, or one in a codec not accepted.
+    #[error("input audio refused: {0}")]
+    Refused(String),
+    /// ffmpeg is missing, ran past its time, or could not run.
+    #[error("input audio: {0}")]
+    Ffmpeg(#[source] FfmpegError),
     /// The audio has no samples.
     #[error("input audio is empty")]
     Empty,
@@ -70,10 +105,179 @@ pub enum AudioInputError {
         /// The limit, in seconds.
         max_seconds: u32,
     },
+    /// The audio decodes to more than the limit (its container understated its length).
+    #[error("input audio decodes to more than {max_seconds} s; the limit is {max_seconds} s")]
+    DecodesTooLong {
+        /// The limit, in seconds.
+        max_seconds: u32,
+    },
 }
 
-/// Decodes WAV bytes into mono samples in `[-1, 1]`, checking rate, channels and duration
-/// from the header before decoding.
+/// Decodes audio in any of the accepted formats, at any sample rate and with up to
+/// [`MAX_CHANNELS`] channels, into mono samples in `[-1, 1]` at `limits.sample_rate`
+/// (ffmpeg with its default bounds; see the module doc for which path a format takes).
+pub fn decode_audio(bytes: &[u8], limits: &AudioLimits) -> Result<Vec<f32>, AudioInputError> {
+    decode_audio_with(bytes, limits, &Ffmpeg::default())
+}
+
+/// [`decode_audio`] with ffmpeg run as `ffmpeg` says (programs, timeout, memory).
+pub fn decode_audio_with(
+    bytes: &[u8],
+    limits: &AudioLimits,
+    ffmpeg: &Ffmpeg,
+) -> Result<Vec<f32>, AudioInputError> {
+    let is_wav = bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE";
+    if is_wav {
+        let spec = check_wav_header(bytes, limits)?;
+        if spec.sample_rate == limits.sample_rate && spec.channels == 1 {
+            return decode_wav_mono(bytes, limits);
+        }
+    }
+    decode_with_ffmpeg(bytes, limits, ffmpeg)
+}
+
+/// Checks a WAV header: channels, length and the bytes it declares against those it carries.
+fn check_wav_header(bytes: &[u8], limits: &AudioLimits) -> Result<hound::WavSpec, AudioInputError> {
+    let reader = WavReader::new(Cursor::new(bytes)).map_err(AudioInputError::Undecodable)?;
+    let spec = reader.spec();
+    if spec.channels > MAX_CHANNELS {
+        return Err(AudioInputError::TooManyChannels {
+            channels: u32::from(spec.channels),
+        });
+    }
+    let frames = reader.duration();
+    if frames == 0 {
+        return Err(AudioInputError::Empty);
+    }
+    let seconds = f64::from(frames) / f64::from(spec.sample_rate.max(1));
+    if seconds > f64::from(limits.max_seconds) {
+        return Err(AudioInputError::TooLong {
+            seconds,
+            max_seconds: limits.max_seconds,
+        });
+    }
+    // The data chunk's declared length against the bytes that follow the header.
+    let declared = u64::from(reader.len()) * u64::from(spec.bits_per_sample.div_ceil(8));
+    let start = reader.into_inner().position();
+    let carried = (bytes.len() as u64).saturating_sub(start);
+    if declared > carried {
+        return Err(AudioInputError::Truncated { declared, carried });
+    }
+    Ok(spec)
+}
+
+/// Probes `bytes` with ffprobe, checks the first audio stream, and decodes it with ffmpeg
+/// into mono `f32` at the model's rate, reading at most a second more than the limit.
+fn decode_with_ffmpeg(
+    bytes: &[u8],
+    limits: &AudioLimits,
+    ffmpeg: &Ffmpeg,
+) -> Result<Vec<f32>, AudioInputError> {
+    ffmpeg
+        .check_installed("MP3, FLAC, OGG/Opus and M4A/AAC input, and resampling")
+        .map_err(AudioInputError::Ffmpeg)?;
+    let scratch = |source| {
+        AudioInputError::Ffmpeg(FfmpegError::Io {
+            what: "write the input to a scratch file".to_owned(),
+            source,
+        })
+    };
+    let dir = ScratchDir::new().map_err(scratch)?;
+    let input = dir.write("input", &[bytes]).map_err(scratch)?;
+    let demuxer = probe_audio(ffmpeg, &input, limits)?;
+    let rate = limits.sample_rate.to_string();
+    let mut args = input_guard(DEMUXERS);
+    args.extend(["-f", &demuxer, "-i"].map(String::from));
+    args.push(input.display().to_string());
+    args.extend(
+        [
+            "-map", "0:a:0", "-ac", "1", "-ar", &rate, "-f", "f32le", "pipe:1",
+        ]
+        .map(String::from),
+    );
+    let most = (limits.max_seconds as usize + 1) * limits.sample_rate as usize;
+    let raw = match ffmpeg.ffmpeg(&args, most * 4) {
+        Err(FfmpegError::OutputTooLarge { .. }) => {
+            return Err(AudioInputError::DecodesTooLong {
+                max_seconds: limits.max_seconds,
+            });
+        }
+        other => other.map_err(unreadable)?,
+    };
+    let samples: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    finish(samples, limits)
+}
+
+/// Probes `input` and checks its first audio stream (codec, channels, duration), returning
+/// the demuxer to decode it with.
+fn probe_audio(
+    ffmpeg: &Ffmpeg,
+    input: &std::path::Path,
+    limits: &AudioLimits,
+) -> Result<String, AudioInputError> {
+    let probe = ffmpeg.probe(input, DEMUXERS).map_err(unreadable)?;
+    let stream = probe
+        .first("audio")
+        .ok_or_else(|| AudioInputError::Refused("the file has no audio stream".to_owned()))?;
+    if !(stream.codec.starts_with("pcm_") || CODECS.contains(&stream.codec.as_str())) {
+        return Err(AudioInputError::Refused(format!(
+            "audio coded as {} is not accepted (accepted: PCM, {})",
+            stream.codec,
+            CODECS.join(", ")
+        )));
+    }
+    let channels = stream.channels.unwrap_or(0);
+    if channels > u32::from(MAX_CHANNELS) {
+        return Err(AudioInputError::TooManyChannels { channels });
+    }
+    match stream.duration.or(probe.duration) {
+        Some(seconds) if seconds > f64::from(limits.max_seconds) => Err(AudioInputError::TooLong {
+            seconds,
+            max_seconds: limits.max_seconds,
+        }),
+        _ => Ok(probe.demuxer),
+    }
+}
+
+/// Checks decoded samples (not empty, finite, within the limit) and clamps them to `[-1, 1]`.
+fn finish(mut samples: Vec<f32>, limits: &AudioLimits) -> Result<Vec<f32>, AudioInputError> {
+    let rate = f64::from(limits.sample_rate);
+    if samples.is_empty() {
+        return Err(AudioInputError::Empty);
+    }
+    if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+        return Err(AudioInputError::NotFinite {
+            seconds: i as f64 / rate,
+        });
+    }
+    // A resampler's last block may run a few milliseconds past the input's end.
+    let seconds = samples.len() as f64 / rate;
+    if seconds > f64::from(limits.max_seconds) + 0.1 {
+        return Err(AudioInputError::TooLong {
+            seconds,
+            max_seconds: limits.max_seconds,
+        });
+    }
+    for s in &mut samples {
+        *s = s.clamp(-1.0, 1.0);
+    }
+    Ok(samples)
+}
+
+/// A failure to read the input: its format, unless ffmpeg is missing or was stopped.
+fn unreadable(error: FfmpegError) -> AudioInputError {
+    match error {
+        FfmpegError::Failed { .. } | FfmpegError::Refused(_) => AudioInputError::Unreadable(error),
+        other => AudioInputError::Ffmpeg(other),
+    }
+}
+
+/// Decodes WAV bytes at exactly `limits.sample_rate`, mono, into samples in `[-1, 1]`,
+/// checking rate, channels and duration from the header before decoding (the pure-Rust
+/// path of [`decode_audio`]; other rates and channel counts are refused here).
 pub fn decode_wav_mono(bytes: &[u8], limits: &AudioLimits) -> Result<Vec<f32>, AudioInputError> {
     let reader = WavReader::new(Cursor::new(bytes)).map_err(AudioInputError::Undecodable)?;
     let spec = reader.spec();
@@ -88,27 +292,7 @@ pub fn decode_wav_mono(bytes: &[u8], limits: &AudioLimits) -> Result<Vec<f32>, A
             channels: spec.channels,
         });
     }
-    let frames = reader.duration();
-    if frames == 0 {
-        return Err(AudioInputError::Empty);
-    }
-    let seconds = f64::from(frames) / f64::from(spec.sample_rate);
-    if seconds > f64::from(limits.max_seconds) {
-        return Err(AudioInputError::TooLong {
-            seconds,
-            max_seconds: limits.max_seconds,
-        });
-    }
-    // The data chunk's declared length against the bytes that follow the header.
-    let declared = u64::from(reader.len()) * u64::from(spec.bits_per_sample.div_ceil(8));
-    let start = WavReader::new(Cursor::new(bytes))
-        .map_err(AudioInputError::Undecodable)?
-        .into_inner()
-        .position();
-    let carried = (bytes.len() as u64).saturating_sub(start);
-    if declared > carried {
-        return Err(AudioInputError::Truncated { declared, carried });
-    }
+    check_wav_header(bytes, limits)?;
     let samples: Result<Vec<f32>, hound::Error> = match spec.sample_format {
         SampleFormat::Float => reader.into_samples::<f32>().collect(),
         SampleFormat::Int => {

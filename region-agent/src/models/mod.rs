@@ -7,6 +7,7 @@ pub mod animation;
 pub mod audio_io;
 pub mod convert;
 pub mod esrgan;
+pub mod ffmpeg;
 pub mod image_io;
 pub mod media_scan;
 pub mod silero_vad;

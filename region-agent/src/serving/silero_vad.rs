@@ -1,9 +1,11 @@
 //! Silero VAD (`meridian/silero-vad`) served through [`Model`].
 //!
-//! Input `{"audio": "<base64 WAV, 16 kHz mono, or a data: URL>"}`, output
-//! `{"segments": [{"start_s", "end_s"}, …]}` (seconds from the start of the audio; `[]` when
-//! nobody speaks). Units: seconds of audio. The WAV is decoded and checked (rate, channels,
-//! length) in [`Model::prepare`], so wrong audio is refused with 422 before the job exists.
+//! Input `{"audio": "<base64 audio, or a data: URL>"}` — WAV, MP3, FLAC, OGG/Opus or
+//! M4A/AAC at any sample rate with up to 8 channels, resampled to 16 kHz mono
+//! ([`audio_io::decode_audio`]) — output `{"segments": [{"start_s", "end_s"}, …]}` (seconds
+//! from the start of the audio; `[]` when nobody speaks). Units: seconds of audio. The audio
+//! is probed, checked (format, channels, length) and decoded in [`Model::prepare`], so audio
+//! the model cannot take is refused with 422 before the job exists.
 //!
 //! Batching: the model can advance several audios in lockstep
 //! ([`SileroVad::speech_probabilities_batch`]), but the `silero_vad` benchmark shows no gain
@@ -22,6 +24,7 @@ use super::{
     string_field,
 };
 use crate::models::audio_io::{self, AudioLimits};
+use crate::models::ffmpeg::{self, Ffmpeg};
 use crate::models::silero_vad::{SAMPLE_RATE, SegmentParams, SileroVad, WEIGHTS_FILE};
 
 /// Silero VAD, its weights in `<weights_dir>/silero_vad_16k.safetensors`.
@@ -30,17 +33,27 @@ pub struct SileroVadModel {
     id: String,
     weights: PathBuf,
     limits: AudioLimits,
+    ffmpeg: Ffmpeg,
 }
 
 impl SileroVadModel {
     /// The model `id`, weights from `weights_dir` (what `scripts/fetch-models` writes as
     /// `silero-vad/`).
+    /// Logs a warning when ffmpeg is missing (only 16 kHz mono WAV is then read).
     pub fn new(id: &str, weights_dir: &Path) -> Self {
+        ffmpeg::warn_if_missing(id);
         Self {
             id: id.to_owned(),
             weights: weights_dir.join(WEIGHTS_FILE),
             limits: AudioLimits::VAD_16K,
+            ffmpeg: Ffmpeg::default(),
         }
+    }
+
+    /// Replaces how ffmpeg is run (default: [`Ffmpeg::default`]).
+    pub fn with_ffmpeg(mut self, ffmpeg: Ffmpeg) -> Self {
+        self.ffmpeg = ffmpeg;
+        self
     }
 
     /// The weights file this model loads.
@@ -61,7 +74,7 @@ impl Model for SileroVadModel {
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
         let text = string_field(input, "audio")?;
         let bytes = decode_base64("audio", text)?;
-        let samples = audio_io::decode_wav_mono(&bytes, &self.limits)
+        let samples = audio_io::decode_audio_with(&bytes, &self.limits, &self.ffmpeg)
             .map_err(|e| InputError::Unprocessable(format!("input.audio: {e}")))?;
         Ok(JobInput {
             units: samples.len() as f64 / f64::from(SAMPLE_RATE),
@@ -133,18 +146,17 @@ mod tests {
     }
 
     #[test]
-    fn prepare_bills_seconds_and_refuses_other_rates_and_garbage() {
+    fn prepare_bills_seconds_resamples_other_rates_and_refuses_garbage() {
         let model = SileroVadModel::new("meridian/silero-vad", Path::new("unused"));
         let input = model
             .prepare(&json!({"audio": wav_base64(1.5, 16_000)}))
             .unwrap();
         assert!((input.units - 1.5).abs() < 1e-9, "{}", input.units);
-        let Err(InputError::Unprocessable(message)) =
-            model.prepare(&json!({"audio": wav_base64(1.0, 8_000)}))
-        else {
-            panic!("8 kHz audio was accepted");
-        };
-        assert!(message.contains("8000 Hz"), "{message}");
+        // 8 kHz is resampled to 16 kHz: the same second of audio.
+        let input = model
+            .prepare(&json!({"audio": wav_base64(1.0, 8_000)}))
+            .unwrap();
+        assert!((input.units - 1.0).abs() < 0.01, "{}", input.units);
         assert!(matches!(
             model.prepare(&json!({"audio": "aGVsbG8="})),
             Err(InputError::Unprocessable(_))

@@ -1,12 +1,16 @@
 //! Video upscaling ×2 (`meridian/video-upscale-x2`) served through [`Model`]: ESRGAN-slim ×2
-//! frame by frame over a short animation.
+//! frame by frame over a short video or animation.
 //!
-//! Input `{"video": "<base64 GIF or APNG, or a data: URL>"}`, output `{"video": {file}}`
-//! (APNG, `image/apng`, same frame count, delays and loop count, twice the width and
-//! height). Units: output megapixels over all frames, 2·width × 2·height × frames / 10⁶ (the
-//! work grows with the pixels, not the frame count alone; megapixels are output megapixels,
-//! as for ESRGAN). The animation is decoded and checked against
-//! [`AnimationLimits`] in [`Model::prepare`], so input over the limits is refused with 422.
+//! Input `{"video": "<base64 video, or a data: URL>"}`: MP4 or MOV (H.264, HEVC, MPEG-4,
+//! AV1), WebM or MKV (VP8, VP9, AV1) through ffmpeg ([`ffmpeg::video`]), or a GIF or APNG
+//! through the pure-Rust decoders ([`animation`]). Output `{"video": {file}}` at twice the
+//! width and height with the same frame count: MP4 (H.264, yuv420p, `video/mp4`) at the
+//! input's frame rate for a video; a GIF (`image/gif`) for a GIF and an APNG (`image/apng`)
+//! for an APNG, with the same delays. Units: output megapixels over all frames, 2·width ×
+//! 2·height × frames / 10⁶ (the work grows with the pixels, not the frame count alone;
+//! megapixels are output megapixels, as for ESRGAN). The input is probed, checked against
+//! [`AnimationLimits`] and decoded in [`Model::prepare`], so input over the limits is
+//! refused with 422.
 //!
 //! Batching happens inside a job: the frames of one animation go through the network
 //! [`VideoUpscaler::frames_per_batch`] at a time. Jobs are not stacked together (their frame
@@ -23,7 +27,8 @@ use super::{
     InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, StopSignal,
     decode_base64, string_field,
 };
-use crate::models::animation::{self, Animation, AnimationLimits};
+use crate::models::animation::{self, Animation, AnimationError, AnimationLimits};
+use crate::models::ffmpeg::{self, Ffmpeg, video};
 use crate::models::video_upscale::VideoUpscaler;
 
 /// The upscaling factor.
@@ -35,17 +40,61 @@ pub struct VideoUpscaleModel {
     id: String,
     weights: PathBuf,
     limits: AnimationLimits,
+    ffmpeg: Ffmpeg,
+}
+
+/// The container a job's output is written in: the input's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Container {
+    Apng,
+    Gif,
+    /// MP4 at this frame rate, `numerator / denominator`.
+    Mp4((u32, u32)),
+}
+
+/// A decoded job: the frames and the container to write them in.
+struct VideoJob {
+    frames: Animation,
+    container: Container,
 }
 
 impl VideoUpscaleModel {
     /// The model `id`, weights from `weights_dir` (the `esrgan-slim` directory that
-    /// `scripts/fetch-models` writes).
+    /// `scripts/fetch-models` writes). Logs a warning when ffmpeg is missing (only GIF and
+    /// APNG are then read).
     pub fn new(id: &str, weights_dir: &Path) -> Self {
+        ffmpeg::warn_if_missing(id);
         Self {
             id: id.to_owned(),
             weights: weights_dir.join(format!("x{SCALE}.safetensors")),
             limits: AnimationLimits::default(),
+            ffmpeg: Ffmpeg::default(),
         }
+    }
+
+    /// Replaces how ffmpeg is run (default: [`Ffmpeg::default`]).
+    pub fn with_ffmpeg(mut self, ffmpeg: Ffmpeg) -> Self {
+        self.ffmpeg = ffmpeg;
+        self
+    }
+
+    /// Decodes GIF and APNG in Rust and everything else through ffmpeg, checking the limits.
+    fn decode(&self, bytes: &[u8]) -> Result<VideoJob, AnimationError> {
+        let container = match image::guess_format(bytes) {
+            Ok(image::ImageFormat::Gif) => Container::Gif,
+            Ok(image::ImageFormat::Png) => Container::Apng,
+            _ => {
+                let video = video::decode_video(&self.ffmpeg, bytes, &self.limits)?;
+                self.limits.check(&video.animation)?;
+                return Ok(VideoJob {
+                    frames: video.animation,
+                    container: Container::Mp4(video.frame_rate),
+                });
+            }
+        };
+        let frames = animation::decode_animation(bytes, &self.limits)?;
+        self.limits.check(&frames)?;
+        Ok(VideoJob { frames, container })
     }
 
     /// The weights file this model loads.
@@ -66,17 +115,17 @@ impl Model for VideoUpscaleModel {
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
         let text = string_field(input, "video")?;
         let bytes = decode_base64("video", text)?;
-        let unprocessable =
-            |e: animation::AnimationError| InputError::Unprocessable(format!("input.video: {e}"));
-        let video = animation::decode_animation(&bytes, &self.limits).map_err(unprocessable)?;
-        self.limits.check(&video).map_err(unprocessable)?;
-        let (w, h) = video.dimensions();
+        let job = self
+            .decode(&bytes)
+            .map_err(|e| InputError::Unprocessable(format!("input.video: {e}")))?;
+        let (w, h) = job.frames.dimensions();
         let scale = SCALE as f64;
-        let out_pixels = f64::from(w) * f64::from(h) * scale * scale * video.frames.len() as f64;
+        let frames = job.frames.frames.len() as f64;
+        let out_pixels = f64::from(w) * f64::from(h) * scale * scale * frames;
         Ok(JobInput {
             units: out_pixels / 1e6,
             batch_key: format!("{w}x{h}"),
-            payload: Box::new(video),
+            payload: Box::new(job),
         })
     }
 
@@ -91,31 +140,52 @@ impl Model for VideoUpscaleModel {
                 upscaler.scale()
             )));
         }
-        Ok(Box::new(LoadedVideoUpscale { upscaler }))
+        Ok(Box::new(LoadedVideoUpscale {
+            upscaler,
+            ffmpeg: self.ffmpeg.clone(),
+        }))
     }
 }
 
 struct LoadedVideoUpscale {
     upscaler: VideoUpscaler,
+    ffmpeg: Ffmpeg,
 }
 
 impl LoadedVideoUpscale {
     fn upscale(&self, job: JobInput, stop: &StopSignal) -> Result<ModelOutput, ModelError> {
-        let video = job
+        let job = job
             .payload
-            .downcast::<Animation>()
+            .downcast::<VideoJob>()
             .map_err(|_| ModelError("input of the wrong type for video upscaling".to_owned()))?;
         let output = self
             .upscaler
-            .upscale_until(&video, stop)
+            .upscale_until(&job.frames, stop)
             .map_err(|e| ModelError(e.to_string()))?;
-        let bytes = animation::encode_apng(&output).map_err(|e| ModelError(e.to_string()))?;
+        let failed = |e: &dyn std::fmt::Display| ModelError(e.to_string());
+        let (name, content_type, bytes) = match job.container {
+            Container::Apng => (
+                "video.apng",
+                "image/apng",
+                animation::encode_apng(&output).map_err(|e| failed(&e))?,
+            ),
+            Container::Gif => (
+                "video.gif",
+                "image/gif",
+                animation::encode_gif(&output).map_err(|e| failed(&e))?,
+            ),
+            Container::Mp4(rate) => (
+                "video.mp4",
+                "video/mp4",
+                video::encode_mp4(&self.ffmpeg, &output, rate).map_err(|e| failed(&e))?,
+            ),
+        };
         Ok(ModelOutput {
             fields: serde_json::Map::new(),
             files: vec![OutputFile {
                 field: "video".to_owned(),
-                name: "video.apng".to_owned(),
-                content_type: "image/apng".to_owned(),
+                name: name.to_owned(),
+                content_type: content_type.to_owned(),
                 bytes,
             }],
         })
