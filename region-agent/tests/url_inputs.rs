@@ -1,7 +1,7 @@
 //! Media inputs given as `http(s)` URLs, through the agent's API, against a media server on
 //! loopback port 0 in the test that counts the requests it sees: an image URL upscales as
 //! its base64 does (ESRGAN-slim with its real weights, fetched as `esrgan_api.rs` fetches
-//! them); the destination policy refuses loopback, private, metadata and IPv4-mapped
+//! them) and the job is stored with the media, not the URL; the destination policy refuses loopback, private, metadata and IPv4-mapped
 //! destinations — by name after resolution, and as IP literals — before any request; a
 //! redirect to a refused address, too many redirects, a body over the size limit (declared
 //! or streamed), a server that never answers, an error status, other schemes and
@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use image::{ImageFormat, Rgb, RgbImage};
-use region_agent::serving::test_model::TestModel;
+use region_agent::serving::test_model::{Gate, TestModel};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -222,6 +222,51 @@ async fn an_image_url_upscales_as_its_base64_does_and_keys_name_what_was_sent() 
     assert_eq!(other.status(), 422);
     let other: Value = other.json().await.unwrap();
     assert_eq!(other["error"]["type"], "idempotency_key_reused", "{other}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_is_stored_with_the_media_fetched_not_its_url() {
+    let media = MediaServer::start("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let weights = models_dir().display().to_string();
+    let esrgan = format!("[[models]]\nid = \"meridian/esrgan-x2\"\nweights_dir = \"{weights}\"\n");
+    let prices = [
+        ("meridian/esrgan-x2", "megapixel", 0.002),
+        ("test/echo", "image", 0.25),
+    ];
+    let allow = "[input_urls]\nallow = [\"127.0.0.1/32\"]\n";
+    let built = config(dir.path(), &esrgan, allow, &prices);
+    let mut models = region_agent::serving::builtin::build(&built).unwrap();
+    // The echo job holds the region's one slot, so the upscaling job stays queued.
+    let gate = Gate::closed();
+    models.push(Arc::new(TestModel::new("test/echo").gated(&gate)));
+    let both = config(dir.path(), &format!("{esrgan}\n{ECHO}"), allow, &prices);
+    let agent = Agent::start(both, models).await;
+    let holding = agent
+        .queue("test/echo", json!({"input": {"text": "hold"}}))
+        .await;
+    agent.wait_status(&holding, "IN_PROGRESS").await;
+    let url = media.url("/image.png");
+    let id = agent
+        .queue("meridian/esrgan-x2", json!({"input": {"image": url}}))
+        .await;
+    assert_eq!(agent.status(&id).await["status"], "IN_QUEUE");
+
+    // What a restart would read back: the media itself, as a data: URL.
+    let stored = std::fs::read(dir.path().join("jobs").join(&id).join("input.json")).unwrap();
+    let stored: Value = serde_json::from_slice(&stored).unwrap();
+    let image = stored["image"].as_str().unwrap();
+    let data = image.strip_prefix("data:image/png;base64,").expect(image);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    assert_eq!(decoded, png());
+
+    gate.open();
+    let done = agent.wait_status(&id, "COMPLETED").await;
+    assert_eq!(done["error"], Value::Null, "{done}");
+    assert_eq!(media.requests(), 1);
     agent.stop().await;
 }
 
