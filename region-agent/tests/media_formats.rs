@@ -3,7 +3,8 @@
 //! stereo (or 8 kHz mono) gives the segments that the 16 kHz mono WAV gives; MP4, WebM and
 //! MOV come back as MP4 (H.264, yuv420p) at twice the size with the same frame count and
 //! rate, and a GIF as a GIF; broken, disguised and oversized media are refused with 422
-//! naming why, and an ffmpeg run past its time limit is stopped.
+//! naming why, and an ffmpeg run past its time limit is stopped; without ffmpeg the reason
+//! names the missing program; mutated media never panics the decoders nor passes a limit.
 //!
 //! Every fixture is made at test time by Debian's `ffmpeg` (from its `sine`, `anullsrc` and
 //! `testsrc` sources) or spoken by `espeak-ng`; `scripts/bootstrap` installs both.
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use region_agent::models::animation::{AnimationLimits, decode_animation};
-use region_agent::models::audio_io::encode_wav_mono_i16;
-use region_agent::models::ffmpeg::Ffmpeg;
+use region_agent::models::audio_io::{AudioLimits, decode_audio, encode_wav_mono_i16};
+use region_agent::models::ffmpeg::{Ffmpeg, video};
 use region_agent::serving::Model;
 use region_agent::serving::silero_vad::SileroVadModel;
 use reqwest::Method;
@@ -422,4 +423,118 @@ async fn an_ffmpeg_run_past_its_time_limit_is_stopped_and_the_audio_refused() {
     let (status, body) = run(&agent, VAD, "audio", &wav).await;
     assert_eq!(status, 200, "{body}");
     agent.stop().await;
+}
+
+#[tokio::test]
+async fn without_ffprobe_the_refusal_names_it_and_16_khz_wav_is_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = support::fetch_models("silero-vad");
+    let missing = Ffmpeg {
+        ffprobe: "/nonexistent/ffprobe".into(),
+        ..Ffmpeg::default()
+    };
+    let model: Arc<dyn Model> = Arc::new(SileroVadModel::new(VAD, &weights).with_ffmpeg(missing));
+    let agent = start(dir.path(), false, Some(vec![model])).await;
+    let mp3 = ffmpeg(
+        dir.path(),
+        &["-f", "lavfi", "-i", "sine=duration=1"],
+        "tone.mp3",
+    );
+    let (status, body) = run(&agent, VAD, "audio", &mp3).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ffprobe is not installed on this agent (Debian package ffmpeg)"),
+        "{message}"
+    );
+    let (status, body) = run(&agent, VAD, "audio", &speech_wav()).await;
+    assert_eq!(status, 200, "{body}");
+    agent.stop().await;
+}
+
+/// `bytes` cut short or with a few bytes overwritten, chosen by `seed`.
+fn mutate(bytes: &[u8], seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below as u64) as usize
+    };
+    let mut out = bytes.to_vec();
+    if seed.is_multiple_of(3) {
+        out.truncate(next(bytes.len()));
+    } else {
+        for _ in 0..1 + next(8) {
+            let at = next(out.len());
+            out[at] = next(256) as u8;
+        }
+    }
+    out
+}
+
+#[test]
+fn mutated_media_never_panics_the_decoders_nor_passes_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tone = [
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=2:sample_rate=44100",
+        "-ac",
+        "2",
+    ];
+    let audio = [
+        ffmpeg(dir.path(), &tone, "seed.mp3"),
+        ffmpeg(
+            dir.path(),
+            &[&tone[..], &["-c:a", "aac"]].concat(),
+            "seed.m4a",
+        ),
+        ffmpeg(
+            dir.path(),
+            &[&tone[..], &["-c:a", "libopus"]].concat(),
+            "seed.ogg",
+        ),
+    ];
+    let h264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p"];
+    let videos = [
+        clip(dir.path(), "32x24", 6, &h264, "seed.mp4"),
+        clip(dir.path(), "32x24", 6, &["-c:v", "libvpx-vp9"], "seed.webm"),
+    ];
+    let short = AudioLimits {
+        sample_rate: 16_000,
+        max_seconds: 3,
+    };
+    let limits = AnimationLimits {
+        max_frames: 8,
+        ..AnimationLimits::default()
+    };
+    let (mut decoded, mut refused) = (0, 0);
+    for seed in 0..12 {
+        for seed_bytes in &audio {
+            match decode_audio(&mutate(seed_bytes, seed), &short) {
+                Ok(samples) => {
+                    decoded += 1;
+                    assert!(
+                        samples.len() <= (3.1 * 16_000.0) as usize,
+                        "{}",
+                        samples.len()
+                    );
+                    assert!(samples.iter().all(|s| (-1.0..=1.0).contains(s)));
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        for seed_bytes in &videos {
+            match video::decode_video(&Ffmpeg::default(), &mutate(seed_bytes, seed), &limits) {
+                Ok(video) => {
+                    decoded += 1;
+                    limits.check(&video.animation).unwrap();
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    println!("{decoded} mutated inputs decoded within the limits, {refused} refused");
 }
