@@ -12,7 +12,8 @@ use region_agent::models::audio_io::encode_wav_mono_i16;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::speech::speak;
+use support::media::ffmpeg;
+use support::speech::{espeak_wav, speak};
 use support::{Agent, config};
 
 const MODEL: &str = "meridian/whisper-tiny-en";
@@ -87,6 +88,36 @@ async fn a_spoken_sentence_is_transcribed_timed_and_billed_per_second() {
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["output"]["text"], "", "{result}");
     assert_eq!(result["output"]["segments"], json!([]), "{result}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn speech_in_the_formats_users_send_is_transcribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(dir.path()).await;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    // espeak-ng's own 22 050 Hz WAV, and the same speech as a 44.1 kHz stereo MP3 and a
+    // 48 kHz Opus file: each is resampled to 16 kHz mono before the model hears it.
+    let wav = espeak_wav("Please send the report to the finance team before Friday.");
+    std::fs::write(dir.path().join("speech.wav"), &wav).unwrap();
+    let mp3 = ffmpeg(
+        dir.path(),
+        &["-i", "speech.wav", "-ar", "44100", "-ac", "2"],
+        "speech.mp3",
+    );
+    let opus = ffmpeg(
+        dir.path(),
+        &["-i", "speech.wav", "-ar", "48000", "-c:a", "libopus"],
+        "speech.ogg",
+    );
+    for (what, bytes) in [("22 kHz WAV", wav), ("MP3", mp3), ("Opus", opus)] {
+        let (status, result) = run(&agent, json!({"audio": b64(&bytes)})).await;
+        assert_eq!(status, 200, "{what}: {result}");
+        let text = result["output"]["text"].as_str().unwrap().to_lowercase();
+        for word in ["send", "report", "before", "friday"] {
+            assert!(text.contains(word), "{what}: {word:?} not in {text:?}");
+        }
+    }
     agent.stop().await;
 }
 

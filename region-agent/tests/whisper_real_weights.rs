@@ -34,7 +34,7 @@ const SENTENCES: &[&str] = &[
 ];
 
 /// The word error rate this model reaches on espeak-ng's voice, with a margin. Measured: 13 of
-/// 71 words (18.3 %) over the sentences one by one, 12.7 % over all of them in one 42 s audio
+/// 71 words (18.3 %) over the sentences one by one, 9.9 % over all of them in one 42 s audio
 /// (greedy decoding on the CPU is deterministic, so these figures repeat).
 const MAX_WER: f64 = 0.25;
 

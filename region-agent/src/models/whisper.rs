@@ -28,6 +28,7 @@ use candle_transformers::models::whisper as whisper_model;
 use serde::{Deserialize, Serialize};
 
 use self::decode::{FRAMES_PER_TIMESTAMP, Rules, TIMESTAMP_STEP_S, log_softmax, window_segments};
+use self::mel::LogMel;
 use self::network::{Decoder, Encoder};
 use self::vocabulary::{Specials, Vocabulary};
 use super::stop::{StopSignal, Stopped};
@@ -86,23 +87,6 @@ pub struct WhisperConfig {
     pub source_version: String,
     /// The weights' licence.
     pub license: String,
-}
-
-impl WhisperConfig {
-    fn network(&self) -> whisper_model::Config {
-        whisper_model::Config {
-            num_mel_bins: self.num_mel_bins,
-            max_source_positions: self.max_source_positions,
-            d_model: self.d_model,
-            encoder_attention_heads: self.encoder_attention_heads,
-            encoder_layers: self.encoder_layers,
-            vocab_size: self.vocab_size,
-            max_target_positions: self.max_target_positions,
-            decoder_attention_heads: self.decoder_attention_heads,
-            decoder_layers: self.decoder_layers,
-            suppress_tokens: self.suppress_ids.clone(),
-        }
-    }
 }
 
 /// Why the model could not be loaded.
@@ -168,8 +152,7 @@ pub struct Whisper {
     config: WhisperConfig,
     vocabulary: Vocabulary,
     rules: Rules,
-    filters: Vec<f32>,
-    device: Device,
+    front: LogMel,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
@@ -236,15 +219,14 @@ impl Whisper {
             config.suppress_ids.clone(),
             config.suppress_ids_begin.clone(),
         );
-        let filters = mel::filters(SAMPLE_RATE, whisper_model::N_FFT, config.num_mel_bins);
+        let front = LogMel::new(SAMPLE_RATE, config.num_mel_bins, vb.device())?;
         Ok(Self {
             encoder,
             decoder,
             config,
             vocabulary,
             rules,
-            filters,
-            device: vb.device().clone(),
+            front,
         })
     }
 
@@ -259,11 +241,8 @@ impl Whisper {
         samples: &[f32],
         stop: &StopSignal,
     ) -> Result<Transcript, TranscribeError> {
-        let content_frames = samples.len() / whisper_model::HOP_LENGTH;
-        let n_mels = self.config.num_mel_bins;
-        let mel = whisper_model::audio::pcm_to_mel(&self.config.network(), samples, &self.filters);
-        let total_frames = mel.len() / n_mels;
-        let mel = Tensor::from_vec(mel, (1, n_mels, total_frames), &self.device)?;
+        let mel = self.front.compute(samples)?.unsqueeze(0)?;
+        let content_frames = mel.dim(2)?;
         let mut segments = Vec::new();
         let mut seek = 0;
         while seek < content_frames {
@@ -334,7 +313,7 @@ impl Whisper {
             } else {
                 &tokens[tokens.len() - 1..]
             };
-            let input = Tensor::new(fed, &self.device)?.unsqueeze(0)?;
+            let input = Tensor::new(fed, mel.device())?.unsqueeze(0)?;
             let mut logits: Vec<f32> = self
                 .decoder
                 .step(&mut state, &input)?

@@ -1,6 +1,7 @@
 //! Whisper tiny.en (`meridian/whisper-tiny-en`) served through [`Model`].
 //!
-//! Input `{"audio": "<base64 audio or a data: URL>"}`; output `{"text", "segments":
+//! Input `{"audio": "<base64 audio or a data: URL>"}` (any format and rate
+//! [`audio_io::decode_audio`] reads, resampled to 16 kHz mono); output `{"text", "segments":
 //! [{"start_s", "end_s", "text"}, …], "language": "en"}` (`text` is empty and `segments` `[]`
 //! when nobody speaks). Units: seconds of audio. The audio is decoded and checked (format,
 //! length) in [`Model::prepare`], so audio the agent cannot use is refused with 422 before the
@@ -20,6 +21,7 @@ use super::{
     string_field,
 };
 use crate::models::audio_io::{self, AudioLimits};
+use crate::models::ffmpeg::{self, Ffmpeg};
 use crate::models::whisper::{SAMPLE_RATE, TranscribeError, WEIGHTS_FILE, Whisper};
 
 /// Longest audio accepted, in seconds.
@@ -32,11 +34,14 @@ pub struct WhisperModel {
     id: String,
     dir: PathBuf,
     limits: AudioLimits,
+    ffmpeg: Ffmpeg,
 }
 
 impl WhisperModel {
-    /// The model `id`, its files in `dir`.
+    /// The model `id`, its files in `dir`. Logs a warning when ffmpeg is missing (only
+    /// 16 kHz mono WAV is then read).
     pub fn new(id: &str, dir: &Path) -> Self {
+        ffmpeg::warn_if_missing(id);
         Self {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
@@ -44,6 +49,7 @@ impl WhisperModel {
                 sample_rate: SAMPLE_RATE,
                 max_seconds: MAX_SECONDS,
             },
+            ffmpeg: Ffmpeg::default(),
         }
     }
 
@@ -65,7 +71,7 @@ impl Model for WhisperModel {
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
         let text = string_field(input, "audio")?;
         let bytes = decode_base64("audio", text)?;
-        let samples = audio_io::decode_wav_mono(&bytes, &self.limits)
+        let samples = audio_io::decode_audio_with(&bytes, &self.limits, &self.ffmpeg)
             .map_err(|e| InputError::Unprocessable(format!("input.audio: {e}")))?;
         Ok(JobInput {
             units: samples.len() as f64 / f64::from(SAMPLE_RATE),

@@ -203,3 +203,21 @@ pub fn wav(channels: u16, declared: u32, carried: usize) -> Vec<u8> {
     out.extend(vec![0u8; carried]);
     out
 }
+
+/// Runs `ffmpeg -y -nostdin -hide_banner -loglevel error args… output` in `dir` (Debian's
+/// ffmpeg, installed by `scripts/bootstrap`) and returns the bytes of `dir/output`.
+pub fn ffmpeg(dir: &std::path::Path, args: &[&str], output: &str) -> Vec<u8> {
+    let result = std::process::Command::new("ffmpeg")
+        .current_dir(dir)
+        .args(["-y", "-nostdin", "-hide_banner", "-loglevel", "error"])
+        .args(args)
+        .arg(output)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ffmpeg ({e}); scripts/bootstrap installs it"));
+    assert!(
+        result.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::read(dir.join(output)).unwrap()
+}
