@@ -26,6 +26,7 @@ use region_agent::serving::silero_vad::SileroVadModel;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use support::media::ffmpeg;
 use support::speech::speak;
 use support::{Agent, config};
 
@@ -58,23 +59,6 @@ async fn start(dir: &Path, video: bool, models: Option<Vec<Arc<dyn Model>>>) -> 
         None => region_agent::serving::builtin::build(&config).unwrap(),
     };
     Agent::start(config, models).await
-}
-
-/// Runs `ffmpeg -y -hide_banner -loglevel error args…` in `dir`, returning `dir/output`.
-fn ffmpeg(dir: &Path, args: &[&str], output: &str) -> Vec<u8> {
-    let result = Command::new("ffmpeg")
-        .current_dir(dir)
-        .args(["-y", "-nostdin", "-hide_banner", "-loglevel", "error"])
-        .args(args)
-        .arg(output)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run ffmpeg ({e}); scripts/bootstrap installs it"));
-    assert!(
-        result.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    std::fs::read(dir.join(output)).unwrap()
 }
 
 /// ffprobe's report of `bytes`' first video stream, frames counted by decoding.
