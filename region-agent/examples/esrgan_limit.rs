@@ -1,9 +1,10 @@
 //! Times ESRGAN-slim on the CPU at its default size limit: one run of the largest input
-//! accepted ×2 and ×4 ([`DEFAULT_MAX_OUTPUT_PIXELS`] of output), the tiles batched as the agent
-//! runs them, and prints the wall time and the process's peak resident memory.
+//! accepted ([`DEFAULT_MAX_INPUT_PIXELS`], a square) ×2 and ×4, or of a square of `SIDE`
+//! pixels, the tiles batched as the agent runs them (or as `WINDOW` and `BATCH` say), and
+//! prints the wall time and the process's peak resident memory.
 //!
 //! ```sh
-//! cargo run --release -p region-agent --example esrgan_limit [-- SCALE [WINDOW BATCH]]
+//! cargo run --release -p region-agent --example esrgan_limit [-- SCALE [SIDE [WINDOW BATCH]]]
 //! ```
 //!
 //! Weights come from the test kit (`testkit::weights`, as the benches and tests find them).
@@ -14,7 +15,8 @@ use std::time::Instant;
 use candle_core::Device;
 use image::{Rgb, RgbImage};
 use region_agent::models::esrgan::tiling::Tiling;
-use region_agent::models::esrgan::{DEFAULT_MAX_OUTPUT_PIXELS, Esrgan};
+use region_agent::models::esrgan::{DEFAULT_MAX_INPUT_PIXELS, Esrgan};
+use region_agent::models::image_io::InputLimits;
 
 /// Peak resident memory of this process so far, from `/proc/self/status`, in MiB.
 fn peak_rss_mib() -> Option<u64> {
@@ -37,11 +39,18 @@ fn main() {
     for scale in scales {
         let mut model =
             Esrgan::load(&dir.join(format!("x{scale}.safetensors")), &Device::Cpu).unwrap();
-        if let [_, window, batch] = args[..] {
+        if let [_, _, window, batch] = args[..] {
             let tiling = Tiling::new(model.config(), window, batch);
             model = model.with_tiling(tiling);
         }
-        let side = (DEFAULT_MAX_OUTPUT_PIXELS.isqrt() / scale as u64) as u32;
+        let side = args
+            .get(1)
+            .map_or(DEFAULT_MAX_INPUT_PIXELS.isqrt() as u32, |side| *side as u32);
+        let square = u64::from(side) * u64::from(side);
+        model = model.with_limits(InputLimits::for_output(
+            square * (scale * scale) as u64,
+            scale as u32,
+        ));
         let image = RgbImage::from_fn(side, side, |x, y| {
             Rgb([
                 (x % 256) as u8,

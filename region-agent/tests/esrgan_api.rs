@@ -122,7 +122,7 @@ async fn images_the_model_cannot_take_are_422() {
             base64::engine::general_purpose::STANDARD.encode(b"hello world"),
         ),
         ("truncated PNG", truncated),
-        ("too wide", encoded(8193, 1, ImageFormat::Png)),
+        ("too wide", encoded(4097, 1, ImageFormat::Png)),
         ("data URL without base64", "data:image/png,abc".to_owned()),
     ];
     for (what, image) in cases {
@@ -227,7 +227,7 @@ async fn refusal(agent: &Agent, model: &str, image: String) -> (u16, String) {
 #[tokio::test]
 async fn an_image_over_the_output_limit_is_422_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    // ×4 takes at most 200 × 200 output pixels here; ×2 keeps the default (4096 × 4096).
+    // ×4 takes at most 200 × 200 output pixels here; ×2 keeps the default (2048 × 2048).
     let agent = start_with(dir.path(), "", "max_output_pixels = 40000").await;
 
     let (status, message) = refusal(&agent, "meridian/esrgan-x4", smooth(51, 50).1).await;
@@ -246,11 +246,11 @@ async fn an_image_over_the_output_limit_is_422_naming_the_limit() {
     let result: Value = response.json().await.unwrap();
     assert_eq!(output_image(&agent, &result).await.dimensions(), (200, 200));
 
-    // One row more than 2048 × 2048 in: refused before its pixels are decoded.
-    let (status, message) = refusal(&agent, "meridian/esrgan-x2", smooth(2048, 2049).1).await;
+    // One row more than 1024 × 1024 in: refused before its pixels are decoded.
+    let (status, message) = refusal(&agent, "meridian/esrgan-x2", smooth(1024, 1025).1).await;
     assert_eq!(status, 422, "{message}");
     assert!(
-        message.contains("2048x2049") && message.contains("16777216"),
+        message.contains("1024x1025") && message.contains("4194304"),
         "{message}"
     );
     agent.stop().await;

@@ -55,15 +55,16 @@ fn time(model: &dyn Model, what: &str, input: &Value) -> f64 {
 #[ignore = "a measurement of minutes; run with --ignored --nocapture"]
 fn esrgan_at_its_largest_input() {
     let weights = testkit::weights::esrgan_slim();
+    let side = region_agent::models::esrgan::DEFAULT_MAX_INPUT_PIXELS.isqrt() as u32;
     let mut png = Vec::new();
-    image::DynamicImage::ImageRgba8(picture(512, 512, 0))
+    image::DynamicImage::ImageRgba8(picture(side, side, 0))
         .to_rgb8()
         .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
         .unwrap();
     let input = json!({ "image": base64(&png) });
     for scale in [2, 4] {
         let model = EsrganModel::new(&format!("meridian/esrgan-x{scale}"), scale, &weights);
-        time(&model, "512x512", &input);
+        time(&model, &format!("{side}x{side}"), &input);
     }
 }
 

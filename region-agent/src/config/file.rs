@@ -175,7 +175,8 @@ pub struct ModelFile {
     pub timeout_s: Option<u64>,
     /// ESRGAN models only (`meridian/esrgan-x2`, `-x4`): largest output image accepted, in
     /// pixels (width × height after upscaling); larger inputs are refused with 422. Default
-    /// 16777216 (4096 × 4096).
+    /// 1048576 × scale² (2048 × 2048 for ×2, 4096 × 4096 for ×4: 1024 × 1024 in, about a
+    /// minute on two CPU cores).
     #[serde(default)]
     pub max_output_pixels: Option<u64>,
 }

@@ -510,10 +510,10 @@ fn model(
     let max_batch = positive(p, &at("max_batch"), m.max_batch.map(u64::from), 1);
     let timeout = positive(p, &at("timeout_s"), m.timeout_s, 120);
     let weights = weights(p, i, m);
-    let max_output_pixels = m.max_output_pixels.map(|value| {
-        let default = crate::models::esrgan::DEFAULT_MAX_OUTPUT_PIXELS;
-        positive(p, &at("max_output_pixels"), Some(value), default)
-    });
+    if m.max_output_pixels == Some(0) {
+        let fix = "set 1 or more, or remove it for the default (1024 × 1024 × scale²)";
+        p.add(at("max_output_pixels"), "is 0", fix);
+    }
     Some(ModelConfig {
         id: id?,
         weights,
@@ -521,7 +521,7 @@ fn model(
         max_batch: usize::try_from(max_batch).unwrap_or(usize::MAX),
         keep_alive: Duration::from_secs(m.keep_alive_s.unwrap_or(300)),
         timeout: Duration::from_secs(timeout),
-        max_output_pixels,
+        max_output_pixels: m.max_output_pixels,
     })
 }
 

@@ -31,10 +31,18 @@ use self::tiling::{Tile, Tiling};
 use super::image_io::{self, ImageInputError, InputLimits};
 use super::stop::{StopSignal, Stopped};
 
-/// Largest output accepted by default, in pixels (width × height after upscaling): 4096 ×
-/// 4096. The input limit of a model follows from it and its scale
-/// ([`InputLimits::for_output`]); operators change it per model with `max_output_pixels`.
-pub const DEFAULT_MAX_OUTPUT_PIXELS: u64 = 4096 * 4096;
+/// Largest input accepted by default, in pixels: 1024 × 1024, which two CPU cores shared with
+/// other work upscale in about a minute at ×2 or ×4 (the work follows the input's pixels, the
+/// network running at low resolution), half the default job timeout of 120 s. See
+/// [`default_max_output_pixels`]; operators change the limit per model with
+/// `max_output_pixels`.
+pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 1024 * 1024;
+
+/// Largest output accepted by default at `scale`, in pixels (width × height after
+/// upscaling): [`DEFAULT_MAX_INPUT_PIXELS`] · scale² (2048 × 2048 at ×2, 4096 × 4096 at ×4).
+pub fn default_max_output_pixels(scale: u32) -> u64 {
+    DEFAULT_MAX_INPUT_PIXELS * u64::from(scale) * u64::from(scale)
+}
 
 /// Metadata key: the model family and file format version.
 pub const META_FORMAT: &str = "format";
@@ -171,7 +179,10 @@ impl Esrgan {
     fn new(network: Rdn, device: Device, provenance: Option<Provenance>) -> Self {
         let cfg = *network.config();
         Self {
-            limits: InputLimits::for_output(DEFAULT_MAX_OUTPUT_PIXELS, cfg.scale as u32),
+            limits: InputLimits::for_output(
+                default_max_output_pixels(cfg.scale as u32),
+                cfg.scale as u32,
+            ),
             tiling: Tiling::for_network(&cfg),
             network,
             device,
@@ -180,7 +191,7 @@ impl Esrgan {
     }
 
     /// Replaces the input size limits (default: those of an output of
-    /// [`DEFAULT_MAX_OUTPUT_PIXELS`]).
+    /// [`default_max_output_pixels`]).
     pub fn with_limits(mut self, limits: InputLimits) -> Self {
         self.limits = limits;
         self

@@ -2,7 +2,7 @@
 //!
 //! Input `{"image": "<base64 PNG/JPEG or data: URL>"}`, output `{"image": {file}}` (PNG).
 //! Units: output megapixels. Images up to `max_output_pixels` of output are accepted (default
-//! [`DEFAULT_MAX_OUTPUT_PIXELS`]); larger ones are refused with 422 naming the limit. Every
+//! [`default_max_output_pixels`]); larger ones are refused with 422 naming the limit. Every
 //! image runs in overlapping tiles; the tiles of a batch's images (the batch key is `WxH`, so
 //! they share one tile size) are stacked into `[N, 3, h, w]` tensors of up to
 //! [`Tiling::batch`](crate::models::esrgan::tiling::Tiling::batch) tiles, and the job's stop
@@ -20,7 +20,7 @@ use super::{
     InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, OutputFile, StopSignal,
     decode_base64, string_field,
 };
-use crate::models::esrgan::{DEFAULT_MAX_OUTPUT_PIXELS, Esrgan, UpscaleError};
+use crate::models::esrgan::{Esrgan, UpscaleError, default_max_output_pixels};
 use crate::models::image_io::{self, ImageInputError, InputLimits};
 
 /// An ESRGAN-slim model of one scale, its weights in `<weights_dir>/x<scale>.safetensors`.
@@ -40,8 +40,8 @@ impl EsrganModel {
             id: id.to_owned(),
             scale,
             weights: weights_dir.join(format!("x{scale}.safetensors")),
-            max_output_pixels: DEFAULT_MAX_OUTPUT_PIXELS,
-            limits: InputLimits::for_output(DEFAULT_MAX_OUTPUT_PIXELS, scale),
+            max_output_pixels: default_max_output_pixels(scale),
+            limits: InputLimits::for_output(default_max_output_pixels(scale), scale),
         }
     }
 

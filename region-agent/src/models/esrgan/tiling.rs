@@ -13,20 +13,23 @@
 //! image. Cropping, not blending: with the full margin the cores are already exact (up to
 //! float summation order), and blending would only mix exact pixels with wrong ones.
 //!
-//! All windows of one image have the same size (the window side, or the image's side if it
-//! is smaller: a window that would run past the far edge is slid back inside), so any number
-//! of them stack into one `[N, 3, h, w]` tensor; [`Tiling::batch`] windows run per forward
+//! All windows of one image have the same size (at most the window side: an axis is cut into
+//! as few windows as cores of at most `window - 2 · margin` need, with cores of equal size,
+//! so little is computed twice; a window that would run past an edge is slid back inside),
+//! so any number of them stack into one `[N, 3, h, w]` tensor; [`Tiling::batch`] windows run per forward
 //! pass, which bounds the activations held at once to one batch of windows.
 
 use std::ops::Range;
 
 use super::network::RdnConfig;
 
-/// Default window side, in low-resolution pixels: 108 of every 128 are kept (the rest is
-/// margin), and a window's activations stay small (about 130 MB on a CPU).
-pub const DEFAULT_WINDOW: usize = 128;
-/// Default windows per forward pass.
-pub const DEFAULT_BATCH: usize = 4;
+/// Default window side, in low-resolution pixels: at least 236 of every 256 are kept (the
+/// rest is margin; a 1024-pixel side is cut into five windows of 225), and a window's
+/// activations stay a few hundred megabytes.
+pub const DEFAULT_WINDOW: usize = 256;
+/// Default windows per forward pass (on a CPU, batching tiles measured no faster than one
+/// at a time; a GPU is kept busier by more at once).
+pub const DEFAULT_BATCH: usize = 2;
 
 /// How an image is cut into windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,30 +74,29 @@ impl Tiling {
             .collect()
     }
 
-    /// Cuts `0..len` into windows of one size whose cores partition it.
+    /// Cuts `0..len` into windows of one size whose cores partition it: as few windows as
+    /// cores of at most `window - 2 · margin` need, their cores made equal (the last may be
+    /// shorter) and each window its core plus the margin, slid inside the image at its edges.
     fn spans(&self, len: usize) -> Vec<Span> {
-        let window = self.window.min(len);
-        if window == len {
+        if len <= self.window {
             return vec![Span {
                 window: 0..len,
                 core: 0..len,
             }];
         }
-        let step = self.window - 2 * self.margin;
-        let mut spans: Vec<Span> = Vec::with_capacity(len.div_ceil(step));
-        for start in (0..len).step_by(step) {
-            let core = start..(start + step).min(len);
-            let first = start.saturating_sub(self.margin).min(len - window);
-            match spans.last_mut() {
-                // Slid back against the far edge onto the previous window: one run keeps both.
-                Some(last) if last.window.start == first => last.core.end = core.end,
-                _ => spans.push(Span {
+        let count = len.div_ceil(self.window - 2 * self.margin);
+        let core = len.div_ceil(count);
+        let window = (core + 2 * self.margin).min(len);
+        (0..len)
+            .step_by(core)
+            .map(|start| {
+                let first = start.saturating_sub(self.margin).min(len - window);
+                Span {
                     window: first..first + window,
-                    core,
-                }),
-            }
-        }
-        spans
+                    core: start..(start + core).min(len),
+                }
+            })
+            .collect()
     }
 }
 
@@ -146,7 +148,8 @@ mod tests {
             assert!(s.window.start <= s.core.start && s.core.end <= s.window.end);
             assert!(s.window.start == 0 || s.core.start - s.window.start >= t.margin);
             assert!(s.window.end == len || s.window.end - s.core.end >= t.margin);
-            assert_eq!(s.window.len(), t.window.min(len));
+            assert_eq!(s.window.len(), spans[0].window.len());
+            assert!(s.window.len() <= t.window);
         }
         assert_eq!(next, len);
     }
@@ -165,11 +168,15 @@ mod tests {
         let t = tiling(32, 10);
         assert_eq!(t.tiles(7, 32).len(), 1);
         let tiles = t.tiles(33, 1);
-        assert_eq!(tiles.len(), 2);
-        assert!(tiles.iter().all(|tile| tile.x.window.len() == 32));
-        assert_eq!(tiles[1].x.core, 12..33);
-        assert_eq!(tiles[1].x.window, 1..33);
-        assert_eq!(t.tiles(100, 40).len(), 8 * 3);
+        assert_eq!(tiles.len(), 3);
+        assert!(tiles.iter().all(|tile| tile.x.window.len() == 31));
+        assert_eq!(tiles[2].x.core, 22..33);
+        assert_eq!(tiles[2].x.window, 2..33);
+        assert_eq!(t.tiles(100, 40).len(), 9 * 4);
+        // 1024 in windows of up to 128 with a margin of 10: ten windows of 123, not 128.
+        let spans = tiling(128, 10).spans(1024);
+        assert_eq!(spans.len(), 10);
+        assert_eq!(spans[0].window.len(), 123);
     }
 
     #[test]
