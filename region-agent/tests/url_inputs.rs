@@ -152,6 +152,12 @@ async fn refused(agent: &Agent, url: &str, says: &[&str]) -> String {
     for part in says {
         assert!(message.contains(part), "{url}: {message:?} lacks {part:?}");
     }
+    // The policy's and the limits' own problems are never a mere failure to fetch.
+    let transport = says.iter().any(|part| part.contains("cannot fetch it"));
+    assert!(
+        transport || !message.contains("cannot fetch it"),
+        "{message}"
+    );
     message
 }
 
@@ -278,12 +284,13 @@ async fn the_default_policy_refuses_loopback_private_and_metadata_before_any_req
     let agent = start_echo(dir.path(), "").await;
     let port = media.port();
 
-    let by_name = refused(
-        &agent,
-        &format!("http://localhost:{port}/image.png"),
-        &["localhost resolves only to addresses off the public internet"],
-    )
-    .await;
+    let localhost = format!("http://localhost:{port}/image.png");
+    let by_name = refused(&agent, &localhost, &[]).await;
+    let says = format!(
+        "input.image: {localhost}: refused: localhost resolves only to addresses off the public \
+         internet ("
+    );
+    assert!(by_name.starts_with(&says), "{by_name}");
     assert!(
         by_name.contains("127.0.0.1 is a loopback address")
             || by_name.contains("::1 is a loopback address"),
@@ -379,6 +386,14 @@ async fn redirects_sizes_time_and_schemes_are_bounded() {
         &["answered HTTP 404 Not Found"],
     )
     .await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let nobody = format!("http://127.0.0.1:{closed}/image.png");
+    refused(&agent, &nobody, &["cannot fetch it: "]).await;
+    let tls_to_plain = format!("https://127.0.0.1:{}/image.png", media.port());
+    refused(&agent, &tls_to_plain, &["cannot fetch it: "]).await;
     let seen = media.requests();
 
     let port = media.port();

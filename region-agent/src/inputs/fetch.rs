@@ -269,7 +269,7 @@ impl Resolve for PolicyResolver {
                 } else {
                     Problem::RefusedHost { host, refused }
                 };
-                return Err(Box::new(problem).into());
+                return Err(problem.into());
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
