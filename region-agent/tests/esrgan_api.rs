@@ -14,6 +14,7 @@ use image::{ImageFormat, Rgb, RgbImage};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use region_agent::config::AgentConfig;
 use support::{Agent, config, models_dir};
 
 fn encoded(width: u32, height: u32, format: ImageFormat) -> String {
@@ -254,4 +255,38 @@ async fn an_image_over_the_output_limit_is_422_naming_the_limit() {
         "{message}"
     );
     agent.stop().await;
+}
+
+/// `max_output_pixels` is ESRGAN's: 0 is refused by the configuration, and another model given
+/// it is refused when the agent builds its models, both naming the field.
+#[test]
+fn max_output_pixels_is_checked_and_taken_only_by_esrgan() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    let prices = [
+        ("meridian/esrgan-x4", "megapixel", 0.002),
+        ("meridian/silero-vad", "audio_second", 0.001),
+    ];
+    std::fs::write(&catalog, support::catalog_toml(&prices)).unwrap();
+    let weights = models_dir().display().to_string();
+    let file = |id: &str, max: u64| {
+        format!(
+            "region = \"eu-west\"\nedge_token = \"{}\"\ndata_dir = \"{}\"\ncatalog_file = \"{}\"\n\n\
+             [[models]]\nid = \"{id}\"\nweights_dir = \"{weights}\"\nmax_output_pixels = {max}\n",
+            support::EDGE_TOKEN,
+            dir.path().display(),
+            catalog.display(),
+        )
+    };
+    let zero = AgentConfig::from_toml(&file("meridian/esrgan-x4", 0)).unwrap_err();
+    assert!(
+        zero.to_string().contains("models[0].max_output_pixels"),
+        "{zero}"
+    );
+    let vad = AgentConfig::from_toml(&file("meridian/silero-vad", 100)).unwrap();
+    let refused = region_agent::serving::builtin::build(&vad).err().unwrap();
+    assert!(
+        refused.to_string().contains("max_output_pixels"),
+        "{refused}"
+    );
 }
