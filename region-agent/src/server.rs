@@ -1,6 +1,7 @@
 //! The agent's lifecycle: discover GPUs, restore jobs and start the model threads, put the
 //! first catalog copy in force (the catalog file's; or the control plane's, else the copy
-//! kept on disk, else none: jobs are refused with `no_catalog` until one arrives), serve the
+//! kept on disk, else none: jobs are refused with `no_catalog` until one arrives; a first copy
+//! whose GPU pools the host's GPUs do not match stops the start, naming the pool), serve the
 //! API, link to the control plane, and sweep expired results and usage records — then, when
 //! shutdown is asked for (SIGTERM), drain in a fixed order:
 //!
@@ -18,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Limits, Tokens};
-use crate::catalog::source;
+use crate::catalog::{CatalogError, source};
 use crate::config::{AgentConfig, CatalogSource};
 use crate::gpu::Hardware;
 use crate::inputs::MediaUrls;
@@ -89,7 +90,8 @@ async fn start_scheduler(
     config: &AgentConfig,
     models: Vec<Arc<dyn Model>>,
 ) -> anyhow::Result<(Scheduler, Option<Arc<Link>>)> {
-    let hardware = tokio::task::spawn_blocking(Hardware::discover)
+    let settings = config.gpus.clone();
+    let hardware = tokio::task::spawn_blocking(move || Hardware::discover(&settings))
         .await
         .context("discover GPUs")?;
     let scheduler = {
@@ -183,6 +185,8 @@ async fn first_catalog(
             tracing::info!(revision, "catalog received from the control plane");
             return Ok(());
         }
+        // The host's GPUs do not match the region's pools: no copy will do.
+        Err(e) if matches!(e.downcast_ref(), Some(CatalogError::Hardware(_))) => return Err(e),
         Err(e) => e,
     };
     let data_dir = config.data_dir.clone();
@@ -194,6 +198,7 @@ async fn first_catalog(
             error = %format!("{error:#}"), revision,
             "the control plane did not give a catalog; serving with the copy kept on disk"
         ),
+        Some((_, Err(e @ CatalogError::Hardware(_)))) => return Err(e.into()),
         Some((_, Err(e))) => tracing::error!(
             error = %e,
             "the control plane did not give a catalog and the copy on disk is unusable; \

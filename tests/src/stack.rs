@@ -197,6 +197,9 @@ impl Stack {
             data_dir = "{data}"
             drain_timeout_s = 5
             on_demand_start_ms = 0
+            # The world's pools are H100s; its agents run on the CPU.
+            [gpus]
+            accept_mismatch = true
             [control_plane]
             url = "{cp}"
             agent_token = "{AGENT}"

@@ -42,6 +42,9 @@ pub enum CatalogError {
         /// What is wrong.
         problem: String,
     },
+    /// The host's GPUs do not match the copy's GPU pools.
+    #[error(transparent)]
+    Hardware(#[from] crate::gpu::Mismatch),
 }
 
 /// One pool of the region, as in force now.
@@ -184,6 +187,8 @@ impl RegionCatalog {
             price_per_hour,
             start_delay,
             idle_stop: on_demand.idle_stop,
+            // Placed on the host's devices when the copy is put in force.
+            device: Default::default(),
         };
         let reserved = self.pools.iter().flat_map(|p| {
             let price = p.reserved_price_per_hour;

@@ -85,6 +85,10 @@ pub struct AgentFile {
     /// of `catalog_file` and `[control_plane]` is required.
     #[serde(default)]
     pub control_plane: Option<ControlPlaneFile>,
+    /// How slots map onto this host's GPUs and how strictly the GPUs must match the
+    /// catalog's pools. Optional; every field has a default.
+    #[serde(default)]
+    pub gpus: Option<GpusFile>,
     /// The models this agent has weights for (at least one). Each is served while the
     /// catalog places it in this region.
     #[serde(default)]
@@ -124,6 +128,33 @@ pub struct InputUrlsFile {
     /// none.
     #[serde(default)]
     pub allow: Vec<String>,
+}
+
+/// `[gpus]`: the GPUs found at start (through NVIDIA's management library) against the
+/// catalog's GPU pools, one slot per device (or per share of one), and the memory check
+/// before a model is loaded on a GPU.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GpusFile {
+    /// Slots that share one GPU: each runs its own batches on it (1 to 16). A GPU pool of
+    /// `n` slots needs `ceil(n / slots_per_device)` GPUs of its type. Default 1.
+    #[serde(default)]
+    pub slots_per_device: Option<u32>,
+    /// Start even when the GPUs found do not match the catalog's GPU pools (fewer GPUs, or
+    /// none of the pool's type): GPU slots then share the GPUs there are, or run on the CPU
+    /// without any — for a CPU-only development stack. Without it such an agent refuses to
+    /// start, and a live catalog copy that does not match is refused. Default false.
+    #[serde(default)]
+    pub accept_mismatch: Option<bool>,
+    /// A model's GPU memory need is estimated as the size of the files in its `weights_dir`
+    /// times this (at least 1; weights stored in 16 bits are widened, and a batch needs room
+    /// for its activations). A model that does not fit a GPU's free memory is not loaded on
+    /// it. Default 3.
+    #[serde(default)]
+    pub weights_memory_factor: Option<f64>,
+    /// The NVIDIA management library opened at start to find the GPUs. Default
+    /// `libnvidia-ml.so.1` (installed with the driver, found on the library path).
+    #[serde(default)]
+    pub nvml_library: Option<PathBuf>,
 }
 
 /// `[control_plane]`: where the catalog comes from and heartbeats and usage go.

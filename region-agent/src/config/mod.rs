@@ -16,7 +16,7 @@ use std::time::Duration;
 use contract::problems::{ParseError, UnknownField};
 use contract::{ConfigProblems, ModelId, RegionId, Secret};
 
-use self::file::{AgentFile, ControlPlaneFile, ModelFile};
+use self::file::{AgentFile, ControlPlaneFile, GpusFile, ModelFile};
 
 pub use self::input_urls::InputUrlsConfig;
 
@@ -153,6 +153,8 @@ pub struct AgentConfig {
     pub on_demand: OnDemandConfig,
     /// Where the catalog comes from.
     pub catalog: CatalogSource,
+    /// How slots map onto the GPUs found.
+    pub gpus: GpuConfig,
     /// Configured models.
     pub models: Vec<ModelConfig>,
     /// How media given as URLs is fetched.
@@ -236,6 +238,7 @@ impl AgentConfig {
         let connections = connection_limits(&mut p, &file);
         let catalog = catalog_source(&mut p, &file);
         let models = models(&mut p, &file.models);
+        let gpus = gpus(&mut p, file.gpus.as_ref());
         let on_demand = OnDemandConfig {
             start_delay: Duration::from_millis(file.on_demand_start_ms.unwrap_or(0)),
             idle_stop: Duration::from_secs(file.on_demand_idle_stop_s.unwrap_or(60)),
@@ -260,6 +263,7 @@ impl AgentConfig {
             drain_timeout: Duration::from_secs(file.drain_timeout_s.unwrap_or(30)),
             on_demand,
             catalog,
+            gpus,
             models,
             input_urls,
         })
@@ -560,6 +564,75 @@ fn weights(p: &mut ConfigProblems, i: usize, m: &ModelFile) -> ModelWeights {
             ModelWeights::Dir(PathBuf::new())
         }
     }
+}
+
+/// `[gpus]`, validated: how slots map onto the GPUs found and how strictly the GPUs must
+/// match the catalog's pools ([`crate::gpu`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuConfig {
+    /// Slots sharing one GPU (1 ..= [`MAX_SLOTS_PER_DEVICE`]).
+    pub slots_per_device: u32,
+    /// Start (and take catalog copies) even when the GPUs found do not match the GPU pools.
+    pub accept_mismatch: bool,
+    /// A model's GPU memory need per byte of its weight files (≥ 1, finite).
+    pub weights_memory_factor: f64,
+    /// The NVIDIA management library to open.
+    pub nvml_library: PathBuf,
+}
+
+/// Most slots that may share one GPU.
+pub const MAX_SLOTS_PER_DEVICE: u32 = 16;
+/// Default [`GpuConfig::weights_memory_factor`].
+pub const DEFAULT_WEIGHTS_MEMORY_FACTOR: f64 = 3.0;
+/// Default [`GpuConfig::nvml_library`]: the name the driver installs it under.
+pub const DEFAULT_NVML_LIBRARY: &str = "libnvidia-ml.so.1";
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self {
+            slots_per_device: 1,
+            accept_mismatch: false,
+            weights_memory_factor: DEFAULT_WEIGHTS_MEMORY_FACTOR,
+            nvml_library: PathBuf::from(DEFAULT_NVML_LIBRARY),
+        }
+    }
+}
+
+fn gpus(p: &mut ConfigProblems, file: Option<&GpusFile>) -> GpuConfig {
+    let mut config = GpuConfig::default();
+    let Some(file) = file else { return config };
+    let shares = file.slots_per_device.unwrap_or(1);
+    if !(1..=MAX_SLOTS_PER_DEVICE).contains(&shares) {
+        p.add(
+            "gpus.slots_per_device",
+            format!("is {shares}"),
+            format!("set 1 to {MAX_SLOTS_PER_DEVICE} (default 1: one slot per GPU)"),
+        );
+    }
+    let factor = file
+        .weights_memory_factor
+        .unwrap_or(DEFAULT_WEIGHTS_MEMORY_FACTOR);
+    if !(factor.is_finite() && factor >= 1.0) {
+        p.add(
+            "gpus.weights_memory_factor",
+            format!("is {factor}"),
+            format!("set a number of 1 or more (default {DEFAULT_WEIGHTS_MEMORY_FACTOR})"),
+        );
+    }
+    if let Some(library) = &file.nvml_library {
+        if library.as_os_str().is_empty() {
+            p.add(
+                "gpus.nvml_library",
+                "is empty",
+                format!("remove it to open {DEFAULT_NVML_LIBRARY}, or name the library's path"),
+            );
+        }
+        config.nvml_library = library.clone();
+    }
+    config.slots_per_device = shares;
+    config.accept_mismatch = file.accept_mismatch.unwrap_or(false);
+    config.weights_memory_factor = factor;
+    config
 }
 
 #[cfg(test)]

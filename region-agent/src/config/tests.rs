@@ -241,6 +241,55 @@ fn connection_limits_and_free_disk_have_defaults_and_are_checked() {
 }
 
 #[test]
+fn gpus_have_defaults_and_their_settings_are_checked() {
+    let config = AgentConfig::from_toml(GOOD).unwrap();
+    assert_eq!(config.gpus, GpuConfig::default());
+    assert_eq!(
+        (
+            config.gpus.slots_per_device,
+            config.gpus.accept_mismatch,
+            config.gpus.weights_memory_factor
+        ),
+        (1, false, 3.0)
+    );
+    assert_eq!(config.gpus.nvml_library, Path::new("libnvidia-ml.so.1"));
+
+    let set = GOOD.replace(
+        "[control_plane]",
+        "[gpus]\nslots_per_device = 2\naccept_mismatch = true\nweights_memory_factor = 1.5\n\
+         nvml_library = \"/usr/lib64/libnvidia-ml.so.1\"\n\n[control_plane]",
+    );
+    let gpus = AgentConfig::from_toml(&set).unwrap().gpus;
+    assert_eq!(
+        gpus,
+        GpuConfig {
+            slots_per_device: 2,
+            accept_mismatch: true,
+            weights_memory_factor: 1.5,
+            nvml_library: "/usr/lib64/libnvidia-ml.so.1".into(),
+        }
+    );
+
+    for (bad, place) in [
+        ("slots_per_device = 0", "gpus.slots_per_device"),
+        ("slots_per_device = 17", "gpus.slots_per_device"),
+        ("weights_memory_factor = 0.5", "gpus.weights_memory_factor"),
+        ("weights_memory_factor = nan", "gpus.weights_memory_factor"),
+        ("nvml_library = \"\"", "gpus.nvml_library"),
+        ("gpu_count = 4", "gpus.gpu_count"),
+    ] {
+        let text = GOOD.replace(
+            "[control_plane]",
+            &format!("[gpus]\n{bad}\n\n[control_plane]"),
+        );
+        let problems = problems(&text);
+        assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+        assert_eq!(problems[0].place, place, "{bad}");
+        assert!(!problems[0].fix.is_empty(), "{bad}");
+    }
+}
+
+#[test]
 fn input_urls_have_defaults_follow_the_body_limit_and_are_checked() {
     let with = |section: &str| format!("{GOOD}\n[input_urls]\n{section}\n");
     let defaults = AgentConfig::from_toml(GOOD).unwrap().input_urls;

@@ -1,6 +1,6 @@
-//! The catalog copy in force: installing a new one (slots reconfigured live, GPUs checked,
-//! why a configured model is not served logged once per copy) and what it says about a
-//! model.
+//! The catalog copy in force: installing a new one (slots reconfigured live and each placed
+//! on a device — a copy whose GPU pools the host's GPUs do not match is refused; why a
+//! configured model is not served logged once per copy) and what it says about a model.
 
 use std::sync::Arc;
 
@@ -12,16 +12,22 @@ use crate::gpu;
 
 impl Scheduler {
     /// Puts `catalog` in force: its slots replace the current ones (busy slots finish their
-    /// batch; no job is lost), its prices price every job that finishes from now on.
+    /// batch; no job is lost), its prices price every job that finishes from now on. A copy
+    /// whose GPU pools the host's GPUs do not match is refused ([`CatalogError::Hardware`])
+    /// unless `[gpus] accept_mismatch` is set; the copy in force stays.
     pub fn install_catalog(&self, catalog: &AgentCatalog) -> Result<(), CatalogError> {
         let shared = &self.shared;
         let copy = RegionCatalog::from_wire(catalog, &shared.region)?;
-        let slots = copy.slots(shared.on_demand);
-        gpu::check_pools(&shared.hardware.gpus, &copy.pools);
+        let mut slots = copy.slots(shared.on_demand);
+        let placements = shared.hardware.place(&copy.pools, &slots)?;
+        for (slot, device) in slots.iter_mut().zip(placements) {
+            slot.device = device;
+        }
         log_served(shared, &copy);
         tracing::info!(
             revision = copy.revision,
             slots = slots.len(),
+            devices = %gpu::plan::describe(&slots),
             models = copy.model_ids().count(),
             "catalog in force"
         );

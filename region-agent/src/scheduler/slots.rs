@@ -10,6 +10,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::Capacity;
+use crate::gpu::Placement;
 
 /// One slot as the catalog gives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,8 @@ pub struct SlotConfig {
     pub start_delay: Duration,
     /// An idle on-demand slot stops after this long.
     pub idle_stop: Duration,
+    /// The device its models run on ([`crate::gpu::plan`]).
+    pub device: Placement,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +78,8 @@ pub struct SlotLease {
     pub price_per_hour: f64,
     /// How long the holder must wait for the slot to start (0 when it was running).
     pub start_delay: Duration,
+    /// The device the holder runs its batch on.
+    pub device: Placement,
 }
 
 /// Free slots by class, for heartbeats and metrics.
@@ -109,7 +114,7 @@ impl SlotPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes the slots those of `configs`: per pool and class, existing slots are kept (busy
+    /// Makes the slots those of `configs`: per pool, class and device, existing slots are kept (busy
     /// ones first) up to the new count and take the new prices and delays; the rest leave
     /// (at once when idle, after their batch when busy); missing ones are added, free.
     pub fn reconfigure(&self, configs: Vec<SlotConfig>) {
@@ -120,7 +125,10 @@ impl SlotPool {
         old.sort_by_key(|s| (s.retired, !s.busy));
         for config in configs {
             let same = |s: &Slot| {
-                !s.retired && s.config.pool == config.pool && s.config.capacity == config.capacity
+                !s.retired
+                    && s.config.pool == config.pool
+                    && s.config.capacity == config.capacity
+                    && s.config.device == config.device
             };
             match old.iter().position(same) {
                 Some(i) => {
@@ -189,6 +197,7 @@ impl SlotPool {
             capacity: slot.config.capacity,
             price_per_hour: slot.config.price_per_hour,
             start_delay,
+            device: slot.config.device,
         })
     }
 
@@ -247,6 +256,7 @@ mod tests {
             price_per_hour: 1.0,
             start_delay: Duration::from_millis(start_ms),
             idle_stop: Duration::from_secs(60),
+            device: Placement::Cpu,
         }
     }
 

@@ -1,9 +1,13 @@
 //! A model's thread: waits for work, takes a slot (reserved first), takes a batch, loads the
-//! model if it is not loaded (the cold start, measured), runs the batch, stores the outputs
-//! and bills each job ([`super::billing`]), and unloads the model after its keep-alive
-//! without work. A job cancelled while it ran ([`super::running`]) ends `CANCELLED` with no
-//! output and no usage record: nothing was delivered, so nothing is billed.
+//! model on the slot's device if it is not loaded there (the cold start, measured; refused
+//! when the model does not fit the GPU's free memory: [`crate::gpu::memory`]), runs the
+//! batch, stores the outputs and bills each job ([`super::billing`]), and unloads the model
+//! from every device after its keep-alive without work. A job cancelled while it ran
+//! ([`super::running`]) ends `CANCELLED` with no output and no usage record: nothing was
+//! delivered, so nothing is billed.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -12,6 +16,7 @@ use super::billing::{self, Work};
 use super::queue::Queued;
 use super::slots::SlotLease;
 use super::{Lane, Shared};
+use crate::gpu::Placement;
 use crate::jobs::{JobError, JobRecord, JobState, now_ms};
 use crate::serving::{LoadedModel, ModelError, ModelOutput, StopSignal, Stopped};
 
@@ -20,9 +25,12 @@ const SLOT_POLL: Duration = Duration::from_millis(100);
 /// Weight of the newest sample in the moving averages.
 const EWMA: f64 = 0.3;
 
+/// The model as loaded on each device the thread has run it on.
+type Loaded = BTreeMap<Placement, Box<dyn LoadedModel>>;
+
 /// The thread's loop; returns when the lane is stopped.
 pub(super) fn run_lane(shared: &Shared, lane: &Lane) {
-    let mut loaded: Option<Box<dyn LoadedModel>> = None;
+    let mut loaded = Loaded::new();
     let mut last_used = Instant::now();
     while wait_for_work(lane, &mut loaded, last_used) {
         let Some(lease) = take_slot(shared, lane) else {
@@ -44,18 +52,15 @@ pub(super) fn run_lane(shared: &Shared, lane: &Lane) {
         }
         shared.slots.release(&lease);
     }
-    if loaded.take().is_some() {
+    if !loaded.is_empty() {
+        loaded.clear();
         lane.lock().stats.loaded = false;
     }
 }
 
 /// Waits until a job is queued (true) or the lane is stopped (false), unloading the model
 /// when it has been idle for its keep-alive.
-fn wait_for_work(
-    lane: &Lane,
-    loaded: &mut Option<Box<dyn LoadedModel>>,
-    last_used: Instant,
-) -> bool {
+fn wait_for_work(lane: &Lane, loaded: &mut Loaded, last_used: Instant) -> bool {
     let mut state = lane.lock();
     loop {
         if state.stop {
@@ -64,10 +69,10 @@ fn wait_for_work(
         if !state.queue.is_empty() {
             return true;
         }
-        if loaded.is_some() {
+        if !loaded.is_empty() {
             let idle = last_used.elapsed();
             if idle >= lane.config.keep_alive {
-                *loaded = None;
+                loaded.clear();
                 state.stats.loaded = false;
                 tracing::info!(model = %lane.config.id, idle_s = idle.as_secs(), "model unloaded after its keep-alive");
                 continue;
@@ -98,7 +103,7 @@ fn take_slot(shared: &Shared, lane: &Lane) -> Option<SlotLease> {
 fn run_batch(
     shared: &Shared,
     lane: &Lane,
-    loaded: &mut Option<Box<dyn LoadedModel>>,
+    loaded: &mut Loaded,
     batch: Vec<Queued>,
     lease: &SlotLease,
 ) {
@@ -147,12 +152,12 @@ fn run_batch(
 fn run_on_model(
     shared: &Shared,
     lane: &Lane,
-    loaded: &mut Option<Box<dyn LoadedModel>>,
+    loaded: &mut Loaded,
     batch: Vec<Queued>,
     lease: &SlotLease,
 ) -> Vec<(Outcome, Duration)> {
     let jobs = batch.len();
-    let model = match ensure_loaded(shared, lane, loaded) {
+    let model = match ensure_loaded(shared, lane, loaded, lease.device) {
         Ok(model) => model,
         Err(e) => {
             let error = JobError {
@@ -235,24 +240,40 @@ fn mark_started(shared: &Shared, id: &str) -> Option<JobRecord> {
 fn ensure_loaded<'a>(
     shared: &Shared,
     lane: &Lane,
-    loaded: &'a mut Option<Box<dyn LoadedModel>>,
+    loaded: &'a mut Loaded,
+    device: Placement,
 ) -> Result<&'a mut Box<dyn LoadedModel>, ModelError> {
-    if loaded.is_none() {
-        let started = Instant::now();
-        let model = lane.model.load(&shared.hardware.device)?;
-        let elapsed = started.elapsed();
-        tracing::info!(model = %lane.config.id, cold_start_ms = elapsed.as_secs_f64() * 1000.0, "model loaded");
-        shared
-            .metrics
-            .cold_start(lane.config.id.as_str(), elapsed.as_secs_f64());
-        let mut state = lane.lock();
-        state.stats.loaded = true;
-        state.stats.cold_start_ms = elapsed.as_secs_f64() * 1000.0;
-        *loaded = Some(model);
+    match loaded.entry(device) {
+        Entry::Occupied(model) => Ok(model.into_mut()),
+        Entry::Vacant(slot) => Ok(slot.insert(load(shared, lane, device)?)),
     }
-    loaded
-        .as_mut()
-        .ok_or_else(|| ModelError("the model is not loaded".into()))
+}
+
+/// Loads the model on `device` (the cold start, measured), unless it does not fit the
+/// device's free memory.
+fn load(
+    shared: &Shared,
+    lane: &Lane,
+    device: Placement,
+) -> Result<Box<dyn LoadedModel>, ModelError> {
+    shared
+        .hardware
+        .check_fit(&lane.config, device)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "model not loaded");
+            ModelError(e.to_string())
+        })?;
+    let started = Instant::now();
+    let model = lane.model.load(&shared.hardware.device(device))?;
+    let elapsed = started.elapsed();
+    tracing::info!(model = %lane.config.id, %device, cold_start_ms = elapsed.as_secs_f64() * 1000.0, "model loaded");
+    shared
+        .metrics
+        .cold_start(lane.config.id.as_str(), elapsed.as_secs_f64());
+    let mut state = lane.lock();
+    state.stats.loaded = true;
+    state.stats.cold_start_ms = elapsed.as_secs_f64() * 1000.0;
+    Ok(model)
 }
 
 fn record_timing(lane: &Lane, elapsed: Duration, units: &[f64]) {

@@ -306,6 +306,9 @@ fn agent_config(dir: &Path, region: &str, listen: SocketAddr, control_plane: &st
         data_dir = "{data}"
         drain_timeout_s = 5
         on_demand_start_ms = 0
+        # The world's pools are H100s; its agents run on the CPU.
+        [gpus]
+        accept_mismatch = true
         [control_plane]
         url = "{control_plane}"
         agent_token = "{AGENT}"
