@@ -130,7 +130,7 @@ fn bombs() -> Vec<(
             ESRGAN,
             "image",
             with_size(&png, 65_535, 65_535),
-            "the limit is 1024 pixels a side",
+            "the limit is 4096 pixels a side",
         ),
         (
             "an APNG frame larger than its canvas",
