@@ -44,8 +44,8 @@ pub struct InputLimits {
 }
 
 impl Default for InputLimits {
-    /// 1024 pixels a side and 512 × 512 pixels in all: what one CPU worker upscales in a few
-    /// seconds without tiling.
+    /// 1024 pixels a side and 512 × 512 pixels in all, for decoding where no model sets
+    /// limits (the ESRGAN models take theirs from their output limit, [`Self::for_output`]).
     fn default() -> Self {
         Self {
             max_side: 1024,
