@@ -136,9 +136,24 @@ fn spoken_sentences_are_transcribed_within_the_word_error_rate_bound() {
 
 #[test]
 fn silence_gives_empty_text() {
-    let transcript = transcribe(&silence(5.0));
-    assert_eq!(transcript.text, "", "{transcript:?}");
-    assert!(transcript.segments.is_empty(), "{transcript:?}");
+    // Short and long (two windows) digital silence, and faint noise (−70 dBFS): on whole
+    // windows of silence the model alone would write "you".
+    let mut state = 7u32;
+    let faint: Vec<f32> = (0..SR * 40)
+        .map(|_| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (f64::from(state >> 8) / f64::from(1u32 << 24) - 0.5) as f32 * 0.001
+        })
+        .collect();
+    for (what, audio) in [
+        ("5 s", silence(5.0)),
+        ("60 s", silence(60.0)),
+        ("noise", faint),
+    ] {
+        let transcript = transcribe(&audio);
+        assert_eq!(transcript.text, "", "{what}: {transcript:?}");
+        assert!(transcript.segments.is_empty(), "{what}: {transcript:?}");
+    }
 }
 
 #[test]

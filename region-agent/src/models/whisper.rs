@@ -12,7 +12,9 @@
 //! that ends mid-segment is followed by one that starts at its last closed timestamp, so
 //! audio longer than 30 s is transcribed without cutting a phrase. A window the model judges
 //! to hold no speech (the no-speech token likelier than 0.6 and an average token
-//! log-probability under −1, Whisper's own thresholds) adds no text. Everything runs
+//! log-probability under −1, Whisper's own thresholds) adds no text, and so does a window
+//! whose level is under −60 dBFS (digital silence, on which the model would otherwise write
+//! a phantom "you"), which is not decoded at all. Everything runs
 //! synchronously, on a model thread; the job's stop signal is checked before every token.
 
 pub mod decode;
@@ -48,6 +50,8 @@ pub const FORMAT: &str = "meridian-whisper/1";
 const WINDOW_FRAMES: usize = whisper_model::N_FRAMES;
 /// Most tokens decoded in one window (half the decoder's context, as Whisper does).
 const MAX_TOKENS_PER_WINDOW: usize = 224;
+/// A window whose samples' RMS is below this (−60 dBFS) is silence: it is not decoded.
+const SILENCE_RMS: f32 = 1e-3;
 /// Whisper's no-speech thresholds.
 const NO_SPEECH_PROBABILITY: f64 = whisper_model::NO_SPEECH_THRESHOLD;
 const LOW_AVERAGE_LOG_PROBABILITY: f64 = whisper_model::LOGPROB_THRESHOLD;
@@ -248,6 +252,11 @@ impl Whisper {
         while seek < content_frames {
             stop.check()?;
             let frames = WINDOW_FRAMES.min(content_frames - seek);
+            let heard = &samples[seek * mel::HOP..((seek + frames) * mel::HOP).min(samples.len())];
+            if rms(heard) < SILENCE_RMS {
+                seek += frames;
+                continue;
+            }
             let window =
                 mel.narrow(2, seek, frames)?
                     .pad_with_zeros(2, 0, WINDOW_FRAMES - frames)?;
@@ -344,6 +353,14 @@ impl Whisper {
         }
         Ok(window_segments(sampled, &specials, frames))
     }
+}
+
+fn rms(samples: &[f32]) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let energy: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (energy / samples.len() as f64).sqrt() as f32
 }
 
 fn round_ms(seconds: f64) -> f64 {

@@ -50,12 +50,13 @@ impl Attention {
             .contiguous()
     }
 
-    /// Keys and values of `x`, split into heads and scaled.
+    /// Keys (scaled, transposed for the product with queries: `[batch, heads, head_width,
+    /// positions]`) and values (`[batch, heads, positions, head_width]`) of `x`.
     fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
         let scale = self.scale(x)?;
-        Ok(((k * scale)?, v))
+        Ok(((k * scale)?.transpose(2, 3)?.contiguous()?, v))
     }
 
     fn scale(&self, x: &Tensor) -> Result<f64> {
@@ -73,7 +74,7 @@ impl Attention {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let q = (self.split_heads(&self.query.forward(x)?)? * self.scale(x)?)?;
-        let mut scores = q.matmul(&keys.transpose(2, 3)?.contiguous()?)?;
+        let mut scores = q.matmul(keys)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
@@ -244,7 +245,7 @@ impl Decoder {
             let normed = block.attention_norm.forward(&x)?;
             let (k, v) = block.attention.keys_values(&normed)?;
             let (k, v) = match past.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 3)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
             };
             x = (&x + block.attention.attend(&normed, &k, &v, mask.as_ref())?)?;
@@ -257,7 +258,14 @@ impl Decoder {
         }
         state.length += new;
         let last = self.norm.forward(&x.narrow(1, new - 1, 1)?)?.squeeze(1)?;
-        last.matmul(&self.embedding.embeddings().t()?)
+        // `embeddings × lastᵀ` reads the embedding matrix as it is stored; `last ×
+        // embeddingsᵀ` would first copy all of it (vocabulary × width) into the transposed
+        // layout, at every step.
+        self.embedding
+            .embeddings()
+            .matmul(&last.t()?.contiguous()?)?
+            .t()?
+            .contiguous()
     }
 }
 
