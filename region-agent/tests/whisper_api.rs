@@ -21,9 +21,14 @@ const SR: usize = 16_000;
 const PRICE: f64 = 0.0002;
 
 async fn start(dir: &std::path::Path) -> Agent {
+    start_with(dir, "").await
+}
+
+/// An agent serving the model with `options` (TOML lines) in its `[[models]]` entry.
+async fn start_with(dir: &std::path::Path, options: &str) -> Agent {
     let weights = support::fetch_models("whisper-tiny-en");
     let models = format!(
-        "[[models]]\nid = \"{MODEL}\"\nweights_dir = \"{}\"\n",
+        "[[models]]\nid = \"{MODEL}\"\nweights_dir = \"{}\"\n{options}\n",
         weights.display()
     );
     let config = config(dir, &models, "", &[(MODEL, "audio_second", PRICE)]);
@@ -134,10 +139,30 @@ async fn audio_the_model_cannot_take_is_refused_with_the_reason() {
         assert_eq!(got, status, "{what}: {body}");
         assert_eq!(body["error"]["type"], "invalid_input", "{what}: {body}");
     }
+    // Over the default limit of 300 s (a header that claims 301 s is enough: it is checked
+    // before any sample is decoded).
+    let long = encode_wav_mono_i16(&vec![0.0; 301 * SR], SR as u32).unwrap();
+    let (status, body) = run(&agent, json!({"audio": b64(&long)})).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("the limit is 300 s"), "{message}");
     for input in [json!({"wav": "UklGRg=="}), json!({"audio": 16000})] {
         let (status, body) = run(&agent, input).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["type"], "bad_request", "{body}");
     }
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_operator_sets_the_longest_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_with(dir.path(), "max_audio_seconds = 5").await;
+    let (status, body) = run(&agent, json!({"audio": wav_base64(&vec![0.0; 6 * SR])})).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("the limit is 5 s"), "{message}");
+    let (status, body) = run(&agent, json!({"audio": wav_base64(&vec![0.0; 4 * SR])})).await;
+    assert_eq!(status, 200, "{body}");
     agent.stop().await;
 }

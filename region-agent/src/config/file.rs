@@ -210,4 +210,10 @@ pub struct ModelFile {
     /// minute on two CPU cores).
     #[serde(default)]
     pub max_output_pixels: Option<u64>,
+    /// Audio models only (`meridian/silero-vad`, `meridian/whisper-tiny-en`): longest audio
+    /// accepted, in seconds; longer audio is refused with 422. Default 600 for silero-vad and
+    /// 300 for whisper-tiny-en (region-agent/API.md): each well within the default
+    /// `timeout_s` on two CPU cores. Raise `timeout_s` with it.
+    #[serde(default)]
+    pub max_audio_seconds: Option<u32>,
 }

@@ -54,6 +54,9 @@ pub struct ModelConfig {
     /// Largest output image, in pixels (> 0), for the models that take it (ESRGAN); `None`:
     /// the model's default.
     pub max_output_pixels: Option<u64>,
+    /// Longest audio, in seconds (> 0), for the models that take it (audio models); `None`:
+    /// the model's default.
+    pub max_audio_seconds: Option<u32>,
 }
 
 /// The control-plane link's settings.
@@ -518,6 +521,10 @@ fn model(
         let fix = "set 1 or more, or remove it for the default (1024 × 1024 × scale²)";
         p.add(at("max_output_pixels"), "is 0", fix);
     }
+    if m.max_audio_seconds == Some(0) {
+        let fix = "set 1 or more, or remove it for the model's default";
+        p.add(at("max_audio_seconds"), "is 0", fix);
+    }
     Some(ModelConfig {
         id: id?,
         weights,
@@ -526,6 +533,7 @@ fn model(
         keep_alive: Duration::from_secs(m.keep_alive_s.unwrap_or(300)),
         timeout: Duration::from_secs(timeout),
         max_output_pixels: m.max_output_pixels,
+        max_audio_seconds: m.max_audio_seconds,
     })
 }
 

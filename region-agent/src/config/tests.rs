@@ -112,7 +112,10 @@ fn pools_and_prices_are_refused_as_the_catalog_s() {
 fn every_problem_is_named_with_its_fix() {
     let text = GOOD
         .replace("edge-token-0123456789", "short")
-        .replace("max_batch = 4", "max_batch = 0\ntimeout_s = 0")
+        .replace(
+            "max_batch = 4",
+            "max_batch = 0\ntimeout_s = 0\nmax_output_pixels = 0\nmax_audio_seconds = 0",
+        )
         .replace("\"eu-west\"", "\"EU West\"")
         .replace("agent-token-0123456789", "x");
     let found = problems(&text);
@@ -124,7 +127,9 @@ fn every_problem_is_named_with_its_fix() {
             "edge_token",
             "control_plane.agent_token",
             "models[0].max_batch",
-            "models[0].timeout_s"
+            "models[0].timeout_s",
+            "models[0].max_output_pixels",
+            "models[0].max_audio_seconds",
         ]
     );
     assert!(

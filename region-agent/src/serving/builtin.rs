@@ -61,6 +61,14 @@ fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
             format!("remove it (only {} take it)", esrgan.join(", ")),
         ));
     }
+    let audio = ["meridian/silero-vad", "meridian/whisper-tiny-en"];
+    if m.max_audio_seconds.is_some() && !audio.contains(&m.id.as_str()) {
+        return Err((
+            "max_audio_seconds",
+            format!("{} does not take max_audio_seconds", m.id),
+            format!("remove it (only {} take it)", audio.join(", ")),
+        ));
+    }
     let dir = match &m.weights {
         ModelWeights::Dir(dir) => dir.as_path(),
         ModelWeights::PipelineTest if WITH_PIPELINE_TEST.contains(&m.id.as_str()) => {
@@ -99,12 +107,18 @@ fn model(m: &ModelConfig) -> Result<Arc<dyn Model>, Problem> {
             Arc::new(model)
         }
         "meridian/silero-vad" => {
-            let model = SileroVadModel::new(m.id.as_str(), dir);
+            let mut model = SileroVadModel::new(m.id.as_str(), dir);
+            if let Some(max) = m.max_audio_seconds {
+                model = model.with_max_seconds(max);
+            }
             weights_file(model.weights(), fetched("silero-vad"))?;
             Arc::new(model)
         }
         "meridian/whisper-tiny-en" => {
-            let model = WhisperModel::new(m.id.as_str(), dir);
+            let mut model = WhisperModel::new(m.id.as_str(), dir);
+            if let Some(max) = m.max_audio_seconds {
+                model = model.with_max_seconds(max);
+            }
             weights_file(&model.weights(), fetched("whisper-tiny-en"))?;
             Arc::new(model)
         }
@@ -220,6 +234,27 @@ mod tests {
             problems[1].fix.contains("meridian/tiny-sd"),
             "{}",
             problems[1]
+        );
+    }
+
+    #[test]
+    fn audio_limits_are_taken_only_by_audio_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = format!(
+            "[[models]]\nid = \"meridian/esrgan-x2\"\nweights_dir = \"{0}\"\nmax_audio_seconds = 60\n\
+             [[models]]\nid = \"meridian/tiny-sd\"\npipeline_test = true\nmax_audio_seconds = 60\n",
+            dir.path().display()
+        );
+        let problems = problems(&models);
+        let fields: Vec<_> = problems.iter().map(|p| p.place.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["models[0].max_audio_seconds", "models[1].max_audio_seconds"]
+        );
+        assert!(
+            problems[0].fix.contains("meridian/whisper-tiny-en"),
+            "{}",
+            problems[0]
         );
     }
 

@@ -56,6 +56,12 @@ impl SileroVadModel {
         self
     }
 
+    /// Accepts audio of at most `max_seconds` (default 600).
+    pub fn with_max_seconds(mut self, max_seconds: u32) -> Self {
+        self.limits.max_seconds = max_seconds;
+        self
+    }
+
     /// The weights file this model loads.
     pub fn weights(&self) -> &Path {
         &self.weights

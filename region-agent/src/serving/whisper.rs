@@ -24,8 +24,10 @@ use crate::models::audio_io::{self, AudioLimits};
 use crate::models::ffmpeg::{self, Ffmpeg};
 use crate::models::whisper::{SAMPLE_RATE, TranscribeError, WEIGHTS_FILE, Whisper};
 
-/// Longest audio accepted, in seconds.
-pub const MAX_SECONDS: u32 = 600;
+/// Longest audio accepted by default, in seconds: 600 s of speech took 107 s of CPU on two
+/// cores (`tests/largest_inputs.rs`), so half of it fits well within the default 120 s job
+/// timeout. Operators set `max_audio_seconds` (and `timeout_s`) for longer audio.
+pub const DEFAULT_MAX_SECONDS: u32 = 300;
 
 /// Whisper, its files in one directory (what `scripts/fetch-models` writes as
 /// `whisper-tiny-en/`).
@@ -47,10 +49,16 @@ impl WhisperModel {
             dir: dir.to_path_buf(),
             limits: AudioLimits {
                 sample_rate: SAMPLE_RATE,
-                max_seconds: MAX_SECONDS,
+                max_seconds: DEFAULT_MAX_SECONDS,
             },
             ffmpeg: Ffmpeg::default(),
         }
+    }
+
+    /// Accepts audio of at most `max_seconds` (default [`DEFAULT_MAX_SECONDS`]).
+    pub fn with_max_seconds(mut self, max_seconds: u32) -> Self {
+        self.limits.max_seconds = max_seconds;
+        self
     }
 
     /// The weights file this model loads.
