@@ -8,6 +8,7 @@
 //! all. A model says which unit it measures work in ([`Model::unit`]); the catalog must bill
 //! it in that unit.
 
+pub mod audio;
 pub mod builtin;
 pub mod esrgan;
 pub mod silero_vad;

@@ -19,21 +19,18 @@ use candle_core::Device;
 use policy::PricingUnit;
 use serde_json::Value;
 
-use super::{
-    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, StopSignal, decode_base64,
-    string_field,
-};
-use crate::models::audio_io::{self, AudioLimits};
-use crate::models::ffmpeg::{self, Ffmpeg};
-use crate::models::silero_vad::{SAMPLE_RATE, SegmentParams, SileroVad, WEIGHTS_FILE};
+use super::audio::AudioInput;
+use super::{InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, StopSignal};
+use crate::models::audio_io::AudioLimits;
+use crate::models::ffmpeg::Ffmpeg;
+use crate::models::silero_vad::{SegmentParams, SileroVad, WEIGHTS_FILE};
 
 /// Silero VAD, its weights in `<weights_dir>/silero_vad_16k.safetensors`.
 #[derive(Debug, Clone)]
 pub struct SileroVadModel {
     id: String,
     weights: PathBuf,
-    limits: AudioLimits,
-    ffmpeg: Ffmpeg,
+    audio: AudioInput,
 }
 
 impl SileroVadModel {
@@ -41,24 +38,22 @@ impl SileroVadModel {
     /// `silero-vad/`).
     /// Logs a warning when ffmpeg is missing (only 16 kHz mono WAV is then read).
     pub fn new(id: &str, weights_dir: &Path) -> Self {
-        ffmpeg::warn_if_missing(id);
         Self {
             id: id.to_owned(),
             weights: weights_dir.join(WEIGHTS_FILE),
-            limits: AudioLimits::VAD_16K,
-            ffmpeg: Ffmpeg::default(),
+            audio: AudioInput::new(id, AudioLimits::VAD_16K),
         }
     }
 
     /// Replaces how ffmpeg is run (default: [`Ffmpeg::default`]).
     pub fn with_ffmpeg(mut self, ffmpeg: Ffmpeg) -> Self {
-        self.ffmpeg = ffmpeg;
+        self.audio = self.audio.with_ffmpeg(ffmpeg);
         self
     }
 
     /// Accepts audio of at most `max_seconds` (default 600).
     pub fn with_max_seconds(mut self, max_seconds: u32) -> Self {
-        self.limits.max_seconds = max_seconds;
+        self.audio = self.audio.with_max_seconds(max_seconds);
         self
     }
 
@@ -78,15 +73,7 @@ impl Model for SileroVadModel {
     }
 
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
-        let text = string_field(input, "audio")?;
-        let bytes = decode_base64("audio", text)?;
-        let samples = audio_io::decode_audio_with(&bytes, &self.limits, &self.ffmpeg)
-            .map_err(|e| InputError::Unprocessable(format!("input.audio: {e}")))?;
-        Ok(JobInput {
-            units: samples.len() as f64 / f64::from(SAMPLE_RATE),
-            batch_key: String::new(),
-            payload: Box::new(samples),
-        })
+        self.audio.prepare(input)
     }
 
     fn load(&self, device: &Device) -> Result<Box<dyn LoadedModel>, ModelError> {
@@ -147,7 +134,7 @@ mod tests {
     fn wav_base64(seconds: f32, rate: u32) -> String {
         let n = (seconds * rate as f32) as usize;
         let samples: Vec<f32> = (0..n).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
-        let wav = audio_io::encode_wav_mono_i16(&samples, rate).unwrap();
+        let wav = crate::models::audio_io::encode_wav_mono_i16(&samples, rate).unwrap();
         base64::engine::general_purpose::STANDARD.encode(wav)
     }
 

@@ -16,12 +16,9 @@ use candle_core::Device;
 use policy::PricingUnit;
 use serde_json::Value;
 
-use super::{
-    InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, StopSignal, decode_base64,
-    string_field,
-};
-use crate::models::audio_io::{self, AudioLimits};
-use crate::models::ffmpeg::{self, Ffmpeg};
+use super::audio::AudioInput;
+use super::{InputError, JobInput, LoadedModel, Model, ModelError, ModelOutput, StopSignal};
+use crate::models::audio_io::AudioLimits;
 use crate::models::whisper::{SAMPLE_RATE, TranscribeError, WEIGHTS_FILE, Whisper};
 
 /// Longest audio accepted by default, in seconds: 600 s of speech took 107 s of CPU on two
@@ -35,29 +32,27 @@ pub const DEFAULT_MAX_SECONDS: u32 = 300;
 pub struct WhisperModel {
     id: String,
     dir: PathBuf,
-    limits: AudioLimits,
-    ffmpeg: Ffmpeg,
+    audio: AudioInput,
 }
 
 impl WhisperModel {
     /// The model `id`, its files in `dir`. Logs a warning when ffmpeg is missing (only
     /// 16 kHz mono WAV is then read).
     pub fn new(id: &str, dir: &Path) -> Self {
-        ffmpeg::warn_if_missing(id);
+        let limits = AudioLimits {
+            sample_rate: SAMPLE_RATE,
+            max_seconds: DEFAULT_MAX_SECONDS,
+        };
         Self {
             id: id.to_owned(),
             dir: dir.to_path_buf(),
-            limits: AudioLimits {
-                sample_rate: SAMPLE_RATE,
-                max_seconds: DEFAULT_MAX_SECONDS,
-            },
-            ffmpeg: Ffmpeg::default(),
+            audio: AudioInput::new(id, limits),
         }
     }
 
     /// Accepts audio of at most `max_seconds` (default [`DEFAULT_MAX_SECONDS`]).
     pub fn with_max_seconds(mut self, max_seconds: u32) -> Self {
-        self.limits.max_seconds = max_seconds;
+        self.audio = self.audio.with_max_seconds(max_seconds);
         self
     }
 
@@ -77,15 +72,7 @@ impl Model for WhisperModel {
     }
 
     fn prepare(&self, input: &Value) -> Result<JobInput, InputError> {
-        let text = string_field(input, "audio")?;
-        let bytes = decode_base64("audio", text)?;
-        let samples = audio_io::decode_audio_with(&bytes, &self.limits, &self.ffmpeg)
-            .map_err(|e| InputError::Unprocessable(format!("input.audio: {e}")))?;
-        Ok(JobInput {
-            units: samples.len() as f64 / f64::from(SAMPLE_RATE),
-            batch_key: String::new(),
-            payload: Box::new(samples),
-        })
+        self.audio.prepare(input)
     }
 
     fn load(&self, device: &Device) -> Result<Box<dyn LoadedModel>, ModelError> {
