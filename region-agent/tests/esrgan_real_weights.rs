@@ -158,7 +158,7 @@ fn x4_beats_bilinear_on_psnr() {
 }
 
 /// A 64×64 input has as many pixels a side as the network has feature channels, the shape
-/// candle 0.9's CPU convolution gets wrong (see `models::esrgan::conv`).
+/// candle-core 0.9's CPU convolution got wrong (candle issue #3404, fixed in candle 0.11).
 #[test]
 fn x4_on_a_64x64_input_beats_bilinear_on_psnr() {
     model_beats_bilinear(4, 256);

@@ -1,76 +1,35 @@
-//! Zero-padded ("same") 2-D convolution, stride 1, as every ESRGAN-slim layer uses.
-//!
-//! Wraps candle's [`Conv2d`] to avoid a defect of candle-core 0.9's CPU kernel for
-//! non-1×1 kernels: it takes an NCHW input whose channel count equals its height and width
-//! (`C == H == W`, e.g. 64 features on a 64×64 image) for an NHWC one, because the two stride
-//! patterns coincide, and returns wrong values (candle issue #3404, fixed in candle 0.11). For
-//! that shape the input is widened by one zero column and the extra output column dropped,
-//! which is exact: the column is zero, as the padding it replaces would be.
+//! Zero-padded ("same") 2-D convolutions, stride 1, as every ESRGAN-slim layer uses: candle's
+//! [`Conv2d`] with a padding of half the (odd) kernel size.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, conv2d};
 
-/// A stride-1 convolution padded to keep the spatial size (odd kernels).
-#[derive(Debug, Clone)]
-pub struct SameConv {
-    inner: Conv2d,
-}
-
-impl SameConv {
-    /// Loads `weight` `[cout, cin, k, k]` and `bias` `[cout]` from `vb`.
-    pub fn new(cin: usize, cout: usize, k: usize, vb: VarBuilder<'_>) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: k / 2,
-            ..Default::default()
-        };
-        Ok(Self {
-            inner: conv2d(cin, cout, k, cfg, vb)?,
-        })
-    }
-
-    /// Builds a convolution from its weight and bias.
-    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (_, _, kh, kw) = weight.dims4()?;
-        if kh != kw || kh % 2 == 0 {
-            candle_core::bail!(
-                "a same-padded convolution needs an odd square kernel, got {kh}×{kw}"
-            );
-        }
-        let cfg = Conv2dConfig {
-            padding: kh / 2,
-            ..Default::default()
-        };
-        Ok(Self {
-            inner: Conv2d::new(weight, bias, cfg),
-        })
-    }
-
-    /// The kernel, OIHW.
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
-    }
-
-    /// The bias, when there is one.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.inner.bias()
+/// The configuration that keeps the spatial size for a `k`×`k` kernel (odd `k`).
+fn same_padding(k: usize) -> Conv2dConfig {
+    Conv2dConfig {
+        padding: k / 2,
+        ..Default::default()
     }
 }
 
-impl Module for SameConv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
-        let (_, _, kh, kw) = self.inner.weight().dims4()?;
-        if (kh, kw) != (1, 1) && c == h && h == w {
-            let widened = x.pad_with_zeros(3, 0, 1)?;
-            return self.inner.forward(&widened)?.narrow(3, 0, w);
-        }
-        self.inner.forward(x)
+/// Loads a same-padded convolution: `weight` `[cout, cin, k, k]` and `bias` `[cout]` from
+/// `vb`.
+pub fn same(cin: usize, cout: usize, k: usize, vb: VarBuilder<'_>) -> Result<Conv2d> {
+    conv2d(cin, cout, k, same_padding(k), vb)
+}
+
+/// Builds a same-padded convolution from its weight (OIHW, odd square kernel) and bias.
+pub fn same_from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Conv2d> {
+    let (_, _, kh, kw) = weight.dims4()?;
+    if kh != kw || kh % 2 == 0 {
+        candle_core::bail!("a same-padded convolution needs an odd square kernel, got {kh}×{kw}");
     }
+    Ok(Conv2d::new(weight, bias, same_padding(kh)))
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
+    use candle_core::{Device, Module};
 
     use super::*;
 
@@ -107,6 +66,8 @@ mod tests {
         out
     }
 
+    /// candle-core 0.9's CPU kernel took an NCHW input with `C == H == W` for an NHWC one and
+    /// returned wrong values (candle issue #3404, fixed in 0.11); those shapes stay checked.
     #[test]
     fn matches_a_direct_convolution_also_when_channels_equal_height_and_width() {
         let dev = Device::Cpu;
@@ -120,7 +81,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1f32, (1, c, h, w), &dev).unwrap();
             let weight = Tensor::randn(0f32, 1f32, (o, c, k, k), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1f32, o, &dev).unwrap();
-            let conv = SameConv::from_weights(weight.clone(), Some(bias.clone())).unwrap();
+            let conv = same_from_weights(weight.clone(), Some(bias.clone())).unwrap();
             let got: Vec<f32> = conv
                 .forward(&x)
                 .unwrap()

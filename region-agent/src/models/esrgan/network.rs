@@ -23,10 +23,10 @@
 //! avoids an `s²`-times larger im2col buffer.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Conv2d, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::conv::SameConv;
+use super::conv;
 
 /// Kernel size of every 3×3 convolution.
 pub const KERNEL: usize = 3;
@@ -96,8 +96,8 @@ impl RdnConfig {
 /// One residual dense block.
 #[derive(Debug, Clone)]
 struct ResidualDenseBlock {
-    dense: Vec<SameConv>,
-    fusion: SameConv,
+    dense: Vec<Conv2d>,
+    fusion: Conv2d,
 }
 
 impl ResidualDenseBlock {
@@ -106,10 +106,10 @@ impl ResidualDenseBlock {
         let mut channels = cfg.features;
         for c in 1..=cfg.convs_per_block {
             let name = RdnConfig::dense_conv_name(d, c);
-            dense.push(SameConv::new(channels, cfg.growth, KERNEL, vb.pp(name))?);
+            dense.push(conv::same(channels, cfg.growth, KERNEL, vb.pp(name))?);
             channels += cfg.growth;
         }
-        let fusion = SameConv::new(channels, cfg.features, 1, vb.pp(RdnConfig::fusion_name(d)))?;
+        let fusion = conv::same(channels, cfg.features, 1, vb.pp(RdnConfig::fusion_name(d)))?;
         Ok(Self { dense, fusion })
     }
 
@@ -127,22 +127,22 @@ impl ResidualDenseBlock {
 #[derive(Debug, Clone)]
 pub struct Rdn {
     cfg: RdnConfig,
-    shallow_1: SameConv,
-    shallow_2: SameConv,
+    shallow_1: Conv2d,
+    shallow_2: Conv2d,
     blocks: Vec<ResidualDenseBlock>,
-    global_fusion_1: SameConv,
-    global_fusion_2: SameConv,
-    upsample: [SameConv; 3],
+    global_fusion_1: Conv2d,
+    global_fusion_2: Conv2d,
+    upsample: [Conv2d; 3],
     /// `SR` as the graph has it: 3×3 over the upsampled map.
-    reconstruct: SameConv,
+    reconstruct: Conv2d,
     /// `SR` fused with the nearest upsampling: 3×3 at low resolution, `3·s²` outputs.
-    reconstruct_fused: SameConv,
+    reconstruct_fused: Conv2d,
 }
 
 /// Folds "nearest ×`scale`, then `weight` (3×3, OIHW)" into one low-resolution 3×3 kernel
 /// with `out·scale²` outputs ordered `(out, phase_y, phase_x)`, and repeats the bias to match.
-fn fuse_upsample_into_conv(conv: &SameConv, scale: usize) -> Result<SameConv> {
-    let weight = conv.weight();
+fn fuse_upsample_into_conv(layer: &Conv2d, scale: usize) -> Result<Conv2d> {
+    let weight = layer.weight();
     let (cout, cin, kh, kw) = weight.dims4()?;
     if (kh, kw) != (KERNEL, KERNEL) {
         candle_core::bail!("fusing needs a {KERNEL}×{KERNEL} kernel, got {kh}×{kw}");
@@ -177,11 +177,11 @@ fn fuse_upsample_into_conv(conv: &SameConv, scale: usize) -> Result<SameConv> {
     let device = weight.device();
     let fused =
         Tensor::from_vec(fused, (cout * phases, cin, 3, 3), device)?.to_dtype(weight.dtype())?;
-    let bias = match conv.bias() {
+    let bias = match layer.bias() {
         Some(b) => Some(b.unsqueeze(1)?.repeat((1, phases))?.flatten_all()?),
         None => None,
     };
-    SameConv::from_weights(fused, bias)
+    conv::same_from_weights(fused, bias)
 }
 
 /// `[n, c·s², h, w]` with channels ordered `(c, phase_y, phase_x)` → `[n, c, h·s, w·s]`.
@@ -198,20 +198,20 @@ impl Rdn {
     pub fn new(cfg: RdnConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let g0 = cfg.features;
         let [u1, u2, u3] = cfg.upsample_features;
-        let reconstruct = SameConv::new(u3, CHANNELS, KERNEL, vb.pp("SR"))?;
+        let reconstruct = conv::same(u3, CHANNELS, KERNEL, vb.pp("SR"))?;
         let blocks = (1..=cfg.blocks)
             .map(|d| ResidualDenseBlock::new(&cfg, d, &vb))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            shallow_1: SameConv::new(CHANNELS, g0, KERNEL, vb.pp("F_m1"))?,
-            shallow_2: SameConv::new(g0, g0, KERNEL, vb.pp("F_0"))?,
+            shallow_1: conv::same(CHANNELS, g0, KERNEL, vb.pp("F_m1"))?,
+            shallow_2: conv::same(g0, g0, KERNEL, vb.pp("F_0"))?,
             blocks,
-            global_fusion_1: SameConv::new(g0 * cfg.blocks, g0, 1, vb.pp("GFF_1"))?,
-            global_fusion_2: SameConv::new(g0, g0, KERNEL, vb.pp("GFF_2"))?,
+            global_fusion_1: conv::same(g0 * cfg.blocks, g0, 1, vb.pp("GFF_1"))?,
+            global_fusion_2: conv::same(g0, g0, KERNEL, vb.pp("GFF_2"))?,
             upsample: [
-                SameConv::new(g0, u1, UPSAMPLE_KERNEL, vb.pp("UPN1"))?,
-                SameConv::new(u1, u2, KERNEL, vb.pp("UPN2"))?,
-                SameConv::new(u2, u3, KERNEL, vb.pp("UPN3"))?,
+                conv::same(g0, u1, UPSAMPLE_KERNEL, vb.pp("UPN1"))?,
+                conv::same(u1, u2, KERNEL, vb.pp("UPN2"))?,
+                conv::same(u2, u3, KERNEL, vb.pp("UPN3"))?,
             ],
             reconstruct_fused: fuse_upsample_into_conv(&reconstruct, cfg.scale)?,
             reconstruct,
