@@ -322,8 +322,10 @@ impl TextToImage {
         }
         stop.check()?;
         let latents = (latents / self.config.vae_scaling)?;
-        // One image at a time: candle-transformers 0.9's autoencoder attention block gives
-        // wrong values for every image after the first in a batch on the CPU.
+        // One image at a time: the autoencoder's attention block feeds a transposed
+        // [n, pixels, channels] input to candle-nn's `Linear`, and candle-core's CPU matmul
+        // (still in 0.11.1) folds such a batch into one gemm as if its rows were contiguous,
+        // so every image after the first comes out wrong (candle PR #3758 proposes the fix).
         (0..n)
             .map(|i| {
                 let pixels = self.vae.decode(&latents.narrow(0, i, 1)?)?;
