@@ -267,8 +267,42 @@ mod tests {
 
     use super::*;
 
-    /// Changes one input pixel and finds how far (in low-resolution pixels, the larger of
-    /// the two axes) the output changes: exactly the receptive radius, never further.
+    /// How far (in low-resolution pixels, the larger of the two axes) the output of a network
+    /// with fresh random weights changes when one input pixel of a random image does.
+    fn reach_of_one_pixel(cfg: RdnConfig, scale: usize) -> usize {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let net = Rdn::new(cfg, vb).unwrap();
+        let n = 2 * cfg.receptive_radius() + 9;
+        let centre = n / 2;
+        let x = Tensor::rand(0f32, 255f32, (1, 3, n, n), &Device::Cpu).unwrap();
+        let mut bump = vec![0f32; 3 * n * n];
+        bump[centre * n + centre] = 50.0;
+        let bumped = (&x + Tensor::from_vec(bump, (1, 3, n, n), &Device::Cpu).unwrap()).unwrap();
+        let diff = (net.forward(&bumped).unwrap() - net.forward(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum((0, 1))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        diff.iter()
+            .enumerate()
+            .flat_map(|(y, row)| row.iter().enumerate().map(move |(x, d)| (y, x, *d)))
+            .filter(|(_, _, d)| *d > 0.0)
+            .map(|(y, x, _)| {
+                (y / scale)
+                    .abs_diff(centre)
+                    .max((x / scale).abs_diff(centre))
+            })
+            .max()
+            .unwrap()
+    }
+
+    /// Changes one input pixel: the output changes up to exactly the receptive radius, never
+    /// further. One draw of random weights may stop short (a ReLU can zero the change at the
+    /// edge, about one draw in seven), so the furthest reach over several draws is taken.
     #[test]
     fn an_input_pixel_reaches_exactly_the_receptive_radius() {
         for (scale, blocks, convs_per_block) in [(2, 2, 1), (3, 1, 3)] {
@@ -281,37 +315,9 @@ mod tests {
                 ..RdnConfig::slim(scale)
             };
             let radius = cfg.receptive_radius();
-            let varmap = VarMap::new();
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-            let net = Rdn::new(cfg, vb).unwrap();
-            let n = 2 * radius + 9;
-            let centre = n / 2;
-            let x = Tensor::rand(0f32, 255f32, (1, 3, n, n), &Device::Cpu).unwrap();
-            let mut bump = vec![0f32; 3 * n * n];
-            bump[centre * n + centre] = 50.0;
-            let bumped =
-                (&x + Tensor::from_vec(bump, (1, 3, n, n), &Device::Cpu).unwrap()).unwrap();
-            let diff = (net.forward(&bumped).unwrap() - net.forward(&x).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .sum((0, 1))
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            let reach = diff
-                .iter()
-                .enumerate()
-                .flat_map(|(y, row)| row.iter().enumerate().map(move |(x, d)| (y, x, *d)))
-                .filter(|(_, _, d)| *d > 0.0)
-                .map(|(y, x, _)| {
-                    (y / scale)
-                        .abs_diff(centre)
-                        .max((x / scale).abs_diff(centre))
-                })
-                .max()
-                .unwrap();
-            assert_eq!(reach, radius, "{cfg:?}");
+            let reaches: Vec<usize> = (0..8).map(|_| reach_of_one_pixel(cfg, scale)).collect();
+            assert!(reaches.iter().all(|&r| r <= radius), "{cfg:?}: {reaches:?}");
+            assert_eq!(reaches.iter().max(), Some(&radius), "{cfg:?}: {reaches:?}");
         }
     }
 
