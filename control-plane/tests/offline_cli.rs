@@ -29,7 +29,7 @@ fn the_example_catalog_is_valid() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("valid — 3 jurisdictions, 3 regions, 5 models, 2 tenants"),
+        stdout.contains("valid — 3 jurisdictions, 3 regions, 6 models, 2 tenants"),
         "{stdout}"
     );
     assert!(!stdout.contains("warning"), "{stdout}");
