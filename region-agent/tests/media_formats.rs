@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use support::media::ffmpeg;
 use support::speech::speak;
-use support::{Agent, config};
+use support::{Agent, config, segments};
 
 const VAD: &str = "meridian/silero-vad";
 const VIDEO: &str = "meridian/video-upscale-x2";
@@ -85,23 +85,7 @@ fn base64(bytes: &[u8]) -> String {
 
 /// `POST /v1/run/{model}` with `{field: base64(bytes)}`: (status, body).
 async fn run(agent: &Agent, model: &str, field: &str, bytes: &[u8]) -> (u16, Value) {
-    let response = agent
-        .call(Method::POST, &format!("/v1/run/{model}"))
-        .json(&json!({ "input": { field: base64(bytes) } }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-fn segments(result: &Value) -> Vec<(f64, f64)> {
-    result["output"]["segments"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no segments in {result}"))
-        .iter()
-        .map(|s| (s["start_s"].as_f64().unwrap(), s["end_s"].as_f64().unwrap()))
-        .collect()
+    agent.try_run(model, json!({ field: base64(bytes) })).await
 }
 
 /// One second of silence, a spoken sentence, one second of silence: 16 kHz mono WAV.

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use support::speech::speak;
-use support::{Agent, config};
+use support::{Agent, config, segments};
 
 const SR: usize = 16_000;
 const MAX_BODY: usize = 1 << 20;
@@ -40,23 +40,7 @@ fn base64(bytes: &[u8]) -> String {
 
 /// `POST /v1/run/meridian/silero-vad` with `input`: (status, body).
 async fn run(agent: &Agent, input: Value) -> (u16, Value) {
-    let response = agent
-        .call(Method::POST, "/v1/run/meridian/silero-vad")
-        .json(&json!({ "input": input }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-fn segments(result: &Value) -> Vec<(f64, f64)> {
-    result["output"]["segments"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no segments in {result}"))
-        .iter()
-        .map(|s| (s["start_s"].as_f64().unwrap(), s["end_s"].as_f64().unwrap()))
-        .collect()
+    agent.try_run("meridian/silero-vad", input).await
 }
 
 #[tokio::test]

@@ -24,14 +24,7 @@ async fn start(dir: &std::path::Path) -> Agent {
 
 /// `POST /v1/run/meridian/tiny-sd` with `input`: (status, body).
 async fn run(agent: &Agent, input: Value) -> (u16, Value) {
-    let response = agent
-        .call(Method::POST, &format!("/v1/run/{MODEL}"))
-        .json(&json!({ "input": input }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    agent.try_run(MODEL, input).await
 }
 
 /// The PNG bytes of a result's `image` file, checked against its file object.

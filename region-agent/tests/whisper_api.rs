@@ -9,7 +9,6 @@ mod support;
 
 use base64::Engine as _;
 use region_agent::models::audio_io::encode_wav_mono_i16;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use support::media::ffmpeg;
@@ -43,14 +42,7 @@ fn wav_base64(samples: &[f32]) -> String {
 
 /// `POST /v1/run/meridian/whisper-tiny-en` with `input`: (status, body).
 async fn run(agent: &Agent, input: Value) -> (u16, Value) {
-    let response = agent
-        .call(Method::POST, &format!("/v1/run/{MODEL}"))
-        .json(&json!({ "input": input }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    agent.try_run(MODEL, input).await
 }
 
 #[tokio::test]

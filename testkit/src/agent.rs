@@ -85,6 +85,19 @@ impl TestAgent {
             .to_owned()
     }
 
+    /// `POST /v1/run/{model}` with `input` for `acme`: the status and the body (`null` when it
+    /// is not JSON), whatever they are.
+    pub async fn try_run(&self, model: &str, input: Value) -> (u16, Value) {
+        let response = self
+            .call(Method::POST, &format!("/v1/run/{model}"))
+            .json(&serde_json::json!({ "input": input }))
+            .send()
+            .await
+            .expect("the agent answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Runs a job of `model` synchronously for `tenant` with `input`; returns its request id
     /// and what it cost (`x-meridian-cost`), failing the test unless it succeeded.
     pub async fn run(&self, tenant: &str, model: &str, input: Value) -> (String, Nanos) {

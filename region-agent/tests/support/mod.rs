@@ -86,3 +86,13 @@ pub use testkit::TestAgent as Agent;
 pub fn models_dir() -> PathBuf {
     testkit::weights::esrgan_slim()
 }
+
+/// The `(start_s, end_s)` pairs of a speech-segments output (silero-vad's).
+pub fn segments(result: &serde_json::Value) -> Vec<(f64, f64)> {
+    result["output"]["segments"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no segments in {result}"))
+        .iter()
+        .map(|s| (s["start_s"].as_f64().unwrap(), s["end_s"].as_f64().unwrap()))
+        .collect()
+}
