@@ -31,6 +31,10 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENCY_WINDOW_SECS: u64 = 24 * 3600;
 /// The longest idempotency key accepted, in bytes.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+/// Edge → agent: the scheme, host and port (and path prefix, if any) under which the client
+/// reached the public API, e.g. `https://api.example.com`; the agent writes absolute URLs
+/// (status, result and file links) under it. Absent: the agent writes paths.
+pub const PUBLIC_URL: &str = "x-meridian-public-url";
 /// Every component → client: the request's id ([`crate::RequestId`]) where it has one.
 pub const REQUEST_ID: &str = "x-request-id";
 /// The prefix of every internal header; the edge drops these from what clients send.

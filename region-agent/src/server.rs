@@ -127,7 +127,13 @@ fn serve_http(
         body_read: config.connections.body_read,
     };
     let media_urls = MediaUrls::new(&config.input_urls).context("build the media URL client")?;
-    let state = AppState::new(scheduler.clone(), tokens, limits, media_urls);
+    let links = api::links::FileLinks::open(&config.data_dir).with_context(|| {
+        format!(
+            "open the file-link key {}",
+            config.data_dir.join(api::links::KEY_FILE).display()
+        )
+    })?;
+    let state = AppState::new(scheduler.clone(), tokens, limits, media_urls, links);
     let address = listener
         .local_addr()
         .context("read the listening address")?;

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// Malformed JSON, a missing field or header.
     #[error("{0}")]
     BadRequest(String),
+    /// A file link that is altered or expired.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such request (or another tenant's), model route or file.
     #[error("{0}")]
     NotFound(String),
@@ -81,6 +84,7 @@ impl ApiError {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::NotReady(_) => (StatusCode::CONFLICT, "not_ready"),
             Self::NotCancellable(_) => (StatusCode::CONFLICT, "not_cancellable"),

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use contract::{RequestId, TenantId, headers};
@@ -23,9 +23,11 @@ use crate::serving::InputError;
 const MAX_JSON_ITEMS: usize = 10_000;
 
 /// A parsed job body.
-struct JobBody {
-    input: Value,
-    priority: Priority,
+pub(super) struct JobBody {
+    /// The model's input.
+    pub input: Value,
+    /// Its priority.
+    pub priority: Priority,
 }
 
 /// Checks the content type and parses `{"input": {…}, "priority": …}`.
@@ -34,6 +36,28 @@ fn parse_body(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<JobBody, ApiError> {
+    let mut object = parse_object(headers, body, limit)?;
+    let input = match object.remove("input") {
+        Some(input @ Value::Object(_)) => input,
+        Some(_) => return Err(ApiError::BadRequest("input must be a JSON object".into())),
+        None => return Err(ApiError::BadRequest("the field input is missing".into())),
+    };
+    let priority = match object.remove("priority") {
+        None | Some(Value::Null) => Priority::Normal,
+        Some(value) => serde_json::from_value(value).map_err(|_| {
+            ApiError::BadRequest("priority must be one of high, normal, low".into())
+        })?,
+    };
+    Ok(JobBody { input, priority })
+}
+
+/// Checks the content type (JSON) and the size of a body, and parses it as a JSON object
+/// (bounded: at most [`MAX_JSON_ITEMS`] array items and object members).
+pub(super) fn parse_object(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
@@ -49,30 +73,24 @@ fn parse_body(
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
-    if more_items_than(&body, MAX_JSON_ITEMS) {
+    object_of(&body)
+}
+
+/// Parses JSON text `body` as an object, bounded as [`parse_object`] says.
+pub(super) fn object_of(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if more_items_than(body, MAX_JSON_ITEMS) {
         return Err(ApiError::BadRequest(format!(
             "the body holds more than {MAX_JSON_ITEMS} array items and object members"
         )));
     }
-    let value: Value = serde_json::from_slice(&body)
+    let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(mut object) = value else {
-        return Err(ApiError::BadRequest(
+    match value {
+        Value::Object(object) => Ok(object),
+        _ => Err(ApiError::BadRequest(
             "the body must be a JSON object".into(),
-        ));
-    };
-    let input = match object.remove("input") {
-        Some(input @ Value::Object(_)) => input,
-        Some(_) => return Err(ApiError::BadRequest("input must be a JSON object".into())),
-        None => return Err(ApiError::BadRequest("the field input is missing".into())),
-    };
-    let priority = match object.remove("priority") {
-        None | Some(Value::Null) => Priority::Normal,
-        Some(value) => serde_json::from_value(value).map_err(|_| {
-            ApiError::BadRequest("priority must be one of high, normal, low".into())
-        })?,
-    };
-    Ok(JobBody { input, priority })
+        )),
+    }
 }
 
 /// Whether JSON text `bytes` holds more than `most` array items and object members in all,
@@ -166,10 +184,22 @@ async fn submit(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<JobRecord, ApiError> {
+    let body = parse_body(headers, body, state.0.max_body_bytes);
+    submit_parsed(state, tenant, model, headers, body).await
+}
+
+/// Accepts the job `body` (parsed, or why it could not be) of `tenant` for `model`, with
+/// the terms in `headers`.
+pub(super) async fn submit_parsed(
+    state: &AppState,
+    tenant: &TenantId,
+    model: &str,
+    headers: &HeaderMap,
+    body: Result<JobBody, ApiError>,
+) -> Result<JobRecord, ApiError> {
     // A job that would be refused (draining, no catalog, model not served) is refused
     // before its body is even looked at, so the edge can try the next region — unless its
     // idempotency key names a job already accepted here, which is the answer.
-    let body = parse_body(headers, body, state.0.max_body_bytes);
     let terms = terms(headers);
     let scheduler = state.scheduler();
     let known = matches!(&terms, Ok(Terms { key: Some(key), .. })
@@ -203,11 +233,15 @@ pub async fn queue(
     let model = format!("{owner}/{model}");
     let record = submit(&state, &tenant, &model, &headers, body).await?;
     let id = &record.id;
+    let base = format!(
+        "{}/v1/requests/{id}",
+        super::public_url(&headers).unwrap_or_default()
+    );
     let body = json!({
         "request_id": id,
-        "status_url": format!("/v1/requests/{id}/status"),
-        "response_url": format!("/v1/requests/{id}"),
-        "cancel_url": format!("/v1/requests/{id}/cancel"),
+        "status_url": format!("{base}/status"),
+        "response_url": base,
+        "cancel_url": format!("{base}/cancel"),
     });
     Ok(with_id(
         (StatusCode::ACCEPTED, Json(body)).into_response(),
@@ -225,18 +259,28 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     let model = format!("{owner}/{model}");
     let record = submit(&state, &tenant, &model, &headers, body).await?;
-    let Some(mut rx) = state.scheduler().watch(tenant.as_str(), &record.id) else {
+    let done = wait(&state, tenant.as_str(), &record.id).await?;
+    Ok(result_response(&state, &headers, &done))
+}
+
+/// Waits for job `id` of `tenant` to finish, up to the sync timeout.
+///
+/// # Errors
+///
+/// `504 timeout` naming the job, which goes on.
+pub(super) async fn wait(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
+    let Some(mut rx) = state.scheduler().watch(tenant, id) else {
         return Err(ApiError::Internal {
-            detail: format!("request {} vanished", record.id),
-            request_id: Some(record.id),
+            detail: format!("request {id} vanished"),
+            request_id: Some(id.to_owned()),
         });
     };
     let timeout = state.0.sync_timeout;
     let finished = tokio::time::timeout(timeout, rx.wait_for(|r| r.state.is_final())).await;
     match finished {
-        Ok(Ok(record)) => Ok(result_response(&record.clone())),
+        Ok(Ok(record)) => Ok(record.clone()),
         _ => Err(ApiError::Timeout {
-            request_id: record.id,
+            request_id: id.to_owned(),
             timeout_ms: timeout.as_millis(),
         }),
     }
@@ -247,12 +291,13 @@ pub async fn result(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = find(&state, tenant.as_str(), &id)?;
     if !record.state.is_final() {
         return Err(ApiError::NotReady(id));
     }
-    Ok(result_response(&record))
+    Ok(result_response(&state, &headers, &record))
 }
 
 /// `PUT /v1/requests/{id}/cancel`: `200` with the status `CANCELLED` for a queued job (or one
@@ -277,42 +322,82 @@ pub async fn cancel(
                 &id,
             ))
         }
-        Err(CancelError::NotFound) => Err(unknown(&id)),
-        Err(e @ CancelError::NotCancellable(_)) => Err(ApiError::NotCancellable(e.to_string())),
-        Err(CancelError::Storage(e)) => Err(ApiError::Internal {
-            detail: format!("store a cancellation: {e}"),
-            request_id: Some(id),
-        }),
+        Err(e) => Err(cancel_error(&id, e)),
     }
 }
 
-/// `GET /v1/requests/{id}/files/{name}`.
+/// The answer for a cancellation of job `id` that failed.
+pub(super) fn cancel_error(id: &str, e: CancelError) -> ApiError {
+    match e {
+        CancelError::NotFound => unknown(id),
+        e @ CancelError::NotCancellable(_) => ApiError::NotCancellable(e.to_string()),
+        CancelError::Storage(e) => ApiError::Internal {
+            detail: format!("store a cancellation: {e}"),
+            request_id: Some(id.to_owned()),
+        },
+    }
+}
+
+/// A signed file link's query.
+#[derive(Debug, serde::Deserialize)]
+pub struct LinkQuery {
+    expires: Option<String>,
+    signature: Option<String>,
+}
+
+/// `GET /v1/requests/{id}/files/{name}`: for the tenant the edge names, or for anyone with a
+/// link this agent signed (`?expires=…&signature=…`, see [`super::links`]).
 pub async fn file(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
     Path((id, name)): Path<(String, String)>,
+    Query(link): Query<LinkQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = find(&state, tenant.as_str(), &id)?;
-    let content_type = record
-        .output
-        .as_ref()
-        .and_then(Value::as_object)
-        .and_then(|fields| {
-            fields.values().find_map(|v| {
-                (v.get("name")?.as_str()? == name).then(|| v.get("content_type")?.as_str())?
-            })
-        })
-        .map(str::to_owned);
+    let tenant = if link.signature.is_some() || link.expires.is_some() {
+        state
+            .links()
+            .check(
+                &id,
+                &name,
+                link.expires.as_deref(),
+                link.signature.as_deref(),
+                super::links::now_s(),
+            )
+            .map_err(|e| {
+                ApiError::Forbidden(format!("{e}: ask for the result again for a new link"))
+            })?;
+        state.scheduler().owner(&id).ok_or_else(|| unknown(&id))?
+    } else {
+        super::tenant_of(&headers)?.to_string()
+    };
+    let record = find(&state, &tenant, &id)?;
     let no_file = || ApiError::NotFound(format!("request {id} has no file {name:?}"));
-    let content_type = content_type.ok_or_else(no_file)?;
+    let content_type = file_object(&record, &name)
+        .and_then(|file| file.get("content_type")?.as_str())
+        .map(str::to_owned)
+        .ok_or_else(no_file)?;
     let bytes = state
         .scheduler()
-        .file(tenant.as_str(), &id, &name)
+        .file(&tenant, &id, &name)
         .await
         .ok_or_else(no_file)?;
     let mut response = ([("content-type", content_type)], bytes).into_response();
     response = with_id(response, &id);
     Ok(response)
+}
+
+/// The file object named `name` in `record`'s output.
+pub(super) fn file_object<'a>(
+    record: &'a JobRecord,
+    name: &str,
+) -> Option<&'a serde_json::Map<String, Value>> {
+    record
+        .output
+        .as_ref()?
+        .as_object()?
+        .values()
+        .filter_map(Value::as_object)
+        .find(|file| file.get("name").and_then(Value::as_str) == Some(name))
 }
 
 /// The job `id` when `tenant` owns it; otherwise 404, the same as for an unknown id.
@@ -335,10 +420,18 @@ pub(super) fn with_id(mut response: Response, id: &str) -> Response {
     response
 }
 
-/// `200` with the result JSON, `x-request-id` and `x-meridian-cost` (the exact cost of the
-/// job's usage record, nine decimals).
-fn result_response(record: &JobRecord) -> Response {
-    let body = record.result_json(now_ms());
+/// `200` with the result JSON (its files as signed links under the public URL in
+/// `headers`), `x-request-id` and `x-meridian-cost` (the exact cost of the job's usage
+/// record, nine decimals).
+fn result_response(state: &AppState, headers: &HeaderMap, record: &JobRecord) -> Response {
+    let mut body = record.result_json(now_ms());
+    let public = super::public_url(headers);
+    state.links().sign_output(
+        &mut body["output"],
+        public.as_deref(),
+        &record.id,
+        super::links::now_s(),
+    );
     let mut response = with_id(Json(body).into_response(), &record.id);
     if let Ok(value) = HeaderValue::from_str(&record.cost().to_string()) {
         response.headers_mut().insert(headers::COST, value);

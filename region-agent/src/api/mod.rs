@@ -4,8 +4,10 @@
 //! internal calls under `/internal/v1/` (its agent token). [`serve`] serves it with
 //! connection deadlines and caps.
 
+mod compat;
 mod error;
 mod jobs;
+pub mod links;
 pub mod serve;
 mod sse;
 mod usage;
@@ -26,6 +28,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 pub use self::error::ApiError;
+use self::links::FileLinks;
 use crate::inputs::MediaUrls;
 use crate::scheduler::Scheduler;
 
@@ -42,6 +45,7 @@ struct Inner {
     body_read: Duration,
     region_header: HeaderValue,
     media_urls: MediaUrls,
+    links: FileLinks,
 }
 
 /// How the API treats requests: how long a synchronous run waits, the largest body and
@@ -68,12 +72,13 @@ pub struct Tokens {
 
 impl AppState {
     /// The API over `scheduler`, checking `tokens`, within `limits`, fetching media inputs
-    /// given as URLs with `media_urls`.
+    /// given as URLs with `media_urls` and signing file links with `links`.
     pub fn new(
         scheduler: Scheduler,
         tokens: Tokens,
         limits: Limits,
         media_urls: MediaUrls,
+        links: FileLinks,
     ) -> Self {
         let region_header = HeaderValue::from_str(scheduler.region().as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -86,11 +91,16 @@ impl AppState {
             body_read: limits.body_read,
             region_header,
             media_urls,
+            links,
         }))
     }
 
     fn scheduler(&self) -> &Scheduler {
         &self.0.scheduler
+    }
+
+    fn links(&self) -> &FileLinks {
+        &self.0.links
     }
 }
 
@@ -105,6 +115,39 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}", get(jobs::result))
         .route("/v1/requests/{id}/cancel", put(jobs::cancel))
         .route("/v1/requests/{id}/files/{name}", get(jobs::file))
+        .route("/fal/queue/{owner}/{model}", post(compat::fal::queue))
+        .route("/fal/run/{owner}/{model}", post(compat::fal::run))
+        .route(
+            "/fal/queue/{owner}/{model}/requests/{id}",
+            get(compat::fal::result),
+        )
+        .route(
+            "/fal/queue/{owner}/{model}/requests/{id}/status",
+            get(compat::fal::status),
+        )
+        .route(
+            "/fal/queue/{owner}/{model}/requests/{id}/status/stream",
+            get(compat::fal::status_stream),
+        )
+        .route(
+            "/fal/queue/{owner}/{model}/requests/{id}/cancel",
+            put(compat::fal::cancel),
+        )
+        .route("/v1/images/generations", post(compat::openai::generations))
+        .route("/v1/images/edits", post(compat::openai::edits))
+        .route(
+            "/v1/audio/transcriptions",
+            post(compat::openai::transcriptions),
+        )
+        .route(
+            "/v1/models/{owner}/{model}/predictions",
+            post(compat::replicate::create),
+        )
+        .route("/v1/predictions/{id}", get(compat::replicate::get))
+        .route(
+            "/v1/predictions/{id}/cancel",
+            post(compat::replicate::cancel),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), v1_layer))
@@ -230,14 +273,32 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let value = parts.headers.get(headers::TENANT).ok_or_else(|| {
-            ApiError::BadRequest(format!("the {} header is missing", headers::TENANT))
-        })?;
-        let text = value.to_str().map_err(|_| {
-            ApiError::BadRequest(format!("the {} header is not text", headers::TENANT))
-        })?;
-        TenantId::new(text)
-            .map(Self)
-            .map_err(|e| ApiError::BadRequest(format!("the {} header: {e}", headers::TENANT)))
+        tenant_of(&parts.headers).map(Self)
     }
+}
+
+/// The tenant in `x-meridian-tenant`, checked against the tenant id grammar.
+fn tenant_of(headers: &axum::http::HeaderMap) -> Result<TenantId, ApiError> {
+    let value = headers.get(headers::TENANT).ok_or_else(|| {
+        ApiError::BadRequest(format!("the {} header is missing", headers::TENANT))
+    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest(format!("the {} header is not text", headers::TENANT)))?;
+    TenantId::new(text)
+        .map_err(|e| ApiError::BadRequest(format!("the {} header: {e}", headers::TENANT)))
+}
+
+/// The longest public URL taken from the edge.
+const MAX_PUBLIC_URL: usize = 512;
+
+/// The address under which the client reached the public API, as the edge tells it
+/// (`x-meridian-public-url`): an `http(s)://` URL without query, fragment or white space,
+/// its trailing `/` dropped; `None` without one (links are then paths).
+pub(crate) fn public_url(headers: &axum::http::HeaderMap) -> Option<String> {
+    let text = headers.get(headers::PUBLIC_URL)?.to_str().ok()?.trim();
+    let usable = (text.starts_with("https://") || text.starts_with("http://"))
+        && text.len() <= MAX_PUBLIC_URL
+        && !text.contains(['?', '#', ' ', '"', '<', '>', '\\']);
+    usable.then(|| text.trim_end_matches('/').to_owned())
 }

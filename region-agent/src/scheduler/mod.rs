@@ -362,6 +362,11 @@ impl Scheduler {
         self.shared.record(id).filter(|r| r.tenant == tenant)
     }
 
+    /// The tenant that owns job `id` (a signed file link names a job, not its tenant).
+    pub fn owner(&self, id: &str) -> Option<String> {
+        self.shared.record(id).map(|r| r.tenant.to_string())
+    }
+
     /// A job's record and its queue position (0 = next) when `tenant` owns it.
     pub fn status(&self, tenant: &str, id: &str) -> Option<(JobRecord, Option<usize>)> {
         let record = self.get(tenant, id)?;

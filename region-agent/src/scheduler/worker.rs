@@ -345,15 +345,35 @@ fn store_output(
     let mut fields = output.fields;
     for file in output.files {
         shared.store.write_file(id, &file.name, &file.bytes)?;
-        fields.insert(
-            file.field,
-            json!({
-                "name": file.name,
-                "content_type": file.content_type,
-                "url": format!("/v1/requests/{id}/files/{}", file.name),
-                "bytes": file.bytes.len(),
-            }),
-        );
+        let mut object = json!({
+            "name": file.name,
+            "content_type": file.content_type,
+            "url": format!("/v1/requests/{id}/files/{}", file.name),
+            "bytes": file.bytes.len(),
+        });
+        if let Some((width, height)) = picture_size(&file.bytes) {
+            object["width"] = json!(width);
+            object["height"] = json!(height);
+        }
+        fields.insert(file.field, object);
     }
     Ok(Value::Object(fields))
+}
+
+/// The width and height a PNG (its `IHDR`) or GIF (its logical screen) header states, read
+/// from the first bytes of a file the agent wrote itself.
+fn picture_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.get(12..16) == Some(b"IHDR") {
+        let word = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        return Some((word(16)?, word(20)?));
+    }
+    if bytes.starts_with(b"GIF8") {
+        let half = |at: usize| {
+            Some(u32::from(u16::from_le_bytes(
+                bytes.get(at..at + 2)?.try_into().ok()?,
+            )))
+        };
+        return Some((half(6)?, half(8)?));
+    }
+    None
 }
