@@ -6,7 +6,10 @@
 //! existing request need a valid key, pass the tenant's read rate ([`ReadRates`]) and go to
 //! the region named in the request id, which must lie inside the tenant's residency. An
 //! address that presented too many wrong keys is refused before its key is looked at
-//! ([`FailedKeys`]).
+//! ([`FailedKeys`]). A file by signed link (`?signature=…`) needs no key: it goes to the
+//! region named in its id, as its address's read rate allows, and that region's agent checks
+//! the signature (a refused one counts as a wrong key). A job that names its model in its
+//! body (OpenAI's endpoints) is admitted once its body is read ([`Admitted::ReadBody`]).
 //!
 //! [`ReadRates`]: crate::throttle::ReadRates
 //! [`FailedKeys`]: crate::throttle::FailedKeys
@@ -26,6 +29,7 @@ use crate::error::ApiError;
 use crate::proxy::RequestCtx;
 use crate::snapshot::unix_now;
 use crate::state::RoutingState;
+use crate::surface::Surface;
 
 /// What to do with an admitted request.
 #[derive(Debug)]
@@ -34,6 +38,9 @@ pub enum Admitted {
     Proxy,
     /// Answer `200` with this JSON body.
     Answer(Vec<u8>),
+    /// A job whose model is named in its body: read the body, then
+    /// [`admit_named`](Edge::admit_named) it.
+    ReadBody,
 }
 
 impl Edge {
@@ -44,18 +51,58 @@ impl Edge {
         ctx: &mut RequestCtx,
     ) -> Result<Admitted, ApiError> {
         let request = session.req_header();
+        ctx.surface = Surface::of_path(request.uri.path());
         let call = Call::parse(&request.method, request.uri.path())?;
         let state = self.state.load_full().ok_or_else(|| {
             ApiError::unavailable("the edge has no routing snapshot yet; try again shortly")
         })?;
         ctx.state = Some(Arc::clone(&state));
-        let address = self.client_address(session);
-        if let Some(address) = address {
+        ctx.public_url = self.public_url(session);
+        ctx.client_address = self.client_address(session);
+        if let Some(address) = ctx.client_address {
             self.failed_keys
                 .check(address, self.clock.elapsed())
                 .inspect_err(|e| self.count_throttled(e))?;
         }
-        let authorization = request
+        if let Call::File { region } = &call
+            && crate::api::is_signed(request.uri.query())
+        {
+            return self.admit_signed_link(ctx, &state, region);
+        }
+        let tenant = self.authenticate(session, ctx, &state)?;
+        ctx.tenant = tenant.id.to_string();
+        match call {
+            Call::Models => Ok(Admitted::Answer(models_body(&state.catalog, tenant))),
+            Call::Request { region } | Call::File { region } => {
+                self.reads
+                    .check(tenant.id.as_str(), self.clock.elapsed())
+                    .inspect_err(|e| self.count_throttled(e))?;
+                ctx.candidates = vec![held_by(&state, &region, |i| {
+                    tenant.allowed_regions.contains(*i)
+                })?];
+                Ok(Admitted::Proxy)
+            }
+            Call::Submit { model, .. } => {
+                self.admit_job(session, ctx, &state, tenant, &model)?;
+                Ok(Admitted::Proxy)
+            }
+            Call::RunNamedInBody => {
+                check_declared_length(session, self.config.max_body_bytes)?;
+                ctx.failover = true;
+                Ok(Admitted::ReadBody)
+            }
+        }
+    }
+
+    /// The tenant of the request's API key.
+    fn authenticate<'s>(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        state: &'s RoutingState,
+    ) -> Result<&'s Tenant, ApiError> {
+        let authorization = session
+            .req_header()
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
@@ -63,36 +110,52 @@ impl Edge {
             .and_then(|key| state.keys.authenticate(key))
             .map_err(|e| {
                 tracing::debug!(reason = ?e, "key refused");
-                if let Some(address) = address {
+                if let Some(address) = ctx.client_address {
                     self.failed_keys.failed(address, self.clock.elapsed());
                 }
                 ApiError::unauthorized()
             })?;
-        let tenant = state
+        state
             .catalog
             .tenant(record.tenant.as_str())
+            .ok_or_else(ApiError::unauthorized)
+    }
+
+    /// A file by signed link, without a key: to the region named in the id, as the client's
+    /// address's read rate allows; the agent checks the signature.
+    fn admit_signed_link(
+        &self,
+        ctx: &mut RequestCtx,
+        state: &RoutingState,
+        region: &str,
+    ) -> Result<Admitted, ApiError> {
+        let caller = ctx
+            .client_address
+            .map_or_else(String::new, |a| crate::throttle::network_of(a).to_string());
+        self.link_reads
+            .check(&caller, self.clock.elapsed())
+            .inspect_err(|e| self.count_throttled(e))?;
+        ctx.candidates = vec![held_by(state, region, |_| true)?];
+        ctx.signed_link = true;
+        Ok(Admitted::Proxy)
+    }
+
+    /// Admits a job whose body, read whole, named `model` (see [`Admitted::ReadBody`]).
+    pub(crate) fn admit_named(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        model: &str,
+    ) -> Result<(), ApiError> {
+        let state = ctx
+            .state
+            .clone()
+            .ok_or_else(|| ApiError::internal("a job admitted without a routing state"))?;
+        let tenant = state
+            .catalog
+            .tenant(&ctx.tenant)
             .ok_or_else(ApiError::unauthorized)?;
-        ctx.tenant = tenant.id.to_string();
-        match call {
-            Call::Models => Ok(Admitted::Answer(models_body(&state.catalog, tenant))),
-            Call::Request { region } => {
-                self.reads
-                    .check(tenant.id.as_str(), self.clock.elapsed())
-                    .inspect_err(|e| self.count_throttled(e))?;
-                let index = state
-                    .catalog
-                    .region_index(&region)
-                    .filter(|i| tenant.allowed_regions.contains(*i))
-                    .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
-                    .ok_or_else(|| ApiError::not_found("no such request"))?;
-                ctx.candidates = vec![index];
-                Ok(Admitted::Proxy)
-            }
-            Call::Submit { model, .. } => {
-                self.admit_job(session, ctx, &state, tenant, &model)?;
-                Ok(Admitted::Proxy)
-            }
-        }
+        self.admit_job(session, ctx, &state, tenant, model)
     }
 
     fn admit_job(
@@ -104,22 +167,11 @@ impl Edge {
         model_id: &str,
     ) -> Result<(), ApiError> {
         let request = session.req_header();
-        let limit = self.config.max_body_bytes;
-        if let Some(length) = request
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            && length > limit
-        {
-            return Err(ApiError::too_large(limit));
-        }
+        check_declared_length(session, self.config.max_body_bytes)?;
         let catalog = &state.catalog;
-        let model_index = catalog.model_index(model_id).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "unknown model {model_id:?}: GET /v1/models lists the models this key may call"
-            ))
-        })?;
+        let model_index = catalog
+            .model_index(model_id)
+            .ok_or_else(|| ApiError::unknown_model(model_id))?;
         if !tenant.may_call(model_index) {
             return Err(ApiError::forbidden(format!(
                 "model {model_id} is not allowed for this key"
@@ -163,7 +215,7 @@ impl Edge {
     }
 
     /// The client's address: the peer, or the address a trusted proxy forwarded for.
-    fn client_address(&self, session: &Session) -> Option<IpAddr> {
+    pub(crate) fn client_address(&self, session: &Session) -> Option<IpAddr> {
         let peer: Option<IpAddr> = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -237,6 +289,38 @@ impl Edge {
         ctx.failover = true;
         self.retries.deposit();
         Ok(())
+    }
+}
+
+/// The region `region` of the snapshot, if `allowed` and it has an agent endpoint.
+///
+/// # Errors
+///
+/// 404 `no such request` otherwise: a request id naming another region tells nothing.
+fn held_by(
+    state: &RoutingState,
+    region: &str,
+    allowed: impl Fn(&usize) -> bool,
+) -> Result<usize, ApiError> {
+    state
+        .catalog
+        .region_index(region)
+        .filter(allowed)
+        .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+        .ok_or_else(|| ApiError::not_found("no such request"))
+}
+
+/// Refuses a body whose declared length is over `limit`.
+fn check_declared_length(session: &Session, limit: u64) -> Result<(), ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => Err(ApiError::too_large(limit)),
+        _ => Ok(()),
     }
 }
 

@@ -20,18 +20,27 @@ pub enum Submit {
     Queue,
 }
 
-/// One call of the public API.
+/// One call of the public API, on any of its surfaces ([`Surface`](crate::surface::Surface)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    /// A new job for `model` (`owner/name`).
+    /// A new job for `model` (`owner/name`): `/v1/{run,queue}/…`, `/fal/{run,queue}/…`,
+    /// `/v1/models/…/predictions` (queued; the agent waits for `Prefer: wait` itself).
     Submit {
         /// Run or queue.
         how: Submit,
         /// Model id.
         model: String,
     },
+    /// A synchronous run whose model is named in its body (the JSON field or the multipart
+    /// form field `model`): OpenAI's `/v1/images/*` and `/v1/audio/*`.
+    RunNamedInBody,
     /// A call about an existing request, held by `region`.
     Request {
+        /// The region in the request id's prefix.
+        region: String,
+    },
+    /// `GET /v1/requests/{id}/files/{name}`: a result file, with a key or a signed link.
+    File {
         /// The region in the request id's prefix.
         region: String,
     },
@@ -57,40 +66,84 @@ impl Call {
                 )))
             }
         };
+        let submit = |how, owner: &str, name: &str| Call::Submit {
+            how,
+            model: format!("{owner}/{name}"),
+        };
+        let not_found = || Err(ApiError::not_found(format!("no such call: {path}")));
         match parts.as_slice() {
             ["v1", "models"] => expect(&Method::GET, Call::Models),
-            ["v1", kind @ ("run" | "queue"), owner, name]
-                if valid_part(owner) && valid_part(name) =>
-            {
+            ["v1" | "fal", kind @ ("run" | "queue"), owner, name] if model_id(owner, name) => {
                 let how = if *kind == "run" {
                     Submit::Run
                 } else {
                     Submit::Queue
                 };
-                expect(
-                    &Method::POST,
-                    Call::Submit {
-                        how,
-                        model: format!("{owner}/{name}"),
-                    },
-                )
+                expect(&Method::POST, submit(how, owner, name))
+            }
+            ["v1", "models", owner, name, "predictions"] if model_id(owner, name) => {
+                expect(&Method::POST, submit(Submit::Queue, owner, name))
+            }
+            ["v1", "images", "generations" | "edits"]
+            | ["v1", "audio", "transcriptions" | "speech"] => {
+                expect(&Method::POST, Call::RunNamedInBody)
             }
             ["v1", "requests", id, rest @ ..] => {
-                let region = region_of(id)
-                    .ok_or_else(|| ApiError::not_found(format!("no request {id:?}")))?
-                    .region()
-                    .to_owned();
-                let call = Call::Request { region };
+                let region = region_name(id)?;
                 match rest {
-                    [] | ["status"] => expect(&Method::GET, call),
-                    ["cancel"] => expect(&Method::PUT, call),
-                    ["files", name] if valid_part(name) => expect(&Method::GET, call),
-                    _ => Err(ApiError::not_found(format!("no such call: {path}"))),
+                    [] | ["status"] => expect(&Method::GET, Call::Request { region }),
+                    ["cancel"] => expect(&Method::PUT, Call::Request { region }),
+                    ["files", name] if valid_part(name) => {
+                        expect(&Method::GET, Call::File { region })
+                    }
+                    _ => not_found(),
                 }
             }
-            _ => Err(ApiError::not_found(format!("no such call: {path}"))),
+            ["fal", "queue", owner, name, "requests", id, rest @ ..] if model_id(owner, name) => {
+                let call = Call::Request {
+                    region: region_name(id)?,
+                };
+                match rest {
+                    [] | ["status"] | ["status", "stream"] => expect(&Method::GET, call),
+                    ["cancel"] => expect(&Method::PUT, call),
+                    _ => not_found(),
+                }
+            }
+            ["v1", "predictions", id, rest @ ..] => {
+                let call = Call::Request {
+                    region: region_name(id)?,
+                };
+                match rest {
+                    [] => expect(&Method::GET, call),
+                    ["cancel"] => expect(&Method::POST, call),
+                    _ => not_found(),
+                }
+            }
+            _ => not_found(),
         }
     }
+}
+
+/// Whether a file call's query carries a link signature (`signature=…`): such a call needs
+/// no key, the agent checks the signature.
+pub fn is_signed(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some("signature"))
+    })
+}
+
+/// Whether `owner`/`name` has the shape of a model id.
+fn model_id(owner: &str, name: &str) -> bool {
+    valid_part(owner) && valid_part(name)
+}
+
+/// The region named in request id `id`.
+fn region_name(id: &str) -> Result<String, ApiError> {
+    Ok(region_of(id)
+        .ok_or_else(|| ApiError::not_found(format!("no request {id:?}")))?
+        .region()
+        .to_owned())
 }
 
 fn valid_part(part: &str) -> bool {
@@ -191,7 +244,6 @@ mod tests {
             (Method::GET, format!("/v1/requests/{id}")),
             (Method::GET, format!("/v1/requests/{id}/status")),
             (Method::PUT, format!("/v1/requests/{id}/cancel")),
-            (Method::GET, format!("/v1/requests/{id}/files/image.png")),
         ] {
             assert_eq!(
                 Call::parse(&method, &path).unwrap(),
@@ -201,6 +253,12 @@ mod tests {
                 "{path}"
             );
         }
+        assert_eq!(
+            Call::parse(&Method::GET, &format!("/v1/requests/{id}/files/image.png")).unwrap(),
+            Call::File {
+                region: "eu-west".into()
+            }
+        );
         assert_eq!(
             Call::parse(&Method::GET, "/v1/models").unwrap(),
             Call::Models
@@ -220,6 +278,107 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn compatible_submissions_name_their_model_in_the_path_or_the_body() {
+        let model = "meridian/esrgan-x4".to_owned();
+        for (path, how) in [
+            ("/fal/queue/meridian/esrgan-x4", Submit::Queue),
+            ("/fal/run/meridian/esrgan-x4", Submit::Run),
+            ("/v1/models/meridian/esrgan-x4/predictions", Submit::Queue),
+        ] {
+            let call = Call::parse(&Method::POST, path).unwrap();
+            assert_eq!(
+                call,
+                Call::Submit {
+                    how,
+                    model: model.clone()
+                },
+                "{path}"
+            );
+            assert_eq!(
+                Call::parse(&Method::GET, path).unwrap_err().status,
+                405,
+                "{path}"
+            );
+        }
+        for path in [
+            "/v1/images/generations",
+            "/v1/images/edits",
+            "/v1/audio/transcriptions",
+            "/v1/audio/speech",
+        ] {
+            assert_eq!(
+                Call::parse(&Method::POST, path).unwrap(),
+                Call::RunNamedInBody,
+                "{path}"
+            );
+            for wrong in [Method::GET, Method::PUT] {
+                assert_eq!(Call::parse(&wrong, path).unwrap_err().status, 405, "{path}");
+            }
+        }
+        for path in [
+            "/v1/images/variations",
+            "/fal/queue/a/..",
+            "/fal/models/a/b",
+        ] {
+            assert_eq!(
+                Call::parse(&Method::POST, path).unwrap_err().status,
+                404,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn compatible_calls_about_a_request_go_to_the_region_in_its_id() {
+        let id = "ap-south.0123456789abcdef0123456789abcdef";
+        let fal = format!("/fal/queue/meridian/esrgan-x4/requests/{id}");
+        let region = Call::Request {
+            region: "ap-south".into(),
+        };
+        for (method, path, wrong) in [
+            (Method::GET, fal.clone(), Method::POST),
+            (Method::GET, format!("{fal}/status"), Method::PUT),
+            (Method::GET, format!("{fal}/status/stream"), Method::POST),
+            (Method::PUT, format!("{fal}/cancel"), Method::POST),
+            (Method::GET, format!("/v1/predictions/{id}"), Method::POST),
+            (
+                Method::POST,
+                format!("/v1/predictions/{id}/cancel"),
+                Method::PUT,
+            ),
+        ] {
+            assert_eq!(Call::parse(&method, &path).unwrap(), region, "{path}");
+            assert_eq!(
+                Call::parse(&wrong, &path).unwrap_err().status,
+                405,
+                "{path}"
+            );
+        }
+        for path in [
+            format!("{fal}/logs"),
+            format!("/fal/run/meridian/esrgan-x4/requests/{id}"),
+            "/fal/queue/meridian/esrgan-x4/requests/nope/status".to_owned(),
+            format!("/v1/predictions/{id}/logs"),
+            "/v1/predictions/0123".to_owned(),
+        ] {
+            assert_eq!(
+                Call::parse(&Method::GET, &path).unwrap_err().status,
+                404,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_link_is_signed_by_its_signature_parameter() {
+        assert!(is_signed(Some("expires=1700000000&signature=abc")));
+        assert!(is_signed(Some("signature=")));
+        assert!(!is_signed(Some("expires=1700000000")));
+        assert!(!is_signed(Some("not_signature=x&signatures=y")));
+        assert!(!is_signed(None));
     }
 
     #[test]

@@ -10,14 +10,18 @@
 //! and, like it, sends a submission that may have reached an agent again only with an
 //! idempotency key, to the same region.
 //! The agent's answer is streamed back to the client unchanged, with `x-meridian-region`.
+//!
+//! A job that names its model in its body (OpenAI's endpoints, see [`named`]) is read whole
+//! the same way, whatever its size: the edge admits and routes it once it knows the model.
 
 use bytes::{Bytes, BytesMut};
 use contract::headers;
-use http::header::{CONTENT_LENGTH, EXPECT, HeaderName};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderName};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::error::ApiError;
+use crate::named;
 use crate::proxy::{EdgeProxy, RequestCtx, forwarded_header, may_have_accepted};
 
 /// How much of a request body pingora keeps for a retry (its `BODY_BUF_LIMIT`, 64 KiB).
@@ -69,25 +73,69 @@ impl EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let body = match self.read_whole_body(session).await {
-            Ok(body) => body,
+        match self.read_body(session, ctx).await {
+            Some(body) => self.send_along(session, ctx, body).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the whole body of a job that names its model in it ([`named`]), admits the job
+    /// for that model and sends it along the candidates.
+    pub(crate) async fn forward_named(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(body) = self.read_body(session, ctx).await else {
+            return Ok(());
+        };
+        let content_type = session
+            .req_header()
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let admitted = named::model_of(content_type, &body)
+            .and_then(|model| self.edge.admit_named(session, ctx, &model));
+        if let Err(err) = admitted {
+            self.answer_error(session, ctx, &err).await;
+            return Ok(());
+        }
+        self.send_along(session, ctx, body).await
+    }
+
+    /// The whole request body; `None` when it could not be read (the error is answered, or
+    /// the client is gone).
+    async fn read_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Option<Bytes> {
+        match self.read_whole_body(session).await {
+            Ok(body) => {
+                ctx.body_bytes = body.len() as u64;
+                self.edge
+                    .connections
+                    .enter(crate::proxy::peer(session), crate::connections::Phase::Busy);
+                Some(body)
+            }
             Err(Some(err)) => {
-                self.answer_error(session, &err).await;
-                return Ok(());
+                self.answer_error(session, ctx, &err).await;
+                None
             }
             // The client went away while sending.
-            Err(None) => return Ok(()),
-        };
-        ctx.body_bytes = body.len() as u64;
-        self.edge
-            .connections
-            .enter(crate::proxy::peer(session), crate::connections::Phase::Busy);
+            Err(None) => None,
+        }
+    }
+
+    /// Sends `body`, read already, along `ctx.candidates` and writes the answer.
+    async fn send_along(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> pingora::Result<()> {
         loop {
             match self.attempt(session, ctx, body.clone()).await {
                 Attempt::Answered(response) => return self.pass_on(session, ctx, response).await,
                 Attempt::Next => continue,
                 Attempt::Failed(err) => {
-                    self.answer_error(session, &err).await;
+                    self.answer_error(session, ctx, &err).await;
                     return Ok(());
                 }
             }
@@ -165,6 +213,13 @@ impl EdgeProxy {
         };
         headers.insert(headers::EDGE_TOKEN, token);
         headers.insert(headers::TENANT, tenant);
+        if let Some(url) = ctx
+            .public_url
+            .as_deref()
+            .and_then(|url| http::HeaderValue::from_str(url).ok())
+        {
+            headers.insert(headers::PUBLIC_URL, url);
+        }
         for (name, value) in self.submission_headers(ctx) {
             if let Ok(value) = http::HeaderValue::from_str(&value) {
                 headers.insert(name, value);

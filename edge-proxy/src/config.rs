@@ -68,6 +68,12 @@ pub struct ListenFile {
     /// (`edge-proxy --upgrade`, then `SIGQUIT` to the running edge). Absent: no upgrades.
     #[serde(default)]
     pub upgrade_socket: Option<PathBuf>,
+    /// The URL clients reach the edge at, e.g. `https://api.example.com` (http or https, no
+    /// query or fragment), when it is not what they send in `Host` (a load balancer or CDN
+    /// in front). Agents write status, result and file links under it. Absent: the
+    /// listener's scheme and the request's `Host`.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 /// One HTTPS listener.
@@ -240,6 +246,9 @@ pub struct EdgeConfig {
     pub admin: Option<SocketAddr>,
     /// Unix socket for handing the listening sockets to a new edge.
     pub upgrade_socket: Option<PathBuf>,
+    /// The URL clients reach the edge at, without a trailing slash; `None`: from each
+    /// request (see [`public_url`](crate::public_url)).
+    pub public_url: Option<String>,
     /// Control plane base URL.
     pub control_plane_url: String,
     /// Control plane edge token (printed as `[redacted]`).
@@ -348,6 +357,17 @@ impl ConfigFile {
                 "choose a shorter path, e.g. /run/meridian/edge-upgrade.sock",
             );
         }
+        let public_url = self.listen.public_url.as_deref().and_then(|url| {
+            crate::public_url::checked(url)
+                .map_err(|problem| {
+                    problems.add(
+                        "listen.public_url",
+                        problem,
+                        "write it like https://api.example.com, or remove it",
+                    );
+                })
+                .ok()
+        });
         let cp = &self.control_plane;
         if !(cp.url.starts_with("http://") || cp.url.starts_with("https://")) {
             problems.add(
@@ -436,6 +456,7 @@ impl ConfigFile {
             https,
             admin,
             upgrade_socket,
+            public_url,
             control_plane_url: cp.url.trim_end_matches('/').to_owned(),
             control_plane_token,
             snapshot_cache: base.join(&cp.snapshot_cache),

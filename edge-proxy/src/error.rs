@@ -1,5 +1,6 @@
 //! The one error type of the public API: each kind maps to an HTTP status and the JSON body
-//! `{"error": {"type", "message"}}` (docs/design.md §4).
+//! `{"error": {"type", "message"}}` (docs/design.md §4); the compatible surfaces write the
+//! same error in their own envelopes ([`Surface`](crate::surface::Surface)).
 
 use std::fmt;
 
@@ -16,6 +17,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After`, for quota refusals.
     pub retry_after: Option<u64>,
+    /// A finer code for surfaces whose errors carry one (OpenAI's `model_not_found`); the
+    /// kind where absent.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -25,6 +29,7 @@ impl ApiError {
             kind,
             message: message.into(),
             retry_after: None,
+            code: None,
         }
     }
 
@@ -50,6 +55,16 @@ impl ApiError {
     /// 404: nothing here.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, "not_found", message)
+    }
+
+    /// 404: `model` is not in the catalog.
+    pub fn unknown_model(model: &str) -> Self {
+        Self {
+            code: Some("model_not_found"),
+            ..Self::not_found(format!(
+                "unknown model {model:?}: GET /v1/models lists the models this key may call"
+            ))
+        }
     }
 
     /// 405: the path exists but not with this method.

@@ -34,11 +34,14 @@ pub mod error;
 pub mod idempotency;
 pub mod jobs;
 pub mod metrics;
+pub mod named;
 pub mod proxy;
+pub mod public_url;
 pub mod regions;
 pub mod settle;
 pub mod snapshot;
 pub mod state;
+pub mod surface;
 pub mod throttle;
 
 use std::collections::HashSet;
@@ -103,6 +106,8 @@ pub struct Edge {
     pub keys: idempotency::KeyRegions,
     /// Each tenant's rate of calls about existing requests.
     pub reads: throttle::ReadRates,
+    /// Each client address's rate of file calls by signed link (which carry no key).
+    pub link_reads: throttle::ReadRates,
     /// Wrong API keys per client address.
     pub failed_keys: throttle::FailedKeys,
     /// Open client connections and their deadlines.
@@ -322,6 +327,7 @@ pub async fn run_upgradable(
             Duration::from_secs(contract::headers::IDEMPOTENCY_WINDOW_SECS),
         ),
         reads: throttle::ReadRates::new(config.limits.reads),
+        link_reads: throttle::ReadRates::per(config.limits.reads, "address"),
         failed_keys: throttle::FailedKeys::new(config.limits.failed_keys_per_minute),
         connections: connections::Connections::new(config.connections, Arc::clone(&metrics)),
         retries: RetryBudget::new(config.retry_ratio, config.retry_floor),

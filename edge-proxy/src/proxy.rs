@@ -35,6 +35,7 @@ use crate::connections::Phase;
 use crate::error::ApiError;
 use crate::regions::InFlight;
 use crate::state::RoutingState;
+use crate::surface::Surface;
 
 /// The error type marking an agent's refusal, retried on the next candidate.
 const REFUSED: &str = "agent refused the request";
@@ -93,6 +94,14 @@ pub struct RequestCtx {
     pub(crate) region: Option<String>,
     pub(crate) in_flight: Option<InFlight>,
     pub(crate) body_bytes: u64,
+    /// The surface the call belongs to, whose envelope the edge's errors take.
+    pub surface: Surface,
+    /// The URL the client reached the edge at, told to the agent.
+    pub public_url: Option<String>,
+    /// The client's address (the peer, or whom a trusted proxy forwarded for).
+    pub client_address: Option<std::net::IpAddr>,
+    /// Whether the call is a file by signed link (no key, no tenant).
+    pub signed_link: bool,
     error: Option<ApiError>,
     _active: ActiveGuard,
 }
@@ -103,14 +112,21 @@ pub struct EdgeProxy {
 }
 
 impl EdgeProxy {
-    /// Writes `err` as the answer, unless an answer was already started.
-    pub(crate) async fn answer_error(&self, session: &mut Session, err: &ApiError) -> u16 {
+    /// Writes `err` as the answer, in the envelope of the call's surface, unless an answer
+    /// was already started.
+    pub(crate) async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        err: &ApiError,
+    ) -> u16 {
         if session.response_written().is_some() {
             return 0;
         }
         // A refused request's unread body is drained by pingora before the connection is
         // reused, so the client always reads the answer.
-        match respond(session, err.status, err.body(), err.retry_after).await {
+        let body = ctx.surface.error_body(err);
+        match respond(session, err.status, body, err.retry_after).await {
             Ok(()) => err.status,
             Err(e) => {
                 tracing::debug!(error = %e, "could not send an error answer");
@@ -251,6 +267,10 @@ impl ProxyHttp for EdgeProxy {
             region: None,
             in_flight: None,
             body_bytes: 0,
+            surface: Surface::Native,
+            public_url: None,
+            client_address: None,
+            signed_link: false,
             error: None,
             _active: ActiveGuard::new(&self.edge.active),
         }
@@ -269,12 +289,16 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Ok(Admitted::Proxy) => Ok(false),
+            Ok(Admitted::ReadBody) => {
+                self.forward_named(session, ctx).await?;
+                Ok(true)
+            }
             Ok(Admitted::Answer(body)) => {
                 respond(session, 200, body, None).await?;
                 Ok(true)
             }
             Err(err) => {
-                self.answer_error(session, &err).await;
+                self.answer_error(session, ctx, &err).await;
                 Ok(true)
             }
         }
@@ -358,7 +382,12 @@ impl ProxyHttp for EdgeProxy {
             request.remove_header(&name);
         }
         request.insert_header(headers::EDGE_TOKEN, self.edge.config.agent_token.expose())?;
-        request.insert_header(headers::TENANT, &ctx.tenant)?;
+        if !ctx.signed_link {
+            request.insert_header(headers::TENANT, &ctx.tenant)?;
+        }
+        if let Some(url) = &ctx.public_url {
+            request.insert_header(headers::PUBLIC_URL, url)?;
+        }
         let upstream = ctx.state.as_ref().and_then(|state| {
             let index = *ctx.candidates.get(ctx.attempt)?;
             state.upstreams.get(index)?.as_ref()
@@ -382,6 +411,15 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let Some(region) = &ctx.region {
             self.edge.regions.success(region);
+        }
+        if ctx.signed_link
+            && response.status.as_u16() == 403
+            && let Some(address) = ctx.client_address
+        {
+            // A refused signature counts as a wrong key: guessing links is throttled too.
+            self.edge
+                .failed_keys
+                .failed(address, self.edge.clock.elapsed());
         }
         if response.status.as_u16() == 503 {
             let reason = response
@@ -475,7 +513,7 @@ impl ProxyHttp for EdgeProxy {
             None => self.classify(e, ctx),
         };
         let error_code = match err {
-            Some(err) => self.answer_error(session, &err).await,
+            Some(err) => self.answer_error(session, ctx, &err).await,
             None => 0,
         };
         FailToProxy {

@@ -1,5 +1,6 @@
-//! Throttles that are not a tenant's quota: calls about existing requests per tenant
-//! ([`ReadRates`]), and wrong API keys per client address ([`FailedKeys`]).
+//! Throttles that are not a tenant's quota: calls about existing requests per tenant and,
+//! for signed file links, per client address ([`ReadRates`]), and wrong API keys (and
+//! refused link signatures) per client address ([`FailedKeys`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,57 +12,98 @@ use policy::quota::{RateDecision, RateLimit, RateLimiter, retry_after_secs};
 
 use crate::error::ApiError;
 
-/// Each tenant's token bucket for calls about existing requests (status, SSE streams,
-/// files, cancel), separate from its submission rate (docs/design.md §4).
+/// Token buckets for calls about existing requests (status, SSE streams, files, cancel),
+/// separate from a tenant's submission rate (docs/design.md §4): one per tenant, and one per
+/// client address (see [`network_of`]) for signed file links, which carry no key.
 #[derive(Debug)]
 pub struct ReadRates {
     limit: RateLimit,
-    tenants: Mutex<HashMap<String, Arc<RateLimiter>>>,
+    /// Whose calls the buckets count, for the refusal's message: "tenant" or "address".
+    whose: &'static str,
+    callers: Mutex<Callers>,
 }
 
+#[derive(Debug, Default)]
+struct Callers {
+    buckets: HashMap<String, Arc<RateLimiter>>,
+    /// When full buckets were last swept out.
+    swept: Option<Duration>,
+}
+
+/// Most callers followed at once by one [`ReadRates`]; past it, buckets that are full again
+/// are swept out (at most once a second), and a new caller waits while none is.
+pub const READ_CALLERS: usize = 100_000;
+
 impl ReadRates {
-    /// Buckets of `limit` (checked by the configuration).
+    /// Buckets of `limit` (checked by the configuration), one per tenant.
     pub fn new(limit: RateLimit) -> Self {
+        Self::per(limit, "tenant")
+    }
+
+    /// Buckets of `limit`, one per caller of kind `whose` ("tenant", "address").
+    pub fn per(limit: RateLimit, whose: &'static str) -> Self {
         Self {
             limit,
-            tenants: Mutex::new(HashMap::new()),
+            whose,
+            callers: Mutex::new(Callers::default()),
         }
     }
 
-    /// Takes one call of `tenant` (an authenticated tenant, so the map holds at most the
-    /// catalog's tenants) at `now`, the edge's monotonic clock.
+    /// Takes one call of `caller` at `now`, the edge's monotonic clock.
     ///
     /// # Errors
     ///
     /// 429 `read_rate_limited` with `Retry-After`.
-    pub fn check(&self, tenant: &str, now: Duration) -> Result<(), ApiError> {
-        let limiter = {
-            let mut tenants = self.tenants.lock();
-            match tenants.get(tenant) {
-                Some(limiter) => Arc::clone(limiter),
-                None => {
-                    let Ok(limiter) = RateLimiter::new(self.limit) else {
-                        // The configuration checked that the limit builds.
-                        return Ok(());
-                    };
-                    let limiter = Arc::new(limiter);
-                    tenants.insert(tenant.to_owned(), Arc::clone(&limiter));
-                    limiter
-                }
-            }
+    pub fn check(&self, caller: &str, now: Duration) -> Result<(), ApiError> {
+        let limited = |retry_after| {
+            ApiError::quota(
+                "read_rate_limited",
+                format!(
+                    "too many status, stream, file or cancel calls for this {} (at most {} per \
+                     second, {} at once)",
+                    self.whose, self.limit.per_second, self.limit.burst
+                ),
+                retry_after,
+            )
+        };
+        let Some(limiter) = self.bucket(caller, now) else {
+            return Err(limited(1));
         };
         match limiter.check(now) {
             RateDecision::Allowed { .. } => Ok(()),
-            RateDecision::Limited { retry_after } => Err(ApiError::quota(
-                "read_rate_limited",
-                format!(
-                    "too many status, stream, file or cancel calls for this tenant (at most \
-                     {} per second, {} at once)",
-                    self.limit.per_second, self.limit.burst
-                ),
-                retry_after_secs(retry_after),
-            )),
+            RateDecision::Limited { retry_after } => Err(limited(retry_after_secs(retry_after))),
         }
+    }
+
+    /// `caller`'s bucket, made when it has none; `None` when [`READ_CALLERS`] are followed
+    /// and none of their buckets is full.
+    fn bucket(&self, caller: &str, now: Duration) -> Option<Arc<RateLimiter>> {
+        let mut callers = self.callers.lock();
+        if let Some(limiter) = callers.buckets.get(caller) {
+            return Some(Arc::clone(limiter));
+        }
+        if callers.buckets.len() >= READ_CALLERS {
+            if callers
+                .swept
+                .is_some_and(|at| now < at + Duration::from_secs(1))
+            {
+                return None;
+            }
+            let burst = self.limit.burst;
+            callers.buckets.retain(|_, limiter| {
+                !matches!(limiter.check_n(now, 0), Ok(RateDecision::Allowed { remaining }) if remaining >= burst)
+            });
+            callers.swept = Some(now);
+            if callers.buckets.len() >= READ_CALLERS {
+                return None;
+            }
+        }
+        // The configuration checked that the limit builds.
+        let limiter = Arc::new(RateLimiter::new(self.limit).ok()?);
+        callers
+            .buckets
+            .insert(caller.to_owned(), Arc::clone(&limiter));
+        Some(limiter)
     }
 }
 

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use edge_proxy::api::Call;
+use std::collections::BTreeSet;
+
 use http::Method;
 use serde_json::Value;
 use testkit::openapi::{METHODS, check_document, operations as documented};
@@ -63,20 +65,41 @@ fn every_documented_operation_is_a_call_with_its_method_only() {
     }
 }
 
+/// Every literal word of the documented paths, a request id and a plain value.
+fn words(documented: &BTreeSet<(String, String)>) -> BTreeSet<String> {
+    let mut words: BTreeSet<String> = documented
+        .iter()
+        .flat_map(|(_, template)| template.split('/'))
+        .filter(|w| !w.is_empty() && !w.starts_with('{'))
+        .map(str::to_owned)
+        .collect();
+    words.extend([ID.to_owned(), "x1".to_owned()]);
+    words
+}
+
+/// Whether `path` is the first segments of `template`, its parameters filled with the plain
+/// values (a request id or `x1`).
+fn starts(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
+    p.len() <= t.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| t == p || t.starts_with('{') && [ID, "x1"].contains(p))
+}
+
 #[test]
 fn every_call_the_edge_accepts_is_documented() {
     let documented = documented(&document());
-    // Paths of one to six segments made of the API's own words and parameter values: every
-    // one the parser takes must match a documented template with the same method.
-    let words = [
-        "v1", "models", "run", "queue", "requests", ID, "status", "cancel", "files", "x1",
-    ];
+    let words = words(&documented);
+    // Paths of one to eight segments made of the API's own words and parameter values —
+    // every combination up to three segments, and longer ones along documented paths —
+    // every one the parser takes must match a documented template with the same method.
     let mut paths = vec![String::new()];
     let mut accepted = 0;
-    for _ in 0..6 {
+    for depth in 1..=8 {
         let mut longer = Vec::new();
         for path in &paths {
-            for word in words {
+            for word in &words {
                 let path = format!("{path}/{word}");
                 for name in METHODS {
                     if Call::parse(&method(name), &path).is_ok() {
@@ -89,7 +112,9 @@ fn every_call_the_edge_accepts_is_documented() {
                         );
                     }
                 }
-                longer.push(path);
+                if depth < 3 || documented.iter().any(|(_, t)| starts(t, &path)) {
+                    longer.push(path);
+                }
             }
         }
         paths = longer;
@@ -119,5 +144,38 @@ fn the_documented_error_is_the_body_the_edge_writes() {
         let field = field.as_str().unwrap();
         assert_eq!(inner["properties"][field]["type"], "string", "{field}");
         assert!(body["error"][field].is_string(), "{field}");
+    }
+}
+
+/// Each compatible surface's error, as the edge writes it, has the fields its documented
+/// envelope requires.
+#[test]
+fn the_documented_envelopes_are_the_bodies_the_edge_writes() {
+    use edge_proxy::error::ApiError;
+    use edge_proxy::surface::Surface;
+
+    let doc = document();
+    let err = ApiError::unknown_model("acme/nothing");
+    for (surface, schema) in [
+        (Surface::Fal, "FalError"),
+        (Surface::OpenAi, "OpenAiError"),
+        (Surface::Replicate, "ReplicateError"),
+    ] {
+        let schema = &doc["components"]["schemas"][schema];
+        let body: Value = serde_json::from_slice(&surface.error_body(&err)).unwrap();
+        for field in schema["required"].as_array().unwrap() {
+            assert!(
+                body.get(field.as_str().unwrap()).is_some(),
+                "{surface:?} {field}"
+            );
+        }
+        if let Some(inner) = schema["properties"]["error"]["required"].as_array() {
+            for field in inner {
+                assert!(
+                    body["error"][field.as_str().unwrap()].is_string(),
+                    "{field}"
+                );
+            }
+        }
     }
 }

@@ -32,6 +32,7 @@ pub fn edge_config(control_plane_url: &str, dir: &Path, location: Location) -> E
         https: Vec::new(),
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         upgrade_socket: None,
+        public_url: None,
         control_plane_url: control_plane_url.to_owned(),
         control_plane_token: EDGE.to_owned().into(),
         snapshot_cache: dir.join("edge-snapshot.json"),
