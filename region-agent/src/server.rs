@@ -133,7 +133,22 @@ fn serve_http(
             config.data_dir.join(api::links::KEY_FILE).display()
         )
     })?;
-    let state = AppState::new(scheduler.clone(), tokens, limits, media_urls, links);
+    let webhooks = api::webhooks::Webhooks::new(
+        &config.data_dir,
+        &config.webhooks,
+        scheduler.clone(),
+        links.clone(),
+        stop.clone(),
+    )?;
+    webhooks.resume();
+    let state = AppState::new(
+        scheduler.clone(),
+        tokens,
+        limits,
+        media_urls,
+        links,
+        webhooks,
+    );
     let address = listener
         .local_addr()
         .context("read the listening address")?;

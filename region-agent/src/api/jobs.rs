@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState, Tenant};
 use crate::jobs::idempotency::IdempotencyKey;
 use crate::jobs::tenant_jobs::JobBound;
-use crate::jobs::{JobRecord, JobState, Priority, now_ms};
+use crate::jobs::{JobRecord, JobState, Priority, Webhook, WebhookStyle, now_ms};
 use crate::scheduler::{CancelError, Cancellation, SubmitError, Terms};
 use crate::serving::InputError;
 
@@ -28,6 +28,8 @@ pub(super) struct JobBody {
     pub input: Value,
     /// Its priority.
     pub priority: Priority,
+    /// The webhook it names.
+    pub webhook: Option<Webhook>,
 }
 
 /// Checks the content type and parses `{"input": {…}, "priority": …}`.
@@ -48,7 +50,21 @@ fn parse_body(
             ApiError::BadRequest("priority must be one of high, normal, low".into())
         })?,
     };
-    Ok(JobBody { input, priority })
+    let webhook = match object.remove("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => Some(Webhook {
+            url,
+            style: WebhookStyle::Native,
+            on_start: false,
+            public_url: super::public_url(headers),
+        }),
+        Some(_) => return Err(ApiError::BadRequest("webhook must be a URL".into())),
+    };
+    Ok(JobBody {
+        input,
+        priority,
+        webhook,
+    })
 }
 
 /// Checks the content type (JSON) and the size of a body, and parses it as a JSON object
@@ -174,6 +190,7 @@ fn terms(headers: &HeaderMap) -> Result<Terms, ApiError> {
         bound: max.map(|max| JobBound { max, elsewhere }),
         key,
         submitted: None,
+        webhook: None,
     })
 }
 
@@ -208,6 +225,14 @@ pub(super) async fn submit_parsed(
         return Err(ApiError::Refused(refusal));
     }
     let (mut body, mut terms) = (body?, terms?);
+    if let Some(webhook) = &body.webhook {
+        let field = match webhook.style {
+            WebhookStyle::Fal => "fal_webhook",
+            WebhookStyle::Native | WebhookStyle::Replicate => "webhook",
+        };
+        state.webhooks().check(field, &webhook.url)?;
+    }
+    terms.webhook = body.webhook.take();
     // Media given as URLs is fetched now, unless the key names a job already (the answer).
     if !known {
         let fetched = state.0.media_urls.fetch_into(&body.input).await;
@@ -219,6 +244,9 @@ pub(super) async fn submit_parsed(
         .submit_with(tenant, model, body.priority, body.input, terms)
         .await?;
     tracing::info!(job = %record.id, model, %tenant, "job accepted");
+    if record.webhook.is_some() {
+        state.webhooks().follow(&record.id);
+    }
     Ok(record)
 }
 

@@ -6,11 +6,13 @@
 
 mod compat;
 mod error;
+mod hooks;
 mod jobs;
 pub mod links;
 pub mod serve;
 mod sse;
 mod usage;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,7 @@ use serde_json::json;
 
 pub use self::error::ApiError;
 use self::links::FileLinks;
+use self::webhooks::Webhooks;
 use crate::inputs::MediaUrls;
 use crate::scheduler::Scheduler;
 
@@ -46,6 +49,7 @@ struct Inner {
     region_header: HeaderValue,
     media_urls: MediaUrls,
     links: FileLinks,
+    webhooks: Webhooks,
 }
 
 /// How the API treats requests: how long a synchronous run waits, the largest body and
@@ -72,13 +76,15 @@ pub struct Tokens {
 
 impl AppState {
     /// The API over `scheduler`, checking `tokens`, within `limits`, fetching media inputs
-    /// given as URLs with `media_urls` and signing file links with `links`.
+    /// given as URLs with `media_urls`, signing file links with `links` and delivering
+    /// jobs' webhooks with `webhooks`.
     pub fn new(
         scheduler: Scheduler,
         tokens: Tokens,
         limits: Limits,
         media_urls: MediaUrls,
         links: FileLinks,
+        webhooks: Webhooks,
     ) -> Self {
         let region_header = HeaderValue::from_str(scheduler.region().as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -92,6 +98,7 @@ impl AppState {
             region_header,
             media_urls,
             links,
+            webhooks,
         }))
     }
 
@@ -101,6 +108,10 @@ impl AppState {
 
     fn links(&self) -> &FileLinks {
         &self.0.links
+    }
+
+    fn webhooks(&self) -> &Webhooks {
+        &self.0.webhooks
     }
 }
 
@@ -115,6 +126,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}", get(jobs::result))
         .route("/v1/requests/{id}/cancel", put(jobs::cancel))
         .route("/v1/requests/{id}/files/{name}", get(jobs::file))
+        .route("/v1/requests/{id}/webhooks", get(hooks::deliveries))
+        .route("/v1/webhooks/default/secret", get(hooks::secret))
+        .route("/fal/.well-known/jwks.json", get(hooks::jwks))
         .route("/fal/queue/{owner}/{model}", post(compat::fal::queue))
         .route("/fal/run/{owner}/{model}", post(compat::fal::run))
         .route(

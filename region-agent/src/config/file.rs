@@ -96,6 +96,35 @@ pub struct AgentFile {
     /// Media inputs given as `http(s)` URLs. Default: fetched, from the public internet only.
     #[serde(default)]
     pub input_urls: Option<InputUrlsFile>,
+    /// Webhooks jobs name. Default: allowed, to the public internet only.
+    #[serde(default)]
+    pub webhooks: Option<WebhooksFile>,
+}
+
+/// `[webhooks]`: the URLs jobs name to be called when they start or finish, delivered from
+/// this region, signed, kept on disk until delivered and retried.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WebhooksFile {
+    /// Let jobs name a webhook; when false, a job that does is refused (422). Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The deployment's webhook signing key: 32 bytes, made (mode 0600) when missing. Every
+    /// agent of a deployment must hold the same file, so that each tenant's secret and the
+    /// public key are the same in every region. Default `<data_dir>/keys/webhook-signing.key`.
+    #[serde(default)]
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// Longest time for one try, in milliseconds. Default 10000.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The wait before each try after the first, in milliseconds; a delivery is given up
+    /// after the last. Default: 5 s, 30 s, 2 min, 5 min, 10 min, 20 min, 40 min, 1 h, 2 h
+    /// (ten tries over 4 h 18 min).
+    #[serde(default)]
+    pub retry_delays_ms: Option<Vec<u64>>,
+    /// Address blocks delivered to although the destination policy refuses them (as
+    /// `[input_urls] allow`). Default none.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// `[input_urls]`: media fields (`image`, `video`, `audio`) given as `http://` or `https://`

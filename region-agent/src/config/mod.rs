@@ -8,6 +8,7 @@
 
 pub mod file;
 mod input_urls;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use contract::{ConfigProblems, ModelId, RegionId, Secret};
 use self::file::{AgentFile, ControlPlaneFile, GpusFile, ModelFile};
 
 pub use self::input_urls::InputUrlsConfig;
+pub use self::webhooks::{DEFAULT_KEY_FILE, WebhooksConfig};
 
 /// Whether a slot is reserved (already paid) or on-demand (paid per use).
 pub use control_plane_client::wire::Capacity;
@@ -162,6 +164,8 @@ pub struct AgentConfig {
     pub models: Vec<ModelConfig>,
     /// How media given as URLs is fetched.
     pub input_urls: InputUrlsConfig,
+    /// How webhooks are delivered.
+    pub webhooks: WebhooksConfig,
 }
 
 /// Default largest request body: 32 MiB.
@@ -189,6 +193,9 @@ impl AgentConfig {
             if let ModelWeights::Dir(dir) = &mut model.weights {
                 *dir = base.join(&*dir);
             }
+        }
+        if let Some(file) = &mut config.webhooks.signing_key_file {
+            *file = base.join(&*file);
         }
         Ok(config)
     }
@@ -237,6 +244,7 @@ impl AgentConfig {
             DEFAULT_MAX_BODY_BYTES,
         );
         let input_urls = input_urls::input_urls(&mut p, file.input_urls.as_ref(), max_body);
+        let webhooks = webhooks::webhooks(&mut p, file.webhooks.as_ref());
         let sync_timeout = positive(&mut p, "sync_timeout_ms", file.sync_timeout_ms, 60_000);
         let connections = connection_limits(&mut p, &file);
         let catalog = catalog_source(&mut p, &file);
@@ -269,6 +277,7 @@ impl AgentConfig {
             gpus,
             models,
             input_urls,
+            webhooks,
         })
     }
 

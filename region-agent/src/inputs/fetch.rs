@@ -144,11 +144,63 @@ impl Fetcher {
         })
     }
 
+    /// Checks what can be checked of `url` before connecting (scheme, credentials, an
+    /// IP-literal host against the policy).
+    ///
+    /// # Errors
+    ///
+    /// Why it is refused.
+    pub fn check(&self, url: &Url) -> Result<(), Problem> {
+        check_url(url, &self.policy)
+    }
+
     /// Fetches `url` within the time limit.
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, Problem> {
         check_url(url, &self.policy)?;
         let limit = self.timeout;
         tokio::time::timeout(limit, self.get(url.clone()))
+            .await
+            .map_err(|_| Problem::TimedOut(limit.as_millis()))?
+    }
+
+    /// Posts `body` with `headers` to `url` (a webhook) under the same policy, redirects and
+    /// limits; the answer's body is read up to the size limit and dropped.
+    ///
+    /// # Errors
+    ///
+    /// What kept the post from a `2xx` answer.
+    pub async fn post(
+        &self,
+        url: &Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<StatusCode, Problem> {
+        check_url(url, &self.policy)?;
+        let limit = self.timeout;
+        let exchange = async {
+            let mut response = self
+                .client
+                .post(url.clone())
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| self.problem(&e))?;
+            let status = response.status();
+            let mut read = 0u64;
+            while let Some(chunk) = response.chunk().await.map_err(|e| self.problem(&e))? {
+                read = read.saturating_add(chunk.len() as u64);
+                if read > self.max_bytes {
+                    break;
+                }
+            }
+            if status.is_success() {
+                Ok(status)
+            } else {
+                Err(Problem::Status(status))
+            }
+        };
+        tokio::time::timeout(limit, exchange)
             .await
             .map_err(|_| Problem::TimedOut(limit.as_millis()))?
     }

@@ -123,6 +123,37 @@ pub struct JobRecord {
     /// The client's idempotency key, when the job was submitted with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<idempotency::Idempotency>,
+    /// The webhook the job was submitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+}
+
+/// A webhook a job names: called from this region when the job finishes (and, when asked,
+/// when it starts), in the shape of the surface it was submitted through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// Where to.
+    pub url: String,
+    /// The payload's shape and signature scheme.
+    pub style: WebhookStyle,
+    /// Also call it when the job starts (Replicate's `start` event).
+    #[serde(default)]
+    pub on_start: bool,
+    /// The public URL the job was submitted under, for the links in the payload.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+/// Which surface's webhook a job names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookStyle {
+    /// The native result, Standard Webhooks signature.
+    Native,
+    /// fal's `{request_id, status, payload, error}`, fal's Ed25519 signature.
+    Fal,
+    /// Replicate's prediction, Standard Webhooks signature.
+    Replicate,
 }
 
 impl JobRecord {

@@ -119,6 +119,7 @@ pub(super) fn submit(
         input: &input,
         quote,
         idempotency,
+        webhook: terms.webhook.clone(),
     };
     let accepted = store_new_job(shared, lane, new);
     let mut state = lane.lock();
@@ -168,6 +169,7 @@ struct NewJob<'a> {
     input: &'a Value,
     quote: Quote,
     idempotency: Option<Idempotency>,
+    webhook: Option<crate::jobs::Webhook>,
 }
 
 /// Checks the input and stores the new job (its place in the queue is already reserved).
@@ -182,6 +184,7 @@ fn store_new_job(
         input,
         quote,
         idempotency,
+        webhook,
     } = new;
     let prepared = lane.model.prepare(input)?;
     let record = JobRecord {
@@ -201,6 +204,7 @@ fn store_new_job(
         quote: Some(quote),
         usage: None,
         idempotency,
+        webhook,
     };
     shared.store.create(&record, input)?;
     shared

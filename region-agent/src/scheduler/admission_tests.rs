@@ -13,8 +13,7 @@ use crate::serving::test_model::{Gate, TestModel};
 fn bound(max: u32, elsewhere: u32) -> Terms {
     Terms {
         bound: Some(JobBound { max, elsewhere }),
-        key: None,
-        submitted: None,
+        ..Terms::default()
     }
 }
 
@@ -22,7 +21,7 @@ fn keyed(key: &str) -> Terms {
     Terms {
         bound: None,
         key: Some(IdempotencyKey::parse(key.as_bytes()).unwrap()),
-        submitted: None,
+        ..Terms::default()
     }
 }
 

@@ -84,6 +84,8 @@ pub struct Terms {
     /// The input as the client sent it, when the agent rewrote it before acceptance (media
     /// URLs replaced by the media fetched): the idempotency fingerprint is taken from it.
     pub submitted: Option<Value>,
+    /// The webhook the job names.
+    pub webhook: Option<crate::jobs::Webhook>,
 }
 
 /// What a cancellation did.
@@ -360,6 +362,16 @@ impl Scheduler {
     /// A job's record when `tenant` owns it.
     pub fn get(&self, tenant: &str, id: &str) -> Option<JobRecord> {
         self.shared.record(id).filter(|r| r.tenant == tenant)
+    }
+
+    /// The jobs that name a webhook (at start, to resume their deliveries).
+    pub fn with_webhooks(&self) -> Vec<String> {
+        self.shared
+            .table()
+            .iter()
+            .filter(|(_, tx)| tx.borrow().webhook.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// The tenant that owns job `id` (a signed file link names a job, not its tenant).

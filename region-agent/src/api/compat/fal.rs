@@ -30,10 +30,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::super::jobs::{JobBody, find, parse_object, submit_parsed};
-use super::super::links::now_s;
+use super::super::links::{FileLinks, now_s};
 use super::super::{ApiError, AppState, Tenant, public_url};
 use super::{Surface, map_files, model_input, rfc3339, with_request_id};
-use crate::jobs::{JobRecord, JobState, Priority};
+use crate::jobs::{JobRecord, JobState, Priority, Webhook, WebhookStyle};
 use crate::scheduler::Cancellation;
 
 /// fal's priority header.
@@ -63,6 +63,7 @@ fn job_body(
     Ok(JobBody {
         input: model_input(arguments)?,
         priority,
+        webhook: None,
     })
 }
 
@@ -82,14 +83,15 @@ pub async fn queue(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let model = format!("{owner}/{name}");
-    if query.contains_key("fal_webhook") {
-        let err = ApiError::Unprocessable(
-            "fal_webhook: this deployment does not deliver webhooks yet; poll the status_url"
-                .into(),
-        );
-        return Surface::Fal.error(err).await;
-    }
-    let body = job_body(&state, &headers, body);
+    let body = job_body(&state, &headers, body).map(|mut body| {
+        body.webhook = query.get("fal_webhook").map(|url| Webhook {
+            url: url.clone(),
+            style: WebhookStyle::Fal,
+            on_start: false,
+            public_url: public_url(&headers),
+        });
+        body
+    });
     let record = match submit_parsed(&state, &tenant, &model, &headers, body).await {
         Ok(record) => record,
         Err(err) => return Surface::Fal.error(err).await,
@@ -338,12 +340,22 @@ async fn result_response(state: &AppState, headers: &HeaderMap, record: &JobReco
         return with_request_id((status, Json(body)).into_response(), &record.id);
     }
     let public = public_url(headers);
-    let links = state.links();
+    let body = output(state.links(), public.as_deref(), record);
+    let mut response = with_request_id(Json(body).into_response(), &record.id);
+    if let Ok(cost) = record.cost().to_string().parse() {
+        response.headers_mut().insert(contract::headers::COST, cost);
+    }
+    response
+}
+
+/// A completed job's bare output in fal's shapes: each file as `{url, content_type,
+/// file_name, file_size}` (+ `width`, `height` for pictures), the link signed under `public`.
+pub(crate) fn output(links: &FileLinks, public: Option<&str>, record: &JobRecord) -> Value {
     let output = record.output.clone().unwrap_or(Value::Null);
-    let body = map_files(&output, |file| {
+    map_files(&output, |file| {
         let name = file["name"].as_str().unwrap_or_default();
         let mut fal = json!({
-            "url": links.url(public.as_deref(), &record.id, name, now_s()),
+            "url": links.url(public, &record.id, name, now_s()),
             "content_type": file["content_type"],
             "file_name": name,
             "file_size": file["bytes"],
@@ -354,12 +366,12 @@ async fn result_response(state: &AppState, headers: &HeaderMap, record: &JobReco
             }
         }
         fal
-    });
-    let mut response = with_request_id(Json(body).into_response(), &record.id);
-    if let Ok(cost) = record.cost().to_string().parse() {
-        response.headers_mut().insert(contract::headers::COST, cost);
-    }
-    response
+    })
+}
+
+/// Why a finished job has no output, as fal's webhook `error` and `payload` say it.
+pub(crate) fn failure_of(record: &JobRecord) -> Option<(String, String)> {
+    failure(record)
 }
 
 /// `PUT …/requests/{id}/cancel`: `202 {"status": "CANCELLATION_REQUESTED"}` while the job

@@ -218,6 +218,7 @@ async fn run(
     let body = Ok(JobBody {
         input,
         priority: Priority::Normal,
+        webhook: None,
     });
     let record = submit_parsed(state, tenant, model, headers, body).await?;
     let done = wait(state, tenant.as_str(), &record.id).await?;

@@ -22,10 +22,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::super::jobs::{JobBody, find, parse_object, submit_parsed};
-use super::super::links::now_s;
+use super::super::links::{FileLinks, now_s};
 use super::super::{ApiError, AppState, Tenant, public_url};
 use super::{Surface, map_files, model_input, rfc3339, with_request_id};
-use crate::jobs::{JobRecord, JobState, Priority};
+use crate::jobs::{JobRecord, JobState, Priority, Webhook, WebhookStyle};
 
 /// The longest `Prefer: wait`, as Replicate allows.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -48,15 +48,41 @@ fn preferred_wait(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
     }
 }
 
-/// The job body from a prediction request.
-fn job_body(mut fields: Map<String, Value>) -> Result<JobBody, ApiError> {
-    for field in ["webhook", "webhook_completed"] {
-        if fields.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::Unprocessable(format!(
-                "{field}: this deployment does not deliver webhooks yet; poll urls.get"
-            )));
-        }
+/// Replicate's webhook events; a delivery is sent at `start` and at `completed` (this
+/// agent has no partial output or log events to send).
+const EVENTS: [&str; 4] = ["start", "output", "logs", "completed"];
+
+/// The job body from a prediction request's fields, its webhook under `public`.
+fn job_body(mut fields: Map<String, Value>, public: Option<String>) -> Result<JobBody, ApiError> {
+    if fields
+        .get("webhook_completed")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::Unprocessable(
+            "webhook_completed is not taken; give webhook with webhook_events_filter".into(),
+        ));
     }
+    let events: Vec<String> = match fields.remove("webhook_events_filter") {
+        None | Some(Value::Null) => EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+        Some(value) => serde_json::from_value(value).map_err(|_| {
+            ApiError::BadRequest("webhook_events_filter must be a list of event names".into())
+        })?,
+    };
+    if let Some(unknown) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "webhook_events_filter: unknown event {unknown:?} (start, output, logs, completed)"
+        )));
+    }
+    let webhook = match fields.remove("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => Some(Webhook {
+            url,
+            style: WebhookStyle::Replicate,
+            on_start: events.iter().any(|e| e == "start"),
+            public_url: public,
+        }),
+        Some(_) => return Err(ApiError::BadRequest("webhook must be a URL".into())),
+    };
     let input = match fields.remove("input") {
         Some(Value::Object(input)) => input,
         None | Some(Value::Null) => Map::new(),
@@ -65,6 +91,7 @@ fn job_body(mut fields: Map<String, Value>) -> Result<JobBody, ApiError> {
     Ok(JobBody {
         input: model_input(input)?,
         priority: Priority::Normal,
+        webhook,
     })
 }
 
@@ -81,7 +108,8 @@ pub async fn create(
         Ok(wait) => wait,
         Err(err) => return Surface::Replicate.error(err).await,
     };
-    let body = parse_object(&headers, body, state.0.max_body_bytes).and_then(job_body);
+    let body = parse_object(&headers, body, state.0.max_body_bytes)
+        .and_then(|fields| job_body(fields, public_url(&headers)));
     let input = body
         .as_ref()
         .map(|b| b.input.clone())
@@ -108,7 +136,7 @@ pub async fn create(
         }
         None => record,
     };
-    let mut prediction = prediction(&state, &headers, &record);
+    let mut prediction = prediction(state.links(), public_url(&headers).as_deref(), &record);
     prediction["input"] = input;
     with_request_id(
         (StatusCode::CREATED, Json(prediction)).into_response(),
@@ -125,7 +153,12 @@ pub async fn get(
 ) -> Response {
     match find(&state, tenant.as_str(), &id) {
         Ok(record) => with_request_id(
-            Json(prediction(&state, &headers, &record)).into_response(),
+            Json(prediction(
+                state.links(),
+                public_url(&headers).as_deref(),
+                &record,
+            ))
+            .into_response(),
             &id,
         ),
         Err(err) => Surface::Replicate.error(err).await,
@@ -160,7 +193,12 @@ pub async fn cancel(
         }
     };
     with_request_id(
-        Json(prediction(&state, &headers, &record)).into_response(),
+        Json(prediction(
+            state.links(),
+            public_url(&headers).as_deref(),
+            &record,
+        ))
+        .into_response(),
         &id,
     )
 }
@@ -176,22 +214,13 @@ fn status_name(state: JobState) -> &'static str {
     }
 }
 
-/// The prediction object of `record`.
-fn prediction(state: &AppState, headers: &HeaderMap, record: &JobRecord) -> Value {
-    let public = public_url(headers);
-    let get_url = format!(
-        "{}/v1/predictions/{}",
-        public.as_deref().unwrap_or(""),
-        record.id
-    );
+/// The prediction object of `record`, its links under `public`.
+pub(crate) fn prediction(links: &FileLinks, public: Option<&str>, record: &JobRecord) -> Value {
+    let get_url = format!("{}/v1/predictions/{}", public.unwrap_or(""), record.id);
     let output = record.output.as_ref().map(|output| {
         map_files(output, |file| {
             let name = file["name"].as_str().unwrap_or_default();
-            json!(
-                state
-                    .links()
-                    .url(public.as_deref(), &record.id, name, now_s())
-            )
+            json!(links.url(public, &record.id, name, now_s()))
         })
     });
     let predict_time = match (record.started_at_ms, record.finished_at_ms) {
