@@ -36,6 +36,7 @@ pub enum Behaviour {
 pub struct Seen {
     pub method: String,
     pub path: String,
+    pub query: Option<String>,
     pub tenant: Option<String>,
     pub edge_token: Option<String>,
     pub authorization: bool,
@@ -183,6 +184,7 @@ impl AgentState {
         lock(&self.seen).push(Seen {
             method: method.to_string(),
             path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
             tenant: tenant.clone(),
             edge_token: header(headers::EDGE_TOKEN),
             authorization: headers.contains_key("authorization"),

@@ -5,6 +5,7 @@
 
 mod admission;
 mod cli;
+mod compatible;
 mod quotas;
 mod resend;
 mod routing;
