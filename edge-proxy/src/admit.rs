@@ -69,6 +69,9 @@ impl Edge {
         {
             return self.admit_signed_link(ctx, &state, region);
         }
+        if call == Call::Keys {
+            return self.admit_keys(ctx, &state);
+        }
         let tenant = self.authenticate(session, ctx, &state)?;
         ctx.tenant = tenant.id.to_string();
         match call {
@@ -86,6 +89,15 @@ impl Edge {
                 self.admit_job(session, ctx, &state, tenant, &model)?;
                 Ok(Admitted::Proxy)
             }
+            Call::Tenant => {
+                self.reads
+                    .check(tenant.id.as_str(), self.clock.elapsed())
+                    .inspect_err(|e| self.count_throttled(e))?;
+                ctx.candidates = any_region(&state, |i| tenant.allowed_regions.contains(*i))?;
+                ctx.failover = true;
+                Ok(Admitted::Proxy)
+            }
+            Call::Keys => self.admit_keys(ctx, &state),
             Call::RunNamedInBody => {
                 check_declared_length(session, self.config.max_body_bytes)?;
                 ctx.failover = true;
@@ -119,6 +131,21 @@ impl Edge {
             .catalog
             .tenant(record.tenant.as_str())
             .ok_or_else(ApiError::unauthorized)
+    }
+
+    /// The webhook signing key's JWKS, without a key: to any region with an agent (each
+    /// answers the same), the next on a connect failure, as the client's address's read rate
+    /// allows.
+    fn admit_keys(&self, ctx: &mut RequestCtx, state: &RoutingState) -> Result<Admitted, ApiError> {
+        let caller = ctx
+            .client_address
+            .map_or_else(String::new, |a| crate::throttle::network_of(a).to_string());
+        self.link_reads
+            .check(&caller, self.clock.elapsed())
+            .inspect_err(|e| self.count_throttled(e))?;
+        ctx.candidates = any_region(state, |_| true)?;
+        ctx.failover = true;
+        Ok(Admitted::Proxy)
     }
 
     /// A file by signed link, without a key: to the region named in the id, as the client's
@@ -308,6 +335,23 @@ fn held_by(
         .filter(allowed)
         .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
         .ok_or_else(|| ApiError::not_found("no such request"))
+}
+
+/// Every region `allowed` with an agent endpoint, in the catalog's order.
+fn any_region(
+    state: &RoutingState,
+    allowed: impl Fn(&usize) -> bool,
+) -> Result<Vec<usize>, ApiError> {
+    let regions: Vec<usize> = (0..state.catalog.regions().len())
+        .filter(allowed)
+        .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+        .collect();
+    if regions.is_empty() {
+        return Err(ApiError::unavailable(
+            "no region has a usable agent endpoint",
+        ));
+    }
+    Ok(regions)
 }
 
 /// Refuses a body whose declared length is over `limit`.

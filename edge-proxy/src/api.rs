@@ -46,6 +46,12 @@ pub enum Call {
     },
     /// `GET /v1/models`.
     Models,
+    /// A call every agent answers alike for the tenant (`GET /v1/webhooks/default/secret`:
+    /// the deployment's agents share the signing key): to any allowed region.
+    Tenant,
+    /// `GET /fal/.well-known/jwks.json`, the public key webhooks are signed with: no key
+    /// needed, any region answers.
+    Keys,
 }
 
 impl Call {
@@ -88,10 +94,14 @@ impl Call {
             | ["v1", "audio", "transcriptions" | "speech"] => {
                 expect(&Method::POST, Call::RunNamedInBody)
             }
+            ["v1", "webhooks", "default", "secret"] => expect(&Method::GET, Call::Tenant),
+            ["fal", ".well-known", "jwks.json"] => expect(&Method::GET, Call::Keys),
             ["v1", "requests", id, rest @ ..] => {
                 let region = region_name(id)?;
                 match rest {
-                    [] | ["status"] => expect(&Method::GET, Call::Request { region }),
+                    [] | ["status"] | ["webhooks"] => {
+                        expect(&Method::GET, Call::Request { region })
+                    }
                     ["cancel"] => expect(&Method::PUT, Call::Request { region }),
                     ["files", name] if valid_part(name) => {
                         expect(&Method::GET, Call::File { region })
@@ -228,6 +238,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn webhook_calls_are_recognised() {
+        let id = "eu-west.0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            Call::parse(&Method::GET, &format!("/v1/requests/{id}/webhooks")).unwrap(),
+            Call::Request {
+                region: "eu-west".into()
+            }
+        );
+        assert_eq!(
+            Call::parse(&Method::GET, "/v1/webhooks/default/secret").unwrap(),
+            Call::Tenant
+        );
+        assert_eq!(
+            Call::parse(&Method::GET, "/fal/.well-known/jwks.json").unwrap(),
+            Call::Keys
+        );
+        let wrong = Call::parse(&Method::POST, "/fal/.well-known/jwks.json").unwrap_err();
+        assert_eq!(wrong.status, 405);
+    }
 
     #[test]
     fn calls_are_recognised_with_their_methods() {
