@@ -302,7 +302,10 @@ async fn a_file_by_signed_link_needs_no_key() {
     assert_eq!(answer.status, 401);
     assert_eq!(answer.error_type(), "unauthorized");
     // A region the catalog does not have holds no file.
-    let nowhere = format!("/v1/requests/mars-north.{:032x}/files/image.png?{signed}", 3);
+    let nowhere = format!(
+        "/v1/requests/mars-north.{:032x}/files/image.png?{signed}",
+        3
+    );
     let answer = Answer::of(get(format!("{}{nowhere}", edge.base)).await.unwrap()).await;
     assert_eq!(answer.status, 404);
     assert_eq!(calls_to(&world, "eu-west", &path).len(), 1);
