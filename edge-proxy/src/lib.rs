@@ -10,10 +10,13 @@
 //!   while it is down; [`state`]: the routing state built from one snapshot.
 //! - [`admit`], [`api`]: what the edge decides before a request leaves it, with [`jobs`]
 //!   (a tenant's bound on jobs, from the agents' counts), [`idempotency`] (keys and their
-//!   regions) and [`throttle`] (read rate, wrong keys);
+//!   regions) and [`throttle`] (read rates, wrong keys); [`surface`]: the compatible
+//!   surfaces (fal, OpenAI, Replicate) and their error envelopes; [`named`]: the model a
+//!   body names;
 //!   [`proxy`]: the pingora service, failover included; [`buffered`]: submissions whose
-//!   bodies are too large for pingora to resend; [`regions`]: circuit breakers, in-flight
-//!   counts and the retry budget.
+//!   bodies are too large for pingora to resend, and those that name their model in the
+//!   body; [`public_url`]: the URL the client reached the edge at, told to agents;
+//!   [`regions`]: circuit breakers, in-flight counts and the retry budget.
 //! - [`connections`]: caps on open connections and deadlines on slow clients.
 //! - [`metrics`]: Prometheus metrics on the admin listener; [`error`]: the API's errors.
 //!

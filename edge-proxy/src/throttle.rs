@@ -225,6 +225,29 @@ mod tests {
     }
 
     #[test]
+    fn address_buckets_stay_bounded_sweeping_those_full_again() {
+        let reads = ReadRates::per(
+            RateLimit {
+                per_second: 1.0,
+                burst: 2,
+            },
+            "address",
+        );
+        let start = Duration::from_secs(10);
+        for caller in 0..READ_CALLERS {
+            reads.check(&caller.to_string(), start).unwrap();
+        }
+        // Every bucket is in use: a new caller waits, and is told so.
+        let err = reads.check("newcomer", start).unwrap_err();
+        assert_eq!((err.status, err.kind), (429, "read_rate_limited"));
+        assert!(err.message.contains("this address"), "{err}");
+        // Once the buckets have filled again they are swept out, and the newcomer is served.
+        let later = start + Duration::from_secs(5);
+        reads.check("newcomer", later).unwrap();
+        assert_eq!(reads.callers.lock().buckets.len(), 1);
+    }
+
+    #[test]
     fn an_address_with_too_many_wrong_keys_waits_for_its_window_to_end() {
         let keys = FailedKeys::new(3);
         let (one, two): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "::1".parse().unwrap());

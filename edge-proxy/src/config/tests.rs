@@ -139,3 +139,28 @@ fn the_upgrade_socket_is_relative_to_the_file_and_must_fit_a_socket_address() {
     };
     assert!(problems.has_place("listen.upgrade_socket"), "{problems}");
 }
+
+#[test]
+fn a_public_url_is_an_http_url_without_query_kept_without_its_trailing_slash() {
+    let with = |url: &str| {
+        let text = GOOD.replace(
+            "[control_plane]",
+            &format!("public_url = {url:?}\n[control_plane]"),
+        );
+        check(&text, &[])
+    };
+    assert_eq!(check(GOOD, &[]).unwrap().public_url, None);
+    assert_eq!(
+        with("https://api.example.com/")
+            .unwrap()
+            .public_url
+            .as_deref(),
+        Some("https://api.example.com")
+    );
+    for bad in ["api.example.com", "https://api.example.com/?a=1"] {
+        let Err(ConfigError::Invalid(problems)) = with(bad) else {
+            panic!("expected a problem for {bad}");
+        };
+        assert!(problems.has_place("listen.public_url"), "{problems}");
+    }
+}
