@@ -182,6 +182,18 @@ impl Edge {
             .catalog
             .tenant(&ctx.tenant)
             .ok_or_else(ApiError::unauthorized)?;
+        if let (Some(wanted), Some(found)) = (
+            kind_for(session.req_header().uri.path()),
+            state.catalog.model(model),
+        ) && found.kind != wanted
+        {
+            return Err(ApiError::model_not_supported(format!(
+                "model {model} is {}; {} takes a {} model",
+                found.kind.as_str(),
+                session.req_header().uri.path(),
+                wanted.as_str()
+            )));
+        }
         self.admit_job(session, ctx, &state, tenant, model)
     }
 
@@ -335,6 +347,18 @@ fn held_by(
         .filter(allowed)
         .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
         .ok_or_else(|| ApiError::not_found("no such request"))
+}
+
+/// The kind of model an OpenAI call takes, by its path.
+fn kind_for(path: &str) -> Option<policy::ModelKind> {
+    use policy::ModelKind;
+    Some(match path.trim_end_matches('/') {
+        "/v1/images/generations" => ModelKind::TextToImage,
+        "/v1/images/edits" => ModelKind::ImageToImage,
+        "/v1/audio/transcriptions" => ModelKind::AudioToText,
+        "/v1/audio/speech" => ModelKind::TextToAudio,
+        _ => return None,
+    })
 }
 
 /// Every region `allowed` with an agent endpoint, in the catalog's order.

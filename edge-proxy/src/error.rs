@@ -67,6 +67,15 @@ impl ApiError {
         }
     }
 
+    /// 400: the model is of another kind than the call takes (OpenAI's
+    /// `model_not_supported`).
+    pub fn model_not_supported(message: impl Into<String>) -> Self {
+        Self {
+            code: Some("model_not_supported"),
+            ..Self::bad_request(message)
+        }
+    }
+
     /// 405: the path exists but not with this method.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "method_not_allowed", message)

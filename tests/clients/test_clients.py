@@ -286,6 +286,16 @@ class OpenAi(unittest.TestCase):
         self.assertIn("no-such-model", str(raised.exception))
 
 
+    def test_a_model_of_another_kind_is_a_bad_request(self):
+        with self.assertRaises(openai.BadRequestError) as raised:
+            self.client.images.generate(model=UPSCALER, prompt="x")
+        self.assertEqual(raised.exception.code, "model_not_supported")
+        # No text-to-audio model is in the catalog yet: speech is refused for every model.
+        with self.assertRaises(openai.BadRequestError) as raised:
+            self.client.audio.speech.create(model=WHISPER, voice="alloy", input="hello")
+        self.assertEqual(raised.exception.code, "model_not_supported")
+
+
 class Replicate(unittest.TestCase):
     """Replicate's predictions through the `replicate` client (base_url only)."""
 
