@@ -48,7 +48,7 @@ async fn an_openai_multipart_job_goes_where_its_model_field_is_served() {
     let audio: &[u8] = b"RIFF\r\n--b0un\r\n\x00\x01";
     let body = form(&[
         ("file", audio),
-        ("model", b"meridian/silero-vad"),
+        ("model", b"meridian/whisper-tiny-en"),
         ("response_format", b"text"),
     ]);
     let post = |key: &str, content_type: &str, body: Vec<u8>| {
@@ -61,7 +61,7 @@ async fn an_openai_multipart_job_goes_where_its_model_field_is_served() {
     };
     let answer = Answer::of(post(world.key("acme"), FORM, body.clone()).await.unwrap()).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    // silero-vad is served only in uk-south.
+    // whisper-tiny-en is served only in uk-south.
     assert_eq!(answer.header("x-meridian-region"), Some("uk-south"));
     let seen = calls_to(&world, "uk-south", path);
     assert_eq!(seen.len(), 1);
@@ -82,6 +82,11 @@ async fn an_openai_multipart_job_goes_where_its_model_field_is_served() {
     let answer = Answer::of(post(world.key("acme"), FORM, nameless).await.unwrap()).await;
     assert_eq!(answer.status, 400);
     assert_eq!(answer.body["error"]["type"], "bad_request");
+    // A model of another kind than the call takes.
+    let other_kind = form(&[("file", audio), ("model", b"meridian/silero-vad")]);
+    let answer = Answer::of(post(world.key("acme"), FORM, other_kind).await.unwrap()).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.body["error"]["code"], "model_not_supported");
     let answer = Answer::of(post("mk_live_nope", FORM, body).await.unwrap()).await;
     assert_eq!(answer.status, 401);
     assert_eq!(answer.body["error"]["code"], "unauthorized");
@@ -90,7 +95,7 @@ async fn an_openai_multipart_job_goes_where_its_model_field_is_served() {
         post(
             world.key("acme"),
             "application/json",
-            json!({"model": "meridian/esrgan-x4", "prompt": "x"})
+            json!({"model": "meridian/whisper-tiny-en", "file": "x"})
                 .to_string()
                 .into_bytes(),
         )
@@ -99,6 +104,7 @@ async fn an_openai_multipart_job_goes_where_its_model_field_is_served() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-meridian-region"), Some("uk-south"));
     // Only uk-south ever saw the form.
     for region in ["eu-west", "eu-central", "us-west", "us-east"] {
         let forms = calls_to(&world, region, path)

@@ -25,7 +25,7 @@ const REGIONS: [(&str, &str, f64, f64, bool); 6] = [
     ("eu-central", "eu", 50.11, 8.68, true), // Frankfurt
     ("us-west", "us", 47.61, -122.33, true), // Seattle
     ("us-east", "us", 39.04, -77.49, true),  // Ashburn
-    ("uk-south", "uk", 51.51, -0.13, false), // London: serves only silero-vad
+    ("uk-south", "uk", 51.51, -0.13, false), // London: serves only the audio models
     ("jp-east", "jp", 35.68, 139.69, true),  // Tokyo: no agent ever reports
 ];
 
@@ -181,6 +181,16 @@ fn catalog(agents: &HashMap<String, StandInAgent>) -> CatalogSpec {
             Model::new(
                 "meridian/silero-vad",
                 "audio-analysis",
+                "audio_second",
+                0.0001,
+            )
+            .gpu_seconds(0.01)
+            .only_in(&["uk-south"]),
+        )
+        .model(
+            Model::new(
+                "meridian/whisper-tiny-en",
+                "audio-to-text",
                 "audio_second",
                 0.0001,
             )
