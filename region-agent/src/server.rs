@@ -138,7 +138,7 @@ fn serve_http(
         &config.webhooks,
         scheduler.clone(),
         links.clone(),
-        stop.clone(),
+        (stop.clone(), sweep_period(config.result_retention)),
     )?;
     webhooks.resume();
     let state = AppState::new(
@@ -253,10 +253,16 @@ impl Retention {
     }
 }
 
+/// How often what outlived `results` (the results' retention) is looked for: a tenth of it,
+/// from 100 ms to a minute.
+pub(crate) fn sweep_period(results: Duration) -> Duration {
+    (results / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
 /// Deletes expired results (and retries billing) every so often, and usage records past
 /// their retention.
 async fn sweep(scheduler: Scheduler, retention: Retention, stop: CancellationToken) {
-    let every = (retention.results / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let every = sweep_period(retention.results);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

@@ -196,6 +196,13 @@ async fn deliveries_go_on_after_a_restart() {
         )
         .await;
     let first = receiver.next().await;
+    // Stopped once the try is written down (a try whose outcome was not is made again).
+    testkit::eventually("the first try to be logged", || async {
+        deliveries(&agent, &id).await["deliveries"][0]["tries"]
+            .as_array()
+            .is_some_and(|tries| tries.len() == 1)
+    })
+    .await;
     agent.stop().await;
     let agent = start(dir.path(), extra).await;
     let second = receiver.next().await;
@@ -301,4 +308,36 @@ fn url_escape(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[tokio::test]
+async fn a_delivery_is_kept_as_long_as_its_jobs_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("result_retention_s = 1\n{ALLOW_LOOPBACK}");
+    let agent = start(dir.path(), &extra).await;
+    let mut receiver = Receiver::start(&[200]).await;
+    let id = agent
+        .queue(
+            "test/echo",
+            json!({"input": {"text": "x"}, "webhook": receiver.url}),
+        )
+        .await;
+    receiver.next().await;
+    let kept = dir.path().join("webhooks");
+    testkit::eventually("the delivery to be written as delivered", || async {
+        deliveries(&agent, &id).await["deliveries"][0]["state"] == "delivered"
+    })
+    .await;
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1);
+    testkit::eventually("the result and its delivery to be swept", || async {
+        let gone = agent
+            .call(Method::GET, &format!("/v1/requests/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 404;
+        gone && std::fs::read_dir(&kept).unwrap().count() == 0
+    })
+    .await;
 }

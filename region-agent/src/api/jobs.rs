@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use contract::{RequestId, TenantId, headers};
@@ -366,11 +366,28 @@ pub(super) fn cancel_error(id: &str, e: CancelError) -> ApiError {
     }
 }
 
-/// A signed file link's query.
-#[derive(Debug, serde::Deserialize)]
-pub struct LinkQuery {
+/// A signed file link's query: the first `expires` and `signature` in it (whatever else it
+/// holds, however it is written: a malformed link is refused by its signature).
+#[derive(Debug, Default)]
+struct LinkQuery {
     expires: Option<String>,
     signature: Option<String>,
+}
+
+impl LinkQuery {
+    fn of(query: Option<&str>) -> Self {
+        let mut link = Self::default();
+        for pair in query.unwrap_or_default().split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                "expires" => &mut link.expires,
+                "signature" => &mut link.signature,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| value.to_owned());
+        }
+        link
+    }
 }
 
 /// `GET /v1/requests/{id}/files/{name}`: for the tenant the edge names, or for anyone with a
@@ -378,9 +395,10 @@ pub struct LinkQuery {
 pub async fn file(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
-    Query(link): Query<LinkQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let link = LinkQuery::of(query.as_deref());
     let tenant = if link.signature.is_some() || link.expires.is_some() {
         state
             .links()

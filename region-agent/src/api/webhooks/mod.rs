@@ -8,7 +8,8 @@
 //!
 //! Each delivery is one file, `<data_dir>/webhooks/<job id>.<event>.json`, holding its body
 //! (made once, when the event happened), its tries and its state; the tenant reads them at
-//! `GET /v1/requests/{id}/webhooks`. The webhook itself is part of the job's record, so a
+//! `GET /v1/requests/{id}/webhooks`. A delivery is kept as long as its job's result
+//! (`result_retention_s`) and swept with it. The webhook itself is part of the job's record, so a
 //! job accepted with one always gets its deliveries, whatever stops the agent when.
 
 mod payload;
@@ -108,6 +109,7 @@ struct Inner {
     links: FileLinks,
     following: Mutex<HashSet<String>>,
     stop: CancellationToken,
+    sweep_every: Duration,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -120,7 +122,8 @@ impl std::fmt::Debug for Webhooks {
 
 impl Webhooks {
     /// Deliveries kept under `data_dir`, under `config`, for the jobs of `scheduler`, until
-    /// `stop` (what is not delivered then goes on at the next start).
+    /// `stop` (what is not delivered then goes on at the next start), the deliveries of jobs
+    /// no longer kept swept every `sweep_every`.
     ///
     /// # Errors
     ///
@@ -130,7 +133,7 @@ impl Webhooks {
         config: &WebhooksConfig,
         scheduler: Scheduler,
         links: FileLinks,
-        stop: CancellationToken,
+        (stop, sweep_every): (CancellationToken, Duration),
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let key_file = config
@@ -160,6 +163,7 @@ impl Webhooks {
             links,
             following: Mutex::new(HashSet::new()),
             stop,
+            sweep_every,
         })))
     }
 
@@ -215,7 +219,8 @@ impl Webhooks {
         }
     }
 
-    /// Follows every job that names a webhook (at start: deliveries resume).
+    /// Follows every job that names a webhook (at start: deliveries resume), and from now
+    /// on sweeps the deliveries of jobs whose results are gone.
     pub fn resume(&self) {
         let jobs = self.0.scheduler.with_webhooks();
         if !jobs.is_empty() {
@@ -224,6 +229,42 @@ impl Webhooks {
         for id in jobs {
             self.follow(&id);
         }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let removed = this.sweep();
+                if removed > 0 {
+                    tracing::info!(removed, "swept the deliveries of jobs no longer kept");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(this.0.sweep_every) => {}
+                    () = this.0.stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Removes the delivery files of jobs this agent no longer keeps (their results'
+    /// retention ended): a delivery lives as long as its job's result. Returns how many.
+    pub fn sweep(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.0.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let job = name
+                .strip_suffix(".start.json")
+                .or_else(|| name.strip_suffix(".completed.json"));
+            let Some(job) = job else {
+                continue;
+            };
+            if self.0.scheduler.owner(job).is_none() && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// The deliveries of job `id`, oldest event first.
