@@ -137,15 +137,20 @@ impl Edge {
     /// answers the same), the next on a connect failure, as the client's address's read rate
     /// allows.
     fn admit_keys(&self, ctx: &mut RequestCtx, state: &RoutingState) -> Result<Admitted, ApiError> {
+        self.check_address_rate(ctx)?;
+        ctx.candidates = any_region(state, |_| true)?;
+        ctx.failover = true;
+        Ok(Admitted::Proxy)
+    }
+
+    /// The read rate of a call without a key, by the client's address (its /64 for IPv6).
+    fn check_address_rate(&self, ctx: &RequestCtx) -> Result<(), ApiError> {
         let caller = ctx
             .client_address
             .map_or_else(String::new, |a| crate::throttle::network_of(a).to_string());
         self.link_reads
             .check(&caller, self.clock.elapsed())
-            .inspect_err(|e| self.count_throttled(e))?;
-        ctx.candidates = any_region(state, |_| true)?;
-        ctx.failover = true;
-        Ok(Admitted::Proxy)
+            .inspect_err(|e| self.count_throttled(e))
     }
 
     /// A file by signed link, without a key: to the region named in the id, as the client's
@@ -156,12 +161,7 @@ impl Edge {
         state: &RoutingState,
         region: &str,
     ) -> Result<Admitted, ApiError> {
-        let caller = ctx
-            .client_address
-            .map_or_else(String::new, |a| crate::throttle::network_of(a).to_string());
-        self.link_reads
-            .check(&caller, self.clock.elapsed())
-            .inspect_err(|e| self.count_throttled(e))?;
+        self.check_address_rate(ctx)?;
         ctx.candidates = vec![held_by(state, region, |_| true)?];
         ctx.signed_link = true;
         Ok(Admitted::Proxy)

@@ -11,12 +11,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 use tokio::sync::watch;
 
 use super::jobs::{find, with_id};
 use super::{ApiError, AppState, Tenant};
-use crate::jobs::{JobRecord, now_ms};
+use crate::jobs::{JobRecord, JobState, now_ms};
 use crate::scheduler::Scheduler;
 
 /// How often a stream re-reads the queue position while nothing else changes.
@@ -47,45 +46,68 @@ pub async fn status(
             &id,
         ));
     }
-    let rx = scheduler
-        .watch(&tenant, &id)
+    let render = |record: &JobRecord, position: Option<usize>| {
+        let data = record.status_json(position, now_ms()).to_string();
+        Event::default().event("status").data(data)
+    };
+    let stream = events(&scheduler, &tenant, &id, render)
         .ok_or_else(|| ApiError::NotFound(format!("no request {id:?}")))?;
+    Ok(with_id(stream.into_response(), &id))
+}
+
+/// A server-sent event stream of job `id` of `tenant`: `render(record, queue position)` at
+/// the start and at each change of state or queue position, ending after a final state;
+/// `None` for an unknown job.
+pub(super) fn events<R>(
+    scheduler: &Scheduler,
+    tenant: &str,
+    id: &str,
+    render: R,
+) -> Option<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>> + use<R>>>
+where
+    R: Fn(&JobRecord, Option<usize>) -> Event + Send + 'static,
+{
+    let rx = scheduler.watch(tenant, id)?;
     let follow = Follow {
-        scheduler,
-        tenant,
-        id: id.clone(),
+        scheduler: scheduler.clone(),
+        tenant: tenant.to_owned(),
+        id: id.to_owned(),
         rx,
+        render,
         last: None,
         done: false,
     };
     let stream = futures_util::stream::unfold(follow, next_event);
-    let sse = Sse::new(stream).keep_alive(KeepAlive::default());
-    Ok(with_id(sse.into_response(), &id))
+    Some(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// A stream's state.
-struct Follow {
+struct Follow<R> {
     scheduler: Scheduler,
     tenant: String,
     id: String,
     rx: watch::Receiver<JobRecord>,
-    /// Status and position last sent.
-    last: Option<(Value, Option<usize>)>,
+    render: R,
+    /// State and position last sent.
+    last: Option<(JobState, Option<usize>)>,
     done: bool,
 }
 
-async fn next_event(mut follow: Follow) -> Option<(Result<Event, Infallible>, Follow)> {
+async fn next_event<R>(mut follow: Follow<R>) -> Option<(Result<Event, Infallible>, Follow<R>)>
+where
+    R: Fn(&JobRecord, Option<usize>) -> Event,
+{
     if follow.done {
         return None;
     }
     loop {
         let (record, position) = follow.scheduler.status(&follow.tenant, &follow.id)?;
-        let key = (Value::String(record.state.as_str().to_owned()), position);
-        if follow.last.as_ref() != Some(&key) {
+        let key = (record.state, position);
+        if follow.last != Some(key) {
             follow.last = Some(key);
             follow.done = record.state.is_final();
-            let data = record.status_json(position, now_ms()).to_string();
-            return Some((Ok(Event::default().event("status").data(data)), follow));
+            let event = (follow.render)(&record, position);
+            return Some((Ok(event), follow));
         }
         tokio::select! {
             changed = follow.rx.changed() => {

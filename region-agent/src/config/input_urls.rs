@@ -78,20 +78,7 @@ pub(super) fn input_urls(
             "set it to timeout_ms or less",
         );
     }
-    let allow = file
-        .allow
-        .iter()
-        .enumerate()
-        .filter_map(|(i, block)| {
-            block
-                .parse::<Cidr>()
-                .map_err(|e| {
-                    let fix = "write an address block, e.g. 10.20.0.0/16, or one address";
-                    p.add(format!("input_urls.allow[{i}]"), e, fix);
-                })
-                .ok()
-        })
-        .collect();
+    let allow = allow_list(p, "input_urls.allow", &file.allow);
     InputUrlsConfig {
         enabled: file.enabled.unwrap_or(true),
         max_bytes,
@@ -100,4 +87,21 @@ pub(super) fn input_urls(
         max_redirects: file.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS) as usize,
         allow,
     }
+}
+
+/// The address blocks of an `allow` list at `place`, each bad one a problem.
+pub(super) fn allow_list(p: &mut ConfigProblems, place: &str, blocks: &[String]) -> Vec<Cidr> {
+    blocks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, block)| {
+            block
+                .parse::<Cidr>()
+                .map_err(|e| {
+                    let fix = "write an address block, e.g. 10.20.0.0/16, or one address";
+                    p.add(format!("{place}[{i}]"), e, fix);
+                })
+                .ok()
+        })
+        .collect()
 }

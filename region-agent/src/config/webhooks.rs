@@ -76,20 +76,7 @@ pub(super) fn webhooks(p: &mut ConfigProblems, file: Option<&WebhooksFile>) -> W
         }
         Some(delays) => delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
     };
-    let allow = file
-        .allow
-        .iter()
-        .enumerate()
-        .filter_map(|(i, block)| {
-            block
-                .parse::<Cidr>()
-                .map_err(|e| {
-                    let fix = "write an address block, e.g. 10.20.0.0/16, or one address";
-                    p.add(format!("webhooks.allow[{i}]"), e, fix);
-                })
-                .ok()
-        })
-        .collect();
+    let allow = super::input_urls::allow_list(p, "webhooks.allow", &file.allow);
     WebhooksConfig {
         enabled: file.enabled.unwrap_or(true),
         signing_key_file: file.signing_key_file.clone(),

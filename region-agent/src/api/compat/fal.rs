@@ -17,15 +17,13 @@
 //! `409`: a result asked for too early or a job that finished before its cancel is `400`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -38,8 +36,6 @@ use crate::scheduler::Cancellation;
 
 /// fal's priority header.
 const PRIORITY: &str = "x-fal-queue-priority";
-/// How often a status stream re-reads the queue position while nothing else changes.
-const POSITION_POLL: Duration = Duration::from_millis(500);
 
 /// The model and request of a call about a job.
 type RequestPath = Path<(String, String, String)>;
@@ -159,9 +155,7 @@ pub async fn status(
     if let Err(err) = find_for(&state, tenant.as_str(), &owner, &name, &id) {
         return Surface::Fal.error(err).await;
     }
-    let logs = query
-        .get("logs")
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True"));
+    let logs = wants_logs(&query);
     let Some((record, position)) = state.scheduler().status(tenant.as_str(), &id) else {
         return Surface::Fal
             .error(ApiError::NotFound(format!("no request {id:?}")))
@@ -170,6 +164,14 @@ pub async fn status(
     let url = request_url(&headers, &record.model, &id);
     let body = status_json(&record, position, logs, &url);
     with_request_id(Json(body).into_response(), &id)
+}
+
+/// Whether a status call asks for the job's log lines (`?logs=1`; fal's client writes
+/// `true`).
+fn wants_logs(query: &HashMap<String, String>) -> bool {
+    query
+        .get("logs")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True"))
 }
 
 /// fal's status object of `record`.
@@ -249,64 +251,17 @@ pub async fn status_stream(
     if let Err(err) = find_for(&state, tenant.as_str(), &owner, &name, &id) {
         return Surface::Fal.error(err).await;
     }
-    let Some(rx) = state.scheduler().watch(tenant.as_str(), &id) else {
-        return Surface::Fal
-            .error(ApiError::NotFound(format!("no request {id:?}")))
-            .await;
+    let logs = wants_logs(&query);
+    let url = request_url(&headers, &format!("{owner}/{name}"), &id);
+    let render = move |record: &JobRecord, position: Option<usize>| {
+        Event::default().data(status_json(record, position, logs, &url).to_string())
     };
-    let logs = query
-        .get("logs")
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True"));
-    let follow = Follow {
-        state: state.clone(),
-        tenant: tenant.to_string(),
-        url: request_url(&headers, &format!("{owner}/{name}"), &id),
-        id: id.clone(),
-        rx,
-        logs,
-        last: None,
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(follow, next_event);
-    let sse = Sse::new(stream).keep_alive(KeepAlive::default());
-    with_request_id(sse.into_response(), &id)
-}
-
-/// A status stream's state.
-struct Follow {
-    state: AppState,
-    tenant: String,
-    url: String,
-    id: String,
-    rx: tokio::sync::watch::Receiver<JobRecord>,
-    logs: bool,
-    last: Option<(JobState, Option<usize>)>,
-    done: bool,
-}
-
-async fn next_event(mut follow: Follow) -> Option<(Result<Event, Infallible>, Follow)> {
-    if follow.done {
-        return None;
-    }
-    loop {
-        let (record, position) = follow
-            .state
-            .scheduler()
-            .status(&follow.tenant, &follow.id)?;
-        let key = (record.state, position);
-        if follow.last != Some(key) {
-            follow.last = Some(key);
-            follow.done = record.state.is_final();
-            let data = status_json(&record, position, follow.logs, &follow.url).to_string();
-            return Some((Ok(Event::default().data(data)), follow));
-        }
-        tokio::select! {
-            changed = follow.rx.changed() => {
-                if changed.is_err() {
-                    return None;
-                }
-            }
-            () = tokio::time::sleep(POSITION_POLL) => {}
+    match super::super::sse::events(state.scheduler(), tenant.as_str(), &id, render) {
+        Some(stream) => with_request_id(stream.into_response(), &id),
+        None => {
+            Surface::Fal
+                .error(ApiError::NotFound(format!("no request {id:?}")))
+                .await
         }
     }
 }

@@ -15,6 +15,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -110,8 +111,13 @@ fn generation_input(fields: &Map<String, Value>) -> Result<Value, ApiError> {
     Ok(input)
 }
 
-/// The fields of a multipart form: text fields and the bytes of file fields, by name.
-async fn form(mut multipart: Multipart) -> Result<Map<String, Value>, ApiError> {
+/// The fields of a multipart form: text fields and file fields (as base64), by name; the
+/// first of repeated ones (OpenAI's `image[]` takes several; a model takes one). `model` is
+/// required.
+async fn form(
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut multipart = multipart.map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut fields = Map::new();
     let bad = |e: axum::extract::multipart::MultipartError| {
         ApiError::BadRequest(format!("the multipart body cannot be read: {e}"))
@@ -129,7 +135,6 @@ async fn form(mut multipart: Multipart) -> Result<Map<String, Value>, ApiError> 
         } else {
             Value::String(String::from_utf8_lossy(&bytes).into_owned())
         };
-        // The first of repeated fields (OpenAI's `image[]` takes several; a model one).
         fields.entry(name).or_insert(value);
     }
     if !fields.get("model").is_some_and(Value::is_string) {
@@ -143,10 +148,10 @@ pub async fn edits(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let parsed = async {
-        let fields = form(multipart.map_err(|e| ApiError::BadRequest(e.to_string()))?).await?;
+        let fields = form(multipart).await?;
         let n = fields
             .get("n")
             .and_then(|n| n.as_str()?.parse::<u64>().ok());
@@ -251,10 +256,10 @@ pub async fn transcriptions(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let parsed = async {
-        let fields = form(multipart.map_err(|e| ApiError::BadRequest(e.to_string()))?).await?;
+        let fields = form(multipart).await?;
         let audio = fields
             .get("file")
             .cloned()
