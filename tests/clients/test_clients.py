@@ -269,7 +269,7 @@ class OpenAi(unittest.TestCase):
         )
         self.assertEqual(png_size(fetch_without_key(linked.data[0].url).content), want)
 
-    def test_transcription_as_json_and_as_text(self):
+    def test_transcription_in_every_response_format(self):
         audio = speech_wav()
         as_json = self.client.audio.transcriptions.create(
             model=WHISPER, file=("speech.wav", audio, "audio/wav")
@@ -279,6 +279,20 @@ class OpenAi(unittest.TestCase):
             model=WHISPER, file=("speech.wav", audio, "audio/wav"), response_format="text"
         )
         self.assertEqual(as_text.strip(), as_json.text.strip())
+        verbose = self.client.audio.transcriptions.create(
+            model=WHISPER, file=("speech.wav", audio, "audio/wav"),
+            response_format="verbose_json",
+        )
+        self.assertEqual(verbose.text, as_json.text)
+        self.assertGreater(verbose.duration, 1.0)
+        self.assertGreaterEqual(len(verbose.segments), 1)
+        self.assertLess(verbose.segments[0].start, verbose.segments[-1].end)
+        for form, first in (("srt", "1\n00:00:"), ("vtt", "WEBVTT\n\n00:00:")):
+            subtitles = self.client.audio.transcriptions.create(
+                model=WHISPER, file=("speech.wav", audio, "audio/wav"), response_format=form
+            )
+            self.assertTrue(subtitles.startswith(first), subtitles)
+            self.assertIn(" --> ", subtitles)
 
     def test_an_unknown_model_is_the_sdks_not_found_error(self):
         with self.assertRaises(openai.NotFoundError) as raised:
