@@ -175,7 +175,9 @@ class Fal(unittest.TestCase):
         self.assert_upscaled(output)
 
     def test_run_returns_the_bare_output(self):
-        self.assert_upscaled(fal_client.run(UPSCALER, arguments=self.upscale_args()))
+        # The client's own encoding of a file (a data: URI).
+        arguments = {"image_url": fal_client.encode_file(FIXTURE)}
+        self.assert_upscaled(fal_client.run(UPSCALER, arguments=arguments))
 
     def test_cancel_while_queued_and_after_completion(self):
         # Enough long jobs to hold every slot, so the last one waits in the queue.
@@ -333,7 +335,11 @@ class Replicate(unittest.TestCase):
         prediction.wait()
         self.assertEqual(prediction.status, "succeeded")
         self.assertIsNotNone(prediction.completed_at)
-        output = self.client.run(UPSCALER, input={"image": data_uri(IMAGE, "image/png")})
+        # A Python file object, encoded inline by the client.
+        with open(FIXTURE, "rb") as image:
+            output = self.client.run(
+                UPSCALER, input={"image": image}, file_encoding_strategy="base64"
+            )
         self.assertEqual(png_size(output["image"].read()), tuple(2 * s for s in IMAGE_SIZE))
 
     def test_a_webhook_signed_with_the_default_secret(self):
