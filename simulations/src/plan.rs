@@ -13,11 +13,14 @@
 //!    candidate replaces the best (which starts as the current reservations) when it costs
 //!    less while the share of requests meeting their latency goal stays within a tolerance
 //!    (`--goal-tolerance`, in percentage points) of the current reservations' (or, while the
-//!    best misses that, when it raises the share). Every candidate is listed with its cost
-//!    and goal share, so the report also shows the trade-off around the recommendation.
-//!    So the recommendation is never worse than what is reserved now.
+//!    best misses that, when it raises the share). Reserving nothing is a candidate too.
+//!    Every candidate is listed with its cost and goal share, so the report also shows the
+//!    trade-off around the recommendation. So the recommendation is never worse than what
+//!    is reserved now, nor dearer than all on-demand when that meets the goal share.
 //!
-//! Each region keeps its total capacity (reserved + on-demand maximum) unchanged. A usage
+//! Each region keeps its total capacity (reserved + on-demand maximum) unchanged. A region
+//! that sells no GPUs on demand keeps its reservations: without an on-demand price there
+//! is nothing to weigh them against (and `∞ · 0` never enters a cost). A usage
 //! trace ([`crate::trace`]) can replace step 1 ([`from_trace`]); it has only daily totals,
 //! so each region's day is spread over the hours by the scenario's daily cycle in the
 //! region's time zone, and the result is the analytic estimate only.
@@ -69,19 +72,25 @@ pub struct Plan {
     pub outcomes: Vec<Outcome>,
 }
 
-/// The catalog with `reserved[r]` reserved GPUs in region r's first pool, keeping each
-/// region's total capacity.
+/// The catalog with `reserved[r]` reserved GPUs in region r's first pool that sells GPUs on
+/// demand, keeping the total capacity of those pools. A pool without an on-demand price
+/// keeps its reservations as they are: there is nothing to weigh them against (a region of
+/// only such pools is not planned at all, see [`plans`]).
 pub fn with_reservations(spec: &CatalogSpec, reserved: &[u32]) -> CatalogSpec {
     let mut spec = spec.clone();
+    let sells = |p: &policy::spec::PoolSpec| p.on_demand_price_per_hour.is_some();
     for (region, &k) in spec.regions.iter_mut().zip(reserved) {
-        let total: i64 = region
-            .pools
-            .iter()
-            .map(|p| p.reserved + p.on_demand_max)
-            .sum();
-        let price = region.pools.iter().find_map(|p| p.reserved_price_per_hour);
+        let Some(first) = region.pools.iter().position(sells) else {
+            continue;
+        };
+        let selling = || region.pools.iter().filter(|p| sells(p));
+        let total: i64 = selling().map(|p| p.reserved + p.on_demand_max).sum();
+        let price = selling().find_map(|p| p.reserved_price_per_hour);
         for (i, pool) in region.pools.iter_mut().enumerate() {
-            if i == 0 {
+            if !sells(pool) {
+                continue;
+            }
+            if i == first {
                 pool.reserved = i64::from(k);
                 pool.on_demand_max = (total - i64::from(k)).max(0);
                 pool.reserved_price_per_hour = pool.reserved_price_per_hour.or(price);
@@ -94,6 +103,15 @@ pub fn with_reservations(spec: &CatalogSpec, reserved: &[u32]) -> CatalogSpec {
     spec
 }
 
+/// Whether the planner weighs region `r`'s reservations: some pool of it sells GPUs on
+/// demand. Another region keeps what it reserves.
+pub fn plans(spec: &CatalogSpec, r: usize) -> bool {
+    spec.regions[r]
+        .pools
+        .iter()
+        .any(|p| p.on_demand_price_per_hour.is_some())
+}
+
 /// Cost over a profile of GPUs in use (one value per bucket of `bucket_h` hours) with `k`
 /// reserved: reservations for the whole profile plus on-demand for the excess.
 pub fn analytic_cost(
@@ -104,24 +122,34 @@ pub fn analytic_cost(
     od_price: f64,
 ) -> f64 {
     let excess: f64 = profile.iter().map(|u| (u - f64::from(k)).max(0.0)).sum();
-    f64::from(k) * reserved_price * bucket_h * profile.len() as f64 + od_price * excess * bucket_h
+    let reserved = f64::from(k) * reserved_price * bucket_h * profile.len() as f64;
+    reserved + price_of(od_price, excess * bucket_h)
+}
+
+/// `hours` at `price` per hour, where none costs nothing even at an infinite price (a region
+/// without that kind of capacity: `∞ · 0` is 0 here, not NaN).
+fn price_of(price: f64, hours: f64) -> f64 {
+    if hours > 0.0 { price * hours } else { 0.0 }
 }
 
 /// The newsvendor rule: the largest k whose k-th GPU saves more on demand than it costs.
+/// No GPU past the profile's peak saves anything, so k is at most the peak; without an
+/// on-demand price (`od_price` infinite) every GPU up to the peak saves more than it costs,
+/// and without a reserved price (infinite) none does.
 pub fn newsvendor(profile: &[f64], bucket_h: f64, reserved_price: f64, od_price: f64) -> u32 {
     let hours = bucket_h * profile.len() as f64;
-    let mut k = 0u32;
-    loop {
-        let covered: f64 = profile
-            .iter()
-            .map(|u| (u - f64::from(k)).clamp(0.0, 1.0))
-            .sum::<f64>()
-            * bucket_h;
-        if od_price * covered <= reserved_price * hours {
-            return k;
-        }
-        k += 1;
-    }
+    let peak = profile.iter().fold(0.0_f64, |a, &u| a.max(u)).ceil();
+    let peak = if peak.is_finite() { peak as u32 } else { 0 };
+    (0..=peak)
+        .find(|&k| {
+            let covered: f64 = profile
+                .iter()
+                .map(|u| (u - f64::from(k)).clamp(0.0, 1.0))
+                .sum::<f64>()
+                * bucket_h;
+            price_of(od_price, covered) <= price_of(reserved_price, hours)
+        })
+        .unwrap_or(peak)
 }
 
 fn prices(spec: &CatalogSpec, r: usize) -> (f64, f64) {
@@ -181,8 +209,12 @@ fn analytic(scenario: &Scenario, run: &RunResult) -> Vec<RegionPlan> {
                 .map(|(od, res)| (od + res) / l.bucket_us() as f64)
                 .collect();
             let (rp, op) = prices(&scenario.spec.catalog, r);
-            let k = newsvendor(&profile, bucket_h, rp, op)
-                .min(region.reserved_slots() + region.on_demand_slots());
+            let k = if plans(&scenario.spec.catalog, r) {
+                newsvendor(&profile, bucket_h, rp, op)
+                    .min(region.reserved_slots() + region.on_demand_slots())
+            } else {
+                region.reserved_slots()
+            };
             RegionPlan {
                 region: region.id.to_string(),
                 current: region.reserved_slots(),
@@ -226,6 +258,10 @@ pub fn plan(
     let target = now.summary.goal_share() - tolerance_points / 100.0;
     let mut region_plans = analytic(scenario, &now);
     let (mut best, mut best_k, mut latest) = (now, current, None);
+    // Reserving nothing is a plan too: in a lightly loaded world it is the cheapest.
+    if better(&on_demand, &best, target) {
+        (best, best_k) = (on_demand, vec![0; regions.len()]);
+    }
     for round in 1..=rounds.max(1) {
         let source = latest.as_ref().unwrap_or(&best);
         let trial: Vec<u32> = analytic(scenario, source)
@@ -250,8 +286,10 @@ pub fn plan(
             (best, best_k) = (result, trial);
         }
     }
-    for (p, k) in region_plans.iter_mut().zip(&best_k) {
-        p.recommended = *k;
+    for (r, (p, k)) in region_plans.iter_mut().zip(&best_k).enumerate() {
+        if plans(&scenario.spec.catalog, r) {
+            p.recommended = *k;
+        }
     }
     outcomes.push(outcome("recommended".into(), &best));
     Ok(Plan {
@@ -288,7 +326,11 @@ pub fn from_trace(scenario: &Scenario, trace: &UsageTrace) -> anyhow::Result<Pla
         let sum: f64 = shape.iter().sum();
         let profile: Vec<f64> = shape.iter().map(|s| gpu_s / 3600.0 * s / sum).collect();
         let (rp, op) = prices(&scenario.spec.catalog, r);
-        let k = newsvendor(&profile, 1.0, rp, op);
+        let k = if plans(&scenario.spec.catalog, r) {
+            newsvendor(&profile, 1.0, rp, op)
+        } else {
+            region.reserved_slots()
+        };
         none += analytic_cost(&profile, 1.0, 0, rp, op);
         current += analytic_cost(&profile, 1.0, region.reserved_slots(), rp, op);
         planned += analytic_cost(&profile, 1.0, k, rp, op);
@@ -396,6 +438,19 @@ impl fmt::Display for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_price_ends_the_rule_at_the_peak_or_at_zero() {
+        let profile = [0.5, 2.0, 3.2, 1.0];
+        // No on-demand price: every GPU up to the peak (4) is worth reserving.
+        assert_eq!(newsvendor(&profile, 1.0, 2.0, f64::INFINITY), 4);
+        // No reserved price: none is.
+        assert_eq!(newsvendor(&profile, 1.0, f64::INFINITY, 4.0), 0);
+        assert_eq!(newsvendor(&[], 1.0, 2.0, f64::INFINITY), 0);
+        // Nothing on demand at an infinite price costs nothing.
+        let cost = analytic_cost(&profile, 1.0, 4, 2.0, f64::INFINITY);
+        assert_eq!(cost, 4.0 * 2.0 * 4.0);
+    }
 
     #[test]
     fn newsvendor_reserves_what_is_used_often_enough() {

@@ -203,6 +203,33 @@ fn the_plan_costs_no_more_than_all_on_demand() {
 }
 
 #[test]
+fn in_a_lightly_loaded_world_the_plan_is_never_dearer_than_all_on_demand() {
+    // A few requests on many reserved GPUs, goals loose enough for on-demand GPUs' start, and
+    // a region with no on-demand price at all (its reservations are kept as they are).
+    let text = include_str!("data/small.toml")
+        .replace(
+            "reserved = 1, reserved_price_per_hour = 2.2, on_demand_max = 3, on_demand_price_per_hour = 4.4",
+            "reserved = 4, reserved_price_per_hour = 2.2",
+        )
+        .replace("latency_goal_ms = 4000", "latency_goal_ms = 60000")
+        .replace("latency_goal_ms = 3000", "latency_goal_ms = 60000");
+    let scenario = Scenario::from_toml(&text).unwrap();
+    let p = plan::plan(&scenario, 3, 300, 1, 0.5).unwrap();
+    let cost = |label: &str| {
+        p.outcomes
+            .iter()
+            .find(|o| o.label.starts_with(label))
+            .unwrap()
+            .cost
+    };
+    assert!(cost("recommended") <= cost("all on-demand"), "{p}");
+    assert!(cost("recommended") < cost("current reservations"), "{p}");
+    assert!(p.outcomes.iter().all(|o| o.cost.is_finite()), "{p}");
+    let kept = p.regions.iter().find(|r| r.region == "eu-central").unwrap();
+    assert_eq!((kept.current, kept.recommended), (4, 4), "{p}");
+}
+
+#[test]
 fn reports_write_every_file() {
     let scenario = small();
     let results = compare(&scenario, opts(1, 1000), &StrategyKind::ALL, 2).unwrap();
