@@ -131,6 +131,11 @@ id_type!(
     PoolId, "pool", is_slug, SLUG_RULE
 );
 id_type!(
+    /// One of a region's agents (a host, or a process on one), e.g. `gpu-host-3`: unique
+    /// within its region.
+    InstanceId, "instance", is_slug, SLUG_RULE
+);
+id_type!(
     /// A tenant, e.g. `acme`.
     TenantId, "tenant", is_slug, SLUG_RULE
 );

@@ -26,7 +26,8 @@ pub mod secret;
 
 pub use error::{ErrorBody, ErrorInfo};
 pub use ids::{
-    IdError, JurisdictionId, ModelId, PoolId, RegionId, RequestId, ReservationId, TenantId,
+    IdError, InstanceId, JurisdictionId, ModelId, PoolId, RegionId, RequestId, ReservationId,
+    TenantId,
 };
 pub use money::{Nanos, charge};
 pub use problems::{ConfigError, ConfigProblem, ConfigProblems, ParseError};

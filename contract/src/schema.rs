@@ -103,8 +103,9 @@ pub struct SchemaError {
 /// revision and tolerance of unknown fields.
 pub const SNAPSHOT: Schema = Schema::new(1, 1);
 /// An agent's registration and heartbeat report. 1.1 added `schema` and the revision of
-/// the catalog the agent holds; 1.2 added each tenant's jobs queued or running.
-pub const HEARTBEAT: Schema = Schema::new(1, 2);
+/// the catalog the agent holds; 1.2 added each tenant's jobs queued or running; 1.3 the
+/// agent's instance id within its region.
+pub const HEARTBEAT: Schema = Schema::new(1, 3);
 /// An agent's catalog (`GET /agent/v1/regions/{id}/catalog`).
 pub const AGENT_CATALOG: Schema = Schema::new(1, 0);
 /// A numbered usage batch of per-hour aggregates (`POST /agent/v1/usage`).

@@ -10,7 +10,7 @@
 //! /meridian/v1/models/<owner>/<name>      ModelSpec
 //! /meridian/v1/tenants/<id>               TenantSpec
 //! /meridian/v1/keys/<key id>              ApiKeyRecord (hash only)
-//! /meridian/v1/live/<region id>           RegionLive, attached to the agent's lease
+//! /meridian/v1/live/<region id>[/<instance>] RegionLive, attached to the agent's lease
 //! /meridian/v1/spend/<YYYY-MM>/<tenant>   MonthlySpend (see crate::usage)
 //! ```
 //!
@@ -42,9 +42,13 @@ pub fn key_key(id: &str) -> String {
     format!("{KEYS}{id}")
 }
 
-/// The store key of region `id`'s live status.
-pub fn live_key(region: &str) -> String {
-    format!("{LIVE}{region}")
+/// The store key of the live status of `region`'s agent `instance` (empty: the region's only one).
+pub fn live_key(region: &str, instance: &str) -> String {
+    if instance.is_empty() {
+        format!("{LIVE}{region}")
+    } else {
+        format!("{LIVE}{region}/{instance}")
+    }
 }
 
 /// A record kind of the catalog, kept one record per key.
@@ -140,7 +144,11 @@ mod tests {
             "/meridian/v1/models/meridian/esrgan-x4"
         );
         assert_eq!(key_key("abc"), "/meridian/v1/keys/abc");
-        assert_eq!(live_key("eu-west"), "/meridian/v1/live/eu-west");
+        assert_eq!(live_key("eu-west", ""), "/meridian/v1/live/eu-west");
+        assert_eq!(
+            live_key("eu-west", "host-2"),
+            "/meridian/v1/live/eu-west/host-2"
+        );
         for prefix in [
             JurisdictionSpec::prefix(),
             TenantSpec::prefix(),

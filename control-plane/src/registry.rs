@@ -33,7 +33,7 @@ pub struct StoredState {
     pub mod_revisions: HashMap<String, Revision>,
     /// Every API key's record.
     pub keys: Vec<ApiKeyRecord>,
-    /// Every region's live status.
+    /// The live status of every region's agents (a region may have several instances).
     pub live: Vec<RegionLive>,
     /// Every tenant's spend, every month.
     pub spend: Vec<MonthlySpend>,

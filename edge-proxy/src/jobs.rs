@@ -37,12 +37,10 @@ impl JobCounts {
                 .region_index(&live.region)
                 .and_then(|i| by_region.get_mut(i))
             {
-                counts.extend(
-                    live.report
-                        .tenant_jobs
-                        .iter()
-                        .map(|(tenant, jobs)| (tenant.clone(), *jobs)),
-                );
+                // A region's agents each count their own jobs.
+                for (tenant, jobs) in &live.report.tenant_jobs {
+                    *counts.entry(tenant.clone()).or_default() += jobs;
+                }
             }
         }
         Self { by_region }
@@ -138,7 +136,9 @@ mod tests {
         let none = counts(Vec::new());
         assert!(check(&none, "acme", 16).is_ok());
         let counts = counts(vec![
-            reported("eu-west", &[("acme", 10), ("other", 50)]),
+            reported("eu-west", &[("acme", 6), ("other", 50)]),
+            // Another agent of the same region: its jobs add up.
+            reported("eu-west", &[("acme", 4)]),
             // A region the catalog does not know is ignored.
             reported("mars", &[("acme", 100)]),
         ]);

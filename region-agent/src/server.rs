@@ -102,8 +102,13 @@ async fn start_scheduler(
     };
     let link = match config.control_plane() {
         Some(cp) => Some(Arc::new(
-            Link::new(cp, config.data_dir.clone(), scheduler.clone())
-                .context("create the control-plane client")?,
+            Link::new(
+                cp,
+                config.data_dir.clone(),
+                config.instance.as_ref(),
+                scheduler.clone(),
+            )
+            .context("create the control-plane client")?,
         )),
         None => None,
     };

@@ -134,6 +134,10 @@ async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
     .await;
     assert!(first.healthy && !first.draining);
     assert_eq!(first.free_reserved, 1);
+    // It reports as the instance it made at its first start and keeps in its data directory.
+    let kept = std::fs::read_to_string(dir.path().join("instance")).unwrap();
+    assert_eq!(first.instance, kept.trim());
+    assert!(first.instance.starts_with("i-"), "{}", first.instance);
     assert!(first.models.contains_key("test/echo"));
     let mut costs = Vec::new();
     for (i, tenant) in ["acme", "globex", "acme"].iter().enumerate() {

@@ -195,10 +195,15 @@ impl ControlPlane {
         .await
     }
 
-    /// Removes the region's live status at once (an agent shutting down).
-    pub async fn deregister(&self, region: &str) -> Result<()> {
+    /// Removes the live status of `region`'s agent `instance` at once (an agent shutting
+    /// down); an empty `instance` is the region's only agent.
+    pub async fn deregister(&self, region: &str, instance: &str) -> Result<()> {
         let path = format!("/agent/v1/regions/{region}/deregister");
-        empty(self.request(Method::POST, &path).send().await?).await
+        let mut request = self.request(Method::POST, &path);
+        if !instance.is_empty() {
+            request = request.query(&[("instance", instance)]);
+        }
+        empty(request.send().await?).await
     }
 
     /// The agent catalog of `region`: its pools and prices as in force now.

@@ -7,20 +7,77 @@ use crate::wire::{ModelReport, RegionLive, Snapshot};
 
 impl Snapshot {
     /// The live status of `catalog`'s regions (built from this snapshot's catalog): each
-    /// reporting region as its agent said, with its report's time as the last heartbeat;
-    /// regions without a report stay never-heard-from. Reports for regions or models the
-    /// catalog does not hold are skipped.
+    /// reporting region as the sum of its agents' reports ([`region_of`]); regions without
+    /// a report stay never-heard-from. Reports for regions or models the catalog does not
+    /// hold are skipped.
     pub fn live_status(&self, catalog: &Catalog) -> LiveStatus {
-        let mut live = LiveStatus::new(catalog);
+        let mut instances: Vec<Vec<RegionStatus>> = vec![Vec::new(); catalog.regions().len()];
         for report in &self.regions {
-            let Some(index) = catalog.region_index(&report.region) else {
-                continue;
-            };
-            if let Some(status) = live.region_mut(index) {
-                *status = region_status(report, catalog);
+            if let Some(list) = catalog
+                .region_index(&report.region)
+                .and_then(|index| instances.get_mut(index))
+            {
+                list.push(region_status(report, catalog));
+            }
+        }
+        let mut live = LiveStatus::new(catalog);
+        for (index, list) in instances.iter().enumerate() {
+            if let (Some(region), Some(status)) = (region_of(list), live.region_mut(index)) {
+                *status = region;
             }
         }
         live
+    }
+}
+
+/// A region as the sum of its agents' statuses (`None` for none): the agents that serve
+/// (healthy, not draining) add up — free and startable slots, queues and their room; a
+/// model's wait, service time and cold start are the best any of them offers (the edge
+/// sends the job there), and it is loaded when one has it loaded. With none serving, the
+/// region is its newest report as it is (draining or unhealthy). The last heartbeat is the
+/// newest of all.
+pub fn region_of(instances: &[RegionStatus]) -> Option<RegionStatus> {
+    let newest = instances.iter().max_by_key(|s| s.last_heartbeat_ms)?;
+    let mut serving = instances.iter().filter(|s| s.healthy && !s.draining);
+    let Some(first) = serving.next() else {
+        return Some(newest.clone());
+    };
+    let mut region = first.clone();
+    for other in serving {
+        add(&mut region, other);
+    }
+    region.last_heartbeat_ms = newest.last_heartbeat_ms;
+    Some(region)
+}
+
+/// Adds serving agent `other`'s capacity to `region`'s.
+fn add(region: &mut RegionStatus, other: &RegionStatus) {
+    region.free_reserved += other.free_reserved;
+    region.free_on_demand += other.free_on_demand;
+    region.on_demand_startable += other.on_demand_startable;
+    region.on_demand_start_ms = best(region.on_demand_start_ms, other.on_demand_start_ms);
+    for (index, load) in other.models.iter().enumerate() {
+        let Some(load) = load else { continue };
+        let merged = match region.model_load(index) {
+            None => load.clone(),
+            Some(mine) => ModelLoad {
+                queue_depth: mine.queue_depth + load.queue_depth,
+                queue_room: mine.queue_room + load.queue_room,
+                expected_wait_ms: mine.expected_wait_ms.min(load.expected_wait_ms),
+                service_ms_per_unit: best(mine.service_ms_per_unit, load.service_ms_per_unit),
+                loaded: mine.loaded || load.loaded,
+                cold_start_ms: mine.cold_start_ms.min(load.cold_start_ms),
+            },
+        };
+        region.set_model_load(index, merged);
+    }
+}
+
+/// The smaller of two optional times.
+fn best(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -156,5 +213,50 @@ mod tests {
             loaded: true,
             cold_start_ms: 0.0,
         }
+    }
+
+    fn instance(heartbeat: u64, free: u32, wait_ms: f64) -> RegionStatus {
+        let mut status = RegionStatus {
+            last_heartbeat_ms: Some(heartbeat),
+            healthy: true,
+            free_reserved: free,
+            on_demand_startable: 1,
+            ..RegionStatus::default()
+        };
+        status.set_model_load(
+            0,
+            ModelLoad {
+                queue_depth: 2,
+                queue_room: 8,
+                expected_wait_ms: wait_ms,
+                service_ms_per_unit: Some(wait_ms / 10.0),
+                loaded: wait_ms < 100.0,
+                cold_start_ms: 500.0,
+            },
+        );
+        status
+    }
+
+    #[test]
+    fn a_region_is_the_sum_of_the_agents_that_serve() {
+        let (a, b) = (instance(10, 1, 300.0), instance(30, 2, 50.0));
+        let mut draining = instance(40, 5, 1.0);
+        draining.draining = true;
+        let region = region_of(&[a.clone(), b, draining.clone()]).unwrap();
+        assert_eq!(region.last_heartbeat_ms, Some(40));
+        assert!(region.healthy && !region.draining);
+        assert_eq!((region.free_reserved, region.on_demand_startable), (3, 2));
+        let load = region.model_load(0).unwrap();
+        assert_eq!((load.queue_depth, load.queue_room), (4, 16));
+        assert_eq!(load.expected_wait_ms, 50.0);
+        assert_eq!(load.service_ms_per_unit, Some(5.0));
+        assert!(load.loaded);
+        // One agent alone is itself; with none serving the region is its newest report.
+        assert_eq!(region_of(std::slice::from_ref(&a)), Some(a.clone()));
+        assert_eq!(region_of(&[draining.clone()]), Some(draining.clone()));
+        let mut sick = a;
+        sick.healthy = false;
+        assert_eq!(region_of(&[sick, draining.clone()]), Some(draining));
+        assert_eq!(region_of(&[]), None);
     }
 }

@@ -154,6 +154,11 @@ pub struct AgentReport {
     /// jobs (docs/design.md §4). Absent from a 1.1 agent.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenant_jobs: BTreeMap<String, u32>,
+    /// Which of its region's agents reports ([`contract::ids::InstanceId`]'s grammar): each
+    /// registers and heartbeats under its own lease, and the region is the sum of its
+    /// instances. Empty (absent from a 1.2 agent): the region's only agent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 impl Default for AgentReport {
@@ -170,6 +175,7 @@ impl Default for AgentReport {
             models: BTreeMap::new(),
             catalog_revision: None,
             tenant_jobs: BTreeMap::new(),
+            instance: String::new(),
         }
     }
 }

@@ -3,10 +3,15 @@
 //!
 //! | call | does |
 //! | --- | --- |
-//! | `POST /agent/v1/regions/{id}/register` | grants a lease and stores the region's live status under it |
-//! | `POST /agent/v1/regions/{id}/heartbeat` | keeps the lease alive and replaces the status (404 `not_registered`: register again) |
+//! | `POST /agent/v1/regions/{id}/register` | grants a lease and stores the reporting instance's live status under it |
+//! | `POST /agent/v1/regions/{id}/heartbeat` | keeps the instance's lease alive and replaces its status (404 `not_registered`: register again) |
 //! | `GET /agent/v1/regions/{id}/catalog` | the region's pools (with the reservations active now) and the models placed in it, with their prices |
-//! | `POST /agent/v1/regions/{id}/deregister` | revokes the lease: the status is gone at once |
+//! | `POST /agent/v1/regions/{id}/deregister[?instance=]` | revokes the instance's lease: its status is gone at once |
+//!
+//! A region may have several agents, its instances: each report names its own
+//! (`instance`; none: the region's only agent), and each instance registers, heartbeats and
+//! deregisters under its own lease, so one host's restart or drain leaves the others'
+//! statuses alone. Edges see the region as the sum of its instances.
 //!
 //! Bodies are [`AgentReport`]s, wire messages read whatever fields a newer agent adds; a
 //! report of a schema major version this build does not read is refused (400
@@ -18,7 +23,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use contract::ConfigProblem;
 use control_plane_client::wire::{AgentCatalog, AgentReport, RegionLive, Registration};
@@ -59,6 +65,14 @@ fn live_value(region: &str, report: AgentReport) -> Result<Vec<u8>, ApiError> {
 fn check_report(report: &AgentReport) -> Result<(), ApiError> {
     contract::schema::HEARTBEAT.accepts("heartbeat", report.schema)?;
     let mut details = Vec::new();
+    if let Err(e) = instance(&report.instance) {
+        details.push(ConfigProblem {
+            place: "instance".into(),
+            problem: e.to_string(),
+            fix: "name the agent with an instance id, or leave it out for a region's only agent"
+                .into(),
+        });
+    }
     let mut check = |path: String, value: f64| {
         if !(value.is_finite() && value >= 0.0) {
             details.push(ConfigProblem {
@@ -90,6 +104,24 @@ fn check_report(report: &AgentReport) -> Result<(), ApiError> {
     })
 }
 
+/// An instance id as reported: empty (the region's only agent) or an
+/// [`InstanceId`](contract::InstanceId).
+fn instance(value: &str) -> Result<&str, contract::IdError> {
+    if !value.is_empty() {
+        contract::InstanceId::new(value)?;
+    }
+    Ok(value)
+}
+
+/// How errors name an instance of `region`.
+fn label(region: &str, instance: &str) -> String {
+    if instance.is_empty() {
+        region.to_owned()
+    } else {
+        format!("{region} (instance {instance})")
+    }
+}
+
 fn registration(state: &AppState, region: String) -> Json<Registration> {
     let ttl = state.settings().agent_lease_ttl;
     Json(Registration {
@@ -117,35 +149,33 @@ async fn register(
     let lease = store.grant_lease(state.settings().agent_lease_ttl).await?;
     // The status moves to the new lease; a lease it hung on before (an agent that
     // restarted) holds nothing any more and simply runs out. It is not revoked, so two
-    // agents registering for one region cannot knock each other out.
+    // agents registering as one instance cannot knock each other out.
+    let key = live_key(&region, &report.instance);
+    let instance = report.instance.clone();
     store
-        .put(
-            &live_key(&region),
-            live_value(&region, report)?,
-            Some(lease),
-        )
+        .put(&key, live_value(&region, report)?, Some(lease))
         .await?;
-    tracing::info!(region, "region agent registered");
+    tracing::info!(region, instance, "region agent registered");
     Ok(registration(&state, region))
 }
 
-/// The lease the region's status hangs on, if it is still registered.
-async fn lease_of(state: &AppState, region: &str) -> Result<LeaseId, ApiError> {
+/// The lease the status of `region`'s `instance` hangs on, if it is still registered.
+async fn lease_of(state: &AppState, region: &str, instance: &str) -> Result<LeaseId, ApiError> {
     let not_registered = || ApiError::NotRegistered {
-        region: region.to_owned(),
+        region: label(region, instance),
     };
     let kv = state
         .store()
-        .get(&live_key(region))
+        .get(&live_key(region, instance))
         .await?
         .ok_or_else(not_registered)?;
     kv.lease.ok_or_else(not_registered)
 }
 
-fn lease_error(region: &str, e: StoreError) -> ApiError {
+fn lease_error(region: &str, instance: &str, e: StoreError) -> ApiError {
     match e {
         StoreError::LeaseNotFound => ApiError::NotRegistered {
-            region: region.to_owned(),
+            region: label(region, instance),
         },
         other => other.into(),
     }
@@ -157,34 +187,48 @@ async fn heartbeat(
     WireBody(report): WireBody<AgentReport>,
 ) -> Result<Json<Registration>, ApiError> {
     check_report(&report)?;
-    let lease = lease_of(&state, &region).await?;
+    let instance = report.instance.clone();
+    let lease = lease_of(&state, &region, &instance).await?;
     let store = state.store();
     store
         .keep_alive(lease)
         .await
-        .map_err(|e| lease_error(&region, e))?;
+        .map_err(|e| lease_error(&region, &instance, e))?;
     store
         .put(
-            &live_key(&region),
+            &live_key(&region, &instance),
             live_value(&region, report)?,
             Some(lease),
         )
         .await
-        .map_err(|e| lease_error(&region, e))?;
+        .map_err(|e| lease_error(&region, &instance, e))?;
     Ok(registration(&state, region))
+}
+
+/// The query of a deregistration: the instance (absent: the region's only agent).
+#[derive(Debug, serde::Deserialize)]
+struct Deregistration {
+    #[serde(default)]
+    instance: String,
 }
 
 async fn deregister(
     State(state): State<AppState>,
     Path(region): Path<String>,
+    query: Result<Query<Deregistration>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let lease = lease_of(&state, &region).await?;
+    let Query(Deregistration { instance }) =
+        query.map_err(|e| ApiError::BadRequest(format!("the query: {}", e.body_text())))?;
+    let instance = self::instance(&instance)
+        .map_err(|e| ApiError::BadRequest(format!("instance: {e}")))?
+        .to_owned();
+    let lease = lease_of(&state, &region, &instance).await?;
     state
         .store()
         .revoke_lease(lease)
         .await
-        .map_err(|e| lease_error(&region, e))?;
-    tracing::info!(region, "region agent deregistered");
+        .map_err(|e| lease_error(&region, &instance, e))?;
+    tracing::info!(region, instance, "region agent deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -73,22 +73,52 @@ async fn the_client_speaks_every_api(backend: Backend) {
             .is_none()
     );
 
-    // Agent: register, then the edge's next snapshot routes on it.
+    // Agents: two instances of eu-west register; the edge's next snapshot routes on the
+    // region as their sum.
     let report = AgentReport {
         healthy: true,
         free_reserved: 2,
+        instance: "host-a".into(),
         ..AgentReport::default()
     };
+    let other = AgentReport {
+        free_reserved: 3,
+        instance: "host-b".into(),
+        ..report.clone()
+    };
+    agent.register("eu-west", &other).await.unwrap();
     agent.register("eu-west", &report).await.unwrap();
-    let next = edge
-        .poll_snapshot(first.revision, Duration::from_secs(10))
-        .await
+    let west = first
+        .catalog
+        .validate()
         .unwrap()
-        .expect("a change after registration");
-    let catalog = next.catalog.validate().unwrap();
-    let live = next.live_status(&catalog);
-    let west = catalog.region_index("eu-west").unwrap();
-    assert_eq!(live.region(west).unwrap().free_reserved, 2);
+        .region_index("eu-west")
+        .unwrap();
+    let mut revision = first.revision;
+    let free = loop {
+        let next = edge
+            .poll_snapshot(revision, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("a change after registration");
+        revision = next.revision;
+        let catalog = next.catalog.validate().unwrap();
+        let free = next
+            .live_status(&catalog)
+            .region(west)
+            .unwrap()
+            .free_reserved;
+        if next.regions.len() == 2 {
+            break free;
+        }
+    };
+    assert_eq!(free, 5);
+    let bad = AgentReport {
+        instance: "Host A".into(),
+        ..report.clone()
+    };
+    let refused = agent.register("eu-west", &bad).await.unwrap_err();
+    assert_eq!(refused.status(), Some(422));
     agent.heartbeat("eu-west", &report).await.unwrap();
     let registration = agent.heartbeat("eu-west", &report).await.unwrap();
     let catalog = agent.agent_catalog("eu-west").await.unwrap();
@@ -113,8 +143,13 @@ async fn the_client_speaks_every_api(backend: Backend) {
     };
     let receipt = agent.report_usage(&batch).await.unwrap();
     assert!(receipt.applied);
-    agent.deregister("eu-west").await.unwrap();
+    // One instance leaves; the other's lease and status stay.
+    agent.deregister("eu-west", "host-a").await.unwrap();
     let gone = agent.heartbeat("eu-west", &report).await.unwrap_err();
+    assert_eq!(gone.kind(), Some("not_registered"));
+    agent.heartbeat("eu-west", &other).await.unwrap();
+    agent.deregister("eu-west", "host-b").await.unwrap();
+    let gone = agent.heartbeat("eu-west", &other).await.unwrap_err();
     assert_eq!(gone.kind(), Some("not_registered"));
 
     // The wrong token is an error the caller can tell apart.

@@ -96,6 +96,11 @@ pub struct AgentFile {
     /// Media inputs given as `http(s)` URLs. Default: fetched, from the public internet only.
     #[serde(default)]
     pub input_urls: Option<InputUrlsFile>,
+    /// This agent among its region's agents (a host name, say), unique within the region:
+    /// each registers and heartbeats under its own lease. Default: an id made at the first
+    /// start and kept in `<data_dir>/instance`.
+    #[serde(default)]
+    pub instance: Option<String>,
     /// Webhooks jobs name. Default: allowed, to the public internet only.
     #[serde(default)]
     pub webhooks: Option<WebhooksFile>,

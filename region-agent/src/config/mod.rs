@@ -166,6 +166,8 @@ pub struct AgentConfig {
     pub input_urls: InputUrlsConfig,
     /// How webhooks are delivered.
     pub webhooks: WebhooksConfig,
+    /// This agent among its region's; `None`: the id kept in the data directory.
+    pub instance: Option<contract::InstanceId>,
 }
 
 /// Default largest request body: 32 MiB.
@@ -245,6 +247,11 @@ impl AgentConfig {
         );
         let input_urls = input_urls::input_urls(&mut p, file.input_urls.as_ref(), max_body);
         let webhooks = webhooks::webhooks(&mut p, file.webhooks.as_ref());
+        let instance = file.instance.as_deref().and_then(|id| {
+            contract::InstanceId::new(id)
+                .map_err(|e| p.add("instance", e.to_string(), "e.g. instance = \"gpu-host-3\""))
+                .ok()
+        });
         let sync_timeout = positive(&mut p, "sync_timeout_ms", file.sync_timeout_ms, 60_000);
         let connections = connection_limits(&mut p, &file);
         let catalog = catalog_source(&mut p, &file);
@@ -278,6 +285,7 @@ impl AgentConfig {
             models,
             input_urls,
             webhooks,
+            instance,
         })
     }
 

@@ -348,3 +348,13 @@ fn input_urls_have_defaults_follow_the_body_limit_and_are_checked() {
         assert!(!problems[0].fix.is_empty(), "{bad}");
     }
 }
+
+#[test]
+fn an_instance_id_is_checked_and_optional() {
+    assert_eq!(AgentConfig::from_toml(GOOD).unwrap().instance, None);
+    let named = GOOD.replacen("region = ", "instance = \"gpu-host-3\"\nregion = ", 1);
+    let config = AgentConfig::from_toml(&named).unwrap();
+    assert_eq!(config.instance.unwrap().as_str(), "gpu-host-3");
+    let bad = GOOD.replacen("region = ", "instance = \"GPU host\"\nregion = ", 1);
+    assert_eq!(places(&bad), ["instance"]);
+}

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use contract::RegionId;
+use contract::{InstanceId, RegionId};
 use control_plane_client::ControlPlane;
 use tokio_util::sync::CancellationToken;
 
@@ -22,10 +22,38 @@ const ROUND_BATCHES: usize = 10;
 /// Most batches the final flush at shutdown sends.
 const FINAL_BATCHES: usize = 200;
 
+/// The file in the data directory that keeps the agent's instance id.
+pub const INSTANCE_FILE: &str = "instance";
+
+/// The instance id kept in `data_dir`, made (`i-` and 12 random hex digits) and kept at the
+/// first start, so the agent is the same instance of its region across restarts.
+///
+/// # Errors
+///
+/// The file cannot be read or written, or holds no instance id.
+pub fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<InstanceId> {
+    let path = data_dir.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => InstanceId::new(text.trim())
+            .with_context(|| format!("{} does not hold an instance id", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = InstanceId::new(&format!("i-{:012x}", rand::random::<u64>() >> 16))
+                .context("make an instance id")?;
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("create {}", data_dir.display()))?;
+            contract::fs::write_atomic(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
 /// The agent's side of the control-plane API.
 pub struct Link {
     client: ControlPlane,
     region: RegionId,
+    /// This agent among its region's ([`instance_id`]).
+    instance: String,
     scheduler: Scheduler,
     data_dir: PathBuf,
     heartbeat: Duration,
@@ -37,12 +65,18 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link for `scheduler`'s region, keeping the catalog copy in `data_dir`.
+    /// A link for `scheduler`'s region, as instance `instance` (`None`: the one kept in
+    /// `data_dir`, made at the first start), keeping the catalog copy in `data_dir`.
     pub fn new(
         config: &ControlPlaneConfig,
         data_dir: PathBuf,
+        instance: Option<&InstanceId>,
         scheduler: Scheduler,
     ) -> anyhow::Result<Self> {
+        let instance = match instance {
+            Some(id) => id.to_string(),
+            None => instance_id(&data_dir)?.to_string(),
+        };
         let client = ControlPlane::new(
             &config.url,
             config.agent_token.expose(),
@@ -51,6 +85,7 @@ impl Link {
         Ok(Self {
             client,
             region: scheduler.region().clone(),
+            instance,
             scheduler,
             data_dir,
             heartbeat: config.heartbeat_interval,
@@ -83,8 +118,14 @@ impl Link {
                 tracing::warn!(error = %e, "usage not flushed at shutdown; kept on disk for the next start")
             }
         }
-        match self.client.deregister(self.region.as_str()).await {
-            Ok(()) => tracing::info!(region = %self.region, "deregistered from the control plane"),
+        match self
+            .client
+            .deregister(self.region.as_str(), &self.instance)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(region = %self.region, instance = self.instance, "deregistered from the control plane")
+            }
             Err(e) => tracing::warn!(error = %e, "cannot deregister; the lease will run out"),
         }
     }
@@ -92,7 +133,8 @@ impl Link {
     /// One heartbeat (or registration when not registered), then a catalog fetch when the
     /// answer names a newer catalog; returns whether registered.
     pub async fn beat(&self, registered: bool) -> bool {
-        let report = self.scheduler.report();
+        let mut report = self.scheduler.report();
+        report.instance.clone_from(&self.instance);
         let region = self.region.as_str();
         if registered {
             match self.client.heartbeat(region, &report).await {
@@ -113,6 +155,7 @@ impl Link {
             Ok(registration) => {
                 tracing::info!(
                     region,
+                    instance = self.instance,
                     ttl_ms = registration.ttl_ms,
                     "registered with the control plane"
                 );
