@@ -186,17 +186,20 @@ fn scenario_problems_are_all_reported_with_a_fix() {
     );
 }
 
+/// The cost of the plan's outcome whose label starts with `label`.
+fn outcome_cost(p: &plan::Plan, label: &str) -> f64 {
+    p.outcomes
+        .iter()
+        .find(|o| o.label.starts_with(label))
+        .unwrap()
+        .cost
+}
+
 #[test]
 fn the_plan_costs_no_more_than_all_on_demand() {
     let scenario = small();
     let p = plan::plan(&scenario, 2, 3000, 1, 0.5).unwrap();
-    let cost = |label: &str| {
-        p.outcomes
-            .iter()
-            .find(|o| o.label.starts_with(label))
-            .unwrap()
-            .cost
-    };
+    let cost = |label: &str| outcome_cost(&p, label);
     assert!(cost("recommended") <= cost("all on-demand"), "{p}");
     assert_eq!(p.regions.len(), 3);
     assert!(p.to_string().contains("saving vs all on-demand"));
@@ -215,13 +218,7 @@ fn in_a_lightly_loaded_world_the_plan_is_never_dearer_than_all_on_demand() {
         .replace("latency_goal_ms = 3000", "latency_goal_ms = 60000");
     let scenario = Scenario::from_toml(&text).unwrap();
     let p = plan::plan(&scenario, 3, 300, 1, 0.5).unwrap();
-    let cost = |label: &str| {
-        p.outcomes
-            .iter()
-            .find(|o| o.label.starts_with(label))
-            .unwrap()
-            .cost
-    };
+    let cost = |label: &str| outcome_cost(&p, label);
     assert!(cost("recommended") <= cost("all on-demand"), "{p}");
     assert!(cost("recommended") < cost("current reservations"), "{p}");
     assert!(p.outcomes.iter().all(|o| o.cost.is_finite()), "{p}");

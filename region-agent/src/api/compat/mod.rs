@@ -134,7 +134,7 @@ pub fn map_files(output: &Value, file: impl Fn(&Value) -> Value) -> Value {
     }
 }
 
-/// Sets `x-request-id` (and fal's `x-fal-request-id`) on `response`.
+/// Sets `x-request-id` on `response`.
 pub fn with_request_id(mut response: Response, id: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(id) {
         response

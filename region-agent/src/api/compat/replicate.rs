@@ -152,15 +152,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response {
     match find(&state, tenant.as_str(), &id) {
-        Ok(record) => with_request_id(
-            Json(prediction(
-                state.links(),
-                public_url(&headers).as_deref(),
-                &record,
-            ))
-            .into_response(),
-            &id,
-        ),
+        Ok(record) => answer(&state, &headers, StatusCode::OK, &record),
         Err(err) => Surface::Replicate.error(err).await,
     }
 }
@@ -192,15 +184,18 @@ pub async fn cancel(
             }
         }
     };
-    with_request_id(
-        Json(prediction(
-            state.links(),
-            public_url(&headers).as_deref(),
-            &record,
-        ))
-        .into_response(),
-        &id,
-    )
+    answer(&state, &headers, StatusCode::OK, &record)
+}
+
+/// `record`'s prediction at `status`, its links under the public URL in `headers`.
+fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    record: &JobRecord,
+) -> Response {
+    let body = prediction(state.links(), public_url(headers).as_deref(), record);
+    with_request_id((status, Json(body)).into_response(), &record.id)
 }
 
 /// Replicate's status name of a job state.
