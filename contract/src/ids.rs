@@ -2,9 +2,9 @@
 //!
 //! Each id is a small validated string with one grammar, used by every component. Region,
 //! pool, tenant and jurisdiction ids are lowercase slugs (`eu-west`, `acme`); model ids are
-//! `owner/name` (`meridian/esrgan-x4`). Region ids never contain a `.`, so a request id can
-//! carry its region as `<region>.<32 lowercase hex digits>` ([`RequestId`],
-//! `docs/design.md` §4).
+//! `owner/name` (`meridian/esrgan-x4`). Region and instance ids never contain a `.`, so a
+//! request id can carry the region and the instance that hold it as
+//! `<region>.<instance>.<32 lowercase hex digits>` ([`RequestId`], `docs/design.md` §4).
 
 use std::fmt;
 use std::sync::Arc;
@@ -161,23 +161,33 @@ impl ModelId {
     }
 }
 
-const REQUEST_RULE: &str = "use `<region>.<32 lowercase hex digits>`, the id a request was \
-                            given when it was accepted (for example \
-                            `eu-west.0123456789abcdef0123456789abcdef`)";
+const REQUEST_RULE: &str = "use `<region>.<instance>.<32 lowercase hex digits>`, the id a \
+                            request was given when it was accepted (for example \
+                            `eu-west.gpu-1.0123456789abcdef0123456789abcdef`)";
 
 /// Hex digits of a request id's random part (128 bits).
 const REQUEST_RANDOM_HEX: usize = 32;
 
-/// A request (job) id: the region that holds the job, a dot and 128 random bits in lowercase
-/// hex, e.g. `eu-west.0123456789abcdef0123456789abcdef`. The edge sends every call about a
-/// request to the region its id names; the id is also safe as a file name.
+/// A request (job) id: the region and the instance (one of the region's agents) that hold
+/// the job, and 128 random bits in lowercase hex, dot-separated, e.g.
+/// `eu-west.gpu-1.0123456789abcdef0123456789abcdef`. The edge sends every call about a
+/// request to the instance its id names; the id is also safe as a file name.
+///
+/// Ids made before regions had instances, `<region>.<32 hex>`, are still read: they name
+/// no instance ([`instance`](Self::instance) is `None`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(Arc<str>);
 
+/// A request id's parts: region, instance (if named) and the random part.
+struct Parts<'a> {
+    region: &'a str,
+    instance: Option<&'a str>,
+}
+
 impl RequestId {
-    /// A new random id for a job accepted in `region`.
-    pub fn random(region: &RegionId) -> Self {
-        let text = format!("{region}.{:032x}", rand::random::<u128>());
+    /// A new random id for a job accepted by `instance` of `region`.
+    pub fn random(region: &RegionId, instance: &InstanceId) -> Self {
+        let text = format!("{region}.{instance}.{:032x}", rand::random::<u128>());
         Self(Arc::from(text))
     }
 
@@ -194,18 +204,37 @@ impl RequestId {
         }
     }
 
-    fn split(value: &str) -> Option<(&str, &str)> {
-        let (region, random) = value.rsplit_once('.')?;
+    fn split(value: &str) -> Option<Parts<'_>> {
+        let (rest, random) = value.rsplit_once('.')?;
         let hex = random.len() == REQUEST_RANDOM_HEX
             && random
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        (hex && is_slug(region)).then_some((region, random))
+        if !hex {
+            return None;
+        }
+        let parts = match rest.split_once('.') {
+            Some((region, instance)) => Parts {
+                region,
+                instance: Some(instance),
+            },
+            None => Parts {
+                region: rest,
+                instance: None,
+            },
+        };
+        (is_slug(parts.region) && parts.instance.is_none_or(is_slug)).then_some(parts)
     }
 
     /// The id of the region that holds the request.
     pub fn region(&self) -> &str {
-        Self::split(&self.0).map_or("", |(region, _)| region)
+        Self::split(&self.0).map_or("", |parts| parts.region)
+    }
+
+    /// The id of the region's instance that holds the request; `None` in an id made before
+    /// regions had instances (the region's only agent holds it).
+    pub fn instance(&self) -> Option<&str> {
+        Self::split(&self.0).and_then(|parts| parts.instance)
     }
 
     /// The id as a string.
@@ -251,15 +280,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_ids_carry_their_region_and_128_random_bits() {
+    fn request_ids_carry_their_region_instance_and_128_random_bits() {
         let region = RegionId::new("eu-west").unwrap();
-        let a = RequestId::random(&region);
-        let b = RequestId::random(&region);
+        let instance = InstanceId::new("gpu-1").unwrap();
+        let a = RequestId::random(&region, &instance);
+        let b = RequestId::random(&region, &instance);
         assert_ne!(a, b);
         assert_eq!(a.region(), "eu-west");
-        assert_eq!(a.as_str().len(), "eu-west.".len() + 32);
+        assert_eq!(a.instance(), Some("gpu-1"));
+        assert_eq!(a.as_str().len(), "eu-west.gpu-1.".len() + 32);
         assert_eq!(RequestId::new(a.as_str()).unwrap(), a);
+        // An id from before regions had instances names its region only.
+        let old = RequestId::new("eu-west.0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!((old.region(), old.instance()), ("eu-west", None));
         for bad in [
+            "eu-west.gpu-1",
+            "eu-west.gpu_1.0123456789abcdef0123456789abcdef",
+            "eu-west.gpu-1.x.0123456789abcdef0123456789abcdef",
+            "eu-west..0123456789abcdef0123456789abcdef",
+            "eu-west.-a.0123456789abcdef0123456789abcdef",
             "eu-west",
             "eu-west.xyz",
             "../etc.0123456789abcdef0123456789abcdef",
@@ -276,14 +315,15 @@ mod tests {
     }
 
     #[test]
-    fn every_region_id_makes_valid_request_ids() {
+    fn every_region_and_instance_id_makes_valid_request_ids() {
         for region in ["a", "eu-west", "ap-south-1", &"a".repeat(63)] {
-            let region = RegionId::new(region).unwrap();
-            let id = RequestId::random(&region);
-            assert_eq!(
-                RequestId::new(id.as_str()).unwrap().region(),
-                region.as_str()
-            );
+            for instance in ["b", "i-0123456789ab", &"z".repeat(63)] {
+                let region = RegionId::new(region).unwrap();
+                let instance = InstanceId::new(instance).unwrap();
+                let id = RequestId::new(RequestId::random(&region, &instance).as_str()).unwrap();
+                assert_eq!(id.region(), region.as_str());
+                assert_eq!(id.instance(), Some(instance.as_str()));
+            }
         }
     }
 

@@ -100,12 +100,13 @@ pub struct SchemaError {
 }
 
 /// The edge's snapshot (`GET /edge/v1/snapshot`). 1.1 added `schema`, the catalog
-/// revision and tolerance of unknown fields.
-pub const SNAPSHOT: Schema = Schema::new(1, 1);
+/// revision and tolerance of unknown fields; 1.2 the instances that may hold jobs.
+pub const SNAPSHOT: Schema = Schema::new(1, 2);
 /// An agent's registration and heartbeat report. 1.1 added `schema` and the revision of
 /// the catalog the agent holds; 1.2 added each tenant's jobs queued or running; 1.3 the
-/// agent's instance id within its region.
-pub const HEARTBEAT: Schema = Schema::new(1, 3);
+/// agent's instance id within its region; 1.4 its endpoint, its share of the region's
+/// pools and its result retention.
+pub const HEARTBEAT: Schema = Schema::new(1, 4);
 /// An agent's catalog (`GET /agent/v1/regions/{id}/catalog`).
 pub const AGENT_CATALOG: Schema = Schema::new(1, 0);
 /// A numbered usage batch of per-hour aggregates (`POST /agent/v1/usage`).

@@ -261,6 +261,7 @@ pub(crate) mod testing {
                 cost: 0.0,
                 gpu_seconds: 0.0,
             }],
+            instances: Vec::new(),
         }
     }
 

@@ -134,7 +134,8 @@ pub struct Region {
     /// Where it is.
     pub location: Location,
     pub(crate) point: UnitVector,
-    /// Base URL of its agent.
+    /// Base URL of its agent when the catalog gives one (empty: its instances report
+    /// their own).
     pub endpoint: String,
     /// Its GPU pools (at least one).
     pub pools: Vec<Pool>,

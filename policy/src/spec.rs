@@ -130,7 +130,10 @@ pub struct RegionSpec {
     pub jurisdiction: String,
     /// Where the data centre is, for latency estimates.
     pub location: Location,
-    /// Base URL of the region agent, e.g. `https://eu-west.agents.example.com:9443`.
+    /// Base URL of the region's agent, e.g. `https://eu-west.agents.example.com:9443`, for
+    /// agents that do not report their own (a region of one agent, or a load balancer in
+    /// front of several). Empty: each of the region's instances reports where it listens.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
     /// The region's GPU pools; at least one.
     #[serde(default)]

@@ -159,6 +159,35 @@ pub struct AgentReport {
     /// instances. Empty (absent from a 1.2 agent): the region's only agent.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// Where edges reach this instance (`http(s)://host:port`). Empty (absent from a 1.3
+    /// agent): at the catalog's `endpoint` for the region.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+    /// Per GPU pool id, the slots this instance serves; the control plane checks that a
+    /// region's instances add up to the catalog's pools. Empty (absent from a 1.3 agent):
+    /// not reported.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, PoolShare>,
+    /// How long the instance keeps a finished job's record and result, in seconds: calls
+    /// about its jobs answer `503` while it is away for less than this. Absent (0) from a
+    /// 1.3 agent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub result_retention_s: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// The slots one instance serves of one of its region's GPU pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PoolShare {
+    /// Reserved slots.
+    #[serde(default)]
+    pub reserved: u32,
+    /// On-demand slots it may start.
+    #[serde(default)]
+    pub on_demand: u32,
 }
 
 impl Default for AgentReport {
@@ -176,6 +205,9 @@ impl Default for AgentReport {
             catalog_revision: None,
             tenant_jobs: BTreeMap::new(),
             instance: String::new(),
+            endpoint: String::new(),
+            pools: BTreeMap::new(),
+            result_retention_s: 0,
         }
     }
 }
@@ -204,6 +236,12 @@ pub struct Registration {
     /// control plane, which never asks for a fetch.
     #[serde(default)]
     pub catalog_revision: i64,
+    /// An operator asked this instance to drain (`POST /v1/admin/regions/{region}/
+    /// instances/{instance}/drain`): it takes no new jobs, finishes its work, flushes its
+    /// usage, deregisters and exits, as on SIGTERM. Absent (false) from an older control
+    /// plane.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 /// What an agent takes from the catalog (`GET /agent/v1/regions/{id}/catalog`): its
@@ -243,6 +281,41 @@ pub struct Snapshot {
     /// edge's monthly budget check.
     #[serde(default)]
     pub spend: Vec<TenantSpend>,
+    /// Every instance that has registered and whose jobs may still be held: live or not.
+    /// An edge answers calls about the jobs of an instance that is away `503` while this
+    /// says it may come back. Absent from a 1.1 control plane.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// One instance of a region as the control plane remembers it beyond its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Region id.
+    pub region: String,
+    /// Instance id.
+    pub instance: String,
+    /// Where edges reached it (empty: the catalog's endpoint).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+    /// When it was last heard from, Unix ms (at most a minute or so old while it is live).
+    pub last_seen_ms: u64,
+    /// Whether it deregistered (drained and left) rather than went silent.
+    #[serde(default)]
+    pub deregistered: bool,
+    /// How long it keeps finished jobs, in seconds (0: not reported).
+    #[serde(default)]
+    pub result_retention_s: u64,
+}
+
+impl InstanceRecord {
+    /// Whether calls about this instance's jobs may still be answered by it at `now_ms`:
+    /// it was heard from within its result retention (or it never said its retention).
+    pub fn may_hold_jobs(&self, now_ms: u64) -> bool {
+        self.result_retention_s == 0
+            || now_ms.saturating_sub(self.last_seen_ms)
+                <= self.result_retention_s.saturating_mul(1000)
+    }
 }
 
 /// What one tenant has spent in the current calendar month (UTC), summed from usage records.

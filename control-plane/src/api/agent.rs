@@ -128,6 +128,7 @@ fn registration(state: &AppState, region: String) -> Json<Registration> {
         region,
         ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         catalog_revision: state.changes().catalog_revision(),
+        drain: false,
     })
 }
 

@@ -77,6 +77,7 @@ async fn snapshot(
         keys: stored.keys,
         regions: stored.live,
         spend: current_spend(&stored.spend),
+        instances: Vec::new(),
     };
     Ok(([etag(body.revision)], Json(body)).into_response())
 }

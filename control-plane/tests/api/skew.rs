@@ -17,7 +17,7 @@ async fn post(server: &TestServer, path: &str, body: &Value) -> (StatusCode, Val
 /// The live status an edge receives for `region`.
 async fn live(server: &TestServer, region: &str) -> Value {
     let (_, snapshot) = json(server.edge("/edge/v1/snapshot").send().await.unwrap()).await;
-    assert_eq!(snapshot["schema"], "1.1", "the snapshot says its version");
+    assert_eq!(snapshot["schema"], "1.2", "the snapshot says its version");
     snapshot["regions"]
         .as_array()
         .unwrap()

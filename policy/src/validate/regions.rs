@@ -33,14 +33,16 @@ pub(super) fn check_region(
             "use decimal degrees: lat from -90 to 90, lon from -180 to 180",
         );
     }
-    let endpoint_ok = ["http://", "https://"]
-        .iter()
-        .any(|scheme| spec.endpoint.len() > scheme.len() && spec.endpoint.starts_with(scheme));
+    let endpoint_ok = spec.endpoint.is_empty()
+        || ["http://", "https://"]
+            .iter()
+            .any(|scheme| spec.endpoint.len() > scheme.len() && spec.endpoint.starts_with(scheme));
     if !endpoint_ok {
         report.error(
             format!("{path}.endpoint"),
             format!("{:?} is not an http(s) URL", spec.endpoint),
-            "give the agent's base URL, e.g. https://eu-west.agents.example.com:9443",
+            "give the agent's base URL, e.g. https://eu-west.agents.example.com:9443, or \
+             leave it out so that the region's instances report their own",
         );
     }
     if spec.pools.is_empty() {

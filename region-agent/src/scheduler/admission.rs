@@ -188,7 +188,7 @@ fn store_new_job(
     } = new;
     let prepared = lane.model.prepare(input)?;
     let record = JobRecord {
-        id: RequestId::random(&shared.region).to_string(),
+        id: RequestId::random(&shared.region, &shared.instance).to_string(),
         tenant: tenant.to_string(),
         model: lane.config.id.to_string(),
         region: shared.region.to_string(),

@@ -30,7 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use contract::{RegionId, TenantId};
+use contract::{InstanceId, RegionId, TenantId};
 use control_plane_client::wire::{AgentReport, ModelReport};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -155,6 +155,8 @@ impl Lane {
 /// State shared by the API, the model threads and the background tasks.
 pub(crate) struct Shared {
     region: RegionId,
+    /// This agent's instance of the region; request ids name it.
+    instance: InstanceId,
     store: JobStore,
     ledger: Ledger,
     slots: SlotPool,
@@ -262,8 +264,13 @@ impl Scheduler {
             };
             lanes.insert(id.to_owned(), Arc::new(lane));
         }
+        let instance = match &config.instance {
+            Some(instance) => instance.clone(),
+            None => crate::link::instance_id(&config.data_dir)?,
+        };
         let shared = Arc::new(Shared {
             region: config.region.clone(),
+            instance,
             store: JobStore::open(&config.data_dir)?,
             ledger: Ledger::open(&config.data_dir, &config.region)?,
             slots: SlotPool::default(),
@@ -302,6 +309,11 @@ impl Scheduler {
     /// The region id.
     pub fn region(&self) -> &RegionId {
         &self.shared.region
+    }
+
+    /// This agent's instance id within its region.
+    pub fn instance(&self) -> &InstanceId {
+        &self.shared.instance
     }
 
     /// Accepts a job: checks the input, stores it, queues it. Blocking work runs on a
