@@ -31,6 +31,7 @@ pub use contract::{ConfigProblem, ConfigProblems, ParseError};
 pub use decision::{
     Candidate, CapacityClass, Exclusion, LatencyEstimate, LiveStatus, ModelLoad, Refusal,
     RegionStatus, ResolvedRequest, RouteDecision, RouteError, RouteRequest, SlotPath,
+    rank_instances,
 };
 pub use error::ConfigWarning;
 pub use geoip::{ClientPlace, DatabaseKind, GeoIp, GeoIpError};

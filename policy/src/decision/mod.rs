@@ -18,12 +18,14 @@
 //! Within a region the best of its ways to run the job (idle reserved slot, warm on-demand
 //! slot, new on-demand slot, queue) is chosen by the same ranking.
 
+mod instances;
 mod network;
 mod route;
 mod status;
 
 use std::fmt;
 
+pub use instances::{rank_instances, serves};
 pub use status::{LiveStatus, ModelLoad, RegionStatus};
 
 use crate::catalog::Catalog;

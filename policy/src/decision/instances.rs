@@ -1,0 +1,202 @@
+//! Inside the region the route decision chose: which of its instances (agents) takes the job
+//! (docs/design.md §3, "Instances"). The decision sees a region as the sum of its instances;
+//! the edge then ranks the instances themselves, and tries them in that order before it
+//! fails over to the next region.
+//!
+//! An instance serves when it reports healthy, is not draining and this edge's circuit to it
+//! is closed. Serving instances rank by
+//! 1. **class**: an idle reserved slot, then an idle running on-demand slot, then an
+//!    on-demand slot it can start, then only its queue — each after subtracting the requests
+//!    this edge already has in flight to it, so reserved slots anywhere in the region fill
+//!    before on-demand capacity is used;
+//! 2. **expected wait**: its reported wait for the model, plus its cold start when the
+//!    model is not loaded there, plus one service time per request in flight beyond its idle
+//!    slots;
+//! 3. fewer requests in flight, then the order the instances are listed in.
+//!
+//! An instance that reports nothing for the model ranks after every one that does, and one
+//! that does not serve is left out.
+
+use std::cmp::Ordering;
+
+use super::status::RegionStatus;
+
+/// How an instance could run a job now, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    Reserved,
+    RunningOnDemand,
+    StartOnDemand,
+    Queue,
+    /// It reports nothing for the model.
+    Unreported,
+}
+
+/// One instance's place in the ranking.
+#[derive(Debug, Clone, Copy)]
+struct Rank {
+    class: Class,
+    wait_ms: f64,
+    in_flight: u32,
+}
+
+fn rank(status: &RegionStatus, model: usize, default_service_ms: f64) -> Rank {
+    let in_flight = status.in_flight;
+    let reserved = status.free_reserved;
+    let running = reserved.saturating_add(status.free_on_demand);
+    let startable = running.saturating_add(status.on_demand_startable);
+    let Some(load) = status.model_load(model) else {
+        return Rank {
+            class: Class::Unreported,
+            wait_ms: f64::INFINITY,
+            in_flight,
+        };
+    };
+    let class = if reserved > in_flight {
+        Class::Reserved
+    } else if running > in_flight {
+        Class::RunningOnDemand
+    } else if startable > in_flight {
+        Class::StartOnDemand
+    } else {
+        Class::Queue
+    };
+    let service_ms = load.service_ms_per_unit.unwrap_or(default_service_ms);
+    let beyond_idle = f64::from(in_flight.saturating_sub(running));
+    let cold_ms = if load.loaded { 0.0 } else { load.cold_start_ms };
+    Rank {
+        class,
+        wait_ms: load.expected_wait_ms + cold_ms + beyond_idle * service_ms,
+        in_flight,
+    }
+}
+
+/// Whether an instance takes new jobs from this edge.
+pub fn serves(status: &RegionStatus) -> bool {
+    status.healthy && !status.draining && !status.circuit_open
+}
+
+/// Fills `order` with the indices of the serving `instances`, best first for a job of
+/// catalog model `model`; `default_service_ms` is one job's service time where an instance
+/// has not measured it. The same inputs always give the same order.
+pub fn rank_instances(
+    instances: &[RegionStatus],
+    model: usize,
+    default_service_ms: f64,
+    order: &mut Vec<usize>,
+) {
+    order.clear();
+    order.extend((0..instances.len()).filter(|&i| serves(&instances[i])));
+    // Ranks are recomputed in the comparison rather than kept, so ranking allocates
+    // nothing beyond `order`.
+    order.sort_by(|&a, &b| {
+        let x = rank(&instances[a], model, default_service_ms);
+        let y = rank(&instances[b], model, default_service_ms);
+        x.class
+            .cmp(&y.class)
+            .then_with(|| x.wait_ms.partial_cmp(&y.wait_ms).unwrap_or(Ordering::Equal))
+            .then_with(|| x.in_flight.cmp(&y.in_flight))
+            .then_with(|| a.cmp(&b))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::ModelLoad;
+
+    fn instance(free_reserved: u32, free_on_demand: u32, wait_ms: f64) -> RegionStatus {
+        let mut status = RegionStatus {
+            last_heartbeat_ms: Some(1),
+            healthy: true,
+            free_reserved,
+            free_on_demand,
+            ..RegionStatus::default()
+        };
+        status.set_model_load(
+            0,
+            ModelLoad {
+                expected_wait_ms: wait_ms,
+                ..ModelLoad::default()
+            },
+        );
+        status
+    }
+
+    fn ranked(instances: &[RegionStatus]) -> Vec<usize> {
+        let mut order = Vec::new();
+        rank_instances(instances, 0, 100.0, &mut order);
+        order
+    }
+
+    #[test]
+    fn reserved_slots_anywhere_come_before_on_demand_ones() {
+        let instances = [
+            instance(0, 3, 0.0),
+            instance(1, 0, 50.0),
+            instance(0, 0, 10.0),
+        ];
+        assert_eq!(ranked(&instances), [1, 0, 2]);
+    }
+
+    #[test]
+    fn within_a_class_the_least_expected_wait_wins() {
+        let instances = [
+            instance(0, 0, 900.0),
+            instance(0, 0, 300.0),
+            instance(0, 0, 600.0),
+        ];
+        assert_eq!(ranked(&instances), [1, 2, 0]);
+    }
+
+    #[test]
+    fn requests_in_flight_use_up_idle_slots_and_add_wait() {
+        let mut busy = instance(1, 0, 0.0);
+        busy.in_flight = 1;
+        let idle = instance(1, 0, 0.0);
+        assert_eq!(ranked(&[busy.clone(), idle]), [1, 0]);
+        // Both full: each request beyond the idle slots adds a service time of wait.
+        let mut a = instance(0, 0, 100.0);
+        a.in_flight = 3;
+        let b = instance(0, 0, 250.0);
+        assert_eq!(ranked(&[a, b]), [1, 0], "100 + 3 × 100 > 250");
+    }
+
+    #[test]
+    fn draining_unhealthy_and_open_circuit_instances_are_left_out() {
+        let mut draining = instance(4, 0, 0.0);
+        draining.draining = true;
+        let mut sick = instance(4, 0, 0.0);
+        sick.healthy = false;
+        let mut open = instance(4, 0, 0.0);
+        open.circuit_open = true;
+        let full = instance(0, 0, 5_000.0);
+        assert_eq!(ranked(&[draining, sick, open, full]), [3]);
+    }
+
+    #[test]
+    fn a_cold_model_pays_its_start_and_unreported_models_go_last() {
+        let mut cold = instance(0, 0, 0.0);
+        cold.set_model_load(
+            0,
+            ModelLoad {
+                loaded: false,
+                cold_start_ms: 2_000.0,
+                ..ModelLoad::default()
+            },
+        );
+        let warm = instance(0, 0, 1_000.0);
+        let silent = RegionStatus {
+            healthy: true,
+            free_reserved: 8,
+            ..RegionStatus::default()
+        };
+        assert_eq!(ranked(&[silent, cold, warm]), [2, 1, 0]);
+    }
+
+    #[test]
+    fn ties_go_to_the_instance_listed_first() {
+        let instances = [instance(1, 0, 0.0), instance(1, 0, 0.0)];
+        assert_eq!(ranked(&instances), [0, 1]);
+    }
+}
