@@ -40,8 +40,17 @@ struct Rank {
     in_flight: u32,
 }
 
-fn rank(status: &RegionStatus, model: usize, default_service_ms: f64) -> Rank {
-    let in_flight = status.in_flight;
+/// What one edge knows of an instance beyond its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgeSide {
+    /// Requests this edge has in flight to it.
+    pub in_flight: u32,
+    /// Whether this edge's circuit to it is open.
+    pub circuit_open: bool,
+}
+
+fn rank(status: &RegionStatus, edge: EdgeSide, model: usize, default_service_ms: f64) -> Rank {
+    let in_flight = edge.in_flight;
     let reserved = status.free_reserved;
     let running = reserved.saturating_add(status.free_on_demand);
     let startable = running.saturating_add(status.on_demand_startable);
@@ -72,26 +81,52 @@ fn rank(status: &RegionStatus, model: usize, default_service_ms: f64) -> Rank {
 }
 
 /// Whether an instance takes new jobs from this edge.
-pub fn serves(status: &RegionStatus) -> bool {
-    status.healthy && !status.draining && !status.circuit_open
+pub fn serves(status: &RegionStatus, edge: EdgeSide) -> bool {
+    status.healthy && !status.draining && !edge.circuit_open
 }
 
 /// Fills `order` with the indices of the serving `instances`, best first for a job of
 /// catalog model `model`; `default_service_ms` is one job's service time where an instance
-/// has not measured it. The same inputs always give the same order.
+/// has not measured it. Each status's own `in_flight` and `circuit_open` are this edge's
+/// view. The same inputs always give the same order.
 pub fn rank_instances(
     instances: &[RegionStatus],
     model: usize,
     default_service_ms: f64,
     order: &mut Vec<usize>,
 ) {
+    let view = |i: usize| {
+        let status = &instances[i];
+        let edge = EdgeSide {
+            in_flight: status.in_flight,
+            circuit_open: status.circuit_open,
+        };
+        (status, edge)
+    };
+    rank_instances_with(instances.len(), view, model, default_service_ms, order);
+}
+
+/// [`rank_instances`] over `count` instances, instance `i` being `view(i)`: its report and
+/// this edge's view of it.
+pub fn rank_instances_with<'a>(
+    count: usize,
+    view: impl Fn(usize) -> (&'a RegionStatus, EdgeSide),
+    model: usize,
+    default_service_ms: f64,
+    order: &mut Vec<usize>,
+) {
     order.clear();
-    order.extend((0..instances.len()).filter(|&i| serves(&instances[i])));
+    order.extend((0..count).filter(|&i| {
+        let (status, edge) = view(i);
+        serves(status, edge)
+    }));
     // Ranks are recomputed in the comparison rather than kept, so ranking allocates
     // nothing beyond `order`.
     order.sort_by(|&a, &b| {
-        let x = rank(&instances[a], model, default_service_ms);
-        let y = rank(&instances[b], model, default_service_ms);
+        let (sa, ea) = view(a);
+        let (sb, eb) = view(b);
+        let x = rank(sa, ea, model, default_service_ms);
+        let y = rank(sb, eb, model, default_service_ms);
         x.class
             .cmp(&y.class)
             .then_with(|| x.wait_ms.partial_cmp(&y.wait_ms).unwrap_or(Ordering::Equal))

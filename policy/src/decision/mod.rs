@@ -25,7 +25,7 @@ mod status;
 
 use std::fmt;
 
-pub use instances::{rank_instances, serves};
+pub use instances::{EdgeSide, rank_instances, rank_instances_with, serves};
 pub use status::{LiveStatus, ModelLoad, RegionStatus};
 
 use crate::catalog::Catalog;
