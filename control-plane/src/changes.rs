@@ -15,8 +15,8 @@
 //! is published at once and covers the spend written before it.
 //!
 //! The feed also keeps the revision of the latest change to what region agents read (the
-//! catalog and reservations: everything under the root but live status, spend and API
-//! keys), which heartbeat answers carry so an agent fetches its catalog only when it
+//! catalog and reservations: everything under the root but live status, instance records,
+//! spend and API keys), which heartbeat answers carry so an agent fetches its catalog only when it
 //! changed.
 
 use std::time::Duration;
@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::instances::INSTANCES;
 use crate::records::{KEYS, LIVE, ROOT};
 use crate::store::{AnyStore, Revision, Store, StoreError};
 use crate::usage::SPEND;
@@ -64,6 +65,11 @@ impl ChangeFeed {
         *self.latest.borrow()
     }
 
+    /// A receiver of every change published (as polls are woken), to follow them.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.latest.clone()
+    }
+
     /// The revision of the latest change to what agents read (before the feed saw one:
     /// the store's revision when it started, which may only make agents fetch once more).
     pub fn catalog_revision(&self) -> Revision {
@@ -89,7 +95,10 @@ struct Follower {
 
 /// Whether a change to `key` changes what agents read.
 fn agents_read(key: &str) -> bool {
-    !(key.starts_with(LIVE) || key.starts_with(SPEND) || key.starts_with(KEYS))
+    !(key.starts_with(LIVE)
+        || key.starts_with(INSTANCES)
+        || key.starts_with(SPEND)
+        || key.starts_with(KEYS))
 }
 
 impl Follower {
@@ -240,10 +249,12 @@ mod tests {
             "a catalog change is one agents read"
         );
 
-        // Live status, spend and API keys change what edges see, not what agents read.
+        // Live status, instance records, spend and API keys change what edges see, not
+        // what agents read.
         let mut last = deleted;
         for key in [
             "/meridian/v1/live/eu-west",
+            "/meridian/v1/instances/eu-west/gpu-1",
             "/meridian/v1/spend/2025-01/acme",
             "/meridian/v1/keys/abc",
         ] {

@@ -14,6 +14,8 @@
 //!   `control-plane serve` command; [`InProcess`]: one started in-process on a free
 //!   loopback port.
 //! - [`reservations`]: GPU reservations and the clock that applies them to the catalog.
+//! - [`instances`]: a region's instances remembered beyond their leases (for edges, for
+//!   drain orders), and whether their reported shares add up to the region's pools.
 //! - [`usage`]: usage totals per day and month, fed by agents' numbered batches and kept
 //!   exact under at-least-once delivery; [`history`]: the store's old revisions compacted
 //!   as it goes, so its size follows its live keys.
@@ -24,6 +26,7 @@ pub mod api;
 pub mod changes;
 pub mod config;
 pub mod history;
+pub mod instances;
 pub mod metrics;
 pub mod offline;
 pub mod records;

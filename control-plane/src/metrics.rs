@@ -5,8 +5,9 @@
 //! | `meridian_usage_records_quarantined_total` | `region`, `reason` | usage records set aside instead of counted (`GET /admin/v1/usage/quarantine` lists them) |
 //! | `meridian_auth_failures_total` | `api` | requests with a wrong token |
 //! | `meridian_auth_throttled_total` | `api` | requests answered 429 because their address presented too many wrong tokens |
+//! | `meridian_region_pools_match` | `region` | 1 when the region's live instances report shares adding up to its pools in the catalog, 0 when they do not; absent while not reported ([`crate::instances::pools`]) |
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric of one control plane, in its own registry.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Requests refused by the wrong-token throttle, by API.
     pub auth_throttled: IntCounterVec,
+    /// Whether each region's instances add up to its pools (1) or not (0), by region.
+    pub region_pools_match: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -28,6 +31,16 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         tracing::error!(metric = name, error = %e, "could not register a metric");
     }
     counter
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    // The names, help texts and labels are this module's constants, valid by construction.
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("a metric with a constant, valid name and labels");
+    if let Err(e) = registry.register(Box::new(gauge.clone())) {
+        tracing::error!(metric = name, error = %e, "could not register a metric");
+    }
+    gauge
 }
 
 impl Metrics {
@@ -52,11 +65,18 @@ impl Metrics {
             "Requests answered 429 because their address presented too many wrong tokens",
             &["api"],
         );
+        let region_pools_match = gauge(
+            &registry,
+            "meridian_region_pools_match",
+            "1 when a region's live instances add up to its pools in the catalog, 0 when not",
+            &["region"],
+        );
         Self {
             registry,
             usage_quarantined,
             auth_failures,
             auth_throttled,
+            region_pools_match,
         }
     }
 

@@ -11,6 +11,7 @@
 //! /meridian/v1/tenants/<id>               TenantSpec
 //! /meridian/v1/keys/<key id>              ApiKeyRecord (hash only)
 //! /meridian/v1/live/<region id>[/<instance>] RegionLive, attached to the agent's lease
+//! /meridian/v1/instances/<region>/<instance>  InstanceEntry (see crate::instances), no lease
 //! /meridian/v1/spend/<YYYY-MM>/<tenant>   MonthlySpend (see crate::usage)
 //! ```
 //!

@@ -16,6 +16,7 @@ use policy::{ApiKeyRecord, CatalogSpec, ConfigProblems, ModelSpec, RegionSpec, T
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::api::ApiError;
+use crate::instances::{INSTANCES, InstanceEntry};
 use crate::records::{self, CatalogRecord, KEYS, LIVE, ROOT, SETTINGS_KEY};
 use crate::reservations::{ACTIVE_KEY, ActiveReservations, RESERVATIONS, check_references};
 use crate::store::versioned::{self, Versioned};
@@ -39,6 +40,8 @@ pub struct StoredState {
     pub spend: Vec<MonthlySpend>,
     /// Every GPU reservation.
     pub reservations: Vec<Reservation>,
+    /// Every named instance's record, expired ones included ([`crate::instances`]).
+    pub instances: Vec<InstanceEntry>,
     /// Which reservations hold now, as the reservation clock last wrote it.
     pub active_reservations: ActiveReservations,
 }
@@ -76,6 +79,8 @@ pub async fn read_state(store: &AnyStore) -> Result<StoredState, ApiError> {
             state.keys.push(versioned::decode(value)?);
         } else if key.starts_with(LIVE) {
             state.live.push(versioned::decode(value)?);
+        } else if key.starts_with(INSTANCES) {
+            state.instances.push(versioned::decode(value)?);
         } else if key.starts_with(SPEND) {
             state.spend.push(versioned::decode(value)?);
         } else if key.starts_with(RESERVATIONS) {

@@ -134,7 +134,14 @@ async fn serve(
         changes.clone(),
         shutdown.clone(),
     ));
-    let state = AppState::new(store.clone(), changes, config.api, shutdown.clone());
+    tokio::spawn(crate::instances::run_sweep(store.clone(), shutdown.clone()));
+    let state = AppState::new(store.clone(), changes.clone(), config.api, shutdown.clone());
+    tokio::spawn(crate::instances::pools::run(
+        store.clone(),
+        changes,
+        state.metrics().clone(),
+        shutdown.clone(),
+    ));
     let app = api::router(state);
     let address = listener
         .local_addr()

@@ -236,8 +236,8 @@ pub struct Registration {
     /// control plane, which never asks for a fetch.
     #[serde(default)]
     pub catalog_revision: i64,
-    /// An operator asked this instance to drain (`POST /v1/admin/regions/{region}/
-    /// instances/{instance}/drain`): it takes no new jobs, finishes its work, flushes its
+    /// An operator asked this instance to drain (`POST /admin/v1/regions/{id}/instances/
+    /// {instance}/drain`): it takes no new jobs, finishes its work, flushes its
     /// usage, deregisters and exits, as on SIGTERM. Absent (false) from an older control
     /// plane.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

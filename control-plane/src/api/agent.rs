@@ -11,7 +11,10 @@
 //! A region may have several agents, its instances: each report names its own
 //! (`instance`; none: the region's only agent), and each instance registers, heartbeats and
 //! deregisters under its own lease, so one host's restart or drain leaves the others'
-//! statuses alone. Edges see the region as the sum of its instances.
+//! statuses alone. Edges see the region as the sum of its instances. A named instance is
+//! also remembered beyond its lease ([`crate::instances`]): registration writes its record
+//! and clears any drain order, heartbeats refresh it now and then and answer `drain: true`
+//! once an operator ordered the instance to drain, deregistration marks it deregistered.
 //!
 //! Bodies are [`AgentReport`]s, wire messages read whatever fields a newer agent adds; a
 //! report of a schema major version this build does not read is refused (400
@@ -19,8 +22,6 @@
 //! so an agent fetches its catalog again only when it changed. A silent agent's status
 //! disappears when its lease expires, so an edge never routes on a region whose agent
 //! stopped reporting.
-
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -31,11 +32,13 @@ use control_plane_client::wire::{AgentCatalog, AgentReport, RegionLive, Registra
 use policy::RegionSpec;
 
 use super::{ApiError, AppState, Routes, WireBody};
+use crate::instances;
 use crate::records::{CatalogRecord, live_key};
 use crate::registry::{not_found, read_state};
 use crate::reservations::effective_catalog;
 use crate::store::versioned;
 use crate::store::{LeaseId, Store, StoreError};
+use crate::usage::now_ms;
 
 /// The agent routes (without authentication; the router adds it).
 pub fn routes() -> Routes {
@@ -44,12 +47,6 @@ pub fn routes() -> Routes {
         .post("/agent/v1/regions/{region}/heartbeat", heartbeat)
         .get("/agent/v1/regions/{region}/catalog", catalog)
         .post("/agent/v1/regions/{region}/deregister", deregister)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn live_value(region: &str, report: AgentReport) -> Result<Vec<u8>, ApiError> {
@@ -122,13 +119,13 @@ fn label(region: &str, instance: &str) -> String {
     }
 }
 
-fn registration(state: &AppState, region: String) -> Json<Registration> {
+fn registration(state: &AppState, region: String, drain: bool) -> Json<Registration> {
     let ttl = state.settings().agent_lease_ttl;
     Json(Registration {
         region,
         ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         catalog_revision: state.changes().catalog_revision(),
-        drain: false,
+        drain,
     })
 }
 
@@ -152,12 +149,13 @@ async fn register(
     // restarted) holds nothing any more and simply runs out. It is not revoked, so two
     // agents registering as one instance cannot knock each other out.
     let key = live_key(&region, &report.instance);
+    instances::registered(store, &region, &report).await?;
     let instance = report.instance.clone();
     store
         .put(&key, live_value(&region, report)?, Some(lease))
         .await?;
     tracing::info!(region, instance, "region agent registered");
-    Ok(registration(&state, region))
+    Ok(registration(&state, region, false))
 }
 
 /// The lease the status of `region`'s `instance` hangs on, if it is still registered.
@@ -195,6 +193,7 @@ async fn heartbeat(
         .keep_alive(lease)
         .await
         .map_err(|e| lease_error(&region, &instance, e))?;
+    let drain = instances::heartbeat(store, &region, &report).await?;
     store
         .put(
             &live_key(&region, &instance),
@@ -203,7 +202,7 @@ async fn heartbeat(
         )
         .await
         .map_err(|e| lease_error(&region, &instance, e))?;
-    Ok(registration(&state, region))
+    Ok(registration(&state, region, drain))
 }
 
 /// The query of a deregistration: the instance (absent: the region's only agent).
@@ -229,6 +228,7 @@ async fn deregister(
         .revoke_lease(lease)
         .await
         .map_err(|e| lease_error(&region, &instance, e))?;
+    instances::deregistered(state.store(), &region, &instance).await?;
     tracing::info!(region, instance, "region agent deregistered");
     Ok(StatusCode::NO_CONTENT)
 }

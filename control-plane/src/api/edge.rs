@@ -2,7 +2,9 @@
 //!
 //! `GET /edge/v1/snapshot` answers the whole catalog, every API key's record (hashes only),
 //! the live status of every registered region and every tenant's spend in the current UTC
-//! month, read at one store revision (also in the `ETag`). The catalog's pools carry the
+//! month, read at one store revision (also in the `ETag`), with every named instance whose
+//! record has not expired ([`crate::instances`]), live or not, so an edge knows which away
+//! instances may still hold jobs. The catalog's pools carry the
 //! reserved capacity of their active reservations ([`crate::reservations`]). `GET /edge/v1/snapshot?after=REV&wait=SECS` long-polls: it answers the new full
 //! snapshot as soon as anything an edge sees changed after `REV`, or `304 Not Modified` when
 //! nothing did within `wait` seconds. When `REV` is older than what the control plane has
@@ -24,6 +26,7 @@ use control_plane_client::wire::{Snapshot, TenantSpend};
 use serde::Deserialize;
 
 use super::{ApiError, AppState, Routes, etag};
+use crate::instances;
 use crate::registry::read_state;
 use crate::reservations;
 use crate::store::{Revision, Store};
@@ -66,6 +69,10 @@ async fn snapshot(
         }
     }
     let stored = read_state(state.store()).await?;
+    let instances = instances::current(&stored, usage::now_ms())
+        .into_iter()
+        .map(|entry| entry.record)
+        .collect();
     let body = Snapshot {
         schema: contract::schema::SNAPSHOT,
         revision: stored.revision,
@@ -77,7 +84,7 @@ async fn snapshot(
         keys: stored.keys,
         regions: stored.live,
         spend: current_spend(&stored.spend),
-        instances: Vec::new(),
+        instances,
     };
     Ok(([etag(body.revision)], Json(body)).into_response())
 }

@@ -2,7 +2,8 @@
 //! bearer token.
 //!
 //! - [`admin`] (`/admin/v1/…`, admin token): the catalog's records and tenants' API keys;
-//!   [`reservations`]: GPU reservations.
+//!   [`reservations`]: GPU reservations; [`instances`]: a region's instances, their pool
+//!   check and drain orders.
 //! - [`edge`] (`/edge/v1/…`, edge token): the versioned snapshot edges route with.
 //! - [`agent`] (`/agent/v1/…`, agent token): region agents' registration and heartbeats;
 //!   [`usage`]: their usage reports (and the admin's reading of them, totals and spend).
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod edge;
 mod error;
 mod extract;
+pub mod instances;
 mod keys;
 pub mod metrics;
 pub mod openapi;
@@ -195,6 +197,7 @@ fn admin_routes() -> Routes {
     admin::routes()
         .merge(keys::routes())
         .merge(reservations::routes())
+        .merge(instances::routes())
         .merge(usage::admin_routes())
 }
 

@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod client;
 mod edge_agent;
+mod instances;
 mod openapi;
 mod reservations;
 mod server;
