@@ -1,8 +1,8 @@
 //! The headers Meridian's components send each other and its clients, by name.
 //!
 //! Every `x-meridian-*` header is internal to Meridian except those the edge passes on to
-//! clients ([`REGION`], [`COST`], [`REFUSED`] on a final refusal); the edge strips every
-//! `x-meridian-*` header a client sends before it forwards a request.
+//! clients ([`REGION`], [`INSTANCE`], [`COST`], [`REFUSED`] on a final refusal); the edge
+//! strips every `x-meridian-*` header a client sends before it forwards a request.
 
 /// Edge → agent: the shared secret that proves the call comes from an edge.
 pub const EDGE_TOKEN: &str = "x-meridian-edge-token";
@@ -10,6 +10,9 @@ pub const EDGE_TOKEN: &str = "x-meridian-edge-token";
 pub const TENANT: &str = "x-meridian-tenant";
 /// Agent → edge → client: the region that served the request (a region id).
 pub const REGION: &str = "x-meridian-region";
+/// Edge → client: the region's instance (agent) that served the request (an instance id);
+/// absent for an agent that names none.
+pub const INSTANCE: &str = "x-meridian-instance";
 /// Agent → edge → client: what the request cost, in the catalog's currency, written with
 /// nine decimals ([`crate::money::Nanos`]).
 pub const COST: &str = "x-meridian-cost";

@@ -64,10 +64,10 @@ impl Edge {
                 .check(address, self.clock.elapsed())
                 .inspect_err(|e| self.count_throttled(e))?;
         }
-        if let Call::File { region } = &call
+        if let Call::File(holder) = &call
             && crate::api::is_signed(request.uri.query())
         {
-            return self.admit_signed_link(ctx, &state, region);
+            return self.admit_signed_link(ctx, &state, holder);
         }
         if call == Call::Keys {
             return self.admit_keys(ctx, &state);
@@ -76,13 +76,13 @@ impl Edge {
         ctx.tenant = tenant.id.to_string();
         match call {
             Call::Models => Ok(Admitted::Answer(models_body(&state.catalog, tenant))),
-            Call::Request { region } | Call::File { region } => {
+            Call::Request(holder) | Call::File(holder) => {
                 self.reads
                     .check(tenant.id.as_str(), self.clock.elapsed())
                     .inspect_err(|e| self.count_throttled(e))?;
-                ctx.candidates = vec![held_by(&state, &region, |i| {
+                Edge::pin(ctx, &state, &holder, |i| {
                     tenant.allowed_regions.contains(*i)
-                })?];
+                })?;
                 Ok(Admitted::Proxy)
             }
             Call::Submit { model, .. } => {
@@ -95,6 +95,7 @@ impl Edge {
                     .inspect_err(|e| self.count_throttled(e))?;
                 ctx.candidates = any_region(&state, |i| tenant.allowed_regions.contains(*i))?;
                 ctx.failover = true;
+                self.first_hop(ctx)?;
                 Ok(Admitted::Proxy)
             }
             Call::Keys => self.admit_keys(ctx, &state),
@@ -140,6 +141,7 @@ impl Edge {
         self.check_address_rate(ctx)?;
         ctx.candidates = any_region(state, |_| true)?;
         ctx.failover = true;
+        self.first_hop(ctx)?;
         Ok(Admitted::Proxy)
     }
 
@@ -153,16 +155,16 @@ impl Edge {
             .inspect_err(|e| self.count_throttled(e))
     }
 
-    /// A file by signed link, without a key: to the region named in the id, as the client's
-    /// address's read rate allows; the agent checks the signature.
+    /// A file by signed link, without a key: to the instance named in the id, as the
+    /// client's address's read rate allows; the agent checks the signature.
     fn admit_signed_link(
         &self,
         ctx: &mut RequestCtx,
         state: &RoutingState,
-        region: &str,
+        holder: &crate::api::Holder,
     ) -> Result<Admitted, ApiError> {
         self.check_address_rate(ctx)?;
-        ctx.candidates = vec![held_by(state, region, |_| true)?];
+        Edge::pin(ctx, state, holder, |_| true)?;
         ctx.signed_link = true;
         Ok(Admitted::Proxy)
     }
@@ -221,10 +223,10 @@ impl Edge {
         ctx.idempotency_key = crate::idempotency::key_of(&request.headers)?;
         check_quotas(state, tenant, model, self.clock.elapsed(), unix_now())?;
         ctx.job_bound = tenant.quotas.max_concurrent;
-        if let Some(index) = self.key_region(ctx, state, tenant) {
-            // The key went there before: that region may hold its job, and only there is
+        if let Some(holder) = self.key_holder(ctx) {
+            // The key went there before: that instance may hold its job, and only there is
             // sending it again safe.
-            ctx.candidates = vec![index];
+            Edge::pin(ctx, state, &holder, |i| tenant.allowed_regions.contains(*i))?;
             ctx.failover = true;
             self.retries.deposit();
             return Ok(());
@@ -232,18 +234,21 @@ impl Edge {
         self.route(session, ctx, state, tenant, model_id)
     }
 
-    /// The region this request's idempotency key was sent to, while the tenant may still
+    /// The instance this request's idempotency key was sent to, while the tenant may still
     /// use it.
-    fn key_region(&self, ctx: &RequestCtx, state: &RoutingState, tenant: &Tenant) -> Option<usize> {
+    fn key_holder(&self, ctx: &RequestCtx) -> Option<crate::api::Holder> {
         let key = ctx.idempotency_key.as_deref()?;
-        let region = self
+        let holder = self
             .keys
             .region(&ctx.tenant, key, std::time::Instant::now())?;
-        state
-            .catalog
-            .region_index(&region)
-            .filter(|i| tenant.allowed_regions.contains(*i))
-            .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+        let (region, instance) = match holder.split_once('/') {
+            Some((region, instance)) => (region, Some(instance.to_owned())),
+            None => (holder.as_str(), None),
+        };
+        Some(crate::api::Holder {
+            region: region.to_owned(),
+            instance,
+        })
     }
 
     fn count_throttled(&self, refusal: &ApiError) {
@@ -318,7 +323,7 @@ impl Edge {
             .candidates
             .iter()
             .map(|c| c.region)
-            .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+            .filter(|i| state.reachable(*i))
             .collect();
         if ctx.candidates.is_empty() {
             return Err(ApiError::unavailable(
@@ -326,27 +331,10 @@ impl Edge {
             ));
         }
         ctx.failover = true;
+        self.first_hop(ctx)?;
         self.retries.deposit();
         Ok(())
     }
-}
-
-/// The region `region` of the snapshot, if `allowed` and it has an agent endpoint.
-///
-/// # Errors
-///
-/// 404 `no such request` otherwise: a request id naming another region tells nothing.
-fn held_by(
-    state: &RoutingState,
-    region: &str,
-    allowed: impl Fn(&usize) -> bool,
-) -> Result<usize, ApiError> {
-    state
-        .catalog
-        .region_index(region)
-        .filter(allowed)
-        .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
-        .ok_or_else(|| ApiError::not_found("no such request"))
 }
 
 /// The kind of model an OpenAI call takes, by its path.
@@ -368,7 +356,7 @@ fn any_region(
 ) -> Result<Vec<usize>, ApiError> {
     let regions: Vec<usize> = (0..state.catalog.regions().len())
         .filter(allowed)
-        .filter(|i| matches!(state.upstreams.get(*i), Some(Some(_))))
+        .filter(|i| state.reachable(*i))
         .collect();
     if regions.is_empty() {
         return Err(ApiError::unavailable(

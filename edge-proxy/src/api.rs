@@ -34,16 +34,10 @@ pub enum Call {
     /// A synchronous run whose model is named in its body (the JSON field or the multipart
     /// form field `model`): OpenAI's `/v1/images/*` and `/v1/audio/*`.
     RunNamedInBody,
-    /// A call about an existing request, held by `region`.
-    Request {
-        /// The region in the request id's prefix.
-        region: String,
-    },
+    /// A call about an existing request, held by the region and instance its id names.
+    Request(Holder),
     /// `GET /v1/requests/{id}/files/{name}`: a result file, with a key or a signed link.
-    File {
-        /// The region in the request id's prefix.
-        region: String,
-    },
+    File(Holder),
     /// `GET /v1/models`.
     Models,
     /// A call every agent answers alike for the tenant (`GET /v1/webhooks/default/secret`:
@@ -52,6 +46,30 @@ pub enum Call {
     /// `GET /fal/.well-known/jwks.json`, the public key webhooks are signed with: no key
     /// needed, any region answers.
     Keys,
+}
+
+/// Where a request is held, as its id says ([`RequestId`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The region.
+    pub region: String,
+    /// The region's instance; `None` in an id made before regions had instances.
+    pub instance: Option<String>,
+}
+
+impl Holder {
+    /// The holder named in request id `id`.
+    ///
+    /// # Errors
+    ///
+    /// 404 when `id` is not a request id.
+    pub fn of(id: &str) -> Result<Self, ApiError> {
+        let id = region_of(id).ok_or_else(|| ApiError::not_found(format!("no request {id:?}")))?;
+        Ok(Self {
+            region: id.region().to_owned(),
+            instance: id.instance().map(str::to_owned),
+        })
+    }
 }
 
 impl Call {
@@ -97,22 +115,16 @@ impl Call {
             ["v1", "webhooks", "default", "secret"] => expect(&Method::GET, Call::Tenant),
             ["fal", ".well-known", "jwks.json"] => expect(&Method::GET, Call::Keys),
             ["v1", "requests", id, rest @ ..] => {
-                let region = region_name(id)?;
+                let holder = Holder::of(id)?;
                 match rest {
-                    [] | ["status"] | ["webhooks"] => {
-                        expect(&Method::GET, Call::Request { region })
-                    }
-                    ["cancel"] => expect(&Method::PUT, Call::Request { region }),
-                    ["files", name] if valid_part(name) => {
-                        expect(&Method::GET, Call::File { region })
-                    }
+                    [] | ["status"] | ["webhooks"] => expect(&Method::GET, Call::Request(holder)),
+                    ["cancel"] => expect(&Method::PUT, Call::Request(holder)),
+                    ["files", name] if valid_part(name) => expect(&Method::GET, Call::File(holder)),
                     _ => not_found(),
                 }
             }
             ["fal", "queue", owner, name, "requests", id, rest @ ..] if model_id(owner, name) => {
-                let call = Call::Request {
-                    region: region_name(id)?,
-                };
+                let call = Call::Request(Holder::of(id)?);
                 match rest {
                     [] | ["status"] | ["status", "stream"] => expect(&Method::GET, call),
                     ["cancel"] => expect(&Method::PUT, call),
@@ -120,9 +132,7 @@ impl Call {
                 }
             }
             ["v1", "predictions", id, rest @ ..] => {
-                let call = Call::Request {
-                    region: region_name(id)?,
-                };
+                let call = Call::Request(Holder::of(id)?);
                 match rest {
                     [] => expect(&Method::GET, call),
                     ["cancel"] => expect(&Method::POST, call),
@@ -146,14 +156,6 @@ pub fn is_signed(query: Option<&str>) -> bool {
 /// Whether `owner`/`name` has the shape of a model id.
 fn model_id(owner: &str, name: &str) -> bool {
     valid_part(owner) && valid_part(name)
-}
-
-/// The region named in request id `id`.
-fn region_name(id: &str) -> Result<String, ApiError> {
-    Ok(region_of(id)
-        .ok_or_else(|| ApiError::not_found(format!("no request {id:?}")))?
-        .region()
-        .to_owned())
 }
 
 fn valid_part(part: &str) -> bool {
@@ -239,14 +241,45 @@ mod tests {
 
     use super::*;
 
+    /// The holder of an id made before regions had instances.
+    fn old(region: &str) -> Holder {
+        Holder {
+            region: region.into(),
+            instance: None,
+        }
+    }
+
+    #[test]
+    fn request_ids_name_the_instance_that_holds_the_request() {
+        let id = "eu-west.gpu-2.0123456789abcdef0123456789abcdef";
+        let holder = Holder {
+            region: "eu-west".into(),
+            instance: Some("gpu-2".into()),
+        };
+        for (method, path) in [
+            (Method::GET, format!("/v1/requests/{id}/status")),
+            (Method::PUT, format!("/v1/requests/{id}/cancel")),
+            (Method::GET, format!("/fal/queue/a/b/requests/{id}/status")),
+            (Method::GET, format!("/v1/predictions/{id}")),
+        ] {
+            assert_eq!(
+                Call::parse(&method, &path).unwrap(),
+                Call::Request(holder.clone()),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            Call::parse(&Method::GET, &format!("/v1/requests/{id}/files/a.png")).unwrap(),
+            Call::File(holder)
+        );
+    }
+
     #[test]
     fn webhook_calls_are_recognised() {
         let id = "eu-west.0123456789abcdef0123456789abcdef";
         assert_eq!(
             Call::parse(&Method::GET, &format!("/v1/requests/{id}/webhooks")).unwrap(),
-            Call::Request {
-                region: "eu-west".into()
-            }
+            Call::Request(old("eu-west"))
         );
         assert_eq!(
             Call::parse(&Method::GET, "/v1/webhooks/default/secret").unwrap(),
@@ -278,17 +311,13 @@ mod tests {
         ] {
             assert_eq!(
                 Call::parse(&method, &path).unwrap(),
-                Call::Request {
-                    region: "eu-west".into()
-                },
+                Call::Request(old("eu-west")),
                 "{path}"
             );
         }
         assert_eq!(
             Call::parse(&Method::GET, &format!("/v1/requests/{id}/files/image.png")).unwrap(),
-            Call::File {
-                region: "eu-west".into()
-            }
+            Call::File(old("eu-west"))
         );
         assert_eq!(
             Call::parse(&Method::GET, "/v1/models").unwrap(),
@@ -366,9 +395,7 @@ mod tests {
     fn compatible_calls_about_a_request_go_to_the_region_in_its_id() {
         let id = "ap-south.0123456789abcdef0123456789abcdef";
         let fal = format!("/fal/queue/meridian/esrgan-x4/requests/{id}");
-        let region = Call::Request {
-            region: "ap-south".into(),
-        };
+        let region = Call::Request(old("ap-south"));
         for (method, path, wrong) in [
             (Method::GET, fal.clone(), Method::POST),
             (Method::GET, format!("{fal}/status"), Method::PUT),

@@ -179,18 +179,18 @@ impl EdgeProxy {
 
     /// Sends the job to the current candidate.
     async fn attempt(&self, session: &Session, ctx: &mut RequestCtx, body: Bytes) -> Attempt {
-        let Some((region, url)) = ctx.state.as_ref().and_then(|state| {
-            let index = *ctx.candidates.get(ctx.attempt)?;
-            let region = state.catalog.regions().get(index)?;
-            state.upstreams.get(index)?.as_ref()?;
-            let path = session
-                .req_header()
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str());
-            let endpoint = region.endpoint.trim_end_matches('/');
-            Some((region.id.to_string(), format!("{endpoint}{path}")))
-        }) else {
+        let path = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let planned = ctx.hop().and_then(|(state, region, instance)| {
+            let hop = state.hop(region, instance)?;
+            self.sending(ctx, &hop);
+            let url = format!("{}{path}", hop.endpoint.trim_end_matches('/'));
+            Some((hop.region.id.to_string(), url))
+        });
+        let Some((region, url)) = planned else {
             return Attempt::Failed(ApiError::unavailable(
                 "no allowed region has a usable agent endpoint",
             ));
@@ -225,11 +225,6 @@ impl EdgeProxy {
                 headers.insert(name, value);
             }
         }
-        self.edge
-            .regions
-            .sending(&region, tokio::time::Instant::now());
-        ctx.in_flight = Some(self.edge.regions.get(&region).start());
-        ctx.region = Some(region.clone());
         let sent = self
             .edge
             .agents
@@ -240,12 +235,12 @@ impl EdgeProxy {
             .await;
         match sent {
             Ok(response) => {
-                self.edge.regions.success(&region);
+                self.region_answered(ctx);
                 let refused =
                     response.status() == 503 && response.headers().contains_key(headers::REFUSED);
                 ctx.refused = refused;
                 if refused && self.fail_over(ctx, "refused") {
-                    tracing::info!(%region, "agent refused; trying the next region");
+                    tracing::info!(%region, instance = ?ctx.instance, "agent refused; trying the next agent");
                     return Attempt::Next;
                 }
                 Attempt::Answered(response)
@@ -253,7 +248,7 @@ impl EdgeProxy {
             Err(e) if e.is_connect() => {
                 self.region_failed(ctx);
                 if self.fail_over(ctx, "connect") {
-                    tracing::info!(%region, error = %e, "agent unreachable; trying the next region");
+                    tracing::info!(%region, instance = ?ctx.instance, error = %e, "agent unreachable; trying the next agent");
                     return Attempt::Next;
                 }
                 if ctx.resent {
@@ -300,6 +295,9 @@ impl EdgeProxy {
             && !header.headers.contains_key(headers::REGION)
         {
             header.insert_header(headers::REGION, region.as_str())?;
+        }
+        if let Some(instance) = &ctx.instance {
+            header.insert_header(headers::INSTANCE, instance.as_str())?;
         }
         session
             .write_response_header(Box::new(header), false)

@@ -6,6 +6,10 @@ use std::fmt;
 
 use contract::ErrorBody;
 
+/// The `Retry-After` of a call about a request whose instance cannot be reached, in seconds:
+/// about one heartbeat lease, after which the snapshot tells whether it is back.
+pub const INSTANCE_AWAY_RETRY_SECS: u64 = 5;
+
 /// What went wrong with a client's request, as the client is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -111,6 +115,23 @@ impl ApiError {
     /// 503: no allowed region can take the request now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "unavailable", message)
+    }
+
+    /// 503 with `Retry-After`: the instance that holds a request cannot be reached now, and
+    /// may be back (it keeps its jobs on disk).
+    pub fn instance_away(region: &str, instance: &str) -> Self {
+        Self {
+            retry_after: Some(INSTANCE_AWAY_RETRY_SECS),
+            ..Self::new(
+                503,
+                "instance_unavailable",
+                format!(
+                    "instance {instance} of region {region}, which holds this request, cannot be \
+                     reached now; it keeps its jobs and answers for them again when it is back: \
+                     try again later"
+                ),
+            )
+        }
     }
 
     /// 502: the region's agent failed in a way that is not the client's fault.

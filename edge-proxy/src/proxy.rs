@@ -80,6 +80,13 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// Region indices to try, in order.
     pub candidates: Vec<usize>,
+    /// The instances of the region being tried, in order (indices into its instances;
+    /// `None` for the catalog's endpoint of the region), see [`crate::hops`].
+    pub(crate) hops: Vec<Option<usize>>,
+    /// The hop being tried.
+    pub(crate) hop: usize,
+    /// A buffer for ranking instances.
+    pub(crate) order: Vec<usize>,
     /// Whether the request may move to the next candidate (job submissions only).
     pub failover: bool,
     /// The tenant's bound on jobs queued or running, told to the agent (submissions only).
@@ -92,7 +99,12 @@ pub struct RequestCtx {
     pub(crate) refused: bool,
     pub(crate) attempt: usize,
     pub(crate) region: Option<String>,
+    /// The key of this edge's state for the instance tried last, when it is not the region's.
+    pub(crate) instance_key: Option<String>,
+    /// The instance tried last, for the answer's header.
+    pub(crate) instance: Option<String>,
     pub(crate) in_flight: Option<InFlight>,
+    pub(crate) instance_in_flight: Option<InFlight>,
     pub(crate) body_bytes: u64,
     /// The surface the call belongs to, whose envelope the edge's errors take.
     pub surface: Surface,
@@ -135,15 +147,6 @@ impl EdgeProxy {
         }
     }
 
-    pub(crate) fn region_failed(&self, ctx: &mut RequestCtx) {
-        ctx.in_flight = None;
-        if let Some(region) = &ctx.region
-            && self.edge.regions.failure(region, Instant::now())
-        {
-            tracing::warn!(%region, "circuit opened after consecutive failures");
-        }
-    }
-
     /// The internal headers a submission carries to the region at candidate `ctx.attempt`
     /// beyond the edge token and tenant: the tenant's job bound. Also remembers where its
     /// idempotency key goes.
@@ -153,15 +156,16 @@ impl EdgeProxy {
         else {
             return Vec::new();
         };
-        if let (Some(key), Some(region)) =
-            (&ctx.idempotency_key, state.catalog.regions().get(*index))
-        {
-            self.edge.keys.remember(
-                &ctx.tenant,
-                key,
-                region.id.as_str(),
-                std::time::Instant::now(),
-            );
+        let holder = ctx
+            .instance_key
+            .as_deref()
+            .or(ctx.region.as_deref())
+            .or_else(|| state.catalog.regions().get(*index).map(|r| r.id.as_str()));
+        if let (Some(key), Some(holder)) = (&ctx.idempotency_key, holder) {
+            // The instance the job goes to: only there is sending it again safe.
+            self.edge
+                .keys
+                .remember(&ctx.tenant, key, holder, std::time::Instant::now());
         }
         ctx.job_bound
             .map(|max| crate::jobs::bound_headers(&state.jobs, &ctx.tenant, max, *index).to_vec())
@@ -185,14 +189,16 @@ impl EdgeProxy {
             .inc();
         ctx.resent = true;
         ctx.in_flight = None;
+        ctx.instance_in_flight = None;
         true
     }
 
-    /// Moves the request to its next candidate if there is one and the budget allows. A
-    /// submission sent a second time stays with the region that may hold its job: sent to
-    /// another, one request could make two jobs.
+    /// Moves the request to its next hop if there is one and the budget allows: another
+    /// instance of the same region first, then the next candidate region. A submission
+    /// sent a second time stays with the instance that may hold its job: sent to another,
+    /// one request could make two jobs.
     pub(crate) fn fail_over(&self, ctx: &mut RequestCtx, reason: &str) -> bool {
-        if !ctx.failover || ctx.resent || ctx.attempt + 1 >= ctx.candidates.len() {
+        if !ctx.failover || ctx.resent || !Edge::has_next_hop(ctx) {
             return false;
         }
         if !self.edge.retries.try_withdraw() {
@@ -200,9 +206,12 @@ impl EdgeProxy {
             tracing::warn!(reason, "retry budget spent; not failing over");
             return false;
         }
-        self.edge.metrics.retries.with_label_values(&[reason]).inc();
-        ctx.attempt += 1;
         ctx.in_flight = None;
+        ctx.instance_in_flight = None;
+        if !self.edge.next_hop(ctx) {
+            return false;
+        }
+        self.edge.metrics.retries.with_label_values(&[reason]).inc();
         true
     }
 }
@@ -258,6 +267,9 @@ impl ProxyHttp for EdgeProxy {
             tenant: String::new(),
             model: None,
             candidates: Vec::new(),
+            hops: Vec::new(),
+            hop: 0,
+            order: Vec::new(),
             failover: false,
             job_bound: None,
             idempotency_key: None,
@@ -265,7 +277,10 @@ impl ProxyHttp for EdgeProxy {
             refused: false,
             attempt: 0,
             region: None,
+            instance_key: None,
+            instance: None,
             in_flight: None,
+            instance_in_flight: None,
             body_bytes: 0,
             surface: Surface::Native,
             public_url: None,
@@ -333,35 +348,21 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let state = ctx
-            .state
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing state"))?;
-        let index = *ctx
-            .candidates
-            .get(ctx.attempt)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no candidate left"))?;
-        let (Some(region), Some(Some(upstream))) = (
-            state.catalog.regions().get(index),
-            state.upstreams.get(index),
-        ) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "candidate without an agent endpoint",
-            ));
-        };
+        let (state, region, instance) = ctx
+            .hop()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no hop left"))?;
+        let hop = state.hop(region, instance).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "a hop without an agent endpoint")
+        })?;
         let config = &self.edge.config;
+        let upstream = hop.upstream;
         let mut peer = HttpPeer::new(upstream.address, upstream.tls, upstream.host.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
         peer.options.total_connection_timeout = Some(config.connect_timeout);
         peer.options.read_timeout = Some(config.read_timeout);
         peer.options.write_timeout = Some(config.read_timeout);
         peer.options.idle_timeout = Some(config.agent_idle_timeout);
-        self.edge
-            .regions
-            .sending(region.id.as_str(), Instant::now());
-        ctx.in_flight = Some(self.edge.regions.get(region.id.as_str()).start());
-        ctx.region = Some(region.id.to_string());
+        self.sending(ctx, &hop);
         Ok(Box::new(peer))
     }
 
@@ -388,12 +389,10 @@ impl ProxyHttp for EdgeProxy {
         if let Some(url) = &ctx.public_url {
             request.insert_header(headers::PUBLIC_URL, url)?;
         }
-        let upstream = ctx.state.as_ref().and_then(|state| {
-            let index = *ctx.candidates.get(ctx.attempt)?;
-            state.upstreams.get(index)?.as_ref()
-        });
-        if let Some(upstream) = upstream {
-            request.insert_header("host", upstream.host.as_str())?;
+        if let Some((state, region, instance)) = ctx.hop()
+            && let Some(hop) = state.hop(region, instance)
+        {
+            request.insert_header("host", hop.upstream.host.as_str())?;
         }
         if ctx.failover {
             for (name, value) in self.submission_headers(ctx) {
@@ -409,9 +408,7 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(region) = &ctx.region {
-            self.edge.regions.success(region);
-        }
+        self.region_answered(ctx);
         if ctx.signed_link
             && response.status.as_u16() == 403
             && let Some(address) = ctx.client_address
@@ -432,7 +429,7 @@ impl ProxyHttp for EdgeProxy {
                 if session.as_ref().retry_buffer_truncated() {
                     tracing::warn!(%reason, "agent refused, but the body is too large to resend; passing the refusal on");
                 } else if self.fail_over(ctx, "refused") {
-                    tracing::info!(region = ?ctx.region, %reason, "agent refused; trying the next region");
+                    tracing::info!(region = ?ctx.region, instance = ?ctx.instance, %reason, "agent refused; trying the next agent");
                     return Err(Error::explain(ErrorType::Custom(REFUSED), reason));
                 }
             }
@@ -450,6 +447,9 @@ impl ProxyHttp for EdgeProxy {
             && !response.headers.contains_key(headers::REGION)
         {
             response.insert_header(headers::REGION, region.as_str())?;
+        }
+        if let Some(instance) = &ctx.instance {
+            response.insert_header(headers::INSTANCE, instance.as_str())?;
         }
         Ok(())
     }
@@ -496,7 +496,7 @@ impl ProxyHttp for EdgeProxy {
         self.region_failed(ctx);
         let retry = self.fail_over(ctx, "connect");
         if retry {
-            tracing::info!(region = ?ctx.region, error = %e, "agent unreachable; trying the next region");
+            tracing::info!(region = ?ctx.region, instance = ?ctx.instance, error = %e, "agent unreachable; trying the next agent");
         }
         e.set_retry(retry);
         e
@@ -527,11 +527,11 @@ impl ProxyHttp for EdgeProxy {
             .connections
             .enter(peer(session), Phase::Idle(Instant::now()));
         let refused_first = ctx.refused && !ctx.resent;
-        if let (true, Some(key), Some(region)) = (refused_first, &ctx.idempotency_key, &ctx.region)
-        {
-            // The region refused it at its first sending, so it holds no job for the key. (A
+        let holder = ctx.instance_key.as_ref().or(ctx.region.as_ref());
+        if let (true, Some(key), Some(holder)) = (refused_first, &ctx.idempotency_key, holder) {
+            // The agent refused it at its first sending, so it holds no job for the key. (A
             // refusal of the second sending says nothing of the first.)
-            self.edge.keys.forget(&ctx.tenant, key, region);
+            self.edge.keys.forget(&ctx.tenant, key, holder);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let region = ctx.region.as_deref().unwrap_or("edge");
@@ -577,6 +577,11 @@ impl EdgeProxy {
                 if ctx.resent {
                     // Sent once already: that region may hold the job.
                     may_have_accepted(&region)
+                } else if !ctx.failover
+                    && let Some(instance) = &ctx.instance
+                {
+                    // A call about a request its instance holds, and only it.
+                    ApiError::instance_away(&region, instance)
                 } else {
                     ApiError::unavailable(format!(
                         "no region could be reached (last tried: {region})"

@@ -16,6 +16,7 @@ use policy::key::ApiKeyRecord;
 use policy::quota::{RateLimiter, Spend};
 use policy::{Catalog, CatalogSpec, KeyRing, LiveStatus};
 
+use crate::instances::Instances;
 use crate::jobs::JobCounts;
 
 /// Where a region's agent listens.
@@ -56,8 +57,11 @@ pub struct RoutingState {
     pub spend: HashMap<String, Spend>,
     /// When the snapshot was received (or read from the cache), Unix seconds.
     pub received_unix: i64,
-    /// Per region index: its agent, or `None` when its endpoint cannot be used.
+    /// Per region index: the catalog's endpoint for its agents, or `None` when it gives
+    /// none or it cannot be used.
     pub upstreams: Arc<Vec<Option<Upstream>>>,
+    /// The regions' instances: where each is reached and what it reported, and those away.
+    pub instances: Instances,
     /// Quota limiters by tenant id.
     pub limits: Arc<HashMap<String, Arc<TenantLimits>>>,
     /// The catalog and keys as received, to tell whether the next snapshot changes them.
@@ -105,9 +109,20 @@ impl RoutingState {
                 (s.tenant.clone(), spend)
             })
             .collect();
+        let now_ms = u64::try_from(received_unix)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        let (live, instances) = Instances::build(
+            snapshot,
+            &configured.catalog,
+            &configured.upstreams,
+            previous.map(|p| &p.instances.resolved),
+            now_ms,
+        );
         Ok(Self {
             revision: snapshot.revision,
-            live: snapshot.live_status(&configured.catalog),
+            live,
+            instances,
             jobs: JobCounts::of(snapshot, &configured.catalog),
             catalog: configured.catalog,
             keys: configured.keys,
@@ -144,6 +159,9 @@ impl Configured {
             .regions()
             .iter()
             .map(|r| {
+                if r.endpoint.is_empty() {
+                    return None;
+                }
                 let upstream = parse_endpoint(&r.endpoint);
                 if upstream.is_none() {
                     tracing::warn!(region = %r.id, endpoint = %r.endpoint, "agent endpoint cannot be used");
@@ -180,7 +198,7 @@ impl Configured {
 }
 
 /// Parses an agent endpoint `http(s)://host[:port][/]` and resolves its host.
-fn parse_endpoint(endpoint: &str) -> Option<Upstream> {
+pub(crate) fn parse_endpoint(endpoint: &str) -> Option<Upstream> {
     let (tls, rest) = if let Some(rest) = endpoint.strip_prefix("http://") {
         (false, rest)
     } else if let Some(rest) = endpoint.strip_prefix("https://") {

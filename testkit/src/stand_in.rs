@@ -60,8 +60,15 @@ pub struct StandInAgent {
 }
 
 impl StandInAgent {
-    /// Starts the stand-in of `region` on a free loopback port.
+    /// Starts the stand-in of `region` on a free loopback port; its request ids name no
+    /// instance.
     pub async fn start(region: &str, behaviour: Behaviour) -> Self {
+        Self::start_as(region, "", behaviour).await
+    }
+
+    /// Starts the stand-in of `instance` of `region` (its request ids name it; empty: none)
+    /// on a free loopback port.
+    pub async fn start_as(region: &str, instance: &str, behaviour: Behaviour) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -76,6 +83,11 @@ impl StandInAgent {
         } else {
             let agent = Arc::new(AgentState {
                 region: region.to_owned(),
+                holder: if instance.is_empty() {
+                    region.to_owned()
+                } else {
+                    format!("{region}.{instance}")
+                },
                 refuse: Arc::clone(&refuse),
                 hold: Arc::clone(&hold),
                 gate: Arc::clone(&gate),
@@ -137,6 +149,8 @@ impl Drop for StandInAgent {
 
 struct AgentState {
     region: String,
+    /// What its request ids start with: the region, and the instance if it has one.
+    holder: String,
     refuse: Arc<AtomicBool>,
     hold: Arc<AtomicBool>,
     gate: Arc<tokio::sync::Semaphore>,
@@ -222,7 +236,7 @@ impl AgentState {
             }
             let id = format!(
                 "{}.{:032x}",
-                self.region,
+                self.holder,
                 self.next.fetch_add(1, Ordering::SeqCst)
             );
             self.wait_if_held().await;

@@ -11,22 +11,35 @@ impl Snapshot {
     /// a report stay never-heard-from. Reports for regions or models the catalog does not
     /// hold are skipped.
     pub fn live_status(&self, catalog: &Catalog) -> LiveStatus {
-        let mut instances: Vec<Vec<RegionStatus>> = vec![Vec::new(); catalog.regions().len()];
+        self.live_with_instances(catalog).0
+    }
+
+    /// [`live_status`](Self::live_status), and per catalog region index its instances'
+    /// reports with each one's own status, in the snapshot's order.
+    pub fn live_with_instances<'a>(
+        &'a self,
+        catalog: &Catalog,
+    ) -> (LiveStatus, Vec<Vec<(&'a RegionLive, RegionStatus)>>) {
+        let mut instances: Vec<Vec<(&RegionLive, RegionStatus)>> =
+            vec![Vec::new(); catalog.regions().len()];
         for report in &self.regions {
             if let Some(list) = catalog
                 .region_index(&report.region)
                 .and_then(|index| instances.get_mut(index))
             {
-                list.push(region_status(report, catalog));
+                list.push((report, region_status(report, catalog)));
             }
         }
         let mut live = LiveStatus::new(catalog);
+        let mut statuses = Vec::new();
         for (index, list) in instances.iter().enumerate() {
-            if let (Some(region), Some(status)) = (region_of(list), live.region_mut(index)) {
+            statuses.clear();
+            statuses.extend(list.iter().map(|(_, status)| status.clone()));
+            if let (Some(region), Some(status)) = (region_of(&statuses), live.region_mut(index)) {
                 *status = region;
             }
         }
-        live
+        (live, instances)
     }
 }
 
@@ -192,6 +205,7 @@ mod tests {
                 },
             ],
             spend: Vec::new(),
+            instances: Vec::new(),
         };
         let live = snapshot.live_status(&catalog);
         assert_eq!(live.region(0).unwrap(), &RegionStatus::default());

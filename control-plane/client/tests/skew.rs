@@ -165,6 +165,7 @@ fn snapshot_of_this_build() -> Snapshot {
             cost: 1.5,
             gpu_seconds: 30.0,
         }],
+        instances: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 mod admission;
 mod cli;
 mod compatible;
+mod instances;
 mod quotas;
 mod resend;
 mod routing;

@@ -14,12 +14,12 @@
 //!    slots;
 //! 3. fewer requests in flight, then the order the instances are listed in.
 //!
-//! An instance that reports nothing for the model ranks after every one that does, and one
-//! that does not serve is left out.
+//! An instance that reports nothing for the model is taken to have the defaults the route
+//! decision assumes ([`ModelLoad::default`]); one that does not serve is left out.
 
 use std::cmp::Ordering;
 
-use super::status::RegionStatus;
+use super::status::{ModelLoad, RegionStatus};
 
 /// How an instance could run a job now, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,8 +28,6 @@ enum Class {
     RunningOnDemand,
     StartOnDemand,
     Queue,
-    /// It reports nothing for the model.
-    Unreported,
 }
 
 /// One instance's place in the ranking.
@@ -54,13 +52,8 @@ fn rank(status: &RegionStatus, edge: EdgeSide, model: usize, default_service_ms:
     let reserved = status.free_reserved;
     let running = reserved.saturating_add(status.free_on_demand);
     let startable = running.saturating_add(status.on_demand_startable);
-    let Some(load) = status.model_load(model) else {
-        return Rank {
-            class: Class::Unreported,
-            wait_ms: f64::INFINITY,
-            in_flight,
-        };
-    };
+    let assumed = ModelLoad::default();
+    let load = status.model_load(model).unwrap_or(&assumed);
     let class = if reserved > in_flight {
         Class::Reserved
     } else if running > in_flight {
@@ -138,7 +131,6 @@ pub fn rank_instances_with<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::ModelLoad;
 
     fn instance(free_reserved: u32, free_on_demand: u32, wait_ms: f64) -> RegionStatus {
         let mut status = RegionStatus {
@@ -210,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cold_model_pays_its_start_and_unreported_models_go_last() {
+    fn a_cold_model_pays_its_start_and_an_unreported_one_has_the_defaults() {
         let mut cold = instance(0, 0, 0.0);
         cold.set_model_load(
             0,
@@ -223,10 +215,9 @@ mod tests {
         let warm = instance(0, 0, 1_000.0);
         let silent = RegionStatus {
             healthy: true,
-            free_reserved: 8,
             ..RegionStatus::default()
         };
-        assert_eq!(ranked(&[silent, cold, warm]), [2, 1, 0]);
+        assert_eq!(ranked(&[cold, warm, silent]), [2, 1, 0], "0, 1 000, 2 000 ms");
     }
 
     #[test]
