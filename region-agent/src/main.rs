@@ -99,7 +99,15 @@ fn summary(
         CatalogSource::ControlPlane(cp) => format!("from the control plane at {}", cp.url),
         CatalogSource::File(file) => {
             let wire = source::read_file(file, &config.region)?;
-            let copy = RegionCatalog::from_wire(&wire, &config.region)?;
+            let mut copy = RegionCatalog::from_wire(&wire, &config.region)?;
+            for problem in config
+                .pools
+                .as_ref()
+                .map(|s| copy.share(s))
+                .unwrap_or_default()
+            {
+                writeln!(out, "warning: {problem}")?;
+            }
             for model in models {
                 if let Err(why) = copy.quote(model.id(), model.unit()) {
                     writeln!(out, "warning: {} would not be served: {why}", model.id())?;

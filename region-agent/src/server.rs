@@ -3,7 +3,8 @@
 //! kept on disk, else none: jobs are refused with `no_catalog` until one arrives; a first copy
 //! whose GPU pools the host's GPUs do not match stops the start, naming the pool), serve the
 //! API, link to the control plane, and sweep expired results and usage records — then, when
-//! shutdown is asked for (SIGTERM), drain in a fixed order:
+//! shutdown is asked for (SIGTERM, or the control plane's drain order to this instance),
+//! drain in a fixed order:
 //!
 //! 1. report draining and refuse new jobs (`503`, `x-meridian-refused: draining`; `/healthz`
 //!    answers 503), while status, result and file calls go on being served;
@@ -50,7 +51,7 @@ pub async fn run_with_models(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (scheduler, link) = start_scheduler(&config, models).await?;
+    let (scheduler, link) = start_scheduler(&config, models, &shutdown).await?;
     first_catalog(&config, &scheduler, link.as_deref()).await?;
     let http_stop = CancellationToken::new();
     let server = serve_http(&config, &scheduler, listener, http_stop.clone())?;
@@ -85,10 +86,11 @@ pub async fn run_with_models(
 }
 
 /// Discovers the GPUs, starts the scheduler (restoring jobs) and, with a control plane, its
-/// link.
+/// link (which cancels `shutdown` when the control plane orders a drain).
 async fn start_scheduler(
     config: &AgentConfig,
     models: Vec<Arc<dyn Model>>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<(Scheduler, Option<Arc<Link>>)> {
     let settings = config.gpus.clone();
     let hardware = tokio::task::spawn_blocking(move || Hardware::discover(&settings))
@@ -102,13 +104,8 @@ async fn start_scheduler(
     };
     let link = match config.control_plane() {
         Some(cp) => Some(Arc::new(
-            Link::new(
-                cp,
-                config.data_dir.clone(),
-                config.instance.as_ref(),
-                scheduler.clone(),
-            )
-            .context("create the control-plane client")?,
+            Link::new(cp, config, scheduler.clone(), shutdown.clone())
+                .context("create the control-plane client")?,
         )),
         None => None,
     };

@@ -3,12 +3,15 @@
 //! it on disk), registers and heartbeats its report (edges see it in their snapshot), follows
 //! a reservation and a price change without a restart, sends its usage as numbered batches
 //! whose totals equal its per-job records (read through the control plane) and the cost
-//! headers to the billionth, reports draining at shutdown and deregisters. Jobs run on the
-//! in-code test model.
+//! headers to the billionth, reports draining at shutdown and deregisters. Two instances of
+//! one region each report their endpoint, their share of the region's pool and their result
+//! retention, and leave one by one (SIGTERM, or the control plane's drain order: the same
+//! drain, then the agent stops). Jobs run on the in-code test model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use control_plane_client::{ControlPlane, RecordQuery, UsageQuery};
 use policy::{ModelSpec, RegionSpec};
 use region_agent::serving::test_model::{Gate, TestModel};
 use serde_json::json;
+use testkit::catalog::{self, Catalog, Region};
 use testkit::tokens::AGENT;
 use testkit::{Backend, TestControlPlane, eventually};
 
@@ -255,5 +259,196 @@ async fn catalog_heartbeats_usage_batches_draining_and_deregistration() {
         ),
         "the last job's usage was flushed before the agent stopped"
     );
+    cp.stop().await;
+}
+
+/// Every instance's report as the edges see it, by instance id.
+async fn instances(edge: &ControlPlane) -> Option<BTreeMap<String, AgentReport>> {
+    let snapshot = edge.snapshot().await.ok()?;
+    let reports = snapshot
+        .regions
+        .into_iter()
+        .filter(|r| r.region == "eu-west")
+        .map(|live| (live.report.instance.clone(), live.report))
+        .collect();
+    Some(reports)
+}
+
+/// Each instance the control plane remembers, and whether it deregistered.
+async fn deregistered(edge: &ControlPlane) -> Vec<(String, bool)> {
+    let mut records: Vec<_> = edge
+        .snapshot()
+        .await
+        .unwrap()
+        .instances
+        .into_iter()
+        .filter(|i| i.region == "eu-west")
+        .map(|i| (i.instance, i.deregistered))
+        .collect();
+    records.sort();
+    records
+}
+
+/// The control plane with eu-west's `cpu` pool of two reserved slots and no endpoint in the
+/// catalog: its instances report their own.
+async fn start_shared_region() -> TestControlPlane {
+    let region = Region::new("eu-west", "eu", (53.35, -6.26), "")
+        .pool("cpu", "cpu")
+        .reserved(2, 2.2);
+    let catalog = Catalog::new()
+        .region(region)
+        .model(catalog::Model::new(
+            "test/echo",
+            "image-to-image",
+            "image",
+            0.25,
+        ))
+        .model(catalog::Model::new(
+            "test/slow",
+            "image-to-image",
+            "image",
+            0.1,
+        ))
+        .tenants("[[tenants]]\nid = \"acme\"\nresidency = \"any\"");
+    TestControlPlane::builder(Backend::Embedded)
+        .seed(catalog.build())
+        .settings(|api| api.agent_lease_ttl = Duration::from_secs(3))
+        .start()
+        .await
+}
+
+/// Instance `instance` of eu-west, serving one reserved slot of the `cpu` pool and reporting
+/// `endpoint`.
+async fn start_instance(
+    cp: &TestControlPlane,
+    dir: &std::path::Path,
+    instance: &str,
+    endpoint: &str,
+    slow: &Gate,
+) -> Agent {
+    let extra = format!(
+        "instance = \"{instance}\"\nendpoint = \"{endpoint}\"\nresult_retention_s = 600\n\n\
+         [pools]\ncpu = {{ reserved = 1, on_demand = 0 }}\n\n\
+         [control_plane]\nurl = \"{}\"\nagent_token = \"{AGENT}\"\nheartbeat_interval_ms = 100\n\
+         usage_interval_ms = 100\n",
+        cp.url
+    );
+    let models = "[[models]]\nid = \"test/echo\"\nweights_dir = \"unused\"\n\n\
+                  [[models]]\nid = \"test/slow\"\nweights_dir = \"unused\"\n";
+    let slow = TestModel::new("test/slow").gated(slow);
+    Agent::start(
+        config(dir, models, &extra, &[]),
+        vec![Arc::new(TestModel::new("test/echo")), Arc::new(slow)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn instances_report_their_endpoint_share_and_retention_and_leave_one_by_one() {
+    let mut cp = start_shared_region().await;
+    let edge = cp.edge();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gate = Gate::closed();
+    gate.open();
+    let mut first = start_instance(&cp, one.path(), "gpu-1", "http://gpu-1.test:9100", &gate).await;
+    let second = start_instance(&cp, two.path(), "gpu-2", "http://gpu-2.test:9100/", &gate).await;
+
+    let reports = until("both instances report a catalog", || async {
+        instances(&edge)
+            .await
+            .filter(|all| all.len() == 2 && all.values().all(|r| r.catalog_revision.is_some()))
+    })
+    .await;
+    for (instance, endpoint) in [
+        ("gpu-1", "http://gpu-1.test:9100"),
+        ("gpu-2", "http://gpu-2.test:9100"),
+    ] {
+        let report = &reports[instance];
+        assert_eq!(report.endpoint, endpoint);
+        assert_eq!(report.result_retention_s, 600);
+        assert_eq!(report.free_reserved, 1, "{instance} serves its share only");
+        let cpu = report.pools["cpu"];
+        assert_eq!((cpu.reserved, cpu.on_demand), (1, 0), "{instance}");
+    }
+    // Each runs jobs with the id of the instance that holds them.
+    let (id, _) = second.run("acme", "test/echo", json!({"text": "x"})).await;
+    assert!(id.starts_with("eu-west.gpu-2."), "{id}");
+
+    // SIGTERM on one: it deregisters as its instance, and the other serves on.
+    first.shutdown.cancel();
+    first.join().await;
+    let left = instances(&edge).await.unwrap();
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        ["gpu-2"],
+        "only gpu-1 left"
+    );
+    let expected = [("gpu-1".to_owned(), true), ("gpu-2".to_owned(), false)];
+    assert_eq!(deregistered(&edge).await, expected);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn an_instance_ordered_to_drain_finishes_its_work_deregisters_and_stops() {
+    let mut cp = start_shared_region().await;
+    let (edge, admin) = (cp.edge(), cp.admin());
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gate = Gate::closed();
+    let mut ordered =
+        start_instance(&cp, one.path(), "gpu-1", "http://gpu-1.test:9100", &gate).await;
+    let other = start_instance(&cp, two.path(), "gpu-2", "http://gpu-2.test:9100", &gate).await;
+    until("both instances report", || async {
+        instances(&edge).await.filter(|all| all.len() == 2)
+    })
+    .await;
+    let running = ordered
+        .queue("test/slow", json!({"input": {"text": "last"}}))
+        .await;
+    ordered.wait_status(&running, "IN_PROGRESS").await;
+
+    let order = reqwest::Client::new()
+        .post(format!(
+            "{}/admin/v1/regions/eu-west/instances/gpu-1/drain",
+            cp.url
+        ))
+        .bearer_auth(testkit::tokens::ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(order.status(), 202);
+
+    // It drains as on SIGTERM: reports draining and refuses new jobs while its job runs.
+    until("gpu-1 reports draining", || async {
+        instances(&edge)
+            .await
+            .and_then(|all| all.get("gpu-1").cloned())
+            .filter(|r| r.draining)
+    })
+    .await;
+    assert!(
+        ordered.shutdown.is_cancelled(),
+        "the order starts the shutdown"
+    );
+    assert_eq!(ordered.get("/healthz").await.0, 503);
+    assert!(!instances(&edge).await.unwrap()["gpu-2"].draining);
+
+    // Its job finishes; its usage is flushed, it deregisters and the agent stops cleanly.
+    gate.open();
+    ordered.join().await;
+    let left = instances(&edge).await.unwrap();
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["gpu-2"]);
+    let expected = [("gpu-1".to_owned(), true), ("gpu-2".to_owned(), false)];
+    assert_eq!(deregistered(&edge).await, expected);
+    let query = UsageQuery {
+        region: Some("eu-west".into()),
+        ..UsageQuery::default()
+    };
+    let usage = admin.usage(&query).await.unwrap();
+    assert_eq!(
+        (usage.total.jobs, usage.total.cost_nanos),
+        (1, Nanos(100_000_000)),
+        "the running job finished and its usage was sent before the agent stopped"
+    );
+    drop(other);
     cp.stop().await;
 }

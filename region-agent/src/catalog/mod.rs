@@ -5,9 +5,11 @@
 //!
 //! A copy comes from the control plane (`GET /agent/v1/regions/{id}/catalog`, kept on disk
 //! for starts while the control plane is down) or from a catalog file ([`source`]). It is
-//! checked here into a [`RegionCatalog`]; the scheduler swaps it in whole, so every job is
-//! priced by one copy, whose revision its usage record names.
+//! checked here into a [`RegionCatalog`], cut to this instance's share of the pools when it
+//! has one ([`share`]); the scheduler swaps it in whole, so every job is priced by one copy,
+//! whose revision its usage record names.
 
+pub mod share;
 pub mod source;
 
 use std::collections::BTreeMap;

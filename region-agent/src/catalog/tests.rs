@@ -1,9 +1,10 @@
 //! Catalog copies: from the example catalog file, checks of what the control plane sends,
-//! quotes and slots.
+//! quotes, slots and an instance's share of the pools.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
+use super::share::ShareProblem;
 use super::*;
 
 const EXAMPLE: &str = include_str!("../../../examples/catalog.toml");
@@ -111,4 +112,72 @@ fn the_cached_copy_round_trips() {
     assert_eq!(source::load_cache(dir.path()).unwrap(), wire);
     std::fs::write(source::cache_path(dir.path()), b"{torn").unwrap();
     assert!(source::load_cache(dir.path()).is_none());
+}
+
+/// An instance's share, `pools` as (pool id, reserved, on-demand).
+fn shares(pools: &[(&str, u32, u32)]) -> crate::config::PoolShares {
+    pools
+        .iter()
+        .map(|&(id, reserved, on_demand)| {
+            let share = control_plane_client::wire::PoolShare {
+                reserved,
+                on_demand,
+            };
+            (contract::ids::PoolId::new(id).unwrap(), share)
+        })
+        .collect()
+}
+
+#[test]
+fn a_share_of_the_pools_bounds_the_slots_and_keeps_the_prices() {
+    let wire = source::from_toml(EXAMPLE, &region("eu-west")).unwrap();
+    let mut copy = RegionCatalog::from_wire(&wire, &region("eu-west")).unwrap();
+    assert_eq!(copy.served()["h100"].reserved, 2, "the whole pool");
+    // eu-west's h100: 2 reserved and up to 4 on demand; this instance serves 1 and 1.
+    assert_eq!(copy.share(&shares(&[("h100", 1, 1)])), []);
+    let slots = copy.slots(on_demand());
+    let classes: Vec<_> = slots.iter().map(|s| s.capacity).collect();
+    assert_eq!(classes, [Capacity::Reserved, Capacity::OnDemand]);
+    assert_eq!(
+        (slots[0].price_per_hour, slots[1].price_per_hour),
+        (2.2, 4.3)
+    );
+    let served = copy.served();
+    assert_eq!((served["h100"].reserved, served["h100"].on_demand), (1, 1));
+}
+
+#[test]
+fn a_share_the_catalog_does_not_cover_is_said_and_bounded_by_the_catalog() {
+    let wire = source::from_toml(EXAMPLE, &region("eu-west")).unwrap();
+    let mut copy = RegionCatalog::from_wire(&wire, &region("eu-west")).unwrap();
+    let problems = copy.share(&shares(&[("h100", 3, 4), ("a100", 1, 0)]));
+    assert_eq!(
+        problems,
+        [
+            ShareProblem::UnknownPool {
+                pool: "a100".into()
+            },
+            ShareProblem::MoreThanPool {
+                pool: "h100".into(),
+                kind: "reserved",
+                share: 3,
+                catalog: 2
+            },
+        ]
+    );
+    let said = problems[1].to_string();
+    assert!(
+        said.contains("it serves 2") && said.contains("pools.h100.reserved"),
+        "{said}"
+    );
+    assert!(problems[0].to_string().contains("a100"));
+    let served = copy.served();
+    assert_eq!((served["h100"].reserved, served["h100"].on_demand), (2, 4));
+    assert_eq!(copy.slots(on_demand()).len(), 6);
+
+    // A pool the share does not name gives this instance no slot.
+    let mut copy = RegionCatalog::from_wire(&wire, &region("eu-west")).unwrap();
+    copy.share(&shares(&[("a100", 1, 0)]));
+    assert!(copy.slots(on_demand()).is_empty());
+    assert_eq!(copy.served()["h100"].reserved, 0);
 }

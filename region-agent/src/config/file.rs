@@ -5,12 +5,15 @@
 //! The file says which region the agent is, where its weights and data live, how to reach
 //! the control plane (or which catalog file to read without one) and how to operate (queue
 //! bounds, batching, keep-alive, timeouts, on-demand start and stop). Pools, GPU counts and
-//! what jobs cost come only from the catalog.
+//! what jobs cost come only from the catalog; an instance of a region served by several
+//! says only which share of the catalog's pools it serves (`[pools]`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use contract::Secret;
 use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// The whole file (see `examples/region-agent.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +107,64 @@ pub struct AgentFile {
     /// Webhooks jobs name. Default: allowed, to the public internet only.
     #[serde(default)]
     pub webhooks: Option<WebhooksFile>,
+    /// Where edges reach this instance, an `http(s)://host[:port]` URL, reported with every
+    /// heartbeat so that edges send the region's jobs to each of its instances. Default:
+    /// none reported; edges use the catalog's `endpoint` for the region.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// This instance's share of its region's GPU pools, per catalog pool id, e.g.
+    /// `h100 = { reserved = 1, on_demand = 0 }`: it serves `min(share, catalog's)` slots of
+    /// each pool it names and none of the others. Default: the region's whole pools, as the
+    /// region's only agent.
+    #[serde(default)]
+    pub pools: Option<PoolsFile>,
+}
+
+/// One pool's entry in `[pools]`: the slots of the catalog's pool this instance serves.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PoolShareFile {
+    /// Reserved slots (of the catalog's `reserved`). Default 0.
+    #[serde(default)]
+    pub reserved: Option<u32>,
+    /// On-demand slots it may start (of the catalog's `on_demand_max`). Default 0.
+    #[serde(default)]
+    pub on_demand: Option<u32>,
+}
+
+/// `[pools]` as written: a table of pool id → [`PoolShareFile`]. The array of tables older
+/// files wrote (`[[pools]]`, the region's pools with their prices) is read as entries that
+/// do not belong here, so that each is refused as unknown with its line.
+#[derive(Debug, Clone, Default)]
+pub struct PoolsFile(pub BTreeMap<String, PoolShareFile>);
+
+impl<'de> Deserialize<'de> for PoolsFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PoolsVisitor)
+    }
+}
+
+struct PoolsVisitor;
+
+impl<'de> Visitor<'de> for PoolsVisitor {
+    type Value = PoolsFile;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a table of pool id = { reserved = N, on_demand = M }")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PoolsFile, A::Error> {
+        let mut shares = BTreeMap::new();
+        while let Some((pool, share)) = map.next_entry::<String, PoolShareFile>()? {
+            shares.insert(pool, share);
+        }
+        Ok(PoolsFile(shares))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PoolsFile, A::Error> {
+        // Each element is reported as an unknown field.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(PoolsFile::default())
+    }
 }
 
 /// `[webhooks]`: the URLs jobs name to be called when they start or finish, delivered from

@@ -8,6 +8,7 @@
 
 pub mod file;
 mod input_urls;
+mod instance;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use contract::{ConfigProblems, ModelId, RegionId, Secret};
 use self::file::{AgentFile, ControlPlaneFile, GpusFile, ModelFile};
 
 pub use self::input_urls::InputUrlsConfig;
+pub use self::instance::PoolShares;
 pub use self::webhooks::{DEFAULT_KEY_FILE, WebhooksConfig};
 
 /// Whether a slot is reserved (already paid) or on-demand (paid per use).
@@ -168,6 +170,10 @@ pub struct AgentConfig {
     pub webhooks: WebhooksConfig,
     /// This agent among its region's; `None`: the id kept in the data directory.
     pub instance: Option<contract::InstanceId>,
+    /// Where edges reach this instance (reported); `None`: the catalog's region endpoint.
+    pub endpoint: Option<String>,
+    /// This instance's share of the region's pools; `None`: the whole pools.
+    pub pools: Option<PoolShares>,
 }
 
 /// Default largest request body: 32 MiB.
@@ -179,7 +185,12 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Fields of older configurations that moved to the catalog, and what to do instead.
 const MOVED_TO_CATALOG: &str = "remove it: pools, GPU counts and prices come from the catalog \
-                                (the control plane's, or catalog_file without one)";
+                                (the control plane's, or catalog_file without one); an instance \
+                                serving a share of a pool says so in [pools], e.g. \
+                                h100 = { reserved = 1, on_demand = 0 }";
+/// What a pool's entry in `[pools]` may hold.
+const SHARE_FIELDS: &str = "a pool's share has only reserved and on_demand (slots); the pool's \
+                            size and prices come from the catalog";
 
 impl AgentConfig {
     /// Reads and validates a configuration file. Relative paths in it (`data_dir`,
@@ -252,6 +263,8 @@ impl AgentConfig {
                 .map_err(|e| p.add("instance", e.to_string(), "e.g. instance = \"gpu-host-3\""))
                 .ok()
         });
+        let endpoint = instance::endpoint(&mut p, file.endpoint.as_deref());
+        let pools = instance::pools(&mut p, file.pools.as_ref());
         let sync_timeout = positive(&mut p, "sync_timeout_ms", file.sync_timeout_ms, 60_000);
         let connections = connection_limits(&mut p, &file);
         let catalog = catalog_source(&mut p, &file);
@@ -286,6 +299,8 @@ impl AgentConfig {
             input_urls,
             webhooks,
             instance,
+            endpoint,
+            pools,
         })
     }
 
@@ -308,14 +323,17 @@ fn unknown(fields: &[UnknownField]) -> ConfigProblems {
     let mut p = ConfigProblems::new();
     for field in fields {
         let name = field.place.rsplit('.').next().unwrap_or(&field.place);
-        let moved = field.place.starts_with("pools")
+        let share = field.place.starts_with("pools.");
+        let moved = field.place.starts_with("pools[")
             || name.contains("price")
             || matches!(name, "reserved" | "on_demand_max");
         let line = field
             .line
             .map(|l| format!(" (line {l})"))
             .unwrap_or_default();
-        let fix = if moved {
+        let fix = if share {
+            SHARE_FIELDS
+        } else if moved {
             MOVED_TO_CATALOG
         } else {
             "remove it or check its spelling"

@@ -101,11 +101,13 @@ fn pools_and_prices_are_refused_as_the_catalog_s() {
     let text = format!("{GOOD}price_per_unit = 0.25\n\n[[pools]]\nid = \"h100\"\nreserved = 2\n");
     let problems = problems(&text);
     let places: Vec<_> = problems.iter().map(|p| p.place.as_str()).collect();
-    assert_eq!(places, ["models[0].price_per_unit", "pools"]);
+    assert_eq!(places, ["models[0].price_per_unit", "pools[0]"]);
     assert!(
         problems.iter().all(|p| p.fix.contains("catalog")),
         "{problems:?}"
     );
+    assert!(problems[1].problem.contains("line 18"), "{}", problems[1]);
+    assert!(problems[1].fix.contains("[pools]"), "{}", problems[1]);
 }
 
 #[test]
@@ -357,4 +359,88 @@ fn an_instance_id_is_checked_and_optional() {
     assert_eq!(config.instance.unwrap().as_str(), "gpu-host-3");
     let bad = GOOD.replacen("region = ", "instance = \"GPU host\"\nregion = ", 1);
     assert_eq!(places(&bad), ["instance"]);
+}
+
+/// `GOOD` with `top` among its top-level fields and `tables` at its end.
+fn with_instance(top: &str, tables: &str) -> String {
+    let text = GOOD.replacen("region = ", &format!("{top}\nregion = "), 1);
+    format!("{text}\n{tables}\n")
+}
+
+#[test]
+fn an_endpoint_and_a_share_of_the_pools_are_read() {
+    let config = AgentConfig::from_toml(GOOD).unwrap();
+    assert_eq!((config.endpoint, config.pools), (None, None));
+    let text = with_instance(
+        "endpoint = \"http://10.0.3.7:9102/\"",
+        "[pools]\nh100 = { reserved = 1, on_demand = 2 }\ncpu = { on_demand = 3 }",
+    );
+    let config = AgentConfig::from_toml(&text).unwrap();
+    assert_eq!(config.endpoint.as_deref(), Some("http://10.0.3.7:9102"));
+    let pools = config.pools.unwrap();
+    let shares: Vec<_> = pools
+        .iter()
+        .map(|(id, s)| (id.as_str(), s.reserved, s.on_demand))
+        .collect();
+    assert_eq!(shares, [("cpu", 0, 3), ("h100", 1, 2)]);
+}
+
+#[test]
+fn an_unusable_endpoint_is_refused_with_its_fix() {
+    for bad in [
+        "10.0.3.7:9102",
+        "ftp://10.0.3.7",
+        "http://",
+        "http://user:secret@10.0.3.7",
+        "https://agents.example.com/?region=eu",
+    ] {
+        let found = problems(&with_instance(&format!("endpoint = {bad:?}"), ""));
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+        assert_eq!(found[0].place, "endpoint", "{bad}");
+        assert!(found[0].problem.contains(bad), "{bad}: {}", found[0]);
+        assert!(found[0].fix.contains("http://"), "{bad}: {}", found[0]);
+    }
+    let typed = AgentConfig::from_toml(&with_instance("endpoint = 9102", "")).unwrap_err();
+    assert!(matches!(typed, ConfigError::Parse { .. }), "{typed}");
+}
+
+#[test]
+fn a_share_names_pools_by_id_and_gives_at_least_one_slot() {
+    for (pools, place, says) in [
+        (
+            "\"H100 x\" = { reserved = 1 }",
+            "pools.H100 x",
+            "not a valid pool id",
+        ),
+        ("h100 = { reserved = 0, on_demand = 0 }", "pools", "no slot"),
+        ("", "pools", "no slot"),
+        (
+            "h100 = { reserved = 1, on_demand_max = 2 }",
+            "pools.h100.on_demand_max",
+            "unknown field",
+        ),
+        (
+            "h100 = { reserved = 1, price_per_hour = 2.5 }",
+            "pools.h100.price_per_hour",
+            "unknown field",
+        ),
+    ] {
+        let found = problems(&with_instance("", &format!("[pools]\n{pools}")));
+        assert_eq!(found.len(), 1, "{pools}: {found:?}");
+        assert_eq!(found[0].place, place, "{pools}");
+        assert!(found[0].problem.contains(says), "{pools}: {}", found[0]);
+        assert!(!found[0].fix.is_empty());
+    }
+    let share_fields = problems(&with_instance(
+        "",
+        "[pools]\nh100 = { reserved = 1, price_per_hour = 2.5 }",
+    ));
+    assert!(
+        share_fields[0].fix.contains("reserved and on_demand"),
+        "{}",
+        share_fields[0]
+    );
+    let negative = with_instance("", "[pools]\nh100 = { reserved = -1 }");
+    let err = AgentConfig::from_toml(&negative).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
 }

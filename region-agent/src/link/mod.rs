@@ -1,8 +1,10 @@
 //! The link to the control plane: register under a lease, heartbeat (≈1 s) with the agent's
 //! report, fetch the agent catalog when the control plane says a newer one exists (and keep
 //! it on disk), send the usage ledger's batches until each is receipted, and at shutdown
-//! report draining, flush usage and deregister. The agent serves whether or not the control
-//! plane answers.
+//! report draining, flush usage and deregister. Each report names the instance, where edges
+//! reach it and the slots it serves. When an answer orders the instance to drain, the link
+//! cancels the agent's shutdown token, so the agent drains and stops as on SIGTERM. The agent
+//! serves whether or not the control plane answers.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -14,7 +16,7 @@ use control_plane_client::ControlPlane;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::source;
-use crate::config::ControlPlaneConfig;
+use crate::config::{AgentConfig, ControlPlaneConfig};
 use crate::scheduler::Scheduler;
 
 /// Most batches sent in one round of the usage interval.
@@ -54,7 +56,11 @@ pub struct Link {
     region: RegionId,
     /// This agent among its region's ([`instance_id`]).
     instance: String,
+    /// Where edges reach this instance, as reported (empty: the catalog's region endpoint).
+    endpoint: String,
     scheduler: Scheduler,
+    /// The agent's shutdown token, cancelled when the control plane orders a drain.
+    shutdown: CancellationToken,
     data_dir: PathBuf,
     heartbeat: Duration,
     usage_interval: Duration,
@@ -65,31 +71,30 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link for `scheduler`'s region, as instance `instance` (`None`: the one kept in
-    /// `data_dir`, made at the first start), keeping the catalog copy in `data_dir`.
+    /// A link to `control_plane` for `scheduler`'s region and instance, reporting `agent`'s
+    /// endpoint and keeping the catalog copy in its data directory; a drain order cancels
+    /// `shutdown`.
     pub fn new(
-        config: &ControlPlaneConfig,
-        data_dir: PathBuf,
-        instance: Option<&InstanceId>,
+        control_plane: &ControlPlaneConfig,
+        agent: &AgentConfig,
         scheduler: Scheduler,
+        shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let instance = match instance {
-            Some(id) => id.to_string(),
-            None => instance_id(&data_dir)?.to_string(),
-        };
         let client = ControlPlane::new(
-            &config.url,
-            config.agent_token.expose(),
-            config.request_timeout,
+            &control_plane.url,
+            control_plane.agent_token.expose(),
+            control_plane.request_timeout,
         )?;
         Ok(Self {
             client,
             region: scheduler.region().clone(),
-            instance,
+            instance: scheduler.instance().to_string(),
+            endpoint: agent.endpoint.clone().unwrap_or_default(),
             scheduler,
-            data_dir,
-            heartbeat: config.heartbeat_interval,
-            usage_interval: config.usage_interval,
+            shutdown,
+            data_dir: agent.data_dir.clone(),
+            heartbeat: control_plane.heartbeat_interval,
+            usage_interval: control_plane.usage_interval,
             last_catalog_problem: Mutex::new(None),
             last_usage_problem: Mutex::new(None),
         })
@@ -135,10 +140,12 @@ impl Link {
     pub async fn beat(&self, registered: bool) -> bool {
         let mut report = self.scheduler.report();
         report.instance.clone_from(&self.instance);
+        report.endpoint.clone_from(&self.endpoint);
         let region = self.region.as_str();
         if registered {
             match self.client.heartbeat(region, &report).await {
                 Ok(answer) => {
+                    self.follow_drain(answer.drain);
                     self.follow_catalog(answer.catalog_revision).await;
                     return true;
                 }
@@ -159,6 +166,7 @@ impl Link {
                     ttl_ms = registration.ttl_ms,
                     "registered with the control plane"
                 );
+                self.follow_drain(registration.drain);
                 self.follow_catalog(registration.catalog_revision).await;
                 true
             }
@@ -166,6 +174,19 @@ impl Link {
                 tracing::warn!(error = %e, "cannot register with the control plane; serving on and retrying");
                 false
             }
+        }
+    }
+
+    /// Starts the agent's shutdown (drain, flush, deregister, stop) when the control plane's
+    /// answer orders this instance to drain.
+    fn follow_drain(&self, ordered: bool) {
+        if ordered && !self.shutdown.is_cancelled() {
+            tracing::info!(
+                region = %self.region,
+                instance = self.instance,
+                "the control plane asked this instance to drain; draining as on SIGTERM, then stopping"
+            );
+            self.shutdown.cancel();
         }
     }
 

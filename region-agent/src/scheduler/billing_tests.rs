@@ -1,5 +1,6 @@
-//! The catalog copy in force and billing: slots and prices change live, refusals before a
-//! catalog and for a unit mismatch, failed jobs recorded at no cost, crash repair.
+//! The catalog copy in force and billing: slots and prices change live, an instance's share
+//! of the pools, refusals before a catalog and for a unit mismatch, failed jobs recorded at
+//! no cost, crash repair.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -69,6 +70,58 @@ async fn a_new_catalog_changes_slots_and_prices_without_a_restart() {
         (usage.capacity, usage.cost_nanos),
         (Capacity::OnDemand, Nanos(125_000_000))
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_instance_serves_and_reports_its_share_of_the_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = "\n[pools]\ncpu = { reserved = 1, on_demand = 1 }";
+    let s = start_with(
+        &config(dir.path(), share),
+        vec![TestModel::new("test/echo")],
+        None,
+    );
+    let before = s.report();
+    assert!(before.pools.is_empty(), "no slot before a catalog copy");
+    assert_eq!(before.result_retention_s, 86_400);
+
+    // The region's pool has 3 reserved and 2 on-demand slots; this instance serves 1 and 1.
+    s.install_catalog(&catalog(2, (3, 2), &[("test/echo", "image", 0.25)]))
+        .unwrap();
+    let report = s.report();
+    assert_eq!((report.free_reserved, report.on_demand_startable), (1, 1));
+    let cpu = report.pools["cpu"];
+    assert_eq!((cpu.reserved, cpu.on_demand), (1, 1));
+    let job = submit(&s, "shared", Priority::Normal).await;
+    let usage = wait_state(&s, &job.id, JobState::Completed)
+        .await
+        .usage
+        .unwrap();
+    assert_eq!(
+        (usage.capacity, usage.cost_nanos),
+        (Capacity::Reserved, Nanos(250_000_000)),
+        "priced by the catalog"
+    );
+
+    // A smaller pool bounds the share.
+    s.install_catalog(&catalog(3, (0, 2), &[("test/echo", "image", 0.25)]))
+        .unwrap();
+    let cpu = s.report().pools["cpu"];
+    assert_eq!((cpu.reserved, cpu.on_demand), (0, 1));
+    s.stop().await;
+
+    // Without [pools], the instance serves and reports the whole pool.
+    let whole = tempfile::tempdir().unwrap();
+    let s = start_with(
+        &config(whole.path(), ""),
+        vec![TestModel::new("test/echo")],
+        Some(&catalog(2, (3, 2), &[("test/echo", "image", 0.25)])),
+    );
+    let report = s.report();
+    assert_eq!((report.free_reserved, report.on_demand_startable), (3, 2));
+    let cpu = report.pools["cpu"];
+    assert_eq!((cpu.reserved, cpu.on_demand), (3, 2));
     s.stop().await;
 }
 

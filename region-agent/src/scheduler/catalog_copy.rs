@@ -1,5 +1,5 @@
-//! The catalog copy in force: installing a new one (slots reconfigured live and each placed
-//! on a device — a copy whose GPU pools the host's GPUs do not match is refused; why a
+//! The catalog copy in force: installing a new one (cut to this instance's share of the
+//! pools, when it has one; slots reconfigured live and each placed on a device — a copy whose GPU pools the host's GPUs do not match is refused; why a
 //! configured model is not served logged once per copy) and what it says about a model.
 
 use std::sync::Arc;
@@ -11,13 +11,19 @@ use crate::catalog::{CatalogError, NotServed, Quote, RegionCatalog};
 use crate::gpu;
 
 impl Scheduler {
-    /// Puts `catalog` in force: its slots replace the current ones (busy slots finish their
+    /// Puts `catalog` in force: its slots (of this instance's share of the pools, with
+    /// `[pools]`; a share the copy does not cover is logged) replace the current ones (busy slots finish their
     /// batch; no job is lost), its prices price every job that finishes from now on. A copy
     /// whose GPU pools the host's GPUs do not match is refused ([`CatalogError::Hardware`])
     /// unless `[gpus] accept_mismatch` is set; the copy in force stays.
     pub fn install_catalog(&self, catalog: &AgentCatalog) -> Result<(), CatalogError> {
         let shared = &self.shared;
-        let copy = RegionCatalog::from_wire(catalog, &shared.region)?;
+        let mut copy = RegionCatalog::from_wire(catalog, &shared.region)?;
+        if let Some(shares) = &shared.shares {
+            for problem in copy.share(shares) {
+                tracing::warn!(revision = copy.revision, "{problem}");
+            }
+        }
         let mut slots = copy.slots(shared.on_demand);
         let placements = shared.hardware.place(&copy.pools, &slots)?;
         for (slot, device) in slots.iter_mut().zip(placements) {

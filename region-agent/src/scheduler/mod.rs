@@ -42,7 +42,7 @@ use self::queue::ModelQueue;
 use self::running::RunningBatch;
 use self::slots::SlotPool;
 use crate::catalog::RegionCatalog;
-use crate::config::{AgentConfig, ModelConfig, OnDemandConfig};
+use crate::config::{AgentConfig, ModelConfig, OnDemandConfig, PoolShares};
 use crate::gpu::Hardware;
 use crate::jobs::idempotency::{IdempotencyKey, KeyIndex};
 use crate::jobs::store::{JobStore, StoreError};
@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     slots: SlotPool,
     hardware: Hardware,
     on_demand: OnDemandConfig,
+    /// This instance's share of the region's pools (`None`: the whole pools).
+    shares: Option<PoolShares>,
     retention: Duration,
     /// Free space the data directory keeps; new jobs are refused below it (0: no check).
     min_free_disk_bytes: u64,
@@ -276,6 +278,7 @@ impl Scheduler {
             slots: SlotPool::default(),
             hardware,
             on_demand: config.on_demand,
+            shares: config.pools.clone(),
             retention: config.result_retention,
             min_free_disk_bytes: config.min_free_disk_bytes,
             disk_short: AtomicBool::new(false),
@@ -505,8 +508,9 @@ impl Scheduler {
         &self.shared.ledger
     }
 
-    /// What a heartbeat reports: slots, the queues of the models served now, and each
-    /// tenant's jobs queued or running.
+    /// What a heartbeat reports: slots, the queues of the models served now, each tenant's
+    /// jobs queued or running, the slots served per pool (this instance's share, or the
+    /// whole pools; none before a catalog copy) and the result retention.
     pub fn report(&self) -> AgentReport {
         let counts = self.shared.slots.counts();
         let catalog = self.shared.catalog();
@@ -529,8 +533,10 @@ impl Scheduler {
                 .on_demand_start()
                 .map(|d| d.as_secs_f64() * 1000.0),
             models,
-            catalog_revision: catalog.map(|c| c.revision),
+            catalog_revision: catalog.as_ref().map(|c| c.revision),
             tenant_jobs: self.shared.tenants.counts(),
+            pools: catalog.map(|c| c.served()).unwrap_or_default(),
+            result_retention_s: self.shared.retention.as_secs(),
             ..AgentReport::default()
         }
     }
