@@ -8,7 +8,13 @@
 //! concurrency and monthly budget, all set far above what the bench sends, so they are
 //! checked but never refuse), a geo-IP lookup in the MaxMind test database of the client
 //! address that `X-Forwarded-For` gives (loopback is a trusted proxy), the route decision
-//! over the three regions, and the proxying to the chosen region's agent.
+//! over the three regions, the choice of one of the region's instances, and the proxying to
+//! it.
+//!
+//! Each region is served by `instances` agent instances (1, 8 or 64 in the bench), every one
+//! reporting the same backend as its endpoint and an equal share of the slots: the edge
+//! ranks them all for every request, while the backend and its connections stay the same, so
+//! what changes with the count is only the edge's own work per request.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -67,12 +73,12 @@ impl Thread {
 }
 
 impl EdgeUnderTest {
-    /// Starts the control plane, seeds it, and starts the edge (which then fetches its
-    /// first snapshot; wait for a 200 before measuring).
-    pub fn start(backend: SocketAddr) -> Self {
+    /// Starts the control plane, seeds it with `instances` instances per region, and starts
+    /// the edge (which then fetches its first snapshot; wait for a 200 before measuring).
+    pub fn start(backend: SocketAddr, instances: u32) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (control_plane, url) = start_control_plane(&dir, backend);
-        let key = seed(&url);
+        let key = seed(&url, backend, instances);
         let config = edge_config(&url, dir.path());
         let listeners = Listeners::bind(&config).expect("bind the edge");
         let address = listeners.http[0].local_addr().unwrap();
@@ -147,8 +153,9 @@ fn start_control_plane(dir: &tempfile::TempDir, backend: SocketAddr) -> (Thread,
     (thread, url)
 }
 
-/// Registers every region's agent and creates the tenant's key; returns the key.
-fn seed(url: &str) -> String {
+/// Registers `instances` instances of every region and creates the tenant's key; returns
+/// the key.
+fn seed(url: &str, backend: SocketAddr, instances: u32) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -159,16 +166,20 @@ fn seed(url: &str) -> String {
         let patience = testkit::patience();
         let admin = ControlPlane::new(url, ADMIN, patience).unwrap();
         let agent = ControlPlane::new(url, AGENT, patience).unwrap();
-        let report = AgentReport {
-            healthy: true,
-            free_reserved: SLOTS,
-            ..AgentReport::default()
-        };
         for (region, ..) in REGIONS {
-            agent
-                .register(region, &report)
-                .await
-                .expect("register an agent");
+            for instance in 0..instances {
+                let report = AgentReport {
+                    healthy: true,
+                    free_reserved: SLOTS / instances,
+                    instance: format!("i-{instance}"),
+                    endpoint: format!("http://{backend}"),
+                    ..AgentReport::default()
+                };
+                agent
+                    .register(region, &report)
+                    .await
+                    .expect("register an agent");
+            }
         }
         admin
             .create_key(TENANT, None)

@@ -2,7 +2,7 @@
 //! nginx reverse proxy (docs/design.md §11: edge overhead vs direct ≤ 0.15 ms p50 and ≤ 1 ms p99
 //! at half of the edge's max rate; edge throughput with one worker ≥ nginx's).
 //!
-//! Four paths, one backend, the same request bytes (`POST /v1/run/meridian/esrgan-x4` with
+//! Six paths, one backend, the same request bytes (`POST /v1/run/meridian/esrgan-x4` with
 //! the tenant's `Authorization: Key …` and an `X-Forwarded-For`, which the backend and nginx
 //! ignore):
 //!
@@ -13,6 +13,8 @@
 //! - **nginx**: → Debian's nginx, `worker_processes 1`, a minimal `proxy_pass` (see `nginx`).
 //! - **pingora**: → pingora alone, forwarding without any of the edge's work, run as the edge
 //!   runs it (see `bare`): the floor under the edge, to tell pingora's cost from Meridian's.
+//! - **edge×8**, **edge×64**: → the edge again, each region served by 8 or 64 instances
+//!   (the edge path has one): what ranking a region's instances costs per request.
 //!
 //! For each path: the max rate (closed loop, 32 keep-alive connections), then latency at a
 //! fixed rate — half of the edge's median max rate, the same for every path — in an
@@ -50,6 +52,12 @@ use crate::bare::BarePingora;
 use crate::edge::EdgeUnderTest;
 use crate::nginx::Nginx;
 use crate::report::{Path, Round};
+
+/// How many paths are measured.
+const PATHS: usize = 6;
+
+/// A path, where it listens, and the request it gets (the same but for the tenant's key).
+type Target = (Path, SocketAddr, Arc<[u8]>);
 
 /// How long a path may take to first answer 200 (the edge waits for its first snapshot).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -94,42 +102,41 @@ fn main() {
     let plan = Plan::new(measuring);
     let backend = Backend::start();
     let nginx = Nginx::start(backend.address);
-    let edge = EdgeUnderTest::start(backend.address);
+    let edge = EdgeUnderTest::start(backend.address, 1);
+    let edge8 = EdgeUnderTest::start(backend.address, 8);
+    let edge64 = EdgeUnderTest::start(backend.address, 64);
     let bare = BarePingora::start(backend.address);
-    let request: Arc<[u8]> = request(&edge.key).into();
     let paths = [
-        (Path::Direct, backend.address),
-        (Path::Pingora, bare.address),
-        (Path::Edge, edge.address),
-        (Path::Nginx, nginx.address),
-    ];
+        (Path::Direct, backend.address, &edge.key),
+        (Path::Pingora, bare.address, &edge.key),
+        (Path::Edge, edge.address, &edge.key),
+        (Path::Nginx, nginx.address, &edge.key),
+        (Path::Edge8, edge8.address, &edge8.key),
+        (Path::Edge64, edge64.address, &edge64.key),
+    ]
+    .map(|(path, address, key)| (path, address, Arc::<[u8]>::from(request(key))));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let rounds = runtime.block_on(measure(&plan, &paths, &request, &backend));
+    let rounds = runtime.block_on(measure(&plan, &paths, &backend));
     report::print(&plan_line(&plan), &rounds, measuring);
 }
 
 /// Runs every round: max rates first, then every path at half the edge's median max rate.
-async fn measure(
-    plan: &Plan,
-    paths: &[(Path, SocketAddr); 4],
-    request: &Arc<[u8]>,
-    backend: &Backend,
-) -> Vec<Round> {
-    for (path, address) in paths {
+async fn measure(plan: &Plan, paths: &[Target; PATHS], backend: &Backend) -> Vec<Round> {
+    for (path, address, request) in paths {
         load::wait_until_ok(*address, request, PATIENCE)
             .await
             .unwrap_or_else(|e| panic!("{path} never answered 200: {e}"));
     }
     let mut rounds: Vec<Round> = (0..plan.rounds).map(|_| Round::default()).collect();
     for (r, round) in rounds.iter_mut().enumerate() {
-        for (path, address) in rotated(paths, r) {
+        for (path, address, request) in rotated(paths, r) {
             let answered = backend.answered();
             let rate = load::max_rate(
                 address,
-                Arc::clone(request),
+                request,
                 plan.connections,
                 plan.warm_up,
                 plan.max_rate_for,
@@ -147,10 +154,10 @@ async fn measure(
     let rate = report::median(rounds.iter().map(|r| r.max_rate[&Path::Edge])) / 2.0;
     for (r, round) in rounds.iter_mut().enumerate() {
         round.fixed_rate = rate;
-        for (path, address) in rotated(paths, r) {
+        for (path, address, request) in rotated(paths, r) {
             let seen = load::fixed_rate(
                 address,
-                Arc::clone(request),
+                request,
                 plan.connections,
                 rate,
                 plan.warm_up,
@@ -170,7 +177,7 @@ async fn measure(
 }
 
 /// The paths, starting at the `round`th, so each path goes first in some round.
-fn rotated(paths: &[(Path, SocketAddr); 4], round: usize) -> Vec<(Path, SocketAddr)> {
+fn rotated(paths: &[Target; PATHS], round: usize) -> Vec<Target> {
     let mut order = paths.to_vec();
     order.rotate_left(round % paths.len());
     order

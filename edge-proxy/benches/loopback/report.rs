@@ -12,8 +12,13 @@ use crate::load::{Latencies, percentile};
 pub enum Path {
     Direct,
     Pingora,
+    /// The edge, each region one instance.
     Edge,
     Nginx,
+    /// The edge, each region 8 instances.
+    Edge8,
+    /// The edge, each region 64 instances.
+    Edge64,
 }
 
 impl fmt::Display for Path {
@@ -23,6 +28,8 @@ impl fmt::Display for Path {
             Self::Pingora => "pingora",
             Self::Edge => "edge",
             Self::Nginx => "nginx",
+            Self::Edge8 => "edge×8",
+            Self::Edge64 => "edge×64",
         })
     }
 }
@@ -88,8 +95,15 @@ fn row(rounds: &[Round], path: Path) -> Row {
 /// Prints the table and the ratios, with the targets when `measuring`.
 pub fn print(plan: &str, rounds: &[Round], measuring: bool) {
     let rate = rounds.first().map_or(0.0, |r| r.fixed_rate);
-    let [direct, pingora, edge, nginx] =
-        [Path::Direct, Path::Pingora, Path::Edge, Path::Nginx].map(|p| row(rounds, p));
+    let [direct, pingora, edge, nginx, edge8, edge64] = [
+        Path::Direct,
+        Path::Pingora,
+        Path::Edge,
+        Path::Nginx,
+        Path::Edge8,
+        Path::Edge64,
+    ]
+    .map(|p| row(rounds, p));
     let late = |p: f64| {
         median(
             rounds
@@ -115,6 +129,8 @@ pub fn print(plan: &str, rounds: &[Round], measuring: bool) {
         (Path::Direct, &direct),
         (Path::Pingora, &pingora),
         (Path::Edge, &edge),
+        (Path::Edge8, &edge8),
+        (Path::Edge64, &edge64),
         (Path::Nginx, &nginx),
     ] {
         println!(
@@ -160,6 +176,15 @@ pub fn print(plan: &str, rounds: &[Round], measuring: bool) {
         "pingora / nginx throughput{:>8.2}",
         pingora.max_rate / nginx.max_rate
     );
+    for (what, more) in [("edge×8 ", &edge8), ("edge×64", &edge64)] {
+        println!(
+            "{what} / edge throughput {:>8.2}     (a region of that many instances; p50 {:+.3} ms, \
+             p99 {:+.3} ms)",
+            more.max_rate / edge.max_rate,
+            more.p50 - edge.p50,
+            more.p99 - edge.p99
+        );
+    }
     let overhead = [
         ("edge − direct, p50 ", edge.p50 - direct.p50, Some(0.15)),
         ("edge − direct, p99 ", edge.p99 - direct.p99, Some(1.0)),
