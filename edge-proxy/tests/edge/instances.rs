@@ -103,6 +103,26 @@ async fn calls_about_a_request_reach_only_its_instance_and_wait_for_it() {
         away.body
     );
 
+    // gpu-2 drains and leaves: its jobs stay on its disk, so calls about them wait for it
+    // rather than being told the request does not exist.
+    world
+        .client(AGENT)
+        .deregister(REGION, "gpu-2")
+        .await
+        .unwrap();
+    let revision = world.client(testkit::tokens::EDGE).snapshot().await;
+    edge.wait_for_revision(revision.unwrap().revision).await;
+    let left = Answer::of(
+        edge.get(&format!("/v1/requests/{REGION}.gpu-2.{hex}/status"), key)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(left.status, 503, "{}", left.body);
+    assert_eq!(left.error_type(), "instance_unavailable");
+    assert_eq!(left.header("retry-after"), Some("5"));
+    assert!(instances.gpu2.seen().is_empty(), "nothing reached it");
+
     // An instance the region never had holds nothing.
     let unknown = Answer::of(
         edge.get(&format!("/v1/requests/{REGION}.gpu-9.{hex}"), key)
