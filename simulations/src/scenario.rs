@@ -12,10 +12,13 @@
 //!
 //! [`Scenario::from_toml`] checks the cross references and reports every problem at once.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use policy::{Catalog, CatalogSpec, ConfigProblems, Location};
 use serde::Deserialize;
+
+use crate::region::{HostShape, layout};
 
 /// A scenario as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,21 +50,29 @@ pub struct SimulationSpec {
     pub requests: u64,
     /// Length of the run in hours of virtual time, starting at 00:00 UTC. Default 24.
     pub duration_hours: f64,
-    /// Each region agent reports its status this often, in ms. Default 1000.
+    /// Each host's agent reports its status this often, in ms (a region's hosts report on
+    /// the same tick). Default 1000.
     pub heartbeat_interval_ms: u64,
     /// Edges; each keeps its own in-flight counts and circuit breakers. Cities are spread
     /// over them in turn. Default 8.
     pub edges: u32,
-    /// Jobs that may wait in one region's queue. Default 500.
+    /// Jobs that may wait in one host's queue (each agent instance has its own). Default 500.
     pub queue_limit: u32,
+    /// GPUs on a host (one agent instance each), for the hosts `host_gpus` does not list.
+    /// Default 8, as on an H100 machine. See [`crate::region`] for how a region's reserved
+    /// and on-demand GPUs are laid out on its hosts.
+    pub gpus_per_host: u32,
+    /// Per region id, the GPUs of its first hosts in order, e.g. `"us-east" = [8, 4]`; the
+    /// rest of its GPUs go on hosts of `gpus_per_host`. Default: none listed.
+    pub host_gpus: BTreeMap<String, Vec<u32>>,
     /// Time to bring up an on-demand GPU, in ms. Default 60 000.
     pub on_demand_start_ms: u64,
     /// An on-demand GPU idle this long is released, in ms. Default 120 000.
     pub idle_release_ms: u64,
-    /// A region's agent starts an on-demand GPU when the expected wait of its queue exceeds
-    /// this, in ms (whatever the edge asked for). Default 10 000.
+    /// A host's agent starts an on-demand GPU when its queued work per running or starting
+    /// slot exceeds this, in ms (whatever the edge asked for). Default 10 000.
     pub scale_up_wait_ms: u64,
-    /// Time lost on a connection to a dead region before failing over, in ms. Default 250.
+    /// Time lost on a connection to a dead host before failing over, in ms. Default 250.
     pub connect_timeout_ms: u64,
     /// Service times vary uniformly by ± this fraction around the model's GPU-seconds.
     /// Default 0.2.
@@ -79,6 +90,8 @@ impl Default for SimulationSpec {
             heartbeat_interval_ms: 1000,
             edges: 8,
             queue_limit: 500,
+            gpus_per_host: 8,
+            host_gpus: BTreeMap::new(),
             on_demand_start_ms: 60_000,
             idle_release_ms: 120_000,
             scale_up_wait_ms: 10_000,
@@ -165,7 +178,7 @@ fn one() -> f64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventSpec {
-    /// `outage` (a region is down from `start_hour` to `end_hour`), `price` (a region's
+    /// `outage` (a region, or one of its hosts, is down from `start_hour` to `end_hour`), `price` (a region's
     /// on-demand price is multiplied by `factor` from `start_hour`) or `spike` (demand from
     /// `cities`, or everywhere, is multiplied by `factor` from `start_hour` to `end_hour`).
     pub kind: String,
@@ -177,6 +190,10 @@ pub struct EventSpec {
     /// The region (outage, price).
     #[serde(default)]
     pub region: Option<String>,
+    /// One host of the region (outage): its index among the region's hosts, from 0, in the
+    /// order of [`crate::region`]'s layout; absent: the whole region.
+    #[serde(default)]
+    pub host: Option<u32>,
     /// The multiplier (price, spike).
     #[serde(default)]
     pub factor: Option<f64>,
@@ -210,10 +227,12 @@ pub enum ScenarioError {
 /// What happens at a moment of the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ScenarioEvent {
-    /// The region goes down (`true`) or comes back (`false`).
+    /// The region, or one of its hosts, goes down (`true`) or comes back (`false`).
     Outage {
         /// Region index.
         region: usize,
+        /// Host index within the region; `None`: every host.
+        host: Option<usize>,
         /// Down from now on (`true`) or up again.
         down: bool,
     },
@@ -256,6 +275,8 @@ pub struct Scenario {
     pub tenant_models: Vec<(Vec<usize>, Vec<f64>)>,
     /// Per demand model entry: catalog model index and the units range.
     pub model_units: Vec<(usize, f64, f64)>,
+    /// Per region (catalog index): its hosts' shares of its slots.
+    pub hosts: Vec<Vec<HostShape>>,
 }
 
 /// Microseconds in an hour.
@@ -281,10 +302,12 @@ impl Scenario {
         let catalog = spec.catalog.validate()?;
         let mut problems = Vec::new();
         check_simulation(&spec.simulation, &mut problems);
+        let hosts = hosts(&spec.simulation, &catalog, &mut problems);
         let city_tenants = crate::scenario_check::city_tenants(&spec, &catalog, &mut problems);
         let (tenant_models, model_units) =
             crate::scenario_check::tenant_models(&spec, &catalog, &mut problems);
-        let (events, spikes) = crate::scenario_check::events(&spec, &catalog, &mut problems);
+        let (events, spikes) =
+            crate::scenario_check::events(&spec, &catalog, &hosts, &mut problems);
         if !problems.is_empty() {
             return Err(ScenarioError::Invalid(problems));
         }
@@ -296,6 +319,7 @@ impl Scenario {
             city_tenants,
             tenant_models,
             model_units,
+            hosts,
         })
     }
 
@@ -322,10 +346,14 @@ fn check_simulation(sim: &SimulationSpec, problems: &mut Vec<String>) {
             sim.duration_hours
         ));
     }
-    if sim.heartbeat_interval_ms == 0 || sim.edges == 0 || sim.bucket_minutes == 0 {
+    if sim.heartbeat_interval_ms == 0
+        || sim.edges == 0
+        || sim.bucket_minutes == 0
+        || sim.gpus_per_host == 0
+    {
         problems.push(
-            "simulation.heartbeat_interval_ms, edges and bucket_minutes must be above 0; fix: \
-             remove them for the defaults"
+            "simulation.heartbeat_interval_ms, edges, bucket_minutes and gpus_per_host must be \
+             above 0; fix: remove them for the defaults"
                 .to_owned(),
         );
     }
@@ -335,4 +363,43 @@ fn check_simulation(sim: &SimulationSpec, problems: &mut Vec<String>) {
             sim.service_jitter
         ));
     }
+}
+
+/// Each region's hosts by [`layout`]; `host_gpus` must name catalog regions and list sizes
+/// above 0.
+fn hosts(
+    sim: &SimulationSpec,
+    catalog: &Catalog,
+    problems: &mut Vec<String>,
+) -> Vec<Vec<HostShape>> {
+    for (region, sizes) in &sim.host_gpus {
+        if catalog.region_index(region).is_none() {
+            problems.push(format!(
+                "simulation.host_gpus names region {region:?}, which is not in [catalog]; fix: \
+                 correct the id"
+            ));
+        }
+        if sizes.contains(&0) {
+            problems.push(format!(
+                "simulation.host_gpus.{region} lists a host of 0 GPUs; fix: give every host 1 \
+                 or more"
+            ));
+        }
+    }
+    catalog
+        .regions()
+        .iter()
+        .map(|r| {
+            let listed = sim
+                .host_gpus
+                .get(r.id.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            layout(
+                r.reserved_slots(),
+                r.on_demand_slots(),
+                listed,
+                sim.gpus_per_host,
+            )
+        })
+        .collect()
 }

@@ -3,6 +3,7 @@
 
 use policy::Catalog;
 
+use crate::region::HostShape;
 use crate::scenario::{ScenarioEvent, ScenarioSpec, Spike, US_PER_HOUR};
 
 type Cumulative = (Vec<usize>, Vec<f64>);
@@ -143,6 +144,7 @@ pub(crate) fn tenant_models(
 pub(crate) fn events(
     spec: &ScenarioSpec,
     catalog: &Catalog,
+    hosts: &[Vec<HostShape>],
     problems: &mut Vec<String>,
 ) -> (Vec<(u64, ScenarioEvent)>, Vec<Spike>) {
     // An event may reach past the run (a shortened scenario); what lies after it is cut.
@@ -161,21 +163,27 @@ pub(crate) fn events(
         let region = e.region.as_deref().map(|r| (r, catalog.region_index(r)));
         let factor = e.factor.filter(|f| f.is_finite() && *f >= 0.0);
         match (e.kind.as_str(), region, factor) {
-            ("outage", Some((_, Some(r))), _) => {
-                timed.push((
-                    at(start),
-                    ScenarioEvent::Outage {
-                        region: r,
-                        down: true,
-                    },
-                ));
-                timed.push((
-                    at(end),
-                    ScenarioEvent::Outage {
-                        region: r,
-                        down: false,
-                    },
-                ));
+            ("outage", Some((name, Some(r))), _) => {
+                let host = e.host.map(|h| h as usize);
+                let count = hosts.get(r).map_or(0, Vec::len);
+                if host.is_some_and(|h| h >= count) {
+                    problems.push(format!(
+                        "events[{i}].host is {}, but {name} has {count} host(s); fix: use 0 to {}",
+                        host.unwrap_or(0),
+                        count.saturating_sub(1)
+                    ));
+                    continue;
+                }
+                for (t, down) in [(at(start), true), (at(end), false)] {
+                    timed.push((
+                        t,
+                        ScenarioEvent::Outage {
+                            region: r,
+                            host,
+                            down,
+                        },
+                    ));
+                }
             }
             ("price", Some((_, Some(r))), Some(f)) if f > 0.0 => {
                 timed.push((
@@ -207,7 +215,7 @@ pub(crate) fn events(
             )),
             (kind, ..) => problems.push(format!(
                 "events[{i}] of kind {kind:?} is incomplete; fix: use kind \"outage\" with \
-                 region, \"price\" with region and factor > 0, or \"spike\" with factor ≥ 0 \
+                 region (and optional host), \"price\" with region and factor > 0, or \"spike\" with factor ≥ 0 \
                  (and optional cities)"
             )),
         }

@@ -10,3 +10,4 @@ mod live;
 pub mod wire;
 
 pub use client::{ClientError, ControlPlane, RecordQuery, Result, Revisioned, UsageQuery};
+pub use live::region_of;

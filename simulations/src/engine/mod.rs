@@ -8,15 +8,21 @@
 //! refusal), are added to their latency. In checking mode every step is followed by a check
 //! of the invariants (see [`InvariantViolation`]).
 
+mod edge;
 mod queue;
 mod requests;
+#[cfg(test)]
+mod tests;
 
-use policy::{Catalog, CatalogSpec, LiveStatus, RegionStatus};
+use std::ops::Range;
 
+use policy::{Catalog, CatalogSpec, RegionStatus};
+
+use self::edge::EdgeView;
 use self::queue::EventQueue;
 use crate::demand::{Arrival, Demand};
+use crate::host::{HostSim, SlotState, Started};
 use crate::metrics::{Histogram, Ledger, Outcomes, Summary};
-use crate::region::{RegionSim, SlotState, Started};
 use crate::scenario::Scenario;
 use crate::strategy::{Router, StrategyKind};
 
@@ -62,19 +68,20 @@ pub struct InvariantViolation {
 enum Kind {
     Arrival,
     Done {
-        region: u32,
+        host: u32,
         slot: u32,
         generation: u32,
     },
     Ready {
-        region: u32,
+        host: u32,
         slot: u32,
         generation: u32,
     },
     IdleCheck {
-        region: u32,
+        host: u32,
         slot: u32,
     },
+    /// Every host of a region that is up reports.
     Heartbeat {
         region: u32,
     },
@@ -96,9 +103,9 @@ struct Job {
     edge: u16,
     /// Its tenant.
     tenant: u16,
-    /// Where it was placed; `None` until it is.
-    region: Option<u16>,
-    /// The region's report count when it was placed: while no newer report has arrived,
+    /// The host it was placed on; `None` until it is.
+    host: Option<u32>,
+    /// The host's report count when it was placed: while no newer report has arrived,
     /// the edge still counts it in flight there.
     epoch: u32,
 }
@@ -115,12 +122,21 @@ struct Sim<'a> {
     options: RunOptions,
     catalog: Catalog,
     catalog_spec: CatalogSpec,
-    regions: Vec<RegionSim>,
-    edges: Vec<LiveStatus>,
-    /// Each region's last report, copied to every edge.
-    reports: Vec<RegionStatus>,
-    /// Reports received from each region so far.
+    /// Every region's hosts, region by region.
+    hosts: Vec<HostSim>,
+    /// Per region, its hosts' indices in `hosts`.
+    region_hosts: Vec<Range<usize>>,
+    edges: Vec<EdgeView>,
+    /// Each host's last report, copied to every edge.
+    host_reports: Vec<RegionStatus>,
+    /// Each region's last status: the sum of its hosts' reports, copied to every edge.
+    region_reports: Vec<RegionStatus>,
+    /// Reports received from each host so far.
     epochs: Vec<u32>,
+    /// The fresh reports of a region with a stale host, reused.
+    fresh: Vec<RegionStatus>,
+    /// Hosts of one region in the order the edge tries them, reused.
+    host_order: Vec<usize>,
     /// Round-trip ms, `[city * regions + region]`.
     rtt_ms: Vec<f64>,
     events: EventQueue<Kind>,
@@ -143,14 +159,7 @@ impl<'a> Sim<'a> {
     fn new(scenario: &'a Scenario, options: RunOptions) -> Self {
         let sim = &scenario.spec.simulation;
         let catalog = scenario.catalog.clone();
-        let regions = catalog
-            .regions()
-            .iter()
-            .map(|r| {
-                let price = r.on_demand_price_per_hour().unwrap_or(0.0);
-                RegionSim::new(r.reserved_slots(), r.on_demand_slots(), price, sim)
-            })
-            .collect();
+        let (hosts, region_hosts) = build_hosts(scenario);
         let network = catalog.routing().network;
         let rtt_ms = scenario
             .spec
@@ -171,10 +180,14 @@ impl<'a> Sim<'a> {
             scenario,
             options,
             catalog_spec: scenario.spec.catalog.clone(),
-            edges: vec![LiveStatus::new(&catalog); sim.edges as usize],
-            reports: vec![RegionStatus::default(); catalog.regions().len()],
-            epochs: vec![0; catalog.regions().len()],
-            regions,
+            edges: vec![EdgeView::new(&catalog, hosts.len()); sim.edges as usize],
+            host_reports: vec![RegionStatus::default(); hosts.len()],
+            region_reports: vec![RegionStatus::default(); catalog.regions().len()],
+            epochs: vec![0; hosts.len()],
+            fresh: Vec::new(),
+            host_order: Vec::new(),
+            hosts,
+            region_hosts,
             rtt_ms,
             events: EventQueue::new(|k| matches!(k, Kind::Arrival)),
             now: 0,
@@ -203,8 +216,8 @@ impl<'a> Sim<'a> {
 
     fn run(&mut self) -> Result<(), InvariantViolation> {
         let interval = self.scenario.spec.simulation.heartbeat_interval_ms * 1000;
-        let n = self.regions.len() as u64;
-        for r in 0..self.regions.len() {
+        let n = self.region_hosts.len() as u64;
+        for r in 0..self.region_hosts.len() {
             self.heartbeat(r);
             self.schedule(
                 interval * (r as u64 + 1) / n.max(1),
@@ -251,16 +264,16 @@ impl<'a> Sim<'a> {
         match kind {
             Kind::Arrival => self.arrival(),
             Kind::Done {
-                region,
+                host,
                 slot,
                 generation,
             }
             | Kind::Ready {
-                region,
+                host,
                 slot,
                 generation,
             } => {
-                let s = self.regions[region as usize].slots[slot as usize];
+                let s = self.hosts[host as usize].slots[slot as usize];
                 let expected = if matches!(kind, Kind::Done { .. }) {
                     SlotState::Busy
                 } else {
@@ -268,25 +281,25 @@ impl<'a> Sim<'a> {
                 };
                 if s.generation == generation && s.state == expected {
                     if expected == SlotState::Busy {
-                        self.complete(s.job, region as usize);
+                        self.complete(s.job);
                     }
-                    self.free_slot(region as usize, slot);
+                    self.free_slot(host as usize, slot);
                 }
             }
-            Kind::IdleCheck { region, slot } => {
-                let r = region as usize;
+            Kind::IdleCheck { host, slot } => {
                 let release_us = self.scenario.spec.simulation.idle_release_ms * 1000;
-                let again =
-                    self.regions[r].idle_check(slot, self.now, release_us, &mut self.ledger, r);
+                let again = self.hosts[host as usize].idle_check(
+                    slot,
+                    self.now,
+                    release_us,
+                    &mut self.ledger,
+                );
                 if let Some(at) = again {
                     self.schedule(at, kind);
                 }
             }
             Kind::Heartbeat { region } => {
-                let r = region as usize;
-                if self.regions[r].up {
-                    self.heartbeat(r);
-                }
+                self.heartbeat(region as usize);
                 if self.now < self.scenario.duration_us() || self.live_jobs > 0 {
                     self.schedule(self.now + interval, kind);
                 }
@@ -295,52 +308,20 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// A region's agent reports: every edge learns its status and forgets its in-flight
-    /// count there (the report includes those requests); a report also closes the edge's
-    /// circuit to it.
-    ///
-    /// Every edge's per-model loads for a region are a copy of the region's last report
-    /// (nothing else writes them), so they are copied only when the report changed them,
-    /// which an idle region's report does not.
-    fn heartbeat(&mut self, r: usize) {
-        let start_ms = self.scenario.spec.simulation.on_demand_start_ms as f64;
-        let models = self.catalog.models().len();
-        self.epochs[r] += 1;
-        let report = &mut self.reports[r];
-        let models_changed = self.regions[r].report(self.now, start_ms, report, models);
-        for edge in &mut self.edges {
-            if let Some(st) = edge.region_mut(r) {
-                // Field by field, so the per-model list keeps its allocation.
-                st.last_heartbeat_ms = report.last_heartbeat_ms;
-                st.healthy = report.healthy;
-                st.draining = report.draining;
-                st.free_reserved = report.free_reserved;
-                st.free_on_demand = report.free_on_demand;
-                st.on_demand_startable = report.on_demand_startable;
-                st.on_demand_start_ms = report.on_demand_start_ms;
-                if models_changed {
-                    st.models.clone_from(&report.models);
-                }
-                st.in_flight = 0;
-                st.circuit_open = false;
-            }
-        }
-    }
-
-    fn free_slot(&mut self, r: usize, slot: u32) {
-        match self.regions[r].slot_free(slot, self.now, &mut self.ledger, r) {
-            Some(started) => self.started(r, started),
+    fn free_slot(&mut self, h: usize, slot: u32) {
+        match self.hosts[h].slot_free(slot, self.now, &mut self.ledger) {
+            Some(started) => self.started(h, started),
             // One release check per slot at a time keeps the event heap small: a check that
             // finds the slot idle for less than the release time comes back later.
-            None if slot >= self.regions[r].reserved()
-                && !self.regions[r].slots[slot as usize].check_pending =>
+            None if slot >= self.hosts[h].reserved()
+                && !self.hosts[h].slots[slot as usize].check_pending =>
             {
-                self.regions[r].slots[slot as usize].check_pending = true;
+                self.hosts[h].slots[slot as usize].check_pending = true;
                 let at = self.now + self.scenario.spec.simulation.idle_release_ms * 1000;
                 self.schedule(
                     at,
                     Kind::IdleCheck {
-                        region: r as u32,
+                        host: h as u32,
                         slot,
                     },
                 );
@@ -349,17 +330,42 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn started(&mut self, r: usize, s: Started) {
+    fn started(&mut self, h: usize, s: Started) {
         let service = self.jobs[s.job as usize].service_us;
         self.schedule(
             self.now + service,
             Kind::Done {
-                region: r as u32,
+                host: h as u32,
                 slot: s.slot,
                 generation: s.generation,
             },
         );
     }
+}
+
+/// Every region's hosts by the scenario's layout, region by region, and each region's range
+/// of them.
+fn build_hosts(scenario: &Scenario) -> (Vec<HostSim>, Vec<Range<usize>>) {
+    let sim = &scenario.spec.simulation;
+    let mut hosts = Vec::new();
+    let mut ranges = Vec::new();
+    for (r, (region, shapes)) in scenario
+        .catalog
+        .regions()
+        .iter()
+        .zip(&scenario.hosts)
+        .enumerate()
+    {
+        let price = region.on_demand_price_per_hour().unwrap_or(0.0);
+        let start = hosts.len();
+        hosts.extend(
+            shapes
+                .iter()
+                .map(|&shape| HostSim::new(r, shape, price, sim)),
+        );
+        ranges.push(start..hosts.len());
+    }
+    (hosts, ranges)
 }
 
 /// Runs several strategies on the same arrivals (`base` gives seed, requests and checking;

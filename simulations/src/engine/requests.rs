@@ -1,11 +1,13 @@
-//! A request's life in the loop: routing and placement at arrival, completion, loss in an
-//! outage; scenario events; the invariant checks and the final summary.
+//! A request's life in the loop: routing and placement at arrival (the strategy picks the
+//! region, the edge's instance ranking the host), completion, loss in an outage; scenario
+//! events; the invariant checks and the final summary.
 
+use super::edge::is_fresh;
 use super::{Job, Kind, Sim};
 use crate::demand::Arrival;
 use crate::engine::RunResult;
+use crate::host::Admission;
 use crate::metrics::Summary;
-use crate::region::Admission;
 use crate::scenario::{ScenarioEvent, US_PER_HOUR};
 use crate::strategy::Ask;
 
@@ -17,7 +19,7 @@ impl Sim<'_> {
             self.schedule(n.time_us, Kind::Arrival);
         }
         self.outcomes.arrived += 1;
-        let nr = self.regions.len();
+        let nr = self.region_hosts.len();
         let city = usize::from(a.city);
         let edge = city % self.edges.len();
         let tenant = usize::from(a.tenant);
@@ -30,8 +32,12 @@ impl Sim<'_> {
             units: a.units,
             now_ms: self.now / 1000,
         };
-        self.router
-            .choose(&self.catalog, &self.edges[edge], &ask, &mut self.order);
+        self.router.choose(
+            &self.catalog,
+            &self.edges[edge].regions,
+            &ask,
+            &mut self.order,
+        );
         if self.order.is_empty() {
             self.outcomes.refused += 1;
             return;
@@ -47,7 +53,7 @@ impl Sim<'_> {
             live: true,
             edge: edge as u16,
             tenant: a.tenant,
-            region: None,
+            host: None,
             epoch: 0,
         });
         if !self.place(job, &a, edge) {
@@ -56,16 +62,15 @@ impl Sim<'_> {
         }
     }
 
-    /// Tries the strategy's regions in order; `false` when none took the job. A dead region
-    /// costs a connect timeout and opens this edge's circuit to it; a full one refuses
-    /// after a round trip.
-    fn place(&mut self, job: u32, a: &Arrival, edge: usize) -> bool {
-        let nr = self.regions.len();
+    /// Tries the strategy's regions in order, and in each its hosts in the order the edge
+    /// ranks them (`policy::rank_instances`, leaving out hosts the control plane no longer
+    /// lists); `false` when none took the job. A dead host costs a connect timeout and opens
+    /// this edge's circuit to it; a full one refuses after a round trip.
+    pub(super) fn place(&mut self, job: u32, a: &Arrival, edge: usize) -> bool {
+        let nr = self.region_hosts.len();
         let (city, tenant) = (usize::from(a.city), usize::from(a.tenant));
-        let timeout_us = self.scenario.spec.simulation.connect_timeout_ms * 1000;
         for i in 0..self.order.len() {
             let (r, wants_slot) = self.order[i];
-            let rtt_us = (self.rtt_ms[city * nr + r] * 1000.0) as u64;
             if !self.catalog.tenants()[tenant].allowed_regions.contains(r) {
                 self.outcomes.residency_violations += 1;
                 if self.options.check {
@@ -75,47 +80,77 @@ impl Sim<'_> {
                     ));
                 }
             }
-            if !self.regions[r].up {
-                self.jobs[job as usize].extra_us += timeout_us;
-                self.outcomes.failovers += 1;
-                if let Some(st) = self.edges[edge].region_mut(r) {
-                    st.circuit_open = true;
+            let rtt_us = (self.rtt_ms[city * nr + r] * 1000.0) as u64;
+            self.rank_hosts(r, edge, a);
+            for k in 0..self.host_order.len() {
+                let h = self.region_hosts[r].start + self.host_order[k];
+                if self.try_host(job, h, edge, a.service_us, wants_slot, rtt_us) {
+                    return true;
                 }
-                continue;
             }
-            match self.regions[r].admit(job, a.service_us, wants_slot, self.now) {
-                Admission::Refused => {
-                    self.jobs[job as usize].extra_us += rtt_us;
-                    self.outcomes.failovers += 1;
-                    continue;
-                }
-                Admission::Started(s) => self.started(r, s),
-                Admission::Queued(Some((slot, generation))) => {
-                    let at = self.now + self.scenario.spec.simulation.on_demand_start_ms * 1000;
-                    self.schedule(
-                        at,
-                        Kind::Ready {
-                            region: r as u32,
-                            slot,
-                            generation,
-                        },
-                    );
-                }
-                Admission::Queued(None) => {}
-            }
-            let placed = &mut self.jobs[job as usize];
-            placed.extra_us += rtt_us;
-            placed.region = Some(r as u16);
-            placed.epoch = self.epochs[r];
-            if let Some(st) = self.edges[edge].region_mut(r) {
-                st.in_flight += 1;
-            }
-            return true;
         }
         false
     }
 
-    fn new_job(&mut self, job: Job) -> u32 {
+    /// Fills `host_order` with region `r`'s hosts (indices within the region) in the order
+    /// edge `edge` tries them for arrival `a`.
+    fn rank_hosts(&mut self, r: usize, edge: usize, a: &Arrival) {
+        let model = usize::from(a.model);
+        let service_ms = self.catalog.models()[model].gpu_seconds_per_unit * a.units * 1000.0;
+        let (now_ms, timeout) = self.freshness();
+        let seen = &self.edges[edge].hosts[self.region_hosts[r].clone()];
+        policy::rank_instances(seen, model, service_ms, &mut self.host_order);
+        self.host_order
+            .retain(|&k| is_fresh(&seen[k], now_ms, timeout));
+    }
+
+    /// Sends the job to host `h`; `true` when it took it (running or queued).
+    fn try_host(
+        &mut self,
+        job: u32,
+        h: usize,
+        edge: usize,
+        service_us: u64,
+        wants_slot: bool,
+        rtt_us: u64,
+    ) -> bool {
+        if !self.hosts[h].up {
+            let timeout_us = self.scenario.spec.simulation.connect_timeout_ms * 1000;
+            self.jobs[job as usize].extra_us += timeout_us;
+            self.outcomes.failovers += 1;
+            self.open_circuit(edge, h);
+            return false;
+        }
+        match self.hosts[h].admit(job, service_us, wants_slot, self.now) {
+            Admission::Refused => {
+                self.jobs[job as usize].extra_us += rtt_us;
+                self.outcomes.failovers += 1;
+                return false;
+            }
+            Admission::Started(s) => self.started(h, s),
+            Admission::Queued(Some((slot, generation))) => {
+                let at = self.now + self.scenario.spec.simulation.on_demand_start_ms * 1000;
+                let host = h as u32;
+                self.schedule(
+                    at,
+                    Kind::Ready {
+                        host,
+                        slot,
+                        generation,
+                    },
+                );
+            }
+            Admission::Queued(None) => {}
+        }
+        let placed = &mut self.jobs[job as usize];
+        placed.extra_us += rtt_us;
+        placed.host = Some(h as u32);
+        placed.epoch = self.epochs[h];
+        self.count_in_flight(edge, h);
+        true
+    }
+
+    pub(super) fn new_job(&mut self, job: Job) -> u32 {
         self.live_jobs += 1;
         match self.free_jobs.pop() {
             Some(id) => {
@@ -138,18 +173,18 @@ impl Sim<'_> {
         }
         job.live = false;
         self.live_jobs -= 1;
-        // The edge sees the answer (or the error): a request it still counted in flight
-        // since the region's last report no longer is.
-        if let Some(r) = job.region.map(usize::from)
-            && self.epochs[r] == job.epoch
-            && let Some(st) = self.edges[usize::from(job.edge)].region_mut(r)
-        {
-            st.in_flight = st.in_flight.saturating_sub(1);
-        }
+        let (edge, host, epoch) = (usize::from(job.edge), job.host, job.epoch);
         self.free_jobs.push(id);
+        // The edge sees the answer (or the error): a request it still counted in flight
+        // since the host's last report no longer is.
+        if let Some(h) = host.map(|h| h as usize)
+            && self.epochs[h] == epoch
+        {
+            self.uncount_in_flight(edge, h);
+        }
     }
 
-    pub(super) fn complete(&mut self, id: u32, _region: usize) {
+    pub(super) fn complete(&mut self, id: u32) {
         let job = self.jobs[id as usize];
         let latency_us = self.now - job.arrival_us + job.extra_us;
         self.latency.record(latency_us as f64 / 1000.0);
@@ -170,27 +205,42 @@ impl Sim<'_> {
             return;
         };
         match event {
-            ScenarioEvent::Outage { region, down: true } => {
-                let mut lost = std::mem::take(&mut self.lost);
-                self.regions[region].go_down(self.now, &mut self.ledger, region, &mut lost);
-                for id in lost.drain(..) {
-                    self.outcomes.failed += 1;
-                    self.end_job(id);
+            ScenarioEvent::Outage { region, host, down } => {
+                let range = self.region_hosts[region].clone();
+                let hosts = match host {
+                    Some(h) => range.start + h..range.start + h + 1,
+                    None => range,
+                };
+                let known = self.hosts.len();
+                for h in hosts.filter(|&h| h < known) {
+                    self.host_outage(h, down);
                 }
-                self.lost = lost;
             }
-            ScenarioEvent::Outage {
-                region,
-                down: false,
-            } => self.regions[region].up = true,
             ScenarioEvent::Price { region, factor } => self.change_price(region, factor),
         }
+    }
+
+    /// Host `h` goes down (losing every job it held) or comes back.
+    fn host_outage(&mut self, h: usize, down: bool) {
+        if !down {
+            self.hosts[h].up = true;
+            return;
+        }
+        let mut lost = std::mem::take(&mut self.lost);
+        self.hosts[h].go_down(self.now, &mut self.ledger, &mut lost);
+        for id in lost.drain(..) {
+            self.outcomes.failed += 1;
+            self.end_job(id);
+        }
+        self.lost = lost;
     }
 
     /// Multiplies a region's on-demand prices: bills what ran at the old price, then every
     /// strategy (and Meridian's catalog) sees the new one.
     fn change_price(&mut self, region: usize, factor: f64) {
-        self.regions[region].settle_billing(self.now, &mut self.ledger, region);
+        for h in self.region_hosts[region].clone() {
+            self.hosts[h].settle_billing(self.now, &mut self.ledger);
+        }
         for pool in &mut self.catalog_spec.regions[region].pools {
             pool.on_demand_price_per_hour = pool.on_demand_price_per_hour.map(|p| p * factor);
         }
@@ -199,24 +249,29 @@ impl Sim<'_> {
             let price = catalog.regions()[region]
                 .on_demand_price_per_hour()
                 .unwrap_or(0.0);
-            self.regions[region].price_per_us = price / 3.6e9;
+            for h in self.region_hosts[region].clone() {
+                self.hosts[h].price_per_us = price / 3.6e9;
+            }
             self.catalog = catalog;
         }
     }
 
-    /// Checks the regions an event may have changed (every region after an arrival or a
+    /// Checks the hosts an event may have changed (every host after an arrival or a
     /// scenario event) and that every request that arrived has ended or is in the system.
     pub(super) fn check(&mut self, kind: Kind) -> Result<(), super::InvariantViolation> {
         let touched = match kind {
             Kind::Heartbeat { .. } => 0..0,
-            Kind::Done { region, .. }
-            | Kind::Ready { region, .. }
-            | Kind::IdleCheck { region, .. } => region as usize..region as usize + 1,
-            Kind::Arrival | Kind::Scenario { .. } => 0..self.regions.len(),
+            Kind::Done { host, .. } | Kind::Ready { host, .. } | Kind::IdleCheck { host, .. } => {
+                host as usize..host as usize + 1
+            }
+            Kind::Arrival | Kind::Scenario { .. } => 0..self.hosts.len(),
         };
-        for r in touched {
-            if let Err(what) = self.regions[r].check() {
-                return Err(self.broken(format!("{what} in {}", self.catalog.regions()[r].id)));
+        for h in touched {
+            if let Err(what) = self.hosts[h].check() {
+                let r = self.hosts[h].region();
+                let at = h - self.region_hosts[r].start;
+                let region = &self.catalog.regions()[r].id;
+                return Err(self.broken(format!("{what} on host {at} of {region}")));
             }
         }
         if matches!(kind, Kind::Arrival) {
@@ -234,25 +289,36 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// Each edge's in-flight count for a region is the number of its requests there that
-    /// are still running or waiting and were placed since the region's last report.
+    /// Each edge's in-flight count for a host is the number of its requests there that are
+    /// still running or waiting and were placed since the host's last report; its count for
+    /// a region is the sum over the region's hosts.
     fn check_in_flight(&self) -> Result<(), super::InvariantViolation> {
-        let nr = self.regions.len();
-        let mut counted = vec![0u32; self.edges.len() * nr];
+        let nh = self.hosts.len();
+        let mut counted = vec![0u32; self.edges.len() * nh];
         for job in self.jobs.iter().filter(|j| j.live) {
-            if let Some(r) = job.region.map(usize::from)
-                && self.epochs[r] == job.epoch
+            if let Some(h) = job.host.map(|h| h as usize)
+                && self.epochs[h] == job.epoch
             {
-                counted[usize::from(job.edge) * nr + r] += 1;
+                counted[usize::from(job.edge) * nh + h] += 1;
             }
         }
         for (e, edge) in self.edges.iter().enumerate() {
-            for (r, st) in edge.regions().iter().enumerate() {
-                if st.in_flight != counted[e * nr + r] {
+            let counted = &counted[e * nh..(e + 1) * nh];
+            for (h, st) in edge.hosts.iter().enumerate() {
+                if st.in_flight != counted[h] {
                     let what = format!(
-                        "edge {e} counts {} in flight to region {r}, but {} are",
-                        st.in_flight,
-                        counted[e * nr + r]
+                        "edge {e} counts {} in flight to host {h}, but {} are",
+                        st.in_flight, counted[h]
+                    );
+                    return Err(self.broken(what));
+                }
+            }
+            for (r, st) in edge.regions.regions().iter().enumerate() {
+                let sum: u32 = counted[self.region_hosts[r].clone()].iter().sum();
+                if st.in_flight != sum {
+                    let what = format!(
+                        "edge {e} counts {} in flight to region {r}, but {sum} are",
+                        st.in_flight
                     );
                     return Err(self.broken(what));
                 }
