@@ -13,7 +13,7 @@
 pub mod chaos;
 mod stack;
 
-pub use stack::{Answer, Backend, MODEL, RegionDef, Stack};
+pub use stack::{Answer, Backend, MODEL, POOL, RegionDef, Stack};
 pub use testkit::{eventually, patience, within};
 
 /// A small PNG (a gradient) as base64, the input of every ESRGAN job here.

@@ -20,6 +20,9 @@ pub use testkit::Backend;
 /// The model every agent here serves.
 pub const MODEL: &str = "meridian/esrgan-x2";
 
+/// The id of every test region's one GPU pool.
+pub const POOL: &str = "gpu";
+
 /// A region of the test world and its agent's pool.
 #[derive(Debug, Clone, Copy)]
 pub struct RegionDef {
@@ -423,7 +426,7 @@ pub(crate) fn world_catalog(
     for r in regions {
         catalog = catalog.region(
             Region::new(r.id, r.jurisdiction, (r.lat, r.lon), &endpoint(r.id))
-                .pool("gpu", "H100")
+                .pool(POOL, "H100")
                 .reserved(r.reserved, r.reserved_price)
                 .on_demand(r.on_demand, r.on_demand_price),
         );

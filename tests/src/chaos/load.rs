@@ -11,6 +11,7 @@ use contract::headers::{IDEMPOTENCY_KEY, REGION, REQUEST_ID};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::MODEL;
 
@@ -93,6 +94,8 @@ pub struct Sent {
     pub id: Option<String>,
     /// The error body's `type`, or why no answer came.
     pub error: Option<String>,
+    /// The error body's message.
+    pub message: Option<String>,
     /// How the job ended, for followed jobs.
     pub end: Option<End>,
 }
@@ -120,15 +123,32 @@ impl Sent {
     pub fn completed(&self) -> bool {
         self.status == Some(200) || self.end == Some(End::Completed)
     }
+
+    /// The instance its request id names (the one that holds its job), if any.
+    pub fn instance(&self) -> Option<String> {
+        let id = contract::RequestId::new(self.id.as_deref()?).ok()?;
+        id.instance().map(str::to_owned)
+    }
 }
 
-/// Requests served (2xx) so far, per region (`""`: every answer, served or not).
-type Served = Arc<Mutex<BTreeMap<String, usize>>>;
+/// What a load's requests have got so far.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Requests answered (or given up on), whatever the answer.
+    answered: usize,
+    /// Requests served (2xx), per region and per `<region>.<instance>`.
+    served: BTreeMap<String, usize>,
+    /// The request ids of the jobs accepted, as their answers came.
+    accepted: Vec<String>,
+}
+
+type Served = Arc<Mutex<Progress>>;
 
 /// A load in flight.
 pub struct Load {
     started: Instant,
     served: Served,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<Vec<Sent>>,
     pub plan: Plan,
 }
@@ -138,21 +158,27 @@ impl Load {
     pub fn start(base: &str, key: &str, plan: Plan) -> Self {
         let started = Instant::now();
         let served = Served::default();
+        let stop = CancellationToken::new();
         let http = testkit::edge::client();
         let body = job_body(plan.image_size);
         let prefix = format!("chaos-{:x}", rand_prefix());
-        let (base, key, served_by, schedule) = (
+        let (base, key, served_by, schedule, stopped) = (
             base.to_owned(),
             key.to_owned(),
             served.clone(),
             plan.clone(),
+            stop.clone(),
         );
         let task = tokio::spawn(async move {
             let mut requests = JoinSet::new();
             let every = Duration::from_secs(1) / schedule.rate;
             for i in 0..schedule.requests() {
                 let call = schedule.calls[i % schedule.calls.len()];
-                tokio::time::sleep_until(started + every * u32::try_from(i).unwrap()).await;
+                let due = started + every * u32::try_from(i).unwrap();
+                tokio::select! {
+                    () = stopped.cancelled() => break,
+                    () = tokio::time::sleep_until(due) => {}
+                }
                 let path = match call {
                     Call::Run => format!("{base}/v1/run/{MODEL}"),
                     Call::Queue => format!("{base}/v1/queue/{MODEL}"),
@@ -165,12 +191,7 @@ impl Load {
                     let at = started.elapsed();
                     let mut sent = answer(call, at, started, request.send().await).await;
                     sent.key = idempotency;
-                    let mut served = served.lock().unwrap();
-                    *served.entry(String::new()).or_default() += 1;
-                    if let (Some(200 | 202), Some(region)) = (sent.status, &sent.region) {
-                        *served.entry(region.clone()).or_default() += 1;
-                    }
-                    drop(served);
+                    count(&served, &sent);
                     sent
                 });
             }
@@ -184,9 +205,16 @@ impl Load {
         Self {
             started,
             served,
+            stop,
             task,
             plan,
         }
+    }
+
+    /// Stops sending before the plan's end (requests already sent still get their
+    /// answers).
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 
     /// Time since the load started.
@@ -196,23 +224,43 @@ impl Load {
 
     /// Requests `region` has served (2xx) so far.
     pub fn served_by(&self, region: &str) -> usize {
-        self.served
-            .lock()
-            .unwrap()
-            .get(region)
-            .copied()
-            .unwrap_or(0)
+        let progress = self.served.lock().unwrap();
+        progress.served.get(region).copied().unwrap_or(0)
+    }
+
+    /// Requests instance `instance` of `region` has served (2xx) so far, by their ids.
+    pub fn served_by_instance(&self, region: &str, instance: &str) -> usize {
+        self.served_by(&format!("{region}.{instance}"))
     }
 
     /// Requests answered so far (or given up on), whatever the answer.
     pub fn answered(&self) -> usize {
-        self.served_by("")
+        self.served.lock().unwrap().answered
+    }
+
+    /// The request ids of the jobs accepted so far.
+    pub fn accepted(&self) -> Vec<String> {
+        self.served.lock().unwrap().accepted.clone()
     }
 
     /// Waits until every request has left and has its answer (each within the client's
     /// patience).
     pub async fn finish(self) -> Vec<Sent> {
         self.task.await.unwrap()
+    }
+}
+
+/// Counts `sent`'s answer: whom it was served by, and its job.
+fn count(served: &Served, sent: &Sent) {
+    let mut progress = served.lock().unwrap();
+    progress.answered += 1;
+    if let (Some(200 | 202), Some(region)) = (sent.status, &sent.region) {
+        *progress.served.entry(region.clone()).or_default() += 1;
+        if let Some(instance) = sent.instance() {
+            let by = format!("{region}.{instance}");
+            *progress.served.entry(by).or_default() += 1;
+        }
+        progress.accepted.extend(sent.id.clone());
     }
 }
 
@@ -233,6 +281,7 @@ async fn answer(
         region: None,
         id: None,
         error: None,
+        message: None,
         end: None,
     };
     let response = match response {
@@ -264,6 +313,7 @@ async fn answer(
         sent.id = Some(id.to_owned());
     }
     sent.error = body["error"]["type"].as_str().map(str::to_owned);
+    sent.message = body["error"]["message"].as_str().map(str::to_owned);
     sent
 }
 

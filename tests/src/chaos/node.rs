@@ -1,8 +1,9 @@
-//! A component as a child process: started, SIGKILLed, started again with the same command.
+//! A component as a child process: started, SIGKILLed (or left to exit by itself), started
+//! again with the same command.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 
 /// A child process that can be killed outright and started again.
@@ -59,6 +60,15 @@ impl Node {
     /// Its pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// Its exit status once it has exited on its own (reaped: it can be started again);
+    /// `None` while it runs.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        let mut slot = self.child.lock().unwrap();
+        let status = slot.as_mut()?.try_wait().ok().flatten()?;
+        *slot = None;
+        Some(status)
     }
 
     /// Fails the test, with its log, when it has exited on its own.

@@ -135,7 +135,7 @@ async fn a_price_change_and_a_new_reservation_reach_the_agent_and_the_bill() {
     let reservation = Reservation {
         id: "dublin-extra".into(),
         region: "eu-west".into(),
-        pool: "gpu".into(),
+        pool: tests::POOL.into(),
         gpus: 5,
         price_per_gpu_hour: 1.5,
         start_ms: now - 60_000,

@@ -10,6 +10,7 @@ mod agent_killed;
 mod black_hole;
 mod control_plane;
 mod cut_link;
+mod instances;
 mod mid_job;
 
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub fn spec(store: tests::chaos::Store, regions: &'static [RegionDef]) -> WorldS
     WorldSpec {
         store,
         regions,
+        instances: &[],
         tenants: TENANTS,
         edge_location: NEW_YORK,
         proxied: None,
@@ -61,8 +63,17 @@ pub const DUBLIN_ONLY: &[RegionDef] = &[DUBLIN];
 /// Both EU regions: Dublin reserved, Frankfurt on demand.
 pub const TWO_REGIONS: &[RegionDef] = &[DUBLIN, FRANKFURT_ON_DEMAND];
 
-/// Every per-job record `region` keeps, read page by page through the control plane.
+/// Every per-job record `region` keeps, read page by page through the control plane; for a
+/// region of several instances, from each instance (see [`World::agent_records`]).
 pub async fn records(world: &World, region: &str) -> Vec<UsageRecord> {
+    let instances = world.instances(region);
+    if !instances.is_empty() {
+        let mut all = Vec::new();
+        for instance in &instances {
+            all.extend(world.agent_records(instance).await);
+        }
+        return all;
+    }
     let admin = world.admin();
     let mut all = Vec::new();
     let mut cursor = None;
