@@ -104,31 +104,9 @@ impl World {
             Some(region) => Some(LinkProxy::start(plan[region].listen).await),
             None => None,
         };
-        // The catalog's endpoints: a one-agent region's agent (or its proxy).
-        let mut endpoints: BTreeMap<String, SocketAddr> = plan
-            .iter()
-            .filter(|(_, a)| a.instance.is_none())
-            .map(|(name, a)| (name.clone(), a.listen))
-            .collect();
-        if let (Some(region), Some(proxy)) = (spec.proxied, &proxy) {
-            endpoints.insert(region.to_owned(), proxy.address);
-        }
-        let catalog_path = dir.path().join("catalog.toml");
-        let catalog = files::catalog(spec.regions, &endpoints, spec.tenants);
-        std::fs::write(&catalog_path, catalog).unwrap();
-        let etcd = match spec.store {
-            Store::Etcd => Some(Etcd::start().await),
-            Store::Embedded => None,
-        };
-        let listen = free_address();
-        let config = files::control_plane_config(dir.path(), listen, &catalog_path, etcd.as_ref());
-        let control_plane = Node::start(
-            "control-plane",
-            &node,
-            &["control-plane", path_str(&config)],
-            &dir.path().join("control-plane.log"),
-        );
-        let control_plane_url = format!("http://{listen}");
+        let catalog = write_catalog(dir.path(), &spec, &plan, proxy.as_ref());
+        let (control_plane, control_plane_url, etcd) =
+            start_control_plane(dir.path(), &node, &catalog, spec.store).await;
         let agents = plan
             .iter()
             .map(|(name, a)| {
@@ -357,6 +335,54 @@ fn agent_file<'a>(
         instance,
         listen: free_address(),
     }
+}
+
+/// Writes the catalog: each one-agent region at its agent (or its proxy), regions of
+/// several instances without an endpoint; returns its path.
+fn write_catalog(
+    dir: &Path,
+    spec: &WorldSpec<'_>,
+    plan: &BTreeMap<String, AgentFile<'_>>,
+    proxy: Option<&LinkProxy>,
+) -> PathBuf {
+    let mut endpoints: BTreeMap<String, SocketAddr> = plan
+        .iter()
+        .filter(|(_, a)| a.instance.is_none())
+        .map(|(name, a)| (name.clone(), a.listen))
+        .collect();
+    if let (Some(region), Some(proxy)) = (spec.proxied, proxy) {
+        endpoints.insert(region.to_owned(), proxy.address);
+    }
+    let path = dir.join("catalog.toml");
+    std::fs::write(
+        &path,
+        files::catalog(spec.regions, &endpoints, spec.tenants),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts the control plane (and etcd under it when `store` says so) on `catalog`;
+/// returns it, its base URL and etcd.
+async fn start_control_plane(
+    dir: &Path,
+    node: &Path,
+    catalog: &Path,
+    store: Store,
+) -> (Node, String, Option<Etcd>) {
+    let etcd = match store {
+        Store::Etcd => Some(Etcd::start().await),
+        Store::Embedded => None,
+    };
+    let listen = free_address();
+    let config = files::control_plane_config(dir, listen, catalog, etcd.as_ref());
+    let control_plane = Node::start(
+        "control-plane",
+        node,
+        &["control-plane", path_str(&config)],
+        &dir.join("control-plane.log"),
+    );
+    (control_plane, format!("http://{listen}"), etcd)
 }
 
 /// Starts the agent `file` describes.
