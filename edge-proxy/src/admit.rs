@@ -285,10 +285,11 @@ impl Edge {
         let mut live = state.live.clone();
         let now = tokio::time::Instant::now();
         for (index, region) in state.catalog.regions().iter().enumerate() {
+            let admits = self.region_admits(state, index, now);
             if let Some(status) = live.region_mut(index) {
                 let edge_side = self.regions.get(region.id.as_str());
                 status.in_flight = edge_side.in_flight();
-                status.circuit_open = !self.regions.admits(region.id.as_str(), now);
+                status.circuit_open = !admits;
             }
         }
         // Heartbeats are judged by the control plane's last word while it is unreachable.

@@ -240,53 +240,55 @@ impl Edge {
 }
 
 impl EdgeProxy {
-    /// Records a failure to reach the agent tried last (its circuit and its region's).
+    /// Records a failure to reach the agent tried last, on its own circuit (a region's
+    /// circuit is open when all its instances' are, see [`Edge::region_admits`]).
     pub(crate) fn region_failed(&self, ctx: &mut RequestCtx) {
         ctx.in_flight = None;
         ctx.instance_in_flight = None;
-        let now = Instant::now();
-        if let Some(key) = &ctx.instance_key
-            && self.edge.regions.failure(key, now)
+        if let Some(key) = &ctx.hop_key
+            && self.edge.regions.failure(key, Instant::now())
         {
-            tracing::warn!(instance = %key, "circuit opened after consecutive failures");
-        }
-        if let Some(region) = &ctx.region
-            && self.edge.regions.failure(region, now)
-        {
-            tracing::warn!(%region, "circuit opened after consecutive failures");
+            tracing::warn!(agent = %key, "circuit opened after consecutive failures");
         }
     }
 
     /// Records that the agent tried last answered.
     pub(crate) fn region_answered(&self, ctx: &RequestCtx) {
-        if let Some(key) = &ctx.instance_key {
+        if let Some(key) = &ctx.hop_key {
             self.edge.regions.success(key);
-        }
-        if let Some(region) = &ctx.region {
-            self.edge.regions.success(region);
         }
     }
 
-    /// Counts the current attempt as sent to its hop (breakers' trials, requests in
-    /// flight) and remembers where it went.
+    /// Counts the current attempt as sent to its hop (its circuit's trial, requests in
+    /// flight to it and to its region) and remembers where it went.
     pub(crate) fn sending(&self, ctx: &mut RequestCtx, hop: &crate::hops::Hop<'_>) {
-        let now = Instant::now();
         let regions = &self.edge.regions;
         let region = hop.region.id.as_str();
-        regions.sending(region, now);
+        regions.sending(hop.key, Instant::now());
         ctx.in_flight = Some(regions.get(region).start());
+        ctx.instance_in_flight = (hop.key != region).then(|| regions.get(hop.key).start());
         ctx.region = Some(region.to_owned());
+        ctx.hop_key = Some(hop.key.to_owned());
         ctx.instance = hop
             .instance
             .map(|i| i.id.clone())
             .filter(|id| !id.is_empty());
-        if hop.key == region {
-            ctx.instance_key = None;
-            ctx.instance_in_flight = None;
-        } else {
-            regions.sending(hop.key, now);
-            ctx.instance_in_flight = Some(regions.get(hop.key).start());
-            ctx.instance_key = Some(hop.key.to_owned());
+    }
+}
+
+impl Edge {
+    /// Whether this edge's circuits let requests go to region `region` at `now`: the
+    /// circuit of one of its instances does (or the region's own, for agents that name no
+    /// instance).
+    pub(crate) fn region_admits(&self, state: &RoutingState, region: usize, now: Instant) -> bool {
+        let Some(spec) = state.catalog.regions().get(region) else {
+            return false;
+        };
+        match state.instances.by_region.get(region) {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .any(|instance| self.regions.admits(&instance.key, now)),
+            _ => self.regions.admits(spec.id.as_str(), now),
         }
     }
 }

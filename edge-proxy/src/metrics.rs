@@ -4,6 +4,7 @@
 //! Each edge has its own registry, so several edges in one process (as in tests) never
 //! share counters.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -17,7 +18,7 @@ use prometheus::{
 };
 use tokio::time::Instant;
 
-use crate::regions::Regions;
+use crate::regions::{Circuit, Regions};
 use crate::snapshot::unix_now;
 
 /// Every metric the edge exports.
@@ -34,8 +35,11 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Retries not sent because the retry budget was spent.
     pub retries_denied: IntCounter,
-    /// Circuit state by region: 0 closed, 1 open, 2 half-open.
+    /// Circuit state by region: 0 closed, 1 open, 2 half-open; for a region of named
+    /// instances, closed while one instance's is, else half-open while one is, else open.
     pub breaker: IntGaugeVec,
+    /// Circuit state by region and instance.
+    pub instance_breaker: IntGaugeVec,
     /// Revision of the snapshot being routed on.
     pub snapshot_revision: IntGauge,
     /// Seconds since the routing snapshot was received (set when scraped).
@@ -95,6 +99,13 @@ impl Metrics {
             ),
             &["region"],
         )?;
+        let instance_breaker = IntGaugeVec::new(
+            Opts::new(
+                "meridian_edge_instance_circuit_state",
+                "Circuit breaker state per instance of a region: 0 closed, 1 open, 2 half-open",
+            ),
+            &["region", "instance"],
+        )?;
         let snapshot_revision = IntGauge::new(
             "meridian_edge_snapshot_revision",
             "Store revision of the routing snapshot",
@@ -138,6 +149,7 @@ impl Metrics {
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(retries_denied.clone()))?;
         registry.register(Box::new(breaker.clone()))?;
+        registry.register(Box::new(instance_breaker.clone()))?;
         registry.register(Box::new(snapshot_revision.clone()))?;
         registry.register(Box::new(snapshot_age.clone()))?;
         registry.register(Box::new(snapshot_rejected.clone()))?;
@@ -148,6 +160,7 @@ impl Metrics {
             retries,
             retries_denied,
             breaker,
+            instance_breaker,
             snapshot_revision,
             snapshot_age,
             snapshot_rejected,
@@ -170,9 +183,25 @@ impl Metrics {
         if received > 0 {
             self.snapshot_age.set((unix_now() - received).max(0));
         }
-        for (region, circuit) in regions.circuits(Instant::now()) {
+        let circuits = regions.circuits(Instant::now());
+        let mut of_instances: BTreeMap<&str, Circuit> = BTreeMap::new();
+        for (key, circuit) in &circuits {
+            if let Some((region, instance)) = key.split_once('/') {
+                self.instance_breaker
+                    .with_label_values(&[region, instance])
+                    .set(circuit.gauge());
+                let best = of_instances.entry(region).or_insert(*circuit);
+                *best = best.best(*circuit);
+            }
+        }
+        for (key, circuit) in &circuits {
+            if !key.contains('/') && !of_instances.contains_key(key.as_str()) {
+                self.breaker.with_label_values(&[key]).set(circuit.gauge());
+            }
+        }
+        for (region, circuit) in of_instances {
             self.breaker
-                .with_label_values(&[region.as_str()])
+                .with_label_values(&[region])
                 .set(circuit.gauge());
         }
         let mut out = Vec::new();

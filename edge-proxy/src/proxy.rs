@@ -99,8 +99,8 @@ pub struct RequestCtx {
     pub(crate) refused: bool,
     pub(crate) attempt: usize,
     pub(crate) region: Option<String>,
-    /// The key of this edge's state for the instance tried last, when it is not the region's.
-    pub(crate) instance_key: Option<String>,
+    /// The key of this edge's state for the agent tried last ([`crate::instances::key`]).
+    pub(crate) hop_key: Option<String>,
     /// The instance tried last, for the answer's header.
     pub(crate) instance: Option<String>,
     pub(crate) in_flight: Option<InFlight>,
@@ -157,7 +157,7 @@ impl EdgeProxy {
             return Vec::new();
         };
         let holder = ctx
-            .instance_key
+            .hop_key
             .as_deref()
             .or(ctx.region.as_deref())
             .or_else(|| state.catalog.regions().get(*index).map(|r| r.id.as_str()));
@@ -277,7 +277,7 @@ impl ProxyHttp for EdgeProxy {
             refused: false,
             attempt: 0,
             region: None,
-            instance_key: None,
+            hop_key: None,
             instance: None,
             in_flight: None,
             instance_in_flight: None,
@@ -527,7 +527,7 @@ impl ProxyHttp for EdgeProxy {
             .connections
             .enter(peer(session), Phase::Idle(Instant::now()));
         let refused_first = ctx.refused && !ctx.resent;
-        let holder = ctx.instance_key.as_ref().or(ctx.region.as_ref());
+        let holder = ctx.hop_key.as_ref();
         if let (true, Some(key), Some(holder)) = (refused_first, &ctx.idempotency_key, holder) {
             // The agent refused it at its first sending, so it holds no job for the key. (A
             // refusal of the second sending says nothing of the first.)

@@ -30,6 +30,16 @@ pub enum Circuit {
 }
 
 impl Circuit {
+    /// Of two instances' circuits, the one that lets more through: closed, then half-open,
+    /// then open (a region is as open as its best instance).
+    pub fn best(self, other: Circuit) -> Circuit {
+        match (self, other) {
+            (Circuit::Closed, _) | (_, Circuit::Closed) => Circuit::Closed,
+            (Circuit::HalfOpen, _) | (_, Circuit::HalfOpen) => Circuit::HalfOpen,
+            _ => Circuit::Open,
+        }
+    }
+
     /// The value of the breaker-state gauge: 0 closed, 1 open, 2 half-open.
     pub fn gauge(self) -> i64 {
         match self {

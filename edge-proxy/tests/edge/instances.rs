@@ -70,11 +70,32 @@ async fn a_dead_instance_is_passed_over_for_another_of_its_region_with_a_reserve
     assert!(instances.gpu1.seen().is_empty());
     assert!(world.agent("eu-west").seen().is_empty());
 
+    // Calls that fail on gpu-3 open its circuit, not the region's: the next job goes to
+    // gpu-2 at once, and the region still serves.
+    for _ in 0..8 {
+        let path = format!("/v1/requests/{REGION}.gpu-3.0123456789abcdef0123456789abcdef");
+        let failed = Answer::of(edge.get(&path, key).await.unwrap()).await;
+        assert_eq!(failed.status, 503, "{}", failed.body);
+    }
+    let metrics = edge.metrics().await.unwrap();
+    let gauge = |line: &str| metrics.lines().any(|l| l == line);
+    assert!(
+        gauge("meridian_edge_instance_circuit_state{instance=\"gpu-3\",region=\"eu-central\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        gauge("meridian_edge_circuit_state{region=\"eu-central\"} 0"),
+        "{metrics}"
+    );
+    let again = run_esrgan(&edge, key, None).await;
+    assert_eq!(again.header("x-meridian-instance"), Some("gpu-2"));
+    assert_eq!(instances.gpu2.seen().len(), 2);
+
     // A call about the job goes to gpu-2, the instance its id names.
     let status = Answer::of(edge.get(&format!("/v1/requests/{id}"), key).await.unwrap()).await;
     assert_eq!(status.status, 200, "{}", status.body);
     assert_eq!(status.header("x-meridian-instance"), Some("gpu-2"));
-    assert_eq!(instances.gpu2.seen().len(), 2);
+    assert_eq!(instances.gpu2.seen().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
