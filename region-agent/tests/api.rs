@@ -37,8 +37,11 @@ async fn queue_status_result_and_file() {
     let id = agent
         .queue("test/echo", json!({"input": {"text": "hello"}}))
         .await;
-    assert!(id.starts_with("eu-west."), "{id}");
-    assert_eq!(id.len(), "eu-west.".len() + 32);
+    // The id names the region and this agent's instance (made at its first start and kept).
+    let kept = std::fs::read_to_string(dir.path().join("instance")).unwrap();
+    let parsed = contract::RequestId::new(&id).unwrap();
+    assert_eq!(parsed.region(), "eu-west");
+    assert_eq!(parsed.instance(), Some(kept.trim()), "{id}");
     agent.wait_status(&id, "COMPLETED").await;
 
     let response = agent
