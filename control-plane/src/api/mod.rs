@@ -26,6 +26,7 @@ pub mod reservations;
 mod routes;
 pub mod throttle;
 pub mod usage;
+mod usage_records;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `POST /agent/v1/usage` (agent token) | applies a [`UsageBatch`] exactly once (a batch number applied before answers `applied: false` and changes nothing) |
 //! | `GET /admin/v1/usage?tenant=&model=&region=&from=&to=&group_by=` | totals per group over UTC days `from`–`to` (inclusive); `group_by` is a comma list of `tenant`, `model`, `region`, `day` (default all four) |
-//! | `GET /admin/v1/usage/records?region=&tenant=&model=&from_ms=&to_ms=&cursor=&limit=` | one page of the per-job records the region's agent keeps, read from it |
+//! | `GET /admin/v1/usage/records?region=&instance=&tenant=&model=&from_ms=&to_ms=&cursor=&limit=` | one page of the per-job records the region's agents keep, read from them: each instance in turn (or only `instance`) |
 //! | `GET /admin/v1/usage/quarantine?region=` | the records agents sent that could not be counted, each with its problems |
 //! | `GET /admin/v1/tenants/{id}/spend?month=YYYY-MM` | a tenant's spend in a UTC month (default the current one), next to its budgets |
 //!
@@ -20,18 +20,17 @@
 //! How totals stay exact is described in [`crate::usage`].
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use contract::{ConfigProblem, ConfigProblems, ErrorBody, ModelId, RegionId, Schema, TenantId};
+use contract::{ConfigProblem, ConfigProblems, ModelId, RegionId, Schema, TenantId};
 use control_plane_client::wire::{
-    Listed, MAX_USAGE_ROWS, SpendReport, UsageAggregate, UsageBatch, UsageReceipt, UsageRecordPage,
-    UsageReport, UsageRow,
+    Listed, MAX_USAGE_ROWS, SpendReport, UsageAggregate, UsageBatch, UsageReceipt, UsageReport,
+    UsageRow,
 };
-use policy::{RegionSpec, TenantSpec};
-use serde::{Deserialize, Serialize};
+use policy::TenantSpec;
+use serde::Deserialize;
 
 use super::{ApiError, AppState, Routes, WireBody};
 use crate::records::CatalogRecord;
@@ -39,8 +38,6 @@ use crate::usage::{self, QuarantinedRecord, Totals};
 
 /// An hour in Unix ms.
 const HOUR_MS: u64 = 3_600_000;
-/// How long the control plane waits for a region's agent to answer a records page.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The agent's ingestion route (authentication is added by the router).
 pub fn agent_routes() -> Routes {
@@ -51,7 +48,7 @@ pub fn agent_routes() -> Routes {
 pub fn admin_routes() -> Routes {
     Routes::new()
         .get("/admin/v1/usage", report)
-        .get("/admin/v1/usage/records", records)
+        .get("/admin/v1/usage/records", super::usage_records::records)
         .get("/admin/v1/usage/quarantine", quarantine)
         .get("/admin/v1/tenants/{tenant}/spend", tenant_spend)
 }
@@ -293,118 +290,6 @@ async fn quarantine(
 
 fn matches(filter: Option<&str>, value: &str) -> bool {
     filter.is_none_or(|f| f == value)
-}
-
-/// Query of a records page: the region, and what its agent is asked.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordQuery {
-    region: Option<String>,
-    tenant: Option<String>,
-    model: Option<String>,
-    from_ms: Option<u64>,
-    to_ms: Option<u64>,
-    cursor: Option<String>,
-    limit: Option<u32>,
-}
-
-/// What is passed on to the region's agent.
-#[derive(Debug, Serialize)]
-struct AgentRecordQuery {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tenant: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cursor: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limit: Option<u32>,
-}
-
-/// One page of a region's per-job records, read from the region's agent: per-job records
-/// never leave their region except page by page to an admin.
-async fn records(
-    State(state): State<AppState>,
-    query: Result<Query<RecordQuery>, QueryRejection>,
-) -> Result<Json<UsageRecordPage>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "{}; use ?region=&tenant=&model=&from_ms=&to_ms=&cursor=&limit=",
-            e.body_text()
-        ))
-    })?;
-    let forward = AgentRecordQuery {
-        tenant: query.tenant,
-        model: query.model,
-        from_ms: query.from_ms,
-        to_ms: query.to_ms,
-        cursor: query.cursor,
-        limit: query.limit,
-    };
-    let Some(region) = query.region else {
-        return Err(ApiError::BadRequest(
-            "per-job records stay in the region that ran the jobs: name it with ?region=<id>"
-                .into(),
-        ));
-    };
-    if RegionId::new(&region).is_err() {
-        return Err(ApiError::BadRequest(format!(
-            "region {region:?} is not a region id"
-        )));
-    }
-    let spec = state
-        .registry()
-        .get::<RegionSpec>(&RegionSpec::key(&region))
-        .await?
-        .map(|(spec, _)| spec)
-        .ok_or_else(|| ApiError::NotFound {
-            what: format!("region {region}"),
-        })?;
-    let url = format!(
-        "{}/internal/v1/usage/records",
-        spec.endpoint.trim_end_matches('/')
-    );
-    let answer = reqwest::Client::new()
-        .get(&url)
-        .query(&forward)
-        .bearer_auth(state.settings().agent_secret.expose())
-        .timeout(AGENT_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| {
-            ApiError::RegionUnavailable(format!(
-                "region {region}'s agent at {} cannot be reached: {e}",
-                spec.endpoint
-            ))
-        })?;
-    agent_page(&region, answer).await.map(Json)
-}
-
-/// The agent's answer to a records call: its page, its 4xx passed on, or a 503.
-async fn agent_page(region: &str, answer: reqwest::Response) -> Result<UsageRecordPage, ApiError> {
-    let status = answer.status();
-    let unreadable = |e: reqwest::Error| {
-        ApiError::RegionUnavailable(format!("region {region}'s agent answered unreadably: {e}"))
-    };
-    if status.is_success() {
-        return answer.json().await.map_err(unreadable);
-    }
-    let body = answer.bytes().await.map_err(unreadable)?;
-    match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(body) if status.is_client_error() && status.as_u16() != 401 => Err(ApiError::Agent {
-            status: axum::http::StatusCode::from_u16(status.as_u16())
-                .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
-            body,
-        }),
-        _ => Err(ApiError::RegionUnavailable(format!(
-            "region {region}'s agent answered {status} to the control plane (is its \
-             control_plane.agent_token the control plane's agent_token?)"
-        ))),
-    }
 }
 
 /// Query of a usage report.

@@ -206,7 +206,78 @@ async fn an_agent_with_another_token_is_named(backend: Backend) {
     server.stop().await;
 }
 
+/// A stand-in for one instance's records endpoint: two pages of one record each, the job
+/// naming the instance. Returns its base URL.
+async fn instance_agent(instance: &'static str) -> String {
+    let app = axum::Router::new().route(
+        "/internal/v1/usage/records",
+        get(
+            move |Query(query): Query<Vec<(String, String)>>| async move {
+                let second = query.iter().any(|(k, v)| k == "cursor" && v == "p2");
+                let job = format!("eu-central.{instance}.{:032x}", u128::from(second));
+                axum::Json(json!({
+                    "region": "eu-central",
+                    "records": [{
+                        "job_id": job,
+                        "tenant": "acme", "model": "meridian/esrgan-x4", "region": "eu-central",
+                        "capacity": "reserved", "outcome": "completed", "unit": "megapixel",
+                        "units_nanos": 1_000_000_000u64, "gpu_nanos": 400_000_000u64,
+                        "price_per_unit": 0.002, "cost_nanos": 2_000_000u64,
+                        "catalog_revision": 7, "finished_at_ms": 1_700_000_000_000u64
+                    }],
+                    "next": if second { Value::Null } else { json!("p2") }
+                }))
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// A region of several instances: each keeps its own records, and the pages walk through
+/// all of them, one instance after another; `instance=` reads one.
+async fn records_are_read_from_every_instance_of_their_region(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    put_region(&server, "eu-central", "").await;
+    let agent = server.client(AGENT);
+    for instance in ["gpu-2", "gpu-1"] {
+        let report = control_plane_client::wire::AgentReport {
+            healthy: true,
+            instance: instance.into(),
+            endpoint: instance_agent(instance).await,
+            ..Default::default()
+        };
+        agent.register("eu-central", &report).await.unwrap();
+    }
+    let mut jobs = Vec::new();
+    let mut query = "?region=eu-central".to_owned();
+    for _ in 0..10 {
+        let (status, page) = records(&server, &query).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for record in page["records"].as_array().unwrap() {
+            jobs.push(record["job_id"].as_str().unwrap()[11..16].to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => query = format!("?region=eu-central&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(jobs, ["gpu-1", "gpu-1", "gpu-2", "gpu-2"]);
+
+    let (status, page) = records(&server, "?region=eu-central&instance=gpu-2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["next"], "p2", "one instance: the agent's own cursor");
+    let (status, body) = records(&server, "?region=eu-central&instance=gpu-9").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = records(&server, "?region=eu-central&cursor=p2").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    server.stop().await;
+}
+
 crate::both_backends!(
     records_are_read_from_their_region,
-    an_agent_with_another_token_is_named
+    an_agent_with_another_token_is_named,
+    records_are_read_from_every_instance_of_their_region
 );
