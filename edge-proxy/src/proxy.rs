@@ -132,13 +132,26 @@ impl EdgeProxy {
         ctx: &RequestCtx,
         err: &ApiError,
     ) -> u16 {
+        self.answer_error_then(session, ctx, err, false).await
+    }
+
+    /// [`answer_error`](Self::answer_error), saying `connection: close` when the edge
+    /// closes the connection after it (`close`), so that a client never sends its next
+    /// request on a connection that is going away.
+    pub(crate) async fn answer_error_then(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        err: &ApiError,
+        close: bool,
+    ) -> u16 {
         if session.response_written().is_some() {
             return 0;
         }
         // A refused request's unread body is drained by pingora before the connection is
         // reused, so the client always reads the answer.
         let body = ctx.surface.error_body(err);
-        match respond(session, err.status, body, err.retry_after).await {
+        match respond(session, err.status, body, err.retry_after, close).await {
             Ok(()) => err.status,
             Err(e) => {
                 tracing::debug!(error = %e, "could not send an error answer");
@@ -241,12 +254,17 @@ async fn respond(
     status: u16,
     body: Vec<u8>,
     retry_after: Option<u64>,
+    close: bool,
 ) -> Result<()> {
-    let mut header = ResponseHeader::build(status, Some(4))?;
+    let mut header = ResponseHeader::build(status, Some(5))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
     if let Some(secs) = retry_after {
         header.insert_header("retry-after", secs.to_string())?;
+    }
+    if close {
+        header.insert_header("connection", "close")?;
+        session.set_keepalive(None);
     }
     session
         .write_response_header(Box::new(header), false)
@@ -309,7 +327,7 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Ok(Admitted::Answer(body)) => {
-                respond(session, 200, body, None).await?;
+                respond(session, 200, body, None, false).await?;
                 Ok(true)
             }
             Err(err) => {
@@ -512,8 +530,10 @@ impl ProxyHttp for EdgeProxy {
             Some(err) => Some(err),
             None => self.classify(e, ctx),
         };
+        // pingora closes the client's connection after a failed proxying, so the answer
+        // says so: a client never sends its next request on a connection going away.
         let error_code = match err {
-            Some(err) => self.answer_error(session, ctx, &err).await,
+            Some(err) => self.answer_error_then(session, ctx, &err, true).await,
             None => 0,
         };
         FailToProxy {
@@ -607,6 +627,10 @@ impl EdgeProxy {
                     _ => ApiError::bad_request("the request could not be read"),
                 },
                 ErrorSource::Upstream if ctx.failover => may_have_accepted(&region),
+                // The instance that holds the request went away while answering.
+                ErrorSource::Upstream if let Some(instance) = &ctx.instance => {
+                    ApiError::instance_away(&region, instance)
+                }
                 ErrorSource::Upstream => {
                     ApiError::bad_gateway(format!("{region} failed while answering"))
                 }

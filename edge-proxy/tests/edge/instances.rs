@@ -115,6 +115,8 @@ async fn calls_about_a_request_reach_only_its_instance_and_wait_for_it() {
     assert_eq!(away.status, 503, "{}", away.body);
     assert_eq!(away.error_type(), "instance_unavailable");
     assert!(away.header("retry-after").is_some());
+    // The edge closes the connection after a failed proxying, and says so.
+    assert_eq!(away.header("connection"), Some("close"));
     assert!(
         away.body["error"]["message"]
             .as_str()

@@ -236,9 +236,6 @@ async fn an_instance_killed_under_load_loses_no_submission_and_its_jobs_wait_for
 
 /// The same, its calls about the dead instance's jobs made on kept-alive connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the edge closes a kept-alive client connection after some of its 503 \
-            instance_unavailable answers (sent with connection: keep-alive), so the client's \
-            next call on it fails with a reset"]
 async fn calls_about_a_killed_instance_s_jobs_keep_the_client_s_connection_usable() {
     kill_one_under_load(Connection::KeptAlive).await;
 }
