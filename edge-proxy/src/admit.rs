@@ -320,12 +320,14 @@ impl Edge {
                 _ => ApiError::unavailable(message),
             });
         }
-        ctx.candidates = decision
-            .candidates
-            .iter()
-            .map(|c| c.region)
-            .filter(|i| state.reachable(*i))
-            .collect();
+        let reachable = || {
+            decision
+                .candidates
+                .iter()
+                .filter(|c| state.reachable(c.region))
+        };
+        ctx.candidates = reachable().map(|c| c.region).collect();
+        ctx.paths = reachable().map(|c| c.path).collect();
         if ctx.candidates.is_empty() {
             return Err(ApiError::unavailable(
                 "no allowed region has a usable agent endpoint",

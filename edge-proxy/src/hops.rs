@@ -141,11 +141,17 @@ impl Edge {
             })
             .collect();
         let service_ms = state.catalog.models()[model].gpu_seconds_per_unit * 1000.0;
+        let path = ctx
+            .paths
+            .get(ctx.attempt)
+            .copied()
+            .unwrap_or(policy::SlotPath::Queued);
         let mut order = std::mem::take(&mut ctx.order);
         policy::decision::rank_instances_with(
             instances.len(),
             |i| (&instances[i].status, edge[i]),
             model,
+            path,
             service_ms,
             &mut order,
         );

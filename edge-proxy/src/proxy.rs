@@ -80,6 +80,9 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// Region indices to try, in order.
     pub candidates: Vec<usize>,
+    /// For each candidate of a decision, the way into it the decision chose (instances are
+    /// ranked by it).
+    pub(crate) paths: Vec<policy::SlotPath>,
     /// The instances of the region being tried, in order (indices into its instances;
     /// `None` for the catalog's endpoint of the region), see [`crate::hops`].
     pub(crate) hops: Vec<Option<usize>>,
@@ -285,6 +288,7 @@ impl ProxyHttp for EdgeProxy {
             tenant: String::new(),
             model: None,
             candidates: Vec::new(),
+            paths: Vec::new(),
             hops: Vec::new(),
             hop: 0,
             order: Vec::new(),

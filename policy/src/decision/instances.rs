@@ -5,10 +5,13 @@
 //!
 //! An instance serves when it reports healthy, is not draining and this edge's circuit to it
 //! is closed. Serving instances rank by
-//! 1. **class**: an idle reserved slot, then an idle running on-demand slot, then an
-//!    on-demand slot it can start, then only its queue — each after subtracting the requests
-//!    this edge already has in flight to it, so reserved slots anywhere in the region fill
-//!    before on-demand capacity is used;
+//! 1. **class**: an idle reserved slot, then an idle running on-demand slot, then only its
+//!    queue, then an on-demand slot it can start — each after subtracting the requests this
+//!    edge already has in flight to it, so reserved slots anywhere in the region fill before
+//!    on-demand capacity is used, and a new on-demand slot is bought only behind every queue.
+//!    When the decision chose to start a new on-demand slot in the region
+//!    ([`SlotPath::OnDemandStart`]: its queue is too slow for the goal), starting one ranks
+//!    before queueing instead;
 //! 2. **expected wait**: its reported wait for the model, plus its cold start when the
 //!    model is not loaded there, plus one service time per request in flight beyond its idle
 //!    slots;
@@ -19,15 +22,30 @@
 
 use std::cmp::Ordering;
 
+use super::SlotPath;
 use super::status::{ModelLoad, RegionStatus};
 
-/// How an instance could run a job now, best first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// How an instance could run a job now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Reserved,
     RunningOnDemand,
     StartOnDemand,
     Queue,
+}
+
+impl Class {
+    /// Its place in the ranking, best first, when the decision chose `path`.
+    fn order(self, path: SlotPath) -> u8 {
+        match (self, path) {
+            (Class::Reserved, _) => 0,
+            (Class::RunningOnDemand, _) => 1,
+            (Class::StartOnDemand, SlotPath::OnDemandStart) => 2,
+            (Class::Queue, SlotPath::OnDemandStart) => 3,
+            (Class::Queue, _) => 2,
+            (Class::StartOnDemand, _) => 3,
+        }
+    }
 }
 
 /// One instance's place in the ranking.
@@ -79,12 +97,14 @@ pub fn serves(status: &RegionStatus, edge: EdgeSide) -> bool {
 }
 
 /// Fills `order` with the indices of the serving `instances`, best first for a job of
-/// catalog model `model`; `default_service_ms` is one job's service time where an instance
-/// has not measured it. Each status's own `in_flight` and `circuit_open` are this edge's
-/// view. The same inputs always give the same order.
+/// catalog model `model` for which the decision chose `path` into the region;
+/// `default_service_ms` is one job's service time where an instance has not measured it.
+/// Each status's own `in_flight` and `circuit_open` are this edge's view. The same inputs
+/// always give the same order.
 pub fn rank_instances(
     instances: &[RegionStatus],
     model: usize,
+    path: SlotPath,
     default_service_ms: f64,
     order: &mut Vec<usize>,
 ) {
@@ -96,7 +116,14 @@ pub fn rank_instances(
         };
         (status, edge)
     };
-    rank_instances_with(instances.len(), view, model, default_service_ms, order);
+    rank_instances_with(
+        instances.len(),
+        view,
+        model,
+        path,
+        default_service_ms,
+        order,
+    );
 }
 
 /// [`rank_instances`] over `count` instances, instance `i` being `view(i)`: its report and
@@ -105,6 +132,7 @@ pub fn rank_instances_with<'a>(
     count: usize,
     view: impl Fn(usize) -> (&'a RegionStatus, EdgeSide),
     model: usize,
+    path: SlotPath,
     default_service_ms: f64,
     order: &mut Vec<usize>,
 ) {
@@ -121,7 +149,8 @@ pub fn rank_instances_with<'a>(
         let x = rank(sa, ea, model, default_service_ms);
         let y = rank(sb, eb, model, default_service_ms);
         x.class
-            .cmp(&y.class)
+            .order(path)
+            .cmp(&y.class.order(path))
             .then_with(|| x.wait_ms.partial_cmp(&y.wait_ms).unwrap_or(Ordering::Equal))
             .then_with(|| x.in_flight.cmp(&y.in_flight))
             .then_with(|| a.cmp(&b))
@@ -152,7 +181,7 @@ mod tests {
 
     fn ranked(instances: &[RegionStatus]) -> Vec<usize> {
         let mut order = Vec::new();
-        rank_instances(instances, 0, 100.0, &mut order);
+        rank_instances(instances, 0, SlotPath::Queued, 100.0, &mut order);
         order
     }
 
@@ -164,6 +193,18 @@ mod tests {
             instance(0, 0, 10.0),
         ];
         assert_eq!(ranked(&instances), [1, 0, 2]);
+    }
+
+    #[test]
+    fn a_new_on_demand_slot_is_started_only_when_the_decision_chose_one() {
+        let mut startable = instance(0, 0, 0.0);
+        startable.on_demand_startable = 2;
+        let queue = instance(0, 0, 5_000.0);
+        let instances = [startable, queue];
+        assert_eq!(ranked(&instances), [1, 0], "behind the queue");
+        let mut order = Vec::new();
+        rank_instances(&instances, 0, SlotPath::OnDemandStart, 100.0, &mut order);
+        assert_eq!(order, [0, 1], "the decision chose to start one");
     }
 
     #[test]
@@ -217,7 +258,11 @@ mod tests {
             healthy: true,
             ..RegionStatus::default()
         };
-        assert_eq!(ranked(&[cold, warm, silent]), [2, 1, 0], "0, 1 000, 2 000 ms");
+        assert_eq!(
+            ranked(&[cold, warm, silent]),
+            [2, 1, 0],
+            "0, 1 000, 2 000 ms"
+        );
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Sim<'_> {
                 }
             }
             let rtt_us = (self.rtt_ms[city * nr + r] * 1000.0) as u64;
-            self.rank_hosts(r, edge, a);
+            self.rank_hosts(r, edge, a, wants_slot);
             for k in 0..self.host_order.len() {
                 let h = self.region_hosts[r].start + self.host_order[k];
                 if self.try_host(job, h, edge, a.service_us, wants_slot, rtt_us) {
@@ -93,13 +93,19 @@ impl Sim<'_> {
     }
 
     /// Fills `host_order` with region `r`'s hosts (indices within the region) in the order
-    /// edge `edge` tries them for arrival `a`.
-    fn rank_hosts(&mut self, r: usize, edge: usize, a: &Arrival) {
+    /// edge `edge` tries them for arrival `a` (`wants_slot`: the decision chose to start an
+    /// on-demand slot there).
+    fn rank_hosts(&mut self, r: usize, edge: usize, a: &Arrival, wants_slot: bool) {
         let model = usize::from(a.model);
         let service_ms = self.catalog.models()[model].gpu_seconds_per_unit * a.units * 1000.0;
         let (now_ms, timeout) = self.freshness();
         let seen = &self.edges[edge].hosts[self.region_hosts[r].clone()];
-        policy::rank_instances(seen, model, service_ms, &mut self.host_order);
+        let path = if wants_slot {
+            policy::SlotPath::OnDemandStart
+        } else {
+            policy::SlotPath::Queued
+        };
+        policy::rank_instances(seen, model, path, service_ms, &mut self.host_order);
         self.host_order
             .retain(|&k| is_fresh(&seen[k], now_ms, timeout));
     }

@@ -20,8 +20,9 @@ fn one_gpu_hosts() -> Scenario {
     Scenario::from_spec(spec).unwrap()
 }
 
-/// Places one London request for eu-west (index 0) from edge 0; returns the host it got.
-fn place_in_eu_west(sim: &mut Sim<'_>) -> Option<u32> {
+/// Places one London request for eu-west (index 0) from edge 0, the decision having chosen
+/// to start an on-demand slot there when `wants_slot`; returns the host it got.
+fn place_in_eu_west(sim: &mut Sim<'_>, wants_slot: bool) -> Option<u32> {
     let a = Arrival {
         time_us: sim.now,
         city: 0,
@@ -37,7 +38,7 @@ fn place_in_eu_west(sim: &mut Sim<'_>) -> Option<u32> {
         ..Job::default()
     });
     sim.order.clear();
-    sim.order.push((0, false));
+    sim.order.push((0, wants_slot));
     assert!(sim.place(job, &a, 0));
     sim.jobs[job as usize].host
 }
@@ -56,15 +57,22 @@ fn a_job_goes_to_a_host_with_a_free_reserved_slot_before_any_on_demand_one() {
     sim.heartbeat(0);
     // Both reserved hosts report a free slot; the first is taken, and the edge's own
     // in-flight count sends the next request to the other before any report says so.
-    assert_eq!(place_in_eu_west(&mut sim), Some(0));
-    assert_eq!(place_in_eu_west(&mut sim), Some(1));
+    assert_eq!(place_in_eu_west(&mut sim, false), Some(0));
+    assert_eq!(place_in_eu_west(&mut sim, false), Some(1));
     assert_eq!(sim.hosts[1].slots[0].state, SlotState::Busy);
-    // With every reserved slot busy (reported, too), the next request goes to an on-demand
-    // host, which starts its slot for it rather than queue it behind a reserved one.
+    // With every reserved slot busy (reported, too), a request the decision meant to queue
+    // queues behind a reserved one: no on-demand slot is bought for it.
     sim.heartbeat(0);
-    assert_eq!(place_in_eu_west(&mut sim), Some(2));
+    assert_eq!(place_in_eu_west(&mut sim, false), Some(0));
+    assert_eq!(sim.hosts[0].queue_len(), 1);
+    assert!(
+        sim.hosts[2..]
+            .iter()
+            .all(|h| h.slots.iter().all(|s| s.state != SlotState::Starting))
+    );
+    // One the decision chose to start a slot for goes to an on-demand host, which starts it.
+    assert_eq!(place_in_eu_west(&mut sim, true), Some(2));
     assert_eq!(sim.hosts[2].slots[0].state, SlotState::Starting);
-    assert_eq!(sim.hosts[0].queue_len() + sim.hosts[1].queue_len(), 0);
 }
 
 #[test]
@@ -78,7 +86,7 @@ fn the_region_the_strategies_see_is_the_sum_of_its_hosts() {
     };
     let mut sim = Sim::new(&scenario, options);
     sim.heartbeat(0);
-    place_in_eu_west(&mut sim);
+    place_in_eu_west(&mut sim, false);
     let region = sim.edges[0].regions.region(0).unwrap();
     assert_eq!(
         (region.free_reserved, region.on_demand_startable),
