@@ -28,6 +28,7 @@
 //! control plane or its cache file.
 
 pub mod admit;
+mod answer;
 pub mod api;
 pub mod buffered;
 pub mod cidr;
