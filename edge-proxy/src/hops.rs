@@ -153,6 +153,7 @@ impl Edge {
             model,
             path,
             service_ms,
+            self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             &mut order,
         );
         ctx.hops.extend(order.iter().map(|&i| Some(i)));

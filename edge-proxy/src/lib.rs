@@ -98,6 +98,8 @@ pub struct Edge {
     pub geoip: Option<GeoIp>,
     /// Circuit breakers and in-flight counts.
     pub regions: Arc<Regions>,
+    /// Jobs ranked so far: the turn that rotates a region's equal instances.
+    pub(crate) turn: std::sync::atomic::AtomicUsize,
     /// The retry budget.
     pub retries: RetryBudget,
     /// The metrics.
@@ -342,6 +344,7 @@ pub async fn run_upgradable(
         contact,
         geoip,
         regions: Arc::clone(&regions),
+        turn: std::sync::atomic::AtomicUsize::new(0),
         metrics: Arc::clone(&metrics),
         clock: std::time::Instant::now(),
         active: Arc::new(Active::default()),

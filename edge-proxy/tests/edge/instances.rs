@@ -3,7 +3,7 @@
 //! before any other region; a call about a request goes to the instance its id names, and
 //! answers `503` with `Retry-After` while that instance cannot be reached.
 
-use control_plane_client::wire::AgentReport;
+use control_plane_client::wire::{AgentReport, ModelReport};
 use testkit::tokens::AGENT;
 
 use crate::support::{Answer, Behaviour, StandInAgent, TestEdge, World, run_esrgan};
@@ -18,23 +18,39 @@ struct Instances {
     gpu3: StandInAgent,
 }
 
-/// Registers `instance` of eu-central at `endpoint` with `free_reserved` and
-/// `free_on_demand` idle slots.
-async fn report(world: &World, instance: &str, endpoint: &str, reserved: u32, on_demand: u32) {
+/// Registers `instance` of eu-central at `endpoint` with `reserved` and `on_demand` idle
+/// slots and an expected wait for ESRGAN of `wait_ms`.
+async fn report(
+    world: &World,
+    instance: &str,
+    endpoint: &str,
+    (reserved, on_demand): (u32, u32),
+    wait_ms: f64,
+) {
+    let load = ModelReport {
+        queue_depth: 0,
+        queue_room: 8,
+        expected_wait_ms: wait_ms,
+        service_ms_per_unit: None,
+        loaded: true,
+        cold_start_ms: 0.0,
+    };
     let report = AgentReport {
         healthy: true,
         instance: instance.into(),
         endpoint: endpoint.into(),
         free_reserved: reserved,
         free_on_demand: on_demand,
+        models: [(crate::support::ESRGAN.to_owned(), load)].into(),
         ..AgentReport::default()
     };
     world.client(AGENT).register(REGION, &report).await.unwrap();
 }
 
 /// eu-central as three instances: gpu-1 with only on-demand slots idle, gpu-2 with an idle
-/// reserved slot, gpu-3 (nothing listens) claiming the most reserved slots; the region's
-/// one-agent registration is gone. Returns an edge that routes on all of it.
+/// reserved slot, gpu-3 (nothing listens) with an idle reserved slot and the shortest
+/// expected wait; the region's one-agent registration is gone. Returns an edge that routes
+/// on all of it.
 async fn three_instances(world: &World) -> (Instances, TestEdge) {
     let instances = Instances {
         gpu1: StandInAgent::start_as(REGION, "gpu-1", Behaviour::Accept).await,
@@ -42,9 +58,9 @@ async fn three_instances(world: &World) -> (Instances, TestEdge) {
         gpu3: StandInAgent::start_as(REGION, "gpu-3", Behaviour::Down).await,
     };
     world.client(AGENT).deregister(REGION, "").await.unwrap();
-    report(world, "gpu-1", &instances.gpu1.endpoint, 0, 2).await;
-    report(world, "gpu-2", &instances.gpu2.endpoint, 1, 0).await;
-    report(world, "gpu-3", &instances.gpu3.endpoint, 4, 0).await;
+    report(world, "gpu-1", &instances.gpu1.endpoint, (0, 2), 0.0).await;
+    report(world, "gpu-2", &instances.gpu2.endpoint, (1, 0), 50.0).await;
+    report(world, "gpu-3", &instances.gpu3.endpoint, (4, 0), 0.0).await;
     let edge = world.start_edge(world.edge_config()).await;
     let revision = world.client(testkit::tokens::EDGE).snapshot().await;
     edge.wait_for_revision(revision.unwrap().revision).await;
@@ -57,7 +73,7 @@ async fn a_dead_instance_is_passed_over_for_another_of_its_region_with_a_reserve
     let (instances, edge) = three_instances(&world).await;
     let key = world.key("euro");
 
-    // gpu-3 ranks first (most idle reserved slots) but nothing listens there: the job moves
+    // gpu-3 ranks first (an idle reserved slot, no wait) but nothing listens there: the job moves
     // to gpu-2, the other instance with an idle reserved slot, not to gpu-1 (on-demand) and
     // not to eu-west.
     let job = run_esrgan(&edge, key, None).await;
@@ -175,8 +191,8 @@ async fn jobs_spread_over_idle_reserved_slots_before_on_demand_ones() {
         StandInAgent::start_as(REGION, "gpu-2", Behaviour::Accept).await,
     ];
     world.client(AGENT).deregister(REGION, "").await.unwrap();
-    report(&world, "gpu-1", &instances[0].endpoint, 1, 4).await;
-    report(&world, "gpu-2", &instances[1].endpoint, 1, 0).await;
+    report(&world, "gpu-1", &instances[0].endpoint, (1, 4), 0.0).await;
+    report(&world, "gpu-2", &instances[1].endpoint, (1, 0), 0.0).await;
     let edge = world.start_edge(world.edge_config()).await;
     let revision = world.client(testkit::tokens::EDGE).snapshot().await;
     edge.wait_for_revision(revision.unwrap().revision).await;

@@ -15,7 +15,9 @@
 //! 2. **expected wait**: its reported wait for the model, plus its cold start when the
 //!    model is not loaded there, plus one service time per request in flight beyond its idle
 //!    slots;
-//! 3. fewer requests in flight, then the order the instances are listed in.
+//! 3. fewer requests in flight, then a turn: the instances' order, rotated by the caller's
+//!    `turn` (the edge counts its requests), so equal instances share the load rather than
+//!    the first one listed taking every job of a lightly loaded region.
 //!
 //! An instance that reports nothing for the model is taken to have the defaults the route
 //! decision assumes ([`ModelLoad::default`]); one that does not serve is left out.
@@ -99,13 +101,14 @@ pub fn serves(status: &RegionStatus, edge: EdgeSide) -> bool {
 /// Fills `order` with the indices of the serving `instances`, best first for a job of
 /// catalog model `model` for which the decision chose `path` into the region;
 /// `default_service_ms` is one job's service time where an instance has not measured it.
-/// Each status's own `in_flight` and `circuit_open` are this edge's view. The same inputs
-/// always give the same order.
+/// Each status's own `in_flight` and `circuit_open` are this edge's view; `turn` rotates
+/// the order of instances that rank equal. The same inputs always give the same order.
 pub fn rank_instances(
     instances: &[RegionStatus],
     model: usize,
     path: SlotPath,
     default_service_ms: f64,
+    turn: usize,
     order: &mut Vec<usize>,
 ) {
     let view = |i: usize| {
@@ -122,6 +125,7 @@ pub fn rank_instances(
         model,
         path,
         default_service_ms,
+        turn,
         order,
     );
 }
@@ -134,9 +138,11 @@ pub fn rank_instances_with<'a>(
     model: usize,
     path: SlotPath,
     default_service_ms: f64,
+    turn: usize,
     order: &mut Vec<usize>,
 ) {
     order.clear();
+    let place = |i: usize| (i + count - turn % count.max(1)) % count.max(1);
     order.extend((0..count).filter(|&i| {
         let (status, edge) = view(i);
         serves(status, edge)
@@ -153,7 +159,7 @@ pub fn rank_instances_with<'a>(
             .cmp(&y.class.order(path))
             .then_with(|| x.wait_ms.partial_cmp(&y.wait_ms).unwrap_or(Ordering::Equal))
             .then_with(|| x.in_flight.cmp(&y.in_flight))
-            .then_with(|| a.cmp(&b))
+            .then_with(|| place(a).cmp(&place(b)))
     });
 }
 
@@ -181,7 +187,7 @@ mod tests {
 
     fn ranked(instances: &[RegionStatus]) -> Vec<usize> {
         let mut order = Vec::new();
-        rank_instances(instances, 0, SlotPath::Queued, 100.0, &mut order);
+        rank_instances(instances, 0, SlotPath::Queued, 100.0, 0, &mut order);
         order
     }
 
@@ -203,7 +209,7 @@ mod tests {
         let instances = [startable, queue];
         assert_eq!(ranked(&instances), [1, 0], "behind the queue");
         let mut order = Vec::new();
-        rank_instances(&instances, 0, SlotPath::OnDemandStart, 100.0, &mut order);
+        rank_instances(&instances, 0, SlotPath::OnDemandStart, 100.0, 0, &mut order);
         assert_eq!(order, [0, 1], "the decision chose to start one");
     }
 
@@ -266,8 +272,29 @@ mod tests {
     }
 
     #[test]
-    fn ties_go_to_the_instance_listed_first() {
-        let instances = [instance(1, 0, 0.0), instance(1, 0, 0.0)];
-        assert_eq!(ranked(&instances), [0, 1]);
+    fn ties_take_turns() {
+        let instances = [
+            instance(1, 0, 0.0),
+            instance(1, 0, 0.0),
+            instance(1, 0, 0.0),
+        ];
+        let mut firsts = Vec::new();
+        for turn in 0..6 {
+            let mut order = Vec::new();
+            rank_instances(&instances, 0, SlotPath::Queued, 100.0, turn, &mut order);
+            firsts.push(order[0]);
+        }
+        assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+        // A better instance is first whatever the turn.
+        let better = [
+            instance(0, 0, 0.0),
+            instance(1, 0, 0.0),
+            instance(0, 0, 0.0),
+        ];
+        for turn in 0..3 {
+            let mut order = Vec::new();
+            rank_instances(&better, 0, SlotPath::Queued, 100.0, turn, &mut order);
+            assert_eq!(order[0], 1);
+        }
     }
 }

@@ -105,7 +105,9 @@ impl Sim<'_> {
         } else {
             policy::SlotPath::Queued
         };
-        policy::rank_instances(seen, model, path, service_ms, &mut self.host_order);
+        // Equal hosts take turns by arrival, as the edge's by request.
+        let turn = a.time_us as usize;
+        policy::rank_instances(seen, model, path, service_ms, turn, &mut self.host_order);
         self.host_order
             .retain(|&k| is_fresh(&seen[k], now_ms, timeout));
     }
