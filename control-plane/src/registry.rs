@@ -51,6 +51,16 @@ impl StoredState {
     pub fn mod_revision(&self, key: &str) -> Option<Revision> {
         self.mod_revisions.get(key).copied()
     }
+
+    /// The catalog as in force now: each pool's reserved GPUs and price from its active
+    /// reservations ([`crate::reservations::effective_catalog`]), as edges and agents see it.
+    pub fn effective_catalog(&self) -> CatalogSpec {
+        crate::reservations::effective_catalog(
+            &self.spec,
+            &self.reservations,
+            &self.active_reservations,
+        )
+    }
 }
 
 /// Reads everything under [`ROOT`] at one revision.

@@ -35,7 +35,6 @@ use super::{ApiError, AppState, Routes, WireBody};
 use crate::instances;
 use crate::records::{CatalogRecord, live_key};
 use crate::registry::{not_found, read_state};
-use crate::reservations::effective_catalog;
 use crate::store::versioned;
 use crate::store::{LeaseId, Store, StoreError};
 use crate::usage::now_ms;
@@ -240,11 +239,7 @@ async fn catalog(
     Path(region): Path<String>,
 ) -> Result<Json<AgentCatalog>, ApiError> {
     let stored = read_state(state.store()).await?;
-    let effective = effective_catalog(
-        &stored.spec,
-        &stored.reservations,
-        &stored.active_reservations,
-    );
+    let effective = stored.effective_catalog();
     let Some(spec) = effective.regions.iter().find(|r| r.id == region).cloned() else {
         return Err(not_found::<RegionSpec>(&region));
     };

@@ -28,7 +28,6 @@ use serde::Deserialize;
 use super::{ApiError, AppState, Routes, etag};
 use crate::instances;
 use crate::registry::read_state;
-use crate::reservations;
 use crate::store::{Revision, Store};
 use crate::usage::{self, MonthlySpend};
 
@@ -76,11 +75,7 @@ async fn snapshot(
     let body = Snapshot {
         schema: contract::schema::SNAPSHOT,
         revision: stored.revision,
-        catalog: reservations::effective_catalog(
-            &stored.spec,
-            &stored.reservations,
-            &stored.active_reservations,
-        ),
+        catalog: stored.effective_catalog(),
         keys: stored.keys,
         regions: stored.live,
         spend: current_spend(&stored.spend),

@@ -24,7 +24,6 @@ use crate::instances::pools::{self, PoolComparison};
 use crate::instances::{self, InstanceEntry};
 use crate::records::CatalogRecord;
 use crate::registry::{StoredState, not_found, read_state};
-use crate::reservations::effective_catalog;
 use crate::usage::now_ms;
 
 /// The admin routes over instances (without authentication; the router adds it).
@@ -138,11 +137,7 @@ async fn list(
     Path(region): Path<String>,
 ) -> Result<Json<RegionInstances>, ApiError> {
     let stored = read_state(state.store()).await?;
-    let effective = effective_catalog(
-        &stored.spec,
-        &stored.reservations,
-        &stored.active_reservations,
-    );
+    let effective = stored.effective_catalog();
     let Some(spec) = effective.regions.iter().find(|r| r.id == region) else {
         return Err(not_found::<RegionSpec>(&region));
     };

@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use crate::changes::ChangeFeed;
 use crate::metrics::Metrics;
 use crate::registry::{StoredState, read_state};
-use crate::reservations::effective_catalog;
 use crate::store::AnyStore;
 
 /// Least time between two checks, however often the store changes.
@@ -110,11 +109,7 @@ pub fn check(region: &RegionSpec, live: &[&RegionLive]) -> PoolCheck {
 
 /// Every catalog region's check, from everything read at one revision.
 pub fn check_all(stored: &StoredState) -> BTreeMap<String, PoolCheck> {
-    let effective = effective_catalog(
-        &stored.spec,
-        &stored.reservations,
-        &stored.active_reservations,
-    );
+    let effective = stored.effective_catalog();
     effective
         .regions
         .iter()
